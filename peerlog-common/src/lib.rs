@@ -16,12 +16,21 @@ pub const ABI_VERSION: u16 = 1;
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
 
-/// Payload bytes carried by one [`PayloadChunk`].
+/// Most payload bytes one [`PayloadChunk`] record carries.
 ///
-/// The verifier needs a constant upper bound for every copy, and one ring
-/// buffer record should stay small next to the ring, so payloads travel as a
-/// sequence of chunks of at most this many bytes.
+/// The verifier needs a constant upper bound for every copy, so payloads
+/// travel as a sequence of chunks of at most this many bytes.
 pub const CHUNK_DATA_LEN: usize = 16 * 1024;
+
+/// Data capacities of the chunk records, smallest first.
+///
+/// A ring-buffer reservation must have a constant size, and most P2P
+/// messages are tiny (a `ping` is 8 bytes), so a chunk is reserved in the
+/// smallest class that fits instead of always taking [`CHUNK_DATA_LEN`].
+/// Writing straight into the reservation (rather than through a per-CPU
+/// scratch buffer) keeps the copy correct on preemptible kernels, where a
+/// uprobe program can be preempted by another run of itself on the same CPU.
+pub const CHUNK_CLASSES: [usize; 3] = [256, 4096, CHUNK_DATA_LEN];
 
 /// Chunks needed for the largest payload; the eBPF loop bound.
 pub const MAX_CHUNKS: u32 =
@@ -115,7 +124,9 @@ pub const FLAG_PAYLOAD_OVERSIZED: u8 = 1 << 2;
 pub struct MessageEvent {
     /// Common header; `kind` is [`RecordKind::Message`].
     pub header: RecordHeader,
-    /// Unique per eBPF object lifetime; ties chunks to their message.
+    /// Ties chunks to their message: unique for the thread `header.tid`
+    /// (it is the message's `ktime_ns`, and one thread writes one message
+    /// at a time).
     pub message_id: u64,
     /// `CNode::GetId()`.
     pub peer_id: i64,
@@ -137,20 +148,22 @@ pub struct MessageEvent {
     pub msg_type: [u8; MSG_TYPE_LEN],
 }
 
-/// A slice of a message payload.
+/// A slice of a message payload: this header, then `len` payload bytes.
+///
+/// The record is `size_of::<PayloadChunk>() + class` bytes long, `class`
+/// being the smallest of [`CHUNK_CLASSES`] that holds `len`; bytes past
+/// `len` are undefined.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct PayloadChunk {
     /// Common header; `kind` is [`RecordKind::PayloadChunk`].
     pub header: RecordHeader,
     /// The [`MessageEvent::message_id`] this chunk belongs to.
     pub message_id: u64,
-    /// Offset of `data[0]` in the payload.
+    /// Offset in the payload of the first byte after this header.
     pub offset: u32,
-    /// Valid bytes in `data`.
+    /// Payload bytes after this header.
     pub len: u32,
-    /// Payload bytes; only the first `len` are meaningful.
-    pub data: [u8; CHUNK_DATA_LEN],
 }
 
 /// Which connection tracepoint produced a [`ConnectionEvent`].
@@ -282,6 +295,13 @@ pub enum ConfigKey {
 }
 /// Entries in the config array map.
 pub const CONFIG_ENTRIES: u32 = 4;
+
+/// Entries in the message type filter map.
+pub const MAX_MSG_TYPE_FILTER: u32 = 64;
+
+/// Entries in the peer policy map; more than Bitcoin Core's default limit
+/// of 125 connections by a wide margin.
+pub const MAX_PEERS: u32 = 4096;
 
 /// Why an event or part of one was lost; the index into the per-CPU loss
 /// counter array. Userspace reports every non-zero counter.

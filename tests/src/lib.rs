@@ -1,1 +1,469 @@
-//! Support for the integration tests (being written).
+//! Support for peerlog's integration tests and demo: a node to trace (the
+//! twin node this crate builds, or a real bitcoind named by `BITCOIND`), a
+//! running `peerlog trace`, and P2P traffic of known content driven into the
+//! node with peerlog's own P2P client.
+
+use std::{
+    env,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex, OnceLock},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use peerlog::{
+    capture::{read_capture_tree, CaptureFile, Direction as CaptureDirection},
+    p2p::{self, Direction as PeerDirection, HandshakeOptions, Peer, Transcript},
+};
+
+/// Path of the twin node built by `build.rs`.
+pub const TWIN: &str = env!("PEERLOG_TWIN");
+/// The twin, stripped (`strip -s`), with a `.gnu_debuglink` to [`TWIN_DEBUG`].
+pub const TWIN_STRIPPED: &str = env!("PEERLOG_TWIN_STRIPPED");
+/// The separate debug file of [`TWIN_STRIPPED`].
+pub const TWIN_DEBUG: &str = env!("PEERLOG_TWIN_DEBUG");
+
+/// Size of the largest message Bitcoin Core accepts, which the traffic sends.
+pub const MAX_MESSAGE: usize = 4_000_000;
+
+/// Why an eBPF test cannot run on this machine, if it cannot.
+pub fn ebpf_unavailable() -> Option<String> {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: loading eBPF needs CAP_BPF and CAP_PERFMON".into());
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        return Some("this kernel has no uprobe PMU (CONFIG_UPROBE_EVENTS)".into());
+    }
+    None
+}
+
+/// The `peerlog` binary of this build profile, built on first use so that a
+/// plain `cargo test` works too.
+pub fn peerlog_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test> or target/<profile>/<bin>
+        let mut dir = exe.parent().ok_or("no exe dir")?.to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let release = dir.ends_with("release");
+        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "peerlog", "--bin", "peerlog"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building peerlog failed ({status})"));
+        }
+        Ok(dir.join("peerlog"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A node to trace.
+pub struct Node {
+    child: Child,
+    /// Its P2P listening address (loopback).
+    pub p2p_addr: SocketAddr,
+    /// Blocks the node can serve: (hash in display hex, serialized size).
+    pub blocks: Vec<(String, usize)>,
+    /// For a real bitcoind: its data directory (with `-capturemessages`).
+    datadir: Option<tempfile::TempDir>,
+    /// Which binary runs.
+    pub binary: PathBuf,
+}
+
+impl Node {
+    /// Starts the node the tests run against: `BITCOIND` if set, else the twin.
+    pub fn start() -> Result<Self> {
+        match env::var_os("BITCOIND") {
+            Some(path) if !path.is_empty() => Self::start_bitcoind(Path::new(&path)),
+            _ => Self::start_twin(Path::new(TWIN), &[]),
+        }
+    }
+
+    /// True when this is a real bitcoind.
+    pub fn is_bitcoind(&self) -> bool {
+        self.datadir.is_some()
+    }
+
+    /// Starts a twin node binary with extra arguments.
+    pub fn start_twin(binary: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .args(["-port=0", "-printport"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the twin node {}", binary.display()))?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut p2p_addr = None;
+        let mut blocks = Vec::new();
+        while p2p_addr.is_none() || blocks.len() < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("the twin node did not report its port and blocks in time"))?;
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                p2p_addr = Some(addr.trim().parse()?);
+            } else if let Some(rest) = line.strip_prefix("block ") {
+                let mut parts = rest.split_whitespace();
+                let hash = parts.next().context("block line")?.to_string();
+                let size = parts.next().context("block line")?.parse()?;
+                blocks.push((hash, size));
+            }
+        }
+        Ok(Self {
+            child,
+            p2p_addr: p2p_addr.unwrap(),
+            blocks,
+            datadir: None,
+            binary: binary.to_path_buf(),
+        })
+    }
+
+    /// Starts a real bitcoind on regtest, loopback only, with its own
+    /// `-capturemessages` on so peerlog's capture can be compared with it.
+    pub fn start_bitcoind(binary: &Path) -> Result<Self> {
+        let datadir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let rpc_port = free_port()?;
+        let child = Command::new(binary)
+            .arg("-regtest")
+            .arg(format!("-datadir={}", datadir.path().display()))
+            .arg(format!("-bind=127.0.0.1:{port}"))
+            .arg(format!("-port={port}"))
+            .arg(format!("-rpcport={rpc_port}"))
+            .args([
+                "-rpcbind=127.0.0.1",
+                "-rpcallowip=127.0.0.1",
+                "-capturemessages",
+                "-listen=1",
+                "-dnsseed=0",
+                "-fixedseeds=0",
+                "-discover=0",
+                "-listenonion=0",
+                "-printtoconsole=0",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let p2p_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&p2p_addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                bail!("bitcoind did not listen on {p2p_addr} within 60 s");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(Self {
+            child,
+            p2p_addr,
+            blocks: Vec::new(),
+            datadir: Some(datadir),
+            binary: binary.to_path_buf(),
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// bitcoind's own capture directory (`-capturemessages`), for a real bitcoind.
+    pub fn core_capture_dir(&self) -> Option<PathBuf> {
+        self.datadir
+            .as_ref()
+            .map(|d| d.path().join("regtest/message_capture"))
+    }
+
+    /// Stops the node (SIGTERM) and waits for it.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        signal(self.pid(), libc::SIGTERM);
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process {} did not exit within {timeout:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `peerlog trace`.
+pub struct Tracer {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// How a `peerlog trace` ended.
+#[derive(Debug)]
+pub struct TraceOutput {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts `peerlog trace --pid PID ARGS...` and waits until it says it is attached.
+    pub fn start(pid: i32, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(peerlog_bin()?)
+            .args(["trace", "--pid", &pid.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting peerlog")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("attached") {
+                    let _ = tx.send(());
+                }
+                collected.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(Self { child, stderr });
+            }
+            if let Some(status) = child.try_wait()? {
+                thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "peerlog exited ({status}) before attaching:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "peerlog did not attach within 60 s:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// Sends SIGINT and waits for the summary.
+    pub fn stop(mut self) -> Result<TraceOutput> {
+        signal(self.child.id() as i32, libc::SIGINT);
+        self.wait()
+    }
+
+    /// Waits for peerlog to end by itself (target exit, `--duration`).
+    pub fn wait(&mut self) -> Result<TraceOutput> {
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60))?;
+        // Let the reader thread take the last lines.
+        thread::sleep(Duration::from_millis(100));
+        Ok(TraceOutput {
+            status,
+            stderr: self.stderr.lock().unwrap().clone(),
+        })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The P2P network to speak: regtest for both the twin and a real bitcoind.
+pub const NETWORK: bitcoin::Network = bitcoin::Network::Regtest;
+
+/// Connects a client peer and completes the handshake.
+pub fn connect(node: &Node) -> Result<Peer> {
+    let opts = HandshakeOptions {
+        read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Peer::connect_and_handshake(node.p2p_addr, NETWORK, opts)
+        .map_err(|e| anyhow!("P2P handshake with {}: {e}", node.p2p_addr))
+}
+
+/// Makes sure the node has processed everything `peer` sent: a ping is
+/// answered only after every earlier message of that peer was handled.
+pub fn sync(peer: &mut Peer, nonce: u64) -> Result<()> {
+    peer.ping(nonce).map_err(|e| anyhow!("ping: {e}"))?;
+    Ok(())
+}
+
+/// Drives the standard traffic through one connection: pings, transaction
+/// announcement and relay (valid and invalid), a block request (the twin
+/// serves one of several hundred KB and one of exactly 4,000,000 bytes), and
+/// a 4,000,000-byte message from the client. Returns the transcript after
+/// reading everything the node sent.
+pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
+    for nonce in 1..=3 {
+        sync(peer, nonce)?;
+    }
+    let txs: Vec<bitcoin::Transaction> = (0..5).map(|i| p2p::test_transaction(i, 2)).collect();
+    // Both the twin and bitcoind negotiate wtxidrelay with our client, and
+    // then ignore MSG_TX announcements: announce by wtxid.
+    let wtxids: Vec<_> = txs.iter().map(|t| t.compute_wtxid()).collect();
+    peer.send(&p2p::inv_wtx(&wtxids))?;
+    // The node asks for what it does not know; answer whatever it asks for.
+    // bitcoind delays requests to inbound peers by 2 s (NONPREF_PEER_TX_DELAY).
+    peer.recv_msg_type("getdata", Duration::from_secs(10))
+        .map_err(|e| anyhow!("waiting for getdata: {e}"))?;
+    for tx in &txs {
+        peer.send(&bitcoin::p2p::message::NetworkMessage::Tx(tx.clone()))?;
+    }
+    peer.send(&bitcoin::p2p::message::NetworkMessage::Tx(
+        p2p::invalid_test_transaction(7),
+    ))?;
+    sync(peer, 10)?;
+    for (hash, _size) in node.blocks.clone() {
+        let hash: bitcoin::BlockHash = hash.parse()?;
+        peer.send(&p2p::getdata_block(&[hash]))?;
+        peer.recv_msg_type("block", Duration::from_secs(30))
+            .map_err(|e| anyhow!("waiting for block {hash}: {e}"))?;
+    }
+    // The largest message the protocol allows, of a type no node handles.
+    let big: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i * 7 + i / 251) as u8).collect();
+    peer.send_raw("peerlogbig", &big)?;
+    sync(peer, 11)?;
+    peer.drain(Duration::from_millis(300))
+        .map_err(|e| anyhow!("drain: {e}"))?;
+    Ok(())
+}
+
+/// The capture files of the connection whose client end is `local`.
+pub fn capture_of(files: &[CaptureFile], local: SocketAddr) -> Vec<&CaptureFile> {
+    let addr = local.to_string();
+    files
+        .iter()
+        .filter(|f| f.peer_addr.as_deref() == Some(addr.as_str()))
+        .collect()
+}
+
+/// Checks that the capture of a connection equals its transcript, message
+/// for message and byte for byte, in both directions: what the client sent is
+/// what the node received and vice versa. Timestamps must be on the same
+/// clock (within `max_skew`).
+pub fn assert_capture_matches(
+    files: &[CaptureFile],
+    local: SocketAddr,
+    transcript: &Transcript,
+    max_skew: Duration,
+) -> Result<()> {
+    let ours = capture_of(files, local);
+    if ours.is_empty() {
+        bail!(
+            "no capture directory for {local}; have {:?}",
+            files.iter().map(|f| &f.path).collect::<Vec<_>>()
+        );
+    }
+    for (capture_dir, client_dir) in [
+        (CaptureDirection::Recv, PeerDirection::Sent),
+        (CaptureDirection::Sent, PeerDirection::Received),
+    ] {
+        let records: Vec<_> = ours
+            .iter()
+            .filter(|f| f.direction == capture_dir)
+            .flat_map(|f| {
+                if let Some(t) = &f.truncated {
+                    panic!("{} ends in a truncated record: {t:?}", f.path.display());
+                }
+                f.records.iter()
+            })
+            .collect();
+        let expected: Vec<_> = transcript
+            .entries()
+            .iter()
+            .filter(|e| e.direction == client_dir)
+            .collect();
+        if records.len() != expected.len() {
+            bail!(
+                "{local} {capture_dir}: capture has {} messages, the client {} ({:?} vs {:?})",
+                records.len(),
+                expected.len(),
+                records
+                    .iter()
+                    .map(|r| r.msg_type.as_str())
+                    .collect::<Vec<_>>(),
+                expected
+                    .iter()
+                    .map(|e| e.msg_type.as_str())
+                    .collect::<Vec<_>>()
+            );
+        }
+        for (i, (r, e)) in records.iter().zip(&expected).enumerate() {
+            if r.msg_type != e.msg_type || r.payload != e.payload {
+                bail!(
+                    "{local} {capture_dir} message {i}: capture {} ({} bytes) != client {} ({} bytes)",
+                    r.msg_type,
+                    r.payload.len(),
+                    e.msg_type,
+                    e.payload.len()
+                );
+            }
+            let skew = r.time_micros.abs_diff(e.time_micros);
+            if skew > max_skew.as_micros() as u64 {
+                bail!("{local} {capture_dir} message {i} ({}): capture time {} is {skew} µs from the client's {}", r.msg_type, r.time_micros, e.time_micros);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a capture tree.
+pub fn read_capture(dir: &Path) -> Result<Vec<CaptureFile>> {
+    read_capture_tree(dir).map_err(|e| anyhow!("reading capture {}: {e}", dir.display()))
+}

@@ -1,1 +1,199 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test and demo for peerlog.
+//!
+//! Every command first makes sure the machine has what the build needs
+//! (`setup`), so a fresh machine goes from clone to result in one command.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need: Debian's rustc with its
+/// precompiled BPF `core` (the eBPF build), LLVM 22 (for bpf-linker), the
+/// SystemTap SDT header and g++ (the twin node), binutils (objcopy/strip for
+/// the stripped twin).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "systemtap-sdt-dev",
+    "g++",
+    "binutils",
+];
+
+/// The bpf-linker release that links with LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "peerlog's set-up, build, test and demo driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building peerlog needs (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Set up, then build peerlog (release) and the twin node.
+    Build,
+    /// Set up, then run every test (unit and integration; integration tests load eBPF and need root).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then trace the twin node (or BITCOIND=/path/to/bitcoind)
+    /// while a P2P peer talks to it, and show the capture.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            cargo(&["build", "--release", "--workspace", "--bins"])
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            let mut all = vec!["test", "--workspace"];
+            all.extend(args.iter().map(String::as_str));
+            cargo(&all)
+        }
+        Cmd::Demo => {
+            setup()?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "peerlog",
+                "-p",
+                "peerlog-tests",
+                "--bins",
+            ])?;
+            let demo = workspace_root().join("target/release/peerlog-demo");
+            run_cmd(Command::new(&demo), "the demo")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    run_cmd(cmd, &format!("cargo {}", args.join(" ")))
+}
+
+fn run_cmd(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "xtask: Debian packages present: {}",
+            DEBIAN_PACKAGES.join(" ")
+        );
+    } else {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {}; run `sudo apt-get install -y {}` or run this as root",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+        run_cmd(
+            {
+                let mut c = Command::new("apt-get");
+                c.args(["update", "-q"]);
+                c
+            },
+            "apt-get update",
+        )?;
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run_cmd(c, "apt-get install")?;
+    }
+
+    if bpf_linker_ok() {
+        eprintln!("xtask: bpf-linker {BPF_LINKER_VERSION} present");
+    } else {
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"
+        );
+        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        run_cmd(c, "cargo install bpf-linker")?;
+    }
+    Ok(())
+}
+
+fn debian_package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,419 @@
+//! Decoding ring-buffer records into events, and reassembling message
+//! payloads from their chunks.
+//!
+//! The eBPF side writes a message as one [`MessageEvent`] followed by its
+//! [`PayloadChunk`]s, all from the same thread in one program run, so chunks
+//! of one thread never interleave with another message of that thread. A
+//! message whose chunks stop short (the ring buffer was full) is surfaced as
+//! [`Event::IncompleteMessage`], never as a shorter payload.
+
+use std::{collections::HashMap, mem::size_of};
+
+use peerlog_common::{
+    ConnectionEvent, ConnectionEventKind, Direction, MessageEvent, MisbehavingEvent, PayloadChunk,
+    RecordHeader, RecordKind, ABI_VERSION, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED,
+    FLAG_PAYLOAD_SKIPPED,
+};
+
+/// A P2P message seen at `net:inbound_message` or `net:outbound_message`.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    pub ktime_ns: u64,
+    /// Thread of bitcoind that hit the tracepoint.
+    pub tid: u32,
+    /// Bitcoin Core's peer id.
+    pub peer_id: i64,
+    /// `CNode::m_addr_name`.
+    pub addr: String,
+    /// Connection type (`inbound`, `outbound-full-relay`, ...).
+    pub conn_type: String,
+    /// Message type (`version`, `inv`, ...).
+    pub msg_type: String,
+    /// Received from or sent to the peer.
+    pub direction: Direction,
+    /// Payload size as bitcoind reported it.
+    pub payload_size: u64,
+    /// The payload, or None when it was not copied (filtered out, capture off).
+    pub payload: Option<Vec<u8>>,
+    /// The address string was longer than peerlog's buffer and was cut.
+    pub addr_truncated: bool,
+}
+
+/// A message whose payload did not arrive whole.
+#[derive(Debug, Clone)]
+pub struct IncompleteMessage {
+    /// The message as announced, without payload.
+    pub message: Message,
+    /// Payload bytes that did arrive.
+    pub received: u64,
+    /// Why the rest is missing.
+    pub reason: &'static str,
+}
+
+/// A connection opened, evicted or closed.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    pub ktime_ns: u64,
+    /// Which of the four tracepoints fired.
+    pub kind: ConnectionEventKind,
+    /// Bitcoin Core's peer id.
+    pub peer_id: i64,
+    /// Peer address.
+    pub addr: String,
+    /// Connection type.
+    pub conn_type: String,
+    /// Bitcoin Core's `Network` enum value.
+    pub network: u32,
+    /// Connection count (opened) or connect time in unix seconds (evicted, closed).
+    pub value: u64,
+}
+
+/// `net:misbehaving_connection`.
+#[derive(Debug, Clone)]
+pub struct Misbehaving {
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    pub ktime_ns: u64,
+    /// Bitcoin Core's peer id.
+    pub peer_id: i64,
+    /// The reason bitcoind gives.
+    pub reason: String,
+}
+
+/// One decoded event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A whole message (payload complete, or deliberately not copied).
+    Message(Message),
+    /// A message that lost payload chunks.
+    IncompleteMessage(IncompleteMessage),
+    /// A connection event.
+    Connection(Connection),
+    /// A misbehaviour report.
+    Misbehaving(Misbehaving),
+}
+
+/// A record that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its kind's layout.
+    Short {
+        /// Record kind.
+        kind: u16,
+        /// Bytes received.
+        len: usize,
+    },
+    /// Written by an eBPF object of another ABI version.
+    AbiMismatch(u16),
+    /// A kind this ABI does not know.
+    UnknownKind(u16),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Short { kind, len } => write!(f, "record of kind {kind} too short ({len} bytes)"),
+            Self::AbiMismatch(v) => write!(
+                f,
+                "record of event ABI version {v}, this peerlog speaks {ABI_VERSION}"
+            ),
+            Self::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+struct Partial {
+    message: Message,
+    message_id: u64,
+    expected_len: u64,
+    data: Vec<u8>,
+}
+
+/// Turns ring-buffer records into [`Event`]s.
+#[derive(Default)]
+pub struct Decoder {
+    /// The message each thread is in the middle of delivering.
+    partial: HashMap<u32, Partial>,
+}
+
+fn read<T: Copy>(record: &[u8], kind: u16) -> Result<T, DecodeError> {
+    if record.len() < size_of::<T>() {
+        return Err(DecodeError::Short {
+            kind,
+            len: record.len(),
+        });
+    }
+    // SAFETY: length checked; T is plain old data valid for any bytes.
+    Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
+}
+
+/// The string before the first NUL, lossily decoded.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl Decoder {
+    /// Creates a decoder with nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes one record, appending the events it completes to `out` (a
+    /// chunk completes at most one message; a message header may also
+    /// surface the thread's previous, incomplete message).
+    pub fn push(&mut self, record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        let header: RecordHeader = read(record, 0)?;
+        if header.abi != ABI_VERSION {
+            return Err(DecodeError::AbiMismatch(header.abi));
+        }
+        match RecordKind::from_u16(header.kind) {
+            Some(RecordKind::Message) => {
+                let ev: MessageEvent = read(record, header.kind)?;
+                if let Some(old) = self.partial.remove(&header.tid) {
+                    out.push(incomplete(
+                        old,
+                        "the ring buffer was full; later chunks were dropped",
+                    ));
+                }
+                let message = Message {
+                    ktime_ns: header.ktime_ns,
+                    tid: header.tid,
+                    peer_id: ev.peer_id,
+                    addr: c_string(&ev.addr),
+                    conn_type: c_string(&ev.conn_type),
+                    msg_type: c_string(&ev.msg_type),
+                    direction: if ev.direction == Direction::Outbound as u8 {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    },
+                    payload_size: ev.payload_size,
+                    payload: None,
+                    addr_truncated: ev.flags & FLAG_ADDR_TRUNCATED != 0,
+                };
+                if ev.flags & FLAG_PAYLOAD_SKIPPED != 0 {
+                    out.push(Event::Message(message));
+                } else if ev.chunks == 0 {
+                    out.push(Event::Message(Message {
+                        payload: Some(Vec::new()),
+                        ..message
+                    }));
+                } else {
+                    let expected_len = if ev.flags & FLAG_PAYLOAD_OVERSIZED != 0 {
+                        peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH
+                    } else {
+                        ev.payload_size
+                    };
+                    self.partial.insert(
+                        header.tid,
+                        Partial {
+                            message,
+                            message_id: ev.message_id,
+                            expected_len,
+                            data: Vec::with_capacity(expected_len as usize),
+                        },
+                    );
+                }
+            }
+            Some(RecordKind::PayloadChunk) => {
+                let chunk: PayloadChunk = read(record, header.kind)?;
+                let body = &record[size_of::<PayloadChunk>()..];
+                let Some(mut partial) = self.partial.remove(&header.tid) else {
+                    // The header was lost (ring full); its loss is counted in
+                    // the kernel, nothing to attach this chunk to.
+                    return Ok(());
+                };
+                let len = chunk.len as usize;
+                if partial.message_id != chunk.message_id
+                    || chunk.offset as usize != partial.data.len()
+                    || len > body.len()
+                {
+                    out.push(incomplete(
+                        partial,
+                        "payload chunks arrived out of sequence",
+                    ));
+                    return Ok(());
+                }
+                partial.data.extend_from_slice(&body[..len]);
+                if partial.data.len() as u64 >= partial.expected_len {
+                    let Partial { message, data, .. } = partial;
+                    out.push(Event::Message(Message {
+                        payload: Some(data),
+                        ..message
+                    }));
+                } else {
+                    self.partial.insert(header.tid, partial);
+                }
+            }
+            Some(RecordKind::Connection) => {
+                let ev: ConnectionEvent = read(record, header.kind)?;
+                let Some(kind) = ConnectionEventKind::from_u8(ev.event) else {
+                    return Err(DecodeError::UnknownKind(header.kind));
+                };
+                out.push(Event::Connection(Connection {
+                    ktime_ns: header.ktime_ns,
+                    kind,
+                    peer_id: ev.peer_id,
+                    addr: c_string(&ev.addr),
+                    conn_type: c_string(&ev.conn_type),
+                    network: ev.network,
+                    value: ev.value,
+                }));
+            }
+            Some(RecordKind::Misbehaving) => {
+                let ev: MisbehavingEvent = read(record, header.kind)?;
+                out.push(Event::Misbehaving(Misbehaving {
+                    ktime_ns: header.ktime_ns,
+                    peer_id: ev.peer_id,
+                    reason: c_string(&ev.reason),
+                }));
+            }
+            None => return Err(DecodeError::UnknownKind(header.kind)),
+        }
+        Ok(())
+    }
+
+    /// Surfaces every message still waiting for chunks; called when no more
+    /// records will come.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        for (_, partial) in self.partial.drain() {
+            out.push(incomplete(
+                partial,
+                "tracing stopped before the payload was complete",
+            ));
+        }
+    }
+}
+
+fn incomplete(partial: Partial, reason: &'static str) -> Event {
+    Event::IncompleteMessage(IncompleteMessage {
+        received: partial.data.len() as u64,
+        message: partial.message,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerlog_common::{ADDR_LEN, CONN_TYPE_LEN, MSG_TYPE_LEN};
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test helper over plain old data.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn fixed<const N: usize>(s: &str) -> [u8; N] {
+        let mut a = [0u8; N];
+        a[..s.len()].copy_from_slice(s.as_bytes());
+        a
+    }
+
+    fn header(kind: RecordKind, tid: u32, ktime_ns: u64) -> RecordHeader {
+        RecordHeader {
+            abi: ABI_VERSION,
+            kind: kind as u16,
+            tid,
+            ktime_ns,
+        }
+    }
+
+    fn message(tid: u32, id: u64, size: u64, chunks: u32, flags: u8) -> Vec<u8> {
+        bytes_of(&MessageEvent {
+            header: header(RecordKind::Message, tid, id),
+            message_id: id,
+            peer_id: 7,
+            payload_size: size,
+            chunks,
+            direction: Direction::Inbound as u8,
+            flags,
+            _pad: [0; 2],
+            addr: fixed::<ADDR_LEN>("127.0.0.1:18444"),
+            conn_type: fixed::<CONN_TYPE_LEN>("inbound"),
+            msg_type: fixed::<MSG_TYPE_LEN>("block"),
+        })
+    }
+
+    fn chunk(tid: u32, id: u64, offset: u32, data: &[u8], class: usize) -> Vec<u8> {
+        let mut v = bytes_of(&PayloadChunk {
+            header: header(RecordKind::PayloadChunk, tid, id),
+            message_id: id,
+            offset,
+            len: data.len() as u32,
+        });
+        v.extend_from_slice(data);
+        v.resize(size_of::<PayloadChunk>() + class, 0xAA);
+        v
+    }
+
+    #[test]
+    fn reassembles_chunks_in_order() {
+        let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&message(1, 99, 20_000, 2, 0), &mut out).unwrap();
+        d.push(&chunk(1, 99, 0, &payload[..16384], 16384), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        d.push(&chunk(1, 99, 16384, &payload[16384..], 4096), &mut out)
+            .unwrap();
+        let [Event::Message(m)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(m.payload.as_deref(), Some(&payload[..]));
+        assert_eq!(m.addr, "127.0.0.1:18444");
+        assert_eq!(m.msg_type, "block");
+        assert_eq!(m.peer_id, 7);
+    }
+
+    #[test]
+    fn a_gap_is_reported_not_shortened() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&message(1, 5, 40_000, 3, 0), &mut out).unwrap();
+        d.push(&chunk(1, 5, 0, &[1; 16384], 16384), &mut out)
+            .unwrap();
+        // Next message of the same thread: the previous one lost its tail.
+        d.push(&message(1, 6, 0, 0, 0), &mut out).unwrap();
+        assert!(matches!(&out[0], Event::IncompleteMessage(i) if i.received == 16384));
+        assert!(matches!(&out[1], Event::Message(m) if m.payload.as_deref() == Some(&[][..])));
+    }
+
+    #[test]
+    fn threads_interleave_independently() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&message(1, 10, 300, 1, 0), &mut out).unwrap();
+        d.push(&message(2, 11, 3, 1, 0), &mut out).unwrap();
+        d.push(&chunk(2, 11, 0, b"abc", 256), &mut out).unwrap();
+        d.push(&chunk(1, 10, 0, &[9; 300], 4096), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        d.finish(&mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn skipped_payload_and_abi_mismatch() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&message(1, 1, 1000, 0, FLAG_PAYLOAD_SKIPPED), &mut out)
+            .unwrap();
+        assert!(
+            matches!(&out[0], Event::Message(m) if m.payload.is_none() && m.payload_size == 1000)
+        );
+        let mut bad = message(1, 2, 0, 0, 0);
+        bad[0] = 0xEE;
+        assert!(matches!(
+            d.push(&bad, &mut out),
+            Err(DecodeError::AbiMismatch(_))
+        ));
+        assert!(matches!(
+            d.push(&[0u8; 3], &mut out),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+}

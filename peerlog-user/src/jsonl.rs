@@ -1,0 +1,166 @@
+//! The JSON-lines sink: one JSON object per event (`--jsonl PATH|-`).
+//!
+//! Schema (one object per line, `event` says which):
+//! - `message`: `time_us`, `peer_id`, `addr`, `conn_type`, `direction`
+//!   (`recv`|`sent`), `msg_type`, `size`, `payload_copied`, and `payload`
+//!   (hex) with `--payload` when it was copied;
+//! - `message_incomplete`: the same without payload, plus `received` and `reason`;
+//! - `connection`: `time_us`, `kind` (`inbound`|`outbound`|`evicted`|`closed`),
+//!   `peer_id`, `addr`, `conn_type`, `network`, and `count` (opened) or
+//!   `connected_at` (evicted, closed; unix seconds);
+//! - `misbehaving`: `time_us`, `peer_id`, `reason`.
+
+use std::io::{self, Write};
+
+use peerlog_common::{ConnectionEventKind, Direction};
+use serde_json::{json, Value};
+
+use crate::{
+    clock::WallClock,
+    event::{Connection, Event, Message, Misbehaving},
+    peer::Network,
+};
+
+/// Writes events as JSON lines.
+pub struct JsonlSink {
+    out: Box<dyn Write + Send>,
+    with_payload: bool,
+}
+
+/// `recv` or `sent`, the words of Bitcoin Core's capture file names.
+pub fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Inbound => "recv",
+        Direction::Outbound => "sent",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+impl JsonlSink {
+    /// A sink writing to `out`; `with_payload` adds payloads as hex.
+    pub fn new(out: Box<dyn Write + Send>, with_payload: bool) -> Self {
+        Self { out, with_payload }
+    }
+
+    /// Writes one event.
+    pub fn write(&mut self, event: &Event, clock: &WallClock) -> io::Result<()> {
+        let value = match event {
+            Event::Message(m) => self.message(m, clock),
+            Event::IncompleteMessage(i) => {
+                let mut v = self.message(&i.message, clock);
+                v["event"] = json!("message_incomplete");
+                v["received"] = json!(i.received);
+                v["reason"] = json!(i.reason);
+                v
+            }
+            Event::Connection(c) => connection(c, clock),
+            Event::Misbehaving(m) => misbehaving(m, clock),
+        };
+        serde_json::to_writer(&mut self.out, &value)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Flushes buffered output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn message(&self, m: &Message, clock: &WallClock) -> Value {
+        let mut v = json!({
+            "event": "message",
+            "time_us": clock.unix_micros(m.ktime_ns),
+            "peer_id": m.peer_id,
+            "addr": m.addr,
+            "conn_type": m.conn_type,
+            "direction": direction_name(m.direction),
+            "msg_type": m.msg_type,
+            "size": m.payload_size,
+            "payload_copied": m.payload.is_some(),
+        });
+        if let (true, Some(p)) = (self.with_payload, &m.payload) {
+            v["payload"] = json!(hex(p));
+        }
+        v
+    }
+}
+
+fn connection(c: &Connection, clock: &WallClock) -> Value {
+    let (kind, value_key) = match c.kind {
+        ConnectionEventKind::Inbound => ("inbound", "count"),
+        ConnectionEventKind::Outbound => ("outbound", "count"),
+        ConnectionEventKind::Evicted => ("evicted", "connected_at"),
+        ConnectionEventKind::Closed => ("closed", "connected_at"),
+    };
+    let mut v = json!({
+        "event": "connection",
+        "time_us": clock.unix_micros(c.ktime_ns),
+        "kind": kind,
+        "peer_id": c.peer_id,
+        "addr": c.addr,
+        "conn_type": c.conn_type,
+        "network": Network::from_core(c.network).map(Network::name),
+    });
+    v[value_key] = json!(c.value);
+    v
+}
+
+fn misbehaving(m: &Misbehaving, clock: &WallClock) -> Value {
+    json!({
+        "event": "misbehaving",
+        "time_us": clock.unix_micros(m.ktime_ns),
+        "peer_id": m.peer_id,
+        "reason": m.reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_one_object_per_line() {
+        let buf = Shared::default();
+        let mut sink = JsonlSink::new(Box::new(buf.clone()), true);
+        let clock = WallClock::sample();
+        let m = Message {
+            ktime_ns: 1,
+            tid: 1,
+            peer_id: 3,
+            addr: "127.0.0.1:1".into(),
+            conn_type: "inbound".into(),
+            msg_type: "ping".into(),
+            direction: Direction::Inbound,
+            payload_size: 2,
+            payload: Some(vec![0xab, 0x01]),
+            addr_truncated: false,
+        };
+        sink.write(&Event::Message(m), &clock).unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["payload"], "ab01");
+        assert_eq!(v["direction"], "recv");
+        assert_eq!(v["peer_id"], 3);
+        assert!(text.ends_with('\n'));
+    }
+}

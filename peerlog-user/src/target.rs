@@ -1,0 +1,208 @@
+//! The process to trace: finding its executable, its USDT probes, and
+//! checking that peerlog has the privileges to trace it.
+
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::usdt::{self, UsdtProbe};
+
+/// The `net:*` tracepoints peerlog attaches to, each with the eBPF program
+/// that handles it (programs are named after their tracepoint).
+pub const NET_TRACEPOINTS: [&str; 7] = [
+    "inbound_message",
+    "outbound_message",
+    "inbound_connection",
+    "outbound_connection",
+    "evicted_inbound_connection",
+    "closed_connection",
+    "misbehaving_connection",
+];
+
+/// A running bitcoind, resolved.
+#[derive(Debug)]
+pub struct Target {
+    /// Process id (thread group id).
+    pub pid: i32,
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// What `/proc/PID/exe` points at, as the target sees it (inside its own
+    /// mount namespace; may end in " (deleted)" after an upgrade).
+    pub exe_display: PathBuf,
+    /// A path to the very inode the process runs, usable from here whatever
+    /// the target's mount namespace: `/proc/PID/exe`.
+    pub exe: PathBuf,
+    /// The USDT probes of the executable.
+    pub probes: Vec<UsdtProbe>,
+    /// Probes that could not be understood, with the reason.
+    pub unusable: Vec<String>,
+}
+
+impl Target {
+    /// Resolves `pid` and reads the probes of its executable.
+    pub fn open(pid: i32) -> Result<Self> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid <= 0 || !proc_dir.exists() {
+            bail!("no process with pid {pid} (is bitcoind running? try `pidof bitcoind`)");
+        }
+        let comm = fs::read_to_string(proc_dir.join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let exe = proc_dir.join("exe");
+        let exe_display = fs::read_link(&exe).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                anyhow::anyhow!(
+                    "cannot read {}: permission denied. Tracing another user's process needs \
+                     CAP_SYS_PTRACE (run peerlog as root)",
+                    exe.display()
+                )
+            } else if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "process {pid} ({comm}) has no executable (a kernel thread?) or just exited"
+                )
+            } else {
+                anyhow::anyhow!("cannot read {}: {e}", exe.display())
+            }
+        })?;
+        let bytes = fs::read(&exe).with_context(|| {
+            format!(
+                "cannot read the executable of pid {pid} ({})",
+                exe_display.display()
+            )
+        })?;
+        // One unusable probe (say, an operand form a compiler invents) must
+        // not stop tracing of the others; it is reported if peerlog needs it.
+        let (probes, unusable) = usdt::read_probes_lenient(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "pid {pid} ({comm}, {}) cannot be traced: {e}",
+                exe_display.display()
+            )
+        })?;
+        let unusable = unusable.iter().map(ToString::to_string).collect();
+        Ok(Self {
+            pid,
+            comm,
+            exe_display,
+            exe,
+            probes,
+            unusable,
+        })
+    }
+
+    /// The probe sites of `provider:name`; a probe inlined at several places
+    /// has several sites, each needing its own attachment.
+    pub fn sites<'a>(
+        &'a self,
+        provider: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a UsdtProbe> + 'a {
+        self.probes
+            .iter()
+            .filter(move |p| p.provider == provider && p.name == name)
+    }
+
+    /// Fails, naming them, when `net:*` tracepoints peerlog needs are absent.
+    pub fn require_net_tracepoints(&self) -> Result<()> {
+        let missing: Vec<_> = NET_TRACEPOINTS
+            .iter()
+            .filter(|name| self.sites("net", name).next().is_none())
+            .map(|name| format!("net:{name}"))
+            .collect();
+        if missing.len() == NET_TRACEPOINTS.len() {
+            bail!(
+                "pid {} ({}, {}) has USDT probes but none of bitcoind's net:* tracepoints; is it bitcoind?",
+                self.pid,
+                self.comm,
+                self.exe_display.display()
+            );
+        }
+        if !missing.is_empty() {
+            let reasons = if self.unusable.is_empty() {
+                String::new()
+            } else {
+                format!("; unusable probes: {}", self.unusable.join("; "))
+            };
+            bail!(
+                "pid {} ({}) lacks the tracepoints {}; this bitcoind is too old (net:* tracepoints \
+                 are complete since v23) or not Bitcoin Core{reasons}",
+                self.pid,
+                self.comm,
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// True when the net tracepoints have semaphores (Bitcoin Core >= v29).
+    pub fn has_semaphores(&self) -> bool {
+        self.sites("net", "inbound_message")
+            .any(|p| p.semaphore.is_some())
+    }
+
+    /// True while the process still exists.
+    pub fn is_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// Linux capabilities peerlog relies on.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities(u64);
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+impl Capabilities {
+    /// The effective capabilities of this process.
+    pub fn current() -> Result<Self> {
+        let status =
+            fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .context("no CapEff in /proc/self/status")?;
+        Ok(Self(u64::from_str_radix(hex.trim(), 16)?))
+    }
+
+    fn has(self, cap: u32) -> bool {
+        self.0 & (1 << cap) != 0
+    }
+
+    /// Fails with the list of what is missing to load and attach eBPF.
+    pub fn require_tracing(self) -> Result<()> {
+        let admin = self.has(CAP_SYS_ADMIN);
+        let mut missing = Vec::new();
+        if !self.has(CAP_BPF) && !admin {
+            missing.push("CAP_BPF");
+        }
+        if !self.has(CAP_PERFMON) && !admin {
+            missing.push("CAP_PERFMON");
+        }
+        if !missing.is_empty() {
+            bail!(
+                "missing privileges: {} (loading eBPF programs needs CAP_BPF, uprobes and reading \
+                 bitcoind's memory from them need CAP_PERFMON; CAP_SYS_ADMIN covers both). Run as \
+                 root (`sudo peerlog trace ...`) or grant them: \
+                 `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(which peerlog)`",
+                missing.join(" and ")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} ({}, {})",
+            self.pid,
+            self.comm,
+            self.exe_display.display()
+        )
+    }
+}

@@ -1,0 +1,605 @@
+//! `peerlog trace`: load the eBPF programs, attach them to a running
+//! bitcoind, and run events through the peer table into the sinks until told
+//! to stop, the duration is over, or the target exits.
+
+use std::{
+    fmt,
+    io::{self, BufWriter},
+    os::fd::{AsFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::UProbe,
+    Ebpf, EbpfLoader,
+};
+use peerlog_common::{
+    ConfigKey, ConnectionEventKind, Direction, LossCause, UsdtSpec, MSG_TYPE_LEN,
+    PEER_POLICY_SKIP_PAYLOAD,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    attach::{ProbeLink, UprobePmu, UprobeTarget},
+    capture::{CaptureLayout, CaptureRecord, CaptureWriter},
+    clock::WallClock,
+    event::{Decoder, Event, Message},
+    filter::PeerSelector,
+    jsonl::JsonlSink,
+    peer::{Network, PeerTable, Traffic},
+    target::{Capabilities, Target, NET_TRACEPOINTS},
+};
+
+/// The eBPF object built from `peerlog-ebpf` by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJECT"));
+
+/// Everything `peerlog trace` can be asked to do.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// Process id of bitcoind.
+    pub pid: i32,
+    /// Root directory of the capture, if capturing.
+    pub capture: Option<PathBuf>,
+    /// Directory layout of the capture.
+    pub capture_layout: CaptureLayout,
+    /// JSON-lines output; `-` is stdout.
+    pub jsonl: Option<PathBuf>,
+    /// Put payloads (hex) into the JSON lines.
+    pub payload_in_jsonl: bool,
+    /// Peers to capture and report.
+    pub peers: PeerSelector,
+    /// Message types to capture and report; empty means all.
+    pub msg_types: Vec<String>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_size: u32,
+}
+
+/// What a trace saw, printed when it ends.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Peers seen.
+    pub peers: usize,
+    /// Messages received by the node.
+    pub recv: Traffic,
+    /// Messages sent by the node.
+    pub sent: Traffic,
+    /// Capture records written.
+    pub records_written: u64,
+    /// Events lost in the kernel, by cause.
+    pub kernel_losses: Vec<(LossCause, u64)>,
+    /// Messages whose payload did not arrive whole.
+    pub incomplete_messages: u64,
+    /// Records that could not be decoded.
+    pub undecodable_records: u64,
+    /// Why tracing stopped.
+    pub stop_reason: String,
+}
+
+impl Summary {
+    /// Events lost anywhere (kernel counters, incomplete or undecodable records).
+    pub fn events_lost(&self) -> u64 {
+        self.kernel_losses.iter().map(|(_, n)| n).sum::<u64>()
+            + self.incomplete_messages
+            + self.undecodable_records
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "peerlog: stopped ({})", self.stop_reason)?;
+        writeln!(f, "  peers seen:       {}", self.peers)?;
+        writeln!(
+            f,
+            "  received:         {} messages, {} bytes",
+            self.recv.msgs, self.recv.bytes
+        )?;
+        writeln!(
+            f,
+            "  sent:             {} messages, {} bytes",
+            self.sent.msgs, self.sent.bytes
+        )?;
+        writeln!(f, "  capture records:  {}", self.records_written)?;
+        write!(f, "  events lost:      {}", self.events_lost())?;
+        let mut causes: Vec<String> = self
+            .kernel_losses
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| format!("{}={n}", c.name()))
+            .collect();
+        if self.incomplete_messages > 0 {
+            causes.push(format!("incomplete_messages={}", self.incomplete_messages));
+        }
+        if self.undecodable_records > 0 {
+            causes.push(format!("undecodable_records={}", self.undecodable_records));
+        }
+        if !causes.is_empty() {
+            write!(f, " ({})", causes.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a trace to its end and returns what it saw.
+pub fn run(opts: TraceOptions) -> Result<Summary> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run_async(opts))
+}
+
+/// Holds the loaded object and the attachments; dropping it detaches.
+struct Attached {
+    ebpf: Ebpf,
+    links: Vec<ProbeLink>,
+}
+
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        // Kernels since 5.11 charge BPF memory to the memory cgroup instead,
+        // so this is only fatal on old kernels, where loading will say so.
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn load_and_attach(target: &Target, opts: &TraceOptions, copy_payloads: bool) -> Result<Attached> {
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("EVENTS", opts.ring_size)
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
+        })?;
+
+    let mut config: Array<_, u64> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+    config.set(ConfigKey::TargetTgid as u32, target.pid as u64, 0)?;
+    config.set(
+        ConfigKey::CapturePayloads as u32,
+        u64::from(copy_payloads),
+        0,
+    )?;
+    config.set(
+        ConfigKey::MsgTypeFilterActive as u32,
+        u64::from(!opts.msg_types.is_empty()),
+        0,
+    )?;
+    let mut msg_filter: HashMap<_, [u8; MSG_TYPE_LEN], u8> = HashMap::try_from(
+        ebpf.map_mut("MSG_TYPE_FILTER")
+            .context("MSG_TYPE_FILTER map")?,
+    )?;
+    for t in &opts.msg_types {
+        msg_filter.insert(msg_type_key(t)?, 1, 0)?;
+    }
+
+    let pmu = UprobePmu::discover()?;
+    let mut links = Vec::new();
+    let mut cookie: u32 = 0;
+    for name in NET_TRACEPOINTS {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .with_context(|| format!("eBPF program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| anyhow::anyhow!("the kernel refused eBPF program {name}: {e}"))?;
+        let program_fd = program.fd()?.as_fd().try_clone_to_owned()?;
+        for site in target.sites("net", name) {
+            let spec: UsdtSpec = site
+                .to_spec()
+                .map_err(|e| anyhow::anyhow!("net:{name} at {:#x}: {e}", site.address))?;
+            let mut specs: Array<_, UsdtSpec> =
+                Array::try_from(ebpf.map_mut("USDT_SPECS").context("USDT_SPECS map")?)?;
+            specs.set(cookie, spec, 0)?;
+            let link = pmu
+                .attach(
+                    program_fd.as_fd(),
+                    &UprobeTarget {
+                        binary: &target.exe,
+                        file_offset: site.file_offset,
+                        semaphore_file_offset: site.semaphore_file_offset,
+                        pid: target.pid,
+                        cookie: u64::from(cookie),
+                        retprobe: false,
+                    },
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching to net:{name} at file offset {:#x} of {target}",
+                        site.file_offset
+                    )
+                })?;
+            links.push(link);
+            cookie += 1;
+        }
+    }
+    Ok(Attached { ebpf, links })
+}
+
+fn privilege_hint(e: &aya::EbpfError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        " (loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN: run as root)"
+    } else {
+        ""
+    }
+}
+
+/// The NUL-padded key of the message type filter map.
+fn msg_type_key(t: &str) -> Result<[u8; MSG_TYPE_LEN]> {
+    if t.is_empty() || t.len() > 12 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("bad message type {t:?}: message types are 1 to 12 printable ASCII characters");
+    }
+    let mut key = [0u8; MSG_TYPE_LEN];
+    key[..t.len()].copy_from_slice(t.as_bytes());
+    Ok(key)
+}
+
+/// Where events go after the peer table.
+struct Sinks {
+    capture: Option<CaptureWriter>,
+    jsonl: Option<JsonlSink>,
+}
+
+/// The state of a running trace: data flows kernel → decoder → peer table →
+/// sinks, in [`Tracer::handle`].
+struct Tracer {
+    clock: WallClock,
+    decoder: Decoder,
+    peers: PeerTable,
+    selector: PeerSelector,
+    msg_types: Vec<String>,
+    sinks: Sinks,
+    peer_policy: HashMap<MapData, i64, u8>,
+    summary: Summary,
+}
+
+impl Tracer {
+    fn handle_record(&mut self, record: &[u8], events: &mut Vec<Event>) -> Result<()> {
+        if let Err(e) = self.decoder.push(record, events) {
+            self.summary.undecodable_records += 1;
+            log::warn!("{e}");
+        }
+        for event in events.drain(..) {
+            self.handle(event)?;
+        }
+        Ok(())
+    }
+
+    fn msg_type_selected(&self, t: &str) -> bool {
+        self.msg_types.is_empty() || self.msg_types.iter().any(|m| m == t)
+    }
+
+    /// Applies the peer filter to a newly seen peer, and tells the kernel to
+    /// stop copying the payloads of a peer that is not selected.
+    fn select_peer(&mut self, id: i64) {
+        let Some(peer) = self.peers.get(id) else {
+            return;
+        };
+        let selected = self.selector.matches(&peer.identity());
+        if let Some(p) = self.peers.get_mut(id) {
+            p.selected = selected;
+        }
+        if !selected {
+            if let Err(e) = self.peer_policy.insert(id, PEER_POLICY_SKIP_PAYLOAD, 0) {
+                // Payloads of this peer keep being copied; they are still not
+                // written anywhere, so this only costs CPU.
+                log::warn!("could not set the kernel capture policy of peer {id}: {e}");
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<()> {
+        let mut report = true;
+        match &event {
+            Event::Message(m) => {
+                report = self.handle_message(m)?;
+            }
+            Event::IncompleteMessage(i) => {
+                self.summary.incomplete_messages += 1;
+                log::warn!(
+                    "peer {} {} {} of {} bytes: only {} bytes arrived ({}); not written to the capture",
+                    i.message.peer_id,
+                    crate::jsonl::direction_name(i.message.direction),
+                    i.message.msg_type,
+                    i.message.payload_size,
+                    i.received,
+                    i.reason
+                );
+            }
+            Event::Connection(c) => {
+                let unix_now = self.clock.unix_micros(c.ktime_ns) / 1_000_000;
+                let (peer, created) =
+                    self.peers
+                        .get_or_insert(c.peer_id, &c.addr, &c.conn_type, unix_now);
+                peer.network = Network::from_core(c.network).or(peer.network);
+                match c.kind {
+                    ConnectionEventKind::Inbound | ConnectionEventKind::Outbound => {
+                        peer.connected_at = unix_now;
+                        peer.connected_at_known = true;
+                    }
+                    ConnectionEventKind::Evicted | ConnectionEventKind::Closed => {
+                        peer.connected_at = c.value;
+                        peer.connected_at_known = true;
+                        if c.kind == ConnectionEventKind::Closed {
+                            peer.closed = true;
+                        }
+                    }
+                }
+                let (addr, connected_at, selected) =
+                    (peer.addr.clone(), peer.connected_at, peer.selected);
+                if created {
+                    self.select_peer(c.peer_id);
+                }
+                if c.kind == ConnectionEventKind::Closed {
+                    if let Some(capture) = &mut self.sinks.capture {
+                        capture.close_connection(&addr, (c.peer_id, connected_at))?;
+                    }
+                }
+                report =
+                    selected || created && self.peers.get(c.peer_id).is_some_and(|p| p.selected);
+            }
+            Event::Misbehaving(m) => {
+                let unix_now = self.clock.unix_micros(m.ktime_ns) / 1_000_000;
+                let (peer, _) = self.peers.get_or_insert(m.peer_id, "", "", unix_now);
+                peer.misbehaving += 1;
+                report = peer.selected;
+            }
+        }
+        if report {
+            if let Some(jsonl) = &mut self.sinks.jsonl {
+                jsonl
+                    .write(&event, &self.clock)
+                    .context("writing JSON lines")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Accounts a message and captures it; returns whether it is reported.
+    fn handle_message(&mut self, m: &Message) -> Result<bool> {
+        let time_micros = self.clock.unix_micros(m.ktime_ns);
+        let (peer, created) =
+            self.peers
+                .get_or_insert(m.peer_id, &m.addr, &m.conn_type, time_micros / 1_000_000);
+        if peer.addr.is_empty() {
+            // Created by a misbehaviour event before any message named it.
+            peer.addr = m.addr.clone();
+            peer.conn_type = m.conn_type.clone();
+        }
+        match m.direction {
+            Direction::Inbound => self.summary.recv.add(m.payload_size),
+            Direction::Outbound => self.summary.sent.add(m.payload_size),
+        }
+        peer.count_message(m.direction, &m.msg_type, m.payload_size);
+        if created {
+            self.select_peer(m.peer_id);
+        }
+        let peer = self.peers.get(m.peer_id).expect("inserted above");
+        if !peer.selected || !self.msg_type_selected(&m.msg_type) {
+            return Ok(false);
+        }
+        if let (Some(capture), Some(payload)) = (&mut self.sinks.capture, &m.payload) {
+            let record = CaptureRecord {
+                time_micros,
+                msg_type: m.msg_type.clone(),
+                payload: payload.clone(),
+            };
+            capture
+                .append(
+                    &peer.addr,
+                    (peer.id, peer.connected_at),
+                    m.direction == Direction::Inbound,
+                    &record,
+                )
+                .context("capture stopped")?;
+            self.summary.records_written += 1;
+        }
+        Ok(true)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(capture) = &mut self.sinks.capture {
+            capture.flush().context("capture stopped")?;
+        }
+        if let Some(jsonl) = &mut self.sinks.jsonl {
+            jsonl.flush().context("writing JSON lines")?;
+        }
+        Ok(())
+    }
+}
+
+/// A descriptor that becomes readable when the target exits.
+fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel returned this descriptor to us, and AsyncFd owns it
+    // from here on, so it stays open while registered.
+    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.ok()
+}
+
+fn open_sinks(opts: &TraceOptions) -> Result<Sinks> {
+    let capture = match &opts.capture {
+        Some(dir) => Some(CaptureWriter::new(dir, opts.capture_layout)?),
+        None => None,
+    };
+    let jsonl = match &opts.jsonl {
+        Some(path) if path.as_os_str() == "-" => Some(JsonlSink::new(
+            Box::new(BufWriter::new(io::stdout())),
+            opts.payload_in_jsonl,
+        )),
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Some(JsonlSink::new(
+                Box::new(BufWriter::new(file)),
+                opts.payload_in_jsonl,
+            ))
+        }
+        None => None,
+    };
+    Ok(Sinks { capture, jsonl })
+}
+
+async fn run_async(opts: TraceOptions) -> Result<Summary> {
+    Capabilities::current()?.require_tracing()?;
+    let target = Target::open(opts.pid)?;
+    target.require_net_tracepoints()?;
+    // Open the outputs before attaching: a capture directory that cannot be
+    // written is an error before anything is traced.
+    let sinks = open_sinks(&opts)?;
+    let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
+    let mut attached = load_and_attach(&target, &opts, copy_payloads)?;
+    let clock = WallClock::sample();
+
+    let ring = RingBuf::try_from(attached.ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open
+    // for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let peer_policy = HashMap::try_from(
+        attached
+            .ebpf
+            .take_map("PEER_POLICY")
+            .context("PEER_POLICY map")?,
+    )?;
+    let losses: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(attached.ebpf.take_map("LOSSES").context("LOSSES map")?)?;
+
+    eprintln!(
+        "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
+        attached.links.len(),
+        NET_TRACEPOINTS.len(),
+        if target.has_semaphores() {
+            "semaphores raised by the kernel"
+        } else {
+            "no semaphores: bitcoind before v29"
+        }
+    );
+
+    let mut tracer = Tracer {
+        clock,
+        decoder: Decoder::new(),
+        peers: PeerTable::new(),
+        selector: opts.peers.clone(),
+        msg_types: opts.msg_types.clone(),
+        sinks,
+        peer_policy,
+        summary: Summary::default(),
+    };
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let exited = pidfd(target.pid);
+    let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
+    let deadline = async {
+        match opts.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let target_exit = async {
+        match &exited {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            None => loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !target.is_alive() {
+                    break;
+                }
+            },
+        }
+    };
+    tokio::pin!(target_exit);
+
+    let mut events = Vec::new();
+    let outcome: Result<String> = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut failed = None;
+                while let Some(item) = ring.next() {
+                    if let Err(e) = tracer.handle_record(&item, &mut events) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                guard.clear_ready();
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+            }
+            _ = flush_tick.tick() => {
+                if let Err(e) = tracer.flush() {
+                    break Err(e);
+                }
+            }
+            _ = sigint.recv() => break Ok("interrupted".to_string()),
+            _ = sigterm.recv() => break Ok("terminated".to_string()),
+            _ = &mut deadline => break Ok("duration reached".to_string()),
+            _ = &mut target_exit => break Ok(format!("pid {} exited", target.pid)),
+        }
+    };
+
+    // Detach first so no new records arrive, then take what is still in the
+    // ring: those events happened while tracing.
+    attached.links.clear();
+    let mut drain_result = Ok(());
+    if outcome.is_ok() {
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Err(e) = tracer.handle_record(&item, &mut events) {
+                drain_result = Err(e);
+                break;
+            }
+        }
+        tracer.decoder.finish(&mut events);
+        for event in events.drain(..) {
+            tracer.handle(event)?;
+        }
+    }
+    let flush_result = tracer.flush();
+
+    tracer.summary.peers = tracer.peers.len();
+    tracer.summary.kernel_losses = LossCause::ALL
+        .iter()
+        .map(|&cause| {
+            let n = losses
+                .get(&(cause as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            (cause, n)
+        })
+        .collect();
+    match outcome {
+        Ok(reason) => {
+            drain_result?;
+            flush_result?;
+            tracer.summary.stop_reason = reason;
+            Ok(tracer.summary)
+        }
+        Err(e) => {
+            tracer.summary.stop_reason = format!("error: {e:#}");
+            eprintln!("{}", tracer.summary);
+            Err(e)
+        }
+    }
+}

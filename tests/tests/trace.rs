@@ -1,0 +1,490 @@
+//! End-to-end tests of `peerlog trace`: real eBPF programs attached to a
+//! running node (the twin, or `BITCOIND=/path/to/bitcoind`), real P2P traffic
+//! on loopback, captures compared byte for byte with what the client sent and
+//! received.
+//!
+//! Tests that need eBPF are reported as ignored, with the reason printed,
+//! when this machine cannot load it (not root, no uprobes): never as passed.
+
+use std::{fs, path::Path, process::Command, thread, time::Duration};
+
+use anyhow::{bail, ensure, Context, Result};
+use libtest_mimic::{Arguments, Failed, Trial};
+use peerlog_tests::*;
+
+fn main() {
+    let args = Arguments::from_args();
+    let skip = ebpf_unavailable();
+    if let Some(why) = &skip {
+        eprintln!("peerlog integration tests that load eBPF are IGNORED: {why}");
+    }
+    let no_bitcoind = std::env::var_os("BITCOIND").is_none_or(|v| v.is_empty());
+    if no_bitcoind {
+        eprintln!("capture_matches_bitcoind_own_capture is IGNORED: set BITCOIND=/path/to/bitcoind to run it");
+    }
+    type Test = fn() -> Result<()>;
+    // (name, test, needs eBPF, needs a real bitcoind)
+    let tests: [(&str, Test, bool, bool); 9] = [
+        ("capture_is_byte_exact", capture_is_byte_exact, true, false),
+        (
+            "capture_matches_bitcoind_own_capture",
+            capture_matches_bitcoind_own_capture,
+            true,
+            true,
+        ),
+        (
+            "peer_and_msg_type_filters",
+            peer_and_msg_type_filters,
+            true,
+            false,
+        ),
+        ("per_connection_layout", per_connection_layout, true, false),
+        (
+            "target_exit_stops_trace",
+            target_exit_stops_trace,
+            true,
+            false,
+        ),
+        (
+            "disk_full_keeps_records_intact",
+            disk_full_keeps_records_intact,
+            true,
+            false,
+        ),
+        (
+            "probes_without_semaphores",
+            probes_without_semaphores,
+            true,
+            false,
+        ),
+        (
+            "missing_privileges_are_named",
+            missing_privileges_are_named,
+            true,
+            false,
+        ),
+        (
+            "bad_targets_get_clear_errors",
+            bad_targets_get_clear_errors,
+            false,
+            false,
+        ),
+    ];
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, f, ebpf, bitcoind)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+            .with_ignored_flag((ebpf && skip.is_some()) || (bitcoind && no_bitcoind))
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Zero events lost, as the summary reports it.
+fn assert_no_loss(stderr: &str) -> Result<()> {
+    ensure!(
+        stderr.lines().any(|l| l.trim() == "events lost:      0"),
+        "peerlog lost events or printed no summary:\n{stderr}"
+    );
+    Ok(())
+}
+
+fn capture_is_byte_exact() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let jsonl = dir.path().join("events.jsonl");
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            capture.to_str().unwrap(),
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+        ],
+    )?;
+
+    let mut a = connect(&node)?;
+    let mut b = connect(&node)?;
+    sync(&mut b, 1)?;
+    standard_traffic(&node, &mut a)?;
+    sync(&mut b, 2)?;
+    b.drain(Duration::from_millis(300))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (a_local, b_local) = (a.local_addr(), b.local_addr());
+    let (ta, tb) = (a.take_transcript(), b.take_transcript());
+    drop(a);
+    drop(b);
+    thread::sleep(Duration::from_millis(500));
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    assert_no_loss(&out.stderr)?;
+
+    let files = read_capture(&capture)?;
+    // Clocks: the client stamps when it wrote or finished reading; bitcoind
+    // stamps when it processed. On loopback the two are close; a 4 MB message
+    // takes a while to copy, hence the margin.
+    let skew = Duration::from_secs(2);
+    assert_capture_matches(&files, a_local, &ta, skew)?;
+    assert_capture_matches(&files, b_local, &tb, skew)?;
+    let big = files
+        .iter()
+        .flat_map(|f| &f.records)
+        .filter(|r| r.payload.len() == MAX_MESSAGE)
+        .count();
+    ensure!(big >= 1, "no 4,000,000-byte message in the capture");
+
+    // The JSON lines tell the same story: every captured message once, and
+    // the connections.
+    let text = fs::read_to_string(&jsonl)?;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let messages = events.iter().filter(|e| e["event"] == "message").count();
+    let records: usize = files.iter().map(|f| f.records.len()).sum();
+    ensure!(
+        messages == records,
+        "{messages} JSON messages, {records} capture records"
+    );
+    if !node.is_bitcoind() {
+        let opened = events
+            .iter()
+            .filter(|e| e["event"] == "connection" && e["kind"] == "inbound")
+            .count();
+        let closed = events
+            .iter()
+            .filter(|e| e["event"] == "connection" && e["kind"] == "closed")
+            .count();
+        ensure!(
+            opened == 2 && closed == 2,
+            "connections: {opened} opened, {closed} closed"
+        );
+    }
+    node.stop()?;
+    Ok(())
+}
+
+/// With a real bitcoind, peerlog's capture must equal bitcoind's own
+/// `-capturemessages` output, message for message, byte for byte, with
+/// timestamps within a millisecond.
+fn capture_matches_bitcoind_own_capture() -> Result<()> {
+    let node = Node::start()?;
+    let core_dir = node
+        .core_capture_dir()
+        .context("BITCOIND is not a real bitcoind")?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let mut a = connect(&node)?;
+    standard_traffic(&node, &mut a)?;
+    drop(a);
+    thread::sleep(Duration::from_millis(500));
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    assert_no_loss(&out.stderr)?;
+    let ours = read_capture(&capture)?;
+    let theirs = read_capture(&core_dir)?;
+    for f in &ours {
+        let twin = theirs
+            .iter()
+            .find(|t| t.peer_addr == f.peer_addr && t.direction == f.direction)
+            .with_context(|| {
+                format!(
+                    "bitcoind has no capture for {:?} {}",
+                    f.peer_addr, f.direction
+                )
+            })?;
+        // bitcoind's capture started before peerlog attached: compare the tail.
+        let tail = &twin.records[twin.records.len() - f.records.len()..];
+        for (i, (o, t)) in f.records.iter().zip(tail).enumerate() {
+            ensure!(
+                o.msg_type == t.msg_type && o.payload == t.payload,
+                "{} record {i} differs",
+                f.path.display()
+            );
+            let skew = o.time_micros.abs_diff(t.time_micros);
+            ensure!(
+                skew <= 1000,
+                "{} record {i}: {skew} µs from bitcoind's time",
+                f.path.display()
+            );
+        }
+    }
+    node.stop()?;
+    Ok(())
+}
+
+fn peer_and_msg_type_filters() -> Result<()> {
+    let node = Node::start()?;
+    let mut a = connect(&node)?;
+    let mut b = connect(&node)?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let a_addr = a.local_addr().to_string();
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            capture.to_str().unwrap(),
+            "--peer",
+            &a_addr,
+            "--msg-type",
+            "ping",
+            "--msg-type",
+            "pong",
+        ],
+    )?;
+    for nonce in 100..105 {
+        sync(&mut a, nonce)?;
+        sync(&mut b, nonce)?;
+    }
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    let files = read_capture(&capture)?;
+    ensure!(
+        capture_of(&files, b.local_addr()).is_empty(),
+        "peer B was captured despite --peer {a_addr}"
+    );
+    let ours = capture_of(&files, a.local_addr());
+    let types = |dir: peerlog::capture::Direction, t: &str| -> usize {
+        ours.iter()
+            .filter(|f| f.direction == dir)
+            .flat_map(|f| &f.records)
+            .filter(|r| r.msg_type == t)
+            .count()
+    };
+    use peerlog::capture::Direction::{Recv, Sent};
+    // Our five pings and the node's five answers; the node may also ping us.
+    ensure!(
+        types(Recv, "ping") == 5,
+        "pings received: {}",
+        types(Recv, "ping")
+    );
+    ensure!(
+        types(Sent, "pong") == 5,
+        "pongs sent: {}",
+        types(Sent, "pong")
+    );
+    let all: Vec<&str> = ours
+        .iter()
+        .flat_map(|f| f.records.iter().map(|r| r.msg_type.as_str()))
+        .collect();
+    ensure!(
+        all.iter().all(|t| *t == "ping" || *t == "pong"),
+        "other types captured: {all:?}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+fn per_connection_layout() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            capture.to_str().unwrap(),
+            "--capture-layout",
+            "per-connection",
+        ],
+    )?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    // A pong we sent during the first round trip (to the node's own ping) is
+    // processed once the second round trip is back.
+    sync(&mut a, 2)?;
+    let local = a.local_addr();
+    let transcript = a.take_transcript();
+    drop(a);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    let files = read_capture(&capture)?;
+    let ours = capture_of(&files, local);
+    ensure!(!ours.is_empty(), "no capture for {local}");
+    for f in &ours {
+        let Some((_id, connected)) = f.connection else {
+            bail!("{} is not in a peer<id>-<time> directory", f.path.display());
+        };
+        ensure!(connected > 1_600_000_000, "connect time {connected}");
+    }
+    assert_capture_matches(&files, local, &transcript, Duration::from_secs(2))?;
+    node.stop()?;
+    Ok(())
+}
+
+fn target_exit_stops_trace() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let mut tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    // A pong we sent during the first round trip (to the node's own ping) is
+    // processed once the second round trip is back.
+    sync(&mut a, 2)?;
+    let local = a.local_addr();
+    let transcript = a.take_transcript();
+    drop(a);
+    node.stop()?;
+    let out = tracer.wait()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("exited"),
+        "no word of the target's exit:\n{}",
+        out.stderr
+    );
+    let files = read_capture(&capture)?;
+    assert_capture_matches(&files, local, &transcript, Duration::from_secs(2))?;
+    Ok(())
+}
+
+fn disk_full_keeps_records_intact() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mount = dir.path().join("small");
+    fs::create_dir(&mount)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount)
+        .status()?;
+    if !status.success() {
+        bail!("cannot mount a 1 MiB tmpfs to fill up (mount failed: {status})");
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mount);
+    let node = Node::start()?;
+    let capture = mount.join("capture");
+    let mut tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    // More than the file system holds: the capture must stop cleanly.
+    a.send_raw("peerlogbig", &vec![0x55; MAX_MESSAGE])?;
+    let _ = sync(&mut a, 2);
+    let out = tracer.wait()?;
+    ensure!(
+        !out.status.success(),
+        "peerlog did not report the full disk:\n{}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("capture stopped"),
+        "unclear error:\n{}",
+        out.stderr
+    );
+    let files = read_capture(&capture)?;
+    for f in &files {
+        ensure!(
+            f.truncated.is_none(),
+            "{} ends in a cut record",
+            f.path.display()
+        );
+    }
+    let records: usize = files.iter().map(|f| f.records.len()).sum();
+    ensure!(
+        records > 0,
+        "the records written before the disk filled up are gone"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+fn probes_without_semaphores() -> Result<()> {
+    let Some(twin) = option_env!("PEERLOG_TWIN_NO_SEMAPHORES") else {
+        bail!("the build did not produce a twin without semaphores");
+    };
+    let node = Node::start_twin(Path::new(twin), &[])?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    // A pong we sent during the first round trip (to the node's own ping) is
+    // processed once the second round trip is back.
+    sync(&mut a, 2)?;
+    let local = a.local_addr();
+    let transcript = a.take_transcript();
+    drop(a);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop()?;
+    ensure!(out.stderr.contains("no semaphores"), "{}", out.stderr);
+    assert_capture_matches(
+        &read_capture(&capture)?,
+        local,
+        &transcript,
+        Duration::from_secs(2),
+    )?;
+    node.stop()?;
+    Ok(())
+}
+
+fn missing_privileges_are_named() -> Result<()> {
+    let node = Node::start()?;
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(peerlog_bin()?)
+        .args(["trace", "--pid", &node.pid().to_string()])
+        .output()
+        .context("running setpriv (util-linux)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "peerlog ran without privileges?");
+    ensure!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "privileges not named:\n{stderr}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// Errors that come before anything is loaded: they need no privileges.
+fn bad_targets_get_clear_errors() -> Result<()> {
+    let peerlog = peerlog_bin()?;
+    let run = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&peerlog).args(args).output()?;
+        ensure!(!out.status.success(), "peerlog {args:?} succeeded");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    if ebpf_unavailable().is_none() {
+        let e = run(&["trace", "--pid", "999999999"])?;
+        ensure!(e.contains("no process with pid 999999999"), "{e}");
+        // A process without USDT: ourselves.
+        let e = run(&["trace", "--pid", &std::process::id().to_string()])?;
+        ensure!(e.contains("without USDT"), "{e}");
+        // A capture directory that cannot be created: under a regular file.
+        let node = Node::start()?;
+        let file = tempfile::NamedTempFile::new()?;
+        let bad = file.path().join("capture");
+        let e = run(&[
+            "trace",
+            "--pid",
+            &node.pid().to_string(),
+            "--capture",
+            bad.to_str().unwrap(),
+        ])?;
+        ensure!(
+            e.contains(bad.to_str().unwrap()),
+            "error does not name the directory: {e}"
+        );
+        node.stop()?;
+    }
+    let e = run(&["trace", "--pid", "1", "--ring-size", "3"])?;
+    ensure!(e.contains("power of two"), "{e}");
+    let e = run(&["trace", "--pid", "1", "--peer", "net=mars"])?;
+    ensure!(e.contains("mars"), "{e}");
+    Ok(())
+}
