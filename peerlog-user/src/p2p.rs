@@ -942,7 +942,11 @@ impl Peer {
         // BIP 31: the pong echoes the 8-byte nonce. A pre-BIP 31 ping has no
         // nonce and expects no answer.
         if self.opts.answer_pings && msg.msg_type == "ping" && msg.payload.len() == 8 {
-            self.send_raw("pong", &msg.payload)?;
+            if let Err(e) = self.send_raw("pong", &msg.payload) {
+                // Keep the promise that an error loses no received message.
+                self.inbox.push_back(msg);
+                return Err(e.into());
+            }
         }
         Ok(msg)
     }
@@ -1072,8 +1076,14 @@ impl Peer {
             let msg = self.receive_before(deadline, waiting_for)?;
             match msg.msg_type.as_str() {
                 "version" if self.their_version.is_none() => {
-                    let NetworkMessage::Version(theirs) = msg.decode()? else {
-                        unreachable!("a version payload decodes as Version");
+                    let theirs = match msg.decode() {
+                        Ok(NetworkMessage::Version(theirs)) => theirs,
+                        Ok(_) => unreachable!("a version payload decodes as Version"),
+                        Err(e) => {
+                            // Left for the caller to inspect.
+                            self.inbox.push_back(msg);
+                            return Err(e);
+                        }
                     };
                     let negotiated = theirs.version.min(self.opts.protocol_version);
                     self.their_version = Some(theirs);

@@ -1766,7 +1766,10 @@ void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>&
                 if (!pnode->fDisconnect) LogDebug("socket closed, disconnecting peer=%lld\n", (long long)pnode->GetId());
                 pnode->CloseSocketDisconnect();
             } else if (err != EWOULDBLOCK && err != EAGAIN && err != EINTR) {
-                if (!pnode->fDisconnect) LogDebug("socket recv error, disconnecting peer=%lld: %s\n", (long long)pnode->GetId(), std::strerror(err));
+                if (!pnode->fDisconnect) {
+                    LogDebug("socket recv error, disconnecting peer=%lld: %s\n",
+                             (long long)pnode->GetId(), std::strerror(err));
+                }
                 pnode->CloseSocketDisconnect();
             }
         }
@@ -1841,7 +1844,8 @@ bool CConnman::AttemptToEvictConnection()
         }
     }
     if (!pnode) return false;
-    LogDebug("selected %s connection for eviction, peer=%lld\n", pnode->ConnectionTypeAsString().c_str(), (long long)pnode->GetId());
+    LogDebug("selected %s connection for eviction, peer=%lld\n",
+             pnode->ConnectionTypeAsString().c_str(), (long long)pnode->GetId());
 
     TRACEPOINT(net, evicted_inbound_connection,
         pnode->GetId(),
@@ -1955,9 +1959,10 @@ namespace {
 // before the peer is visible to b-msghand) only b-msghand touches it, under
 // g_msgproc_mutex.
 struct Peer {
-    explicit Peer(NodeId id) : m_id(id) {}
+    Peer(NodeId id, ServiceFlags our_services) : m_id(id), m_our_services(our_services) {}
 
     const NodeId m_id;
+    const ServiceFlags m_our_services; // what we advertise to this peer
     bool m_outbound_version_message_sent = false;
     bool m_successfully_connected = false; // mirrors CNode::fSuccessfullyConnected for relay decisions
     bool m_wtxid_relay = false;
@@ -2023,7 +2028,6 @@ private:
     CConnman& m_connman;
     ChainstateManager& m_chainman;
     CTxMemPool& m_mempool;
-    ServiceFlags m_our_services = ServiceFlags(NODE_NETWORK | NODE_WITNESS);
 
     mutable std::mutex m_peer_mutex;
     std::map<NodeId, PeerRef> m_peer_map;
@@ -2046,9 +2050,8 @@ std::vector<PeerRef> PeerManagerImpl::AllPeers() const
 
 void PeerManagerImpl::InitializeNode(const CNode& node, ServiceFlags our_services)
 {
-    m_our_services = our_services;
     std::lock_guard lock(m_peer_mutex);
-    m_peer_map.emplace(node.GetId(), std::make_shared<Peer>(node.GetId()));
+    m_peer_map.emplace(node.GetId(), std::make_shared<Peer>(node.GetId(), our_services));
 }
 
 void PeerManagerImpl::FinalizeNode(const CNode& node)
@@ -2079,7 +2082,7 @@ void PeerManagerImpl::Misbehaving(Peer& peer, const std::string& message)
 
 void PeerManagerImpl::PushNodeVersion(CNode& pnode, const Peer& peer)
 {
-    const uint64_t my_services{m_our_services};
+    const uint64_t my_services{peer.m_our_services};
     const int64_t nTime{Ticks<std::chrono::seconds>(GetTimeSeconds())};
     const int nNodeStartingHeight{m_chainman.Height()};
     Bytes p;
@@ -2099,7 +2102,8 @@ void PeerManagerImpl::PushNodeVersion(CNode& pnode, const Peer& peer)
     SerLE32(p, nNodeStartingHeight);
     SerU8(p, 1); // fRelay
     MakeAndPushMessage(pnode, NetMsgType::VERSION, std::move(p));
-    LogDebug("send version message: version %d, blocks=%d, peer=%lld\n", PROTOCOL_VERSION, nNodeStartingHeight, (long long)peer.m_id);
+    LogDebug("send version message: version %d, blocks=%d, peer=%lld\n",
+             PROTOCOL_VERSION, nNodeStartingHeight, (long long)peer.m_id);
 }
 
 // Relay: a transaction newly in the mempool is announced to every
@@ -2292,7 +2296,8 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
             return;
         }
         LogDebug("New %s v1 peer connected: version: %d, blocks=%d, peer=%lld\n",
-                 pfrom.ConnectionTypeAsString().c_str(), pfrom.nVersion.load(), peer->m_starting_height, (long long)pfrom.GetId());
+                 pfrom.ConnectionTypeAsString().c_str(), pfrom.nVersion.load(), peer->m_starting_height,
+                 (long long)pfrom.GetId());
         if (pfrom.GetCommonVersion() >= SHORT_IDS_BLOCKS_VERSION) {
             // Willing to provide version-2 cmpctblocks; not asking for high-bandwidth mode.
             Bytes p;
@@ -2412,7 +2417,8 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
         for (uint64_t i = 0; i < n; ++i) locator.push_back(vRecv.ReadHash());
         const uint256 hash_stop = vRecv.ReadHash();
         if (locator.size() > MAX_LOCATOR_SZ) {
-            LogDebug("getheaders locator size %zu > %zu, disconnecting peer=%lld\n", locator.size(), MAX_LOCATOR_SZ, (long long)pfrom.GetId());
+            LogDebug("getheaders locator size %zu > %zu, disconnecting peer=%lld\n",
+                     locator.size(), MAX_LOCATOR_SZ, (long long)pfrom.GetId());
             pfrom.fDisconnect = true;
             return;
         }
