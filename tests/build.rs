@@ -4,7 +4,9 @@
 //! - `PEERLOG_TWIN`: the program as built (`-O2 -g`, symbols and DWARF inside);
 //! - `PEERLOG_TWIN_STRIPPED`: the same program after `strip -s`, carrying only a
 //!   `.gnu_debuglink` to the debug file, like a Bitcoin Core release binary;
-//! - `PEERLOG_TWIN_DEBUG`: that separate debug file (`twin.debug`, next to it).
+//! - `PEERLOG_TWIN_DEBUG`: that separate debug file (`twin.debug`, next to it);
+//! - `PEERLOG_TWIN_NO_SEMAPHORES`: the twin with probes but no semaphores, as
+//!   Bitcoin Core v23-v28 built them.
 //!
 //! g++ is run directly rather than through the `cc` crate: this is a program
 //! to execute, not a static library to link into Rust.
@@ -91,6 +93,23 @@ fn main() {
     );
     fs::rename(tmp("twin-stripped"), &stripped).expect("renaming twin-stripped");
     fs::rename(tmp("twin"), &twin).expect("renaming twin");
+
+    // The same twin as bitcoind v23-v28 had it: probes without semaphores.
+    let no_semaphores = out_dir.join("twin-nosem");
+    run(
+        Command::new(&cxx)
+            .args(CXXFLAGS)
+            .arg("-DTWIN_NO_SEMAPHORES")
+            .arg(&source)
+            .arg("-o")
+            .arg(tmp("twin-nosem")),
+        "compiling the twin node without semaphores",
+    );
+    fs::rename(tmp("twin-nosem"), &no_semaphores).expect("renaming twin-nosem");
+    println!(
+        "cargo:rustc-env=PEERLOG_TWIN_NO_SEMAPHORES={}",
+        no_semaphores.display()
+    );
 
     println!("cargo:rustc-env=PEERLOG_TWIN={}", twin.display());
     println!(

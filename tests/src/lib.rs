@@ -26,6 +26,8 @@ pub const TWIN: &str = env!("PEERLOG_TWIN");
 pub const TWIN_STRIPPED: &str = env!("PEERLOG_TWIN_STRIPPED");
 /// The separate debug file of [`TWIN_STRIPPED`].
 pub const TWIN_DEBUG: &str = env!("PEERLOG_TWIN_DEBUG");
+/// The twin with probes but no semaphores, like Bitcoin Core v23-v28.
+pub const TWIN_NO_SEMAPHORES: &str = env!("PEERLOG_TWIN_NO_SEMAPHORES");
 
 /// Size of the largest message Bitcoin Core accepts, which the traffic sends.
 pub const MAX_MESSAGE: usize = 4_000_000;

@@ -399,10 +399,7 @@ fn disk_full_keeps_records_intact() -> Result<()> {
 }
 
 fn probes_without_semaphores() -> Result<()> {
-    let Some(twin) = option_env!("PEERLOG_TWIN_NO_SEMAPHORES") else {
-        bail!("the build did not produce a twin without semaphores");
-    };
-    let node = Node::start_twin(Path::new(twin), &[])?;
+    let node = Node::start_twin(Path::new(TWIN_NO_SEMAPHORES), &[])?;
     let dir = tempfile::tempdir()?;
     let capture = dir.path().join("capture");
     let tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;

@@ -78,6 +78,8 @@
 // nothing, here as with the real node.
 
 #define SDT_USE_VARIADIC 1
+
+#ifndef TWIN_NO_SEMAPHORES
 #define _SDT_HAS_SEMAPHORES 1
 
 #define TRACEPOINT_SEMAPHORE(context, event) \
@@ -86,6 +88,15 @@
 #include <sys/sdt.h>
 
 #define TRACEPOINT_ACTIVE(context, event) (context##_##event##_semaphore > 0)
+#else
+// Bitcoin Core v23-v28: the same probes without semaphores (the notes say
+// `Semaphore: 0`); arguments are always prepared and the nop always reached.
+#define TRACEPOINT_SEMAPHORE(context, event) static_assert(true)
+
+#include <sys/sdt.h>
+
+#define TRACEPOINT_ACTIVE(context, event) true
+#endif
 
 #define TRACEPOINT(context, event, ...)                                  \
     do {                                                                 \
