@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -65,6 +65,12 @@ pub enum RecordKind {
     Connection = 3,
     /// A [`MisbehavingEvent`]: `net:misbehaving_connection`.
     Misbehaving = 4,
+    /// A [`CallEvent`]: one call of a [`TracedFunction`] returned.
+    Call = 5,
+    /// A [`MempoolEvent`]: `mempool:added`, `removed`, `replaced`, `rejected`.
+    Mempool = 6,
+    /// A [`BlockConnectedEvent`]: `validation:block_connected`.
+    BlockConnected = 7,
 }
 
 impl RecordKind {
@@ -75,6 +81,9 @@ impl RecordKind {
             2 => Self::PayloadChunk,
             3 => Self::Connection,
             4 => Self::Misbehaving,
+            5 => Self::Call,
+            6 => Self::Mempool,
+            7 => Self::BlockConnected,
             _ => return None,
         })
     }
@@ -229,6 +238,209 @@ pub struct MisbehavingEvent {
     pub reason: [u8; REASON_LEN],
 }
 
+/// The functions of bitcoind whose calls peerlog times, per peer. The value
+/// is the BPF cookie of their uprobes and the `function` of [`CallEvent`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TracedFunction {
+    /// `PeerManagerImpl::ProcessMessages(CNode*, std::atomic<bool>&)`: handles
+    /// at most one message of the peer (`b-msghand`).
+    ProcessMessages = 0,
+    /// `PeerManagerImpl::SendMessages(CNode*)`: announcements, pings,
+    /// requests for the peer (`b-msghand`).
+    SendMessages = 1,
+    /// `PeerManagerImpl::ProcessMessage(CNode&, const std::string&, DataStream&,
+    /// std::chrono::microseconds, const std::atomic<bool>&)`: one message,
+    /// inside `ProcessMessages`.
+    ProcessMessage = 2,
+    /// `CNode::ReceiveMsgBytes(std::span<const unsigned char>, bool&)`:
+    /// receiving (and for BIP324, decrypting) the peer's bytes (`b-net`).
+    ReceiveMsgBytes = 3,
+    /// `CConnman::SocketSendData(CNode&) const`: sending (and encrypting) to
+    /// the peer (`b-net`, or the caller's thread for an optimistic send).
+    SocketSendData = 4,
+}
+
+/// Number of [`TracedFunction`]s.
+pub const TRACED_FUNCTIONS: usize = 5;
+
+impl TracedFunction {
+    /// Every traced function, in value order.
+    pub const ALL: [TracedFunction; TRACED_FUNCTIONS] = [
+        Self::ProcessMessages,
+        Self::SendMessages,
+        Self::ProcessMessage,
+        Self::ReceiveMsgBytes,
+        Self::SocketSendData,
+    ];
+
+    /// The function for a raw value, if it is one this ABI knows.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+
+    /// The function's name as people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProcessMessages => "ProcessMessages",
+            Self::SendMessages => "SendMessages",
+            Self::ProcessMessage => "ProcessMessage",
+            Self::ReceiveMsgBytes => "ReceiveMsgBytes",
+            Self::SocketSendData => "SocketSendData",
+        }
+    }
+
+    /// The mangled symbol in bitcoind (GCC, libstdc++ with the C++11 ABI).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::ProcessMessages => "_ZN12_GLOBAL__N_115PeerManagerImpl15ProcessMessagesEP5CNodeRSt6atomicIbE",
+            Self::SendMessages => "_ZN12_GLOBAL__N_115PeerManagerImpl12SendMessagesEP5CNode",
+            Self::ProcessMessage => "_ZN12_GLOBAL__N_115PeerManagerImpl14ProcessMessageER5CNodeRKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEER10DataStreamNSt6chrono8durationIlSt5ratioILl1ELl1000000EEEERKSt6atomicIbE",
+            Self::ReceiveMsgBytes => "_ZN5CNode15ReceiveMsgBytesESt4spanIKhLm18446744073709551615EERb",
+            Self::SocketSendData => "_ZNK8CConnman14SocketSendDataER5CNode",
+        }
+    }
+}
+
+/// One returned call of a [`TracedFunction`].
+///
+/// `header.ktime_ns` is the return time. On-CPU time comes from the
+/// scheduler (`sched_switch`): the time the thread actually ran between entry
+/// and return, without lock waits and preemption.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CallEvent {
+    /// Common header; `kind` is [`RecordKind::Call`].
+    pub header: RecordHeader,
+    /// `bpf_ktime_get_ns()` at entry.
+    pub start_ktime_ns: u64,
+    /// Nanoseconds the thread was on a CPU during the call; [`ONCPU_UNKNOWN`]
+    /// when the scheduler hook is not attached.
+    pub oncpu_ns: u64,
+    /// The `CNode*` the call was for.
+    pub cnode: u64,
+    /// The peer id of that `CNode`, or -1 while peerlog has not yet seen a
+    /// message tracepoint that ties the two together.
+    pub peer_id: i64,
+    /// `ProcessMessage`: the message's receive time (µs since the epoch);
+    /// `ReceiveMsgBytes`: the number of bytes handed in; otherwise 0.
+    pub arg: u64,
+    /// The return value register: `ProcessMessages`: more work (bool);
+    /// `SocketSendData`: bytes sent; otherwise undefined.
+    pub ret: u64,
+    /// A [`TracedFunction`] as `u8`.
+    pub function: u8,
+    /// Padding; zero.
+    pub _pad: [u8; 7],
+}
+
+/// [`CallEvent::oncpu_ns`] when on-CPU time could not be measured.
+pub const ONCPU_UNKNOWN: u64 = u64::MAX;
+
+/// What a thread of bitcoind is doing for which peer, kept by the entry and
+/// return probes of `ProcessMessages`/`SendMessages`, read by every other
+/// program that attributes work to a peer (mempool events, CPU samples).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadContext {
+    /// The `CNode*` being served.
+    pub cnode: u64,
+    /// Its peer id, or -1 if not known yet.
+    pub peer_id: i64,
+    /// A [`TracedFunction`] as `u8`: `ProcessMessages` or `SendMessages`.
+    pub function: u8,
+    /// Padding; zero.
+    pub _pad: [u8; 7],
+}
+
+/// Which mempool tracepoint produced a [`MempoolEvent`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MempoolEventKind {
+    /// `mempool:added` (txid, vsize, fee).
+    Added = 0,
+    /// `mempool:removed` (txid, reason, vsize, fee, entry time).
+    Removed = 1,
+    /// `mempool:replaced` (replaced txid, vsize, fee, entry time; replacement
+    /// txid, vsize, fee, is-txid).
+    Replaced = 2,
+    /// `mempool:rejected` (txid, reason).
+    Rejected = 3,
+}
+
+impl MempoolEventKind {
+    /// The kind for a raw byte, if it is one this ABI knows.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Added,
+            1 => Self::Removed,
+            2 => Self::Replaced,
+            3 => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes reserved for a mempool reason (Bitcoin Core: at most 118 for
+/// `rejected`, 9 for `removed`).
+pub const MEMPOOL_REASON_LEN: usize = 120;
+
+/// The four mempool tracepoints, with the peer the thread was processing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MempoolEvent {
+    /// Common header; `kind` is [`RecordKind::Mempool`].
+    pub header: RecordHeader,
+    /// The peer whose message the thread was processing (`ProcessMessages`
+    /// context), or -1 outside of one (RPC, block connection, expiry).
+    pub peer_id: i64,
+    /// The transaction (for `replaced`: the replaced one), internal byte order.
+    pub txid: [u8; 32],
+    /// `replaced`: the replacement's txid, or package hash if not `other_is_txid`.
+    pub other_txid: [u8; 32],
+    /// Virtual size in vbytes.
+    pub vsize: i64,
+    /// Fee in satoshis.
+    pub fee: i64,
+    /// `replaced`: the replacement's vsize.
+    pub other_vsize: i64,
+    /// `replaced`: the replacement's fee.
+    pub other_fee: i64,
+    /// `removed`/`replaced`: when the transaction entered the mempool (unix seconds).
+    pub entry_time: u64,
+    /// A [`MempoolEventKind`] as `u8`.
+    pub event: u8,
+    /// `replaced`: 1 when `other_txid` is a txid (not a package hash).
+    pub other_is_txid: u8,
+    /// Padding; zero.
+    pub _pad: [u8; 6],
+    /// `removed`/`rejected`: the reason, NUL-terminated.
+    pub reason: [u8; MEMPOOL_REASON_LEN],
+}
+
+/// `validation:block_connected`, with the peer the thread was processing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockConnectedEvent {
+    /// Common header; `kind` is [`RecordKind::BlockConnected`].
+    pub header: RecordHeader,
+    /// The peer whose message (`block`, `cmpctblock`, `blocktxn`) was being
+    /// processed, or -1.
+    pub peer_id: i64,
+    /// Block hash, internal byte order.
+    pub hash: [u8; 32],
+    /// Height.
+    pub height: i64,
+    /// Transactions in the block.
+    pub tx_count: u64,
+    /// Inputs spent.
+    pub inputs: i64,
+    /// Signature operations.
+    pub sigops: u64,
+    /// Time bitcoind took to connect it, in nanoseconds.
+    pub duration_ns: u64,
+}
+
 /// How one USDT argument is located, as `sys/sdt.h` describes it
 /// (`N@%reg`, `N@off(%reg)`, `N@$imm`). The `kind` of a [`UsdtArgSpec`].
 #[repr(u8)]
@@ -292,9 +504,14 @@ pub enum ConfigKey {
     CapturePayloads = 1,
     /// Non-zero: only message types present in the message type map are copied.
     MsgTypeFilterActive = 2,
+    /// Byte offset of `pid` (the thread id) in the kernel's `task_struct`,
+    /// from its BTF; 0 disables on-CPU accounting.
+    TaskPidOffset = 3,
+    /// Byte offset of `tgid` (the process id) in `task_struct`.
+    TaskTgidOffset = 4,
 }
 /// Entries in the config array map.
-pub const CONFIG_ENTRIES: u32 = 4;
+pub const CONFIG_ENTRIES: u32 = 8;
 
 /// Entries in the message type filter map.
 pub const MAX_MSG_TYPE_FILTER: u32 = 64;
@@ -320,9 +537,11 @@ pub enum LossCause {
     PayloadReadFailed = 4,
     /// The probe's BPF cookie had no argument specification.
     MissingSpec = 5,
+    /// The ring buffer was full for a call, mempool or block event.
+    RingFullAccounting = 6,
 }
 /// Entries in the loss counter array.
-pub const LOSS_CAUSES: u32 = 6;
+pub const LOSS_CAUSES: u32 = 7;
 
 impl LossCause {
     /// Every cause, in index order.
@@ -333,6 +552,7 @@ impl LossCause {
         Self::ArgReadFailed,
         Self::PayloadReadFailed,
         Self::MissingSpec,
+        Self::RingFullAccounting,
     ];
 
     /// Short name used in summaries, JSON and metrics.
@@ -344,6 +564,7 @@ impl LossCause {
             Self::ArgReadFailed => "arg_read_failed",
             Self::PayloadReadFailed => "payload_read_failed",
             Self::MissingSpec => "missing_spec",
+            Self::RingFullAccounting => "ring_full_accounting",
         }
     }
 }

@@ -9,10 +9,13 @@
 
 use std::{collections::HashMap, mem::size_of};
 
+use bitcoin::hashes::Hash;
+
 use peerlog_common::{
-    ConnectionEvent, ConnectionEventKind, Direction, MessageEvent, MisbehavingEvent, PayloadChunk,
-    RecordHeader, RecordKind, ABI_VERSION, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED,
-    FLAG_PAYLOAD_SKIPPED,
+    BlockConnectedEvent, CallEvent, ConnectionEvent, ConnectionEventKind, Direction, MempoolEvent,
+    MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, RecordHeader, RecordKind,
+    TracedFunction, ABI_VERSION, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED,
+    ONCPU_UNKNOWN,
 };
 
 /// A P2P message seen at `net:inbound_message` or `net:outbound_message`.
@@ -81,6 +84,81 @@ pub struct Misbehaving {
     pub reason: String,
 }
 
+/// A returned call of one of the functions peerlog times.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// CLOCK_MONOTONIC nanoseconds at entry.
+    pub start_ktime_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds at return.
+    pub end_ktime_ns: u64,
+    /// Thread that made the call.
+    pub tid: u32,
+    /// Which function.
+    pub function: TracedFunction,
+    /// The `CNode*` it was for.
+    pub cnode: u64,
+    /// Its peer id, when the kernel had already tied the `CNode` to one.
+    pub peer_id: Option<i64>,
+    /// Nanoseconds the thread ran on a CPU during the call, when measured.
+    pub oncpu_ns: Option<u64>,
+    /// `ProcessMessage`: the message's receive time (µs since the epoch);
+    /// `ReceiveMsgBytes`: bytes handed in; otherwise 0.
+    pub arg: u64,
+    /// `ProcessMessages`: more work pending; `SocketSendData`: bytes sent.
+    pub ret: u64,
+}
+
+impl Call {
+    /// Wall-clock nanoseconds from entry to return.
+    pub fn wall_ns(&self) -> u64 {
+        self.end_ktime_ns.saturating_sub(self.start_ktime_ns)
+    }
+}
+
+/// A mempool tracepoint, attributed to the peer being processed.
+#[derive(Debug, Clone)]
+pub struct MempoolChange {
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    pub ktime_ns: u64,
+    /// Which tracepoint.
+    pub kind: MempoolEventKind,
+    /// Peer whose message the thread was processing, if any.
+    pub peer_id: Option<i64>,
+    /// The transaction (`replaced`: the replaced one).
+    pub txid: bitcoin::Txid,
+    /// Virtual size (vbytes).
+    pub vsize: i64,
+    /// Fee (satoshis).
+    pub fee: i64,
+    /// `removed`/`rejected`: the reason.
+    pub reason: String,
+    /// `replaced`: the replacement (txid or package hash), its vsize and fee.
+    pub replacement: Option<([u8; 32], i64, i64)>,
+    /// `removed`/`replaced`: when the transaction entered the mempool (unix seconds).
+    pub entry_time: u64,
+}
+
+/// `validation:block_connected`, attributed to the peer being processed.
+#[derive(Debug, Clone)]
+pub struct BlockConnected {
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    pub ktime_ns: u64,
+    /// Peer whose message the thread was processing, if any.
+    pub peer_id: Option<i64>,
+    /// Block hash.
+    pub hash: bitcoin::BlockHash,
+    /// Height.
+    pub height: i64,
+    /// Transactions.
+    pub tx_count: u64,
+    /// Inputs.
+    pub inputs: i64,
+    /// Signature operations.
+    pub sigops: u64,
+    /// Nanoseconds bitcoind took to connect it.
+    pub duration_ns: u64,
+}
+
 /// One decoded event.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -92,6 +170,12 @@ pub enum Event {
     Connection(Connection),
     /// A misbehaviour report.
     Misbehaving(Misbehaving),
+    /// A returned call of a traced function.
+    Call(Call),
+    /// A mempool change.
+    Mempool(MempoolChange),
+    /// A block was connected.
+    BlockConnected(BlockConnected),
 }
 
 /// A record that could not be decoded.
@@ -272,6 +356,55 @@ impl Decoder {
                     reason: c_string(&ev.reason),
                 }));
             }
+            Some(RecordKind::Call) => {
+                let ev: CallEvent = read(record, header.kind)?;
+                let function = TracedFunction::from_u8(ev.function)
+                    .ok_or(DecodeError::UnknownKind(header.kind))?;
+                out.push(Event::Call(Call {
+                    start_ktime_ns: ev.start_ktime_ns,
+                    end_ktime_ns: header.ktime_ns,
+                    tid: header.tid,
+                    function,
+                    cnode: ev.cnode,
+                    peer_id: known_peer(ev.peer_id),
+                    oncpu_ns: (ev.oncpu_ns != ONCPU_UNKNOWN).then_some(ev.oncpu_ns),
+                    arg: ev.arg,
+                    ret: ev.ret,
+                }));
+            }
+            Some(RecordKind::Mempool) => {
+                let ev: MempoolEvent = read(record, header.kind)?;
+                let kind = MempoolEventKind::from_u8(ev.event)
+                    .ok_or(DecodeError::UnknownKind(header.kind))?;
+                out.push(Event::Mempool(MempoolChange {
+                    ktime_ns: header.ktime_ns,
+                    kind,
+                    peer_id: known_peer(ev.peer_id),
+                    txid: bitcoin::Txid::from_byte_array(ev.txid),
+                    vsize: ev.vsize,
+                    fee: ev.fee,
+                    reason: c_string(&ev.reason),
+                    replacement: (kind == MempoolEventKind::Replaced).then_some((
+                        ev.other_txid,
+                        ev.other_vsize,
+                        ev.other_fee,
+                    )),
+                    entry_time: ev.entry_time,
+                }));
+            }
+            Some(RecordKind::BlockConnected) => {
+                let ev: BlockConnectedEvent = read(record, header.kind)?;
+                out.push(Event::BlockConnected(BlockConnected {
+                    ktime_ns: header.ktime_ns,
+                    peer_id: known_peer(ev.peer_id),
+                    hash: bitcoin::BlockHash::from_byte_array(ev.hash),
+                    height: ev.height,
+                    tx_count: ev.tx_count,
+                    inputs: ev.inputs,
+                    sigops: ev.sigops,
+                    duration_ns: ev.duration_ns,
+                }));
+            }
             None => return Err(DecodeError::UnknownKind(header.kind)),
         }
         Ok(())
@@ -287,6 +420,11 @@ impl Decoder {
             ));
         }
     }
+}
+
+/// Peer ids are non-negative in Bitcoin Core; the kernel writes -1 for "unknown".
+fn known_peer(id: i64) -> Option<i64> {
+    (id >= 0).then_some(id)
 }
 
 fn incomplete(partial: Partial, reason: &'static str) -> Event {

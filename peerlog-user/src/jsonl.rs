@@ -8,16 +8,21 @@
 //! - `connection`: `time_us`, `kind` (`inbound`|`outbound`|`evicted`|`closed`),
 //!   `peer_id`, `addr`, `conn_type`, `network`, and `count` (opened) or
 //!   `connected_at` (evicted, closed; unix seconds);
-//! - `misbehaving`: `time_us`, `peer_id`, `reason`.
+//! - `misbehaving`: `time_us`, `peer_id`, `reason`;
+//! - `mempool`: `time_us`, `kind` (`added`|`removed`|`replaced`|`rejected`),
+//!   `peer_id` (the peer being processed, or null), `txid`, `vsize`, `fee`,
+//!   `reason` (removed, rejected), `replacement` {`hash`, `vsize`, `fee`};
+//! - `block_connected`: `time_us`, `peer_id`, `hash`, `height`, `tx_count`,
+//!   `inputs`, `sigops`, `duration_ns`.
 
 use std::io::{self, Write};
 
-use peerlog_common::{ConnectionEventKind, Direction};
+use peerlog_common::{ConnectionEventKind, Direction, MempoolEventKind};
 use serde_json::{json, Value};
 
 use crate::{
     clock::WallClock,
-    event::{Connection, Event, Message, Misbehaving},
+    event::{BlockConnected, Connection, Event, MempoolChange, Message, Misbehaving},
     peer::Network,
 };
 
@@ -50,9 +55,13 @@ impl JsonlSink {
         Self { out, with_payload }
     }
 
-    /// Writes one event.
+    /// Writes one event. Function calls are not written: they come by the
+    /// thousand per second and are summarised in the statistics instead.
     pub fn write(&mut self, event: &Event, clock: &WallClock) -> io::Result<()> {
         let value = match event {
+            Event::Call(_) => return Ok(()),
+            Event::Mempool(m) => mempool(m, clock),
+            Event::BlockConnected(b) => block_connected(b, clock),
             Event::Message(m) => self.message(m, clock),
             Event::IncompleteMessage(i) => {
                 let mut v = self.message(&i.message, clock);
@@ -110,6 +119,47 @@ fn connection(c: &Connection, clock: &WallClock) -> Value {
     });
     v[value_key] = json!(c.value);
     v
+}
+
+fn mempool(m: &MempoolChange, clock: &WallClock) -> Value {
+    let kind = match m.kind {
+        MempoolEventKind::Added => "added",
+        MempoolEventKind::Removed => "removed",
+        MempoolEventKind::Replaced => "replaced",
+        MempoolEventKind::Rejected => "rejected",
+    };
+    let mut v = json!({
+        "event": "mempool",
+        "time_us": clock.unix_micros(m.ktime_ns),
+        "kind": kind,
+        "peer_id": m.peer_id,
+        "txid": m.txid.to_string(),
+        "vsize": m.vsize,
+        "fee": m.fee,
+    });
+    if !m.reason.is_empty() {
+        v["reason"] = json!(m.reason);
+    }
+    if let Some((hash, vsize, fee)) = &m.replacement {
+        let mut display = *hash;
+        display.reverse();
+        v["replacement"] = json!({ "hash": hex(&display), "vsize": vsize, "fee": fee });
+    }
+    v
+}
+
+fn block_connected(b: &BlockConnected, clock: &WallClock) -> Value {
+    json!({
+        "event": "block_connected",
+        "time_us": clock.unix_micros(b.ktime_ns),
+        "peer_id": b.peer_id,
+        "hash": b.hash.to_string(),
+        "height": b.height,
+        "tx_count": b.tx_count,
+        "inputs": b.inputs,
+        "sigops": b.sigops,
+        "duration_ns": b.duration_ns,
+    })
 }
 
 fn misbehaving(m: &Misbehaving, clock: &WallClock) -> Value {

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod jsonl;
 pub mod p2p;
 pub mod peer;
+pub mod probes;
 pub mod target;
 pub mod trace;
 pub mod usdt;

@@ -5,36 +5,25 @@
 use std::{
     fmt,
     io::{self, BufWriter},
-    os::fd::{AsFd, FromRawFd, OwnedFd},
+    os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::UProbe,
-    Ebpf, EbpfLoader,
-};
-use peerlog_common::{
-    ConfigKey, ConnectionEventKind, Direction, LossCause, UsdtSpec, MSG_TYPE_LEN,
-    PEER_POLICY_SKIP_PAYLOAD,
-};
+use anyhow::{Context, Result};
+use peerlog_common::{ConnectionEventKind, Direction, LossCause};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    attach::{ProbeLink, UprobePmu, UprobeTarget},
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     clock::WallClock,
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     jsonl::JsonlSink,
     peer::{Network, PeerTable, Traffic},
+    probes::{KernelControl, ProbeOptions, Probes},
     target::{Capabilities, Target, NET_TRACEPOINTS},
 };
-
-/// The eBPF object built from `peerlog-ebpf` by `build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJECT"));
 
 /// Everything `peerlog trace` can be asked to do.
 #[derive(Debug, Clone)]
@@ -133,120 +122,6 @@ pub fn run(opts: TraceOptions) -> Result<Summary> {
         .block_on(run_async(opts))
 }
 
-/// Holds the loaded object and the attachments; dropping it detaches.
-struct Attached {
-    ebpf: Ebpf,
-    links: Vec<ProbeLink>,
-}
-
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        // Kernels since 5.11 charge BPF memory to the memory cgroup instead,
-        // so this is only fatal on old kernels, where loading will say so.
-        log::debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            io::Error::last_os_error()
-        );
-    }
-}
-
-fn load_and_attach(target: &Target, opts: &TraceOptions, copy_payloads: bool) -> Result<Attached> {
-    raise_memlock_limit();
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("EVENTS", opts.ring_size)
-        .load(EBPF_OBJECT)
-        .map_err(|e| {
-            anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
-        })?;
-
-    let mut config: Array<_, u64> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
-    config.set(ConfigKey::TargetTgid as u32, target.pid as u64, 0)?;
-    config.set(
-        ConfigKey::CapturePayloads as u32,
-        u64::from(copy_payloads),
-        0,
-    )?;
-    config.set(
-        ConfigKey::MsgTypeFilterActive as u32,
-        u64::from(!opts.msg_types.is_empty()),
-        0,
-    )?;
-    let mut msg_filter: HashMap<_, [u8; MSG_TYPE_LEN], u8> = HashMap::try_from(
-        ebpf.map_mut("MSG_TYPE_FILTER")
-            .context("MSG_TYPE_FILTER map")?,
-    )?;
-    for t in &opts.msg_types {
-        msg_filter.insert(msg_type_key(t)?, 1, 0)?;
-    }
-
-    let pmu = UprobePmu::discover()?;
-    let mut links = Vec::new();
-    let mut cookie: u32 = 0;
-    for name in NET_TRACEPOINTS {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .with_context(|| format!("eBPF program {name} missing from the object"))?
-            .try_into()?;
-        program
-            .load()
-            .map_err(|e| anyhow::anyhow!("the kernel refused eBPF program {name}: {e}"))?;
-        let program_fd = program.fd()?.as_fd().try_clone_to_owned()?;
-        for site in target.sites("net", name) {
-            let spec: UsdtSpec = site
-                .to_spec()
-                .map_err(|e| anyhow::anyhow!("net:{name} at {:#x}: {e}", site.address))?;
-            let mut specs: Array<_, UsdtSpec> =
-                Array::try_from(ebpf.map_mut("USDT_SPECS").context("USDT_SPECS map")?)?;
-            specs.set(cookie, spec, 0)?;
-            let link = pmu
-                .attach(
-                    program_fd.as_fd(),
-                    &UprobeTarget {
-                        binary: &target.exe,
-                        file_offset: site.file_offset,
-                        semaphore_file_offset: site.semaphore_file_offset,
-                        pid: target.pid,
-                        cookie: u64::from(cookie),
-                        retprobe: false,
-                    },
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching to net:{name} at file offset {:#x} of {target}",
-                        site.file_offset
-                    )
-                })?;
-            links.push(link);
-            cookie += 1;
-        }
-    }
-    Ok(Attached { ebpf, links })
-}
-
-fn privilege_hint(e: &aya::EbpfError) -> &'static str {
-    let text = e.to_string();
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        " (loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN: run as root)"
-    } else {
-        ""
-    }
-}
-
-/// The NUL-padded key of the message type filter map.
-fn msg_type_key(t: &str) -> Result<[u8; MSG_TYPE_LEN]> {
-    if t.is_empty() || t.len() > 12 || !t.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!("bad message type {t:?}: message types are 1 to 12 printable ASCII characters");
-    }
-    let mut key = [0u8; MSG_TYPE_LEN];
-    key[..t.len()].copy_from_slice(t.as_bytes());
-    Ok(key)
-}
-
 /// Where events go after the peer table.
 struct Sinks {
     capture: Option<CaptureWriter>,
@@ -262,7 +137,7 @@ struct Tracer {
     selector: PeerSelector,
     msg_types: Vec<String>,
     sinks: Sinks,
-    peer_policy: HashMap<MapData, i64, u8>,
+    control: KernelControl,
     summary: Summary,
 }
 
@@ -276,6 +151,14 @@ impl Tracer {
             self.handle(event)?;
         }
         Ok(())
+    }
+
+    /// Whether an event attributed to `peer_id` (None: to no peer) is reported.
+    fn attributed_selected(&self, peer_id: Option<i64>) -> bool {
+        match peer_id {
+            Some(id) => self.peers.get(id).is_none_or(|p| p.selected),
+            None => self.selector.selects_all(),
+        }
     }
 
     fn msg_type_selected(&self, t: &str) -> bool {
@@ -293,7 +176,7 @@ impl Tracer {
             p.selected = selected;
         }
         if !selected {
-            if let Err(e) = self.peer_policy.insert(id, PEER_POLICY_SKIP_PAYLOAD, 0) {
+            if let Err(e) = self.control.set_peer_payloads(id, false) {
                 // Payloads of this peer keep being copied; they are still not
                 // written anywhere, so this only costs CPU.
                 log::warn!("could not set the kernel capture policy of peer {id}: {e}");
@@ -357,6 +240,9 @@ impl Tracer {
                 peer.misbehaving += 1;
                 report = peer.selected;
             }
+            Event::Call(_) => report = false,
+            Event::Mempool(m) => report = self.attributed_selected(m.peer_id),
+            Event::BlockConnected(b) => report = self.attributed_selected(b.peer_id),
         }
         if report {
             if let Some(jsonl) = &mut self.sinks.jsonl {
@@ -464,26 +350,26 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     // written is an error before anything is traced.
     let sinks = open_sinks(&opts)?;
     let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
-    let mut attached = load_and_attach(&target, &opts, copy_payloads)?;
+    let mut probes = Probes::attach(
+        &target,
+        &ProbeOptions {
+            ring_size: opts.ring_size,
+        },
+    )?;
+    let mut control = probes.take_control()?;
+    control.set_msg_types(&opts.msg_types)?;
+    control.set_copy_payloads(copy_payloads)?;
     let clock = WallClock::sample();
-
-    let ring = RingBuf::try_from(attached.ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+    let ring = probes.take_ring()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open
     // for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let peer_policy = HashMap::try_from(
-        attached
-            .ebpf
-            .take_map("PEER_POLICY")
-            .context("PEER_POLICY map")?,
-    )?;
-    let losses: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(attached.ebpf.take_map("LOSSES").context("LOSSES map")?)?;
+    let losses = probes.take_losses()?;
 
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
-        attached.links.len(),
+        probes.sites,
         NET_TRACEPOINTS.len(),
         if target.has_semaphores() {
             "semaphores raised by the kernel"
@@ -499,7 +385,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         selector: opts.peers.clone(),
         msg_types: opts.msg_types.clone(),
         sinks,
-        peer_policy,
+        control,
         summary: Summary::default(),
     };
 
@@ -561,7 +447,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
 
     // Detach first so no new records arrive, then take what is still in the
     // ring: those events happened while tracing.
-    attached.links.clear();
+    probes.detach();
     let mut drain_result = Ok(());
     if outcome.is_ok() {
         let ring = ring.get_mut();
@@ -579,16 +465,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     let flush_result = tracer.flush();
 
     tracer.summary.peers = tracer.peers.len();
-    tracer.summary.kernel_losses = LossCause::ALL
-        .iter()
-        .map(|&cause| {
-            let n = losses
-                .get(&(cause as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
-            (cause, n)
-        })
-        .collect();
+    tracer.summary.kernel_losses = losses.read();
     match outcome {
         Ok(reason) => {
             drain_result?;
