@@ -71,6 +71,9 @@ pub enum RecordKind {
     Mempool = 6,
     /// A [`BlockConnectedEvent`]: `validation:block_connected`.
     BlockConnected = 7,
+    /// A [`CpuSample`]: a thread of the target was on a CPU, with its user
+    /// stack.
+    CpuSample = 8,
 }
 
 impl RecordKind {
@@ -84,6 +87,7 @@ impl RecordKind {
             5 => Self::Call,
             6 => Self::Mempool,
             7 => Self::BlockConnected,
+            8 => Self::CpuSample,
             _ => return None,
         })
     }
@@ -334,6 +338,42 @@ pub struct CallEvent {
     pub _pad: [u8; 7],
 }
 
+/// A call in progress, kept by the entry probe of a [`TracedFunction`] until
+/// its return probe, keyed by `(tid << 8) | function`.
+///
+/// `return_addr` is where the call returns to. A return probe (uretprobe)
+/// replaces that address on the stack with the kernel's trampoline in the
+/// `[uprobes]` mapping, so a stack unwinder that meets the trampoline takes
+/// the real address from here: the calls of one thread in progress, sorted
+/// by `start_ktime_ns` (latest first), match the trampolines on its stack
+/// from the innermost out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CallFrame {
+    /// `bpf_ktime_get_ns()` at entry.
+    pub start_ktime_ns: u64,
+    /// The thread's on-CPU nanoseconds at entry ([`ONCPU_UNKNOWN`] if unmeasured).
+    pub start_oncpu_ns: u64,
+    /// The `CNode*` argument.
+    pub cnode: u64,
+    /// See [`CallEvent::arg`].
+    pub arg: u64,
+    /// The return address the call was made with (`*(u64*)rsp` at entry).
+    pub return_addr: u64,
+}
+
+/// On-CPU bookkeeping of one thread of the target, kept by `sched_switch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadCpu {
+    /// On-CPU nanoseconds accumulated up to the last switch-out.
+    pub total_ns: u64,
+    /// `bpf_ktime_get_ns()` at the last switch-in.
+    pub since_ns: u64,
+    /// 1 while the thread is on a CPU.
+    pub running: u64,
+}
+
 /// [`CallEvent::oncpu_ns`] when on-CPU time could not be measured.
 pub const ONCPU_UNKNOWN: u64 = u64::MAX;
 
@@ -502,14 +542,23 @@ pub enum ConfigKey {
     TargetTgid = 0,
     /// Non-zero: copy payloads at all (capture is on).
     CapturePayloads = 1,
-    /// Non-zero: only message types present in the message type map are copied.
+    /// Non-zero: capture copies only message types marked [`MSG_TYPE_CAPTURE`]
+    /// in the message type map.
     MsgTypeFilterActive = 2,
     /// Byte offset of `pid` (the thread id) in the kernel's `task_struct`,
     /// from its BTF; 0 disables on-CPU accounting.
     TaskPidOffset = 3,
     /// Byte offset of `tgid` (the process id) in `task_struct`.
     TaskTgidOffset = 4,
+    /// Non-zero: copy the payloads of the message types marked
+    /// [`MSG_TYPE_STATS`] whatever the capture settings (statistics parse them).
+    StatsPayloads = 5,
 }
+
+/// Bit of a message type filter map value: capture selects this type.
+pub const MSG_TYPE_CAPTURE: u8 = 1;
+/// Bit of a message type filter map value: statistics parse this type.
+pub const MSG_TYPE_STATS: u8 = 2;
 /// Entries in the config array map.
 pub const CONFIG_ENTRIES: u32 = 8;
 
@@ -539,9 +588,11 @@ pub enum LossCause {
     MissingSpec = 5,
     /// The ring buffer was full for a call, mempool or block event.
     RingFullAccounting = 6,
+    /// The ring buffer was full for a [`CpuSample`], or its scratch slot was missing.
+    RingFullSample = 7,
 }
 /// Entries in the loss counter array.
-pub const LOSS_CAUSES: u32 = 7;
+pub const LOSS_CAUSES: u32 = 8;
 
 impl LossCause {
     /// Every cause, in index order.
@@ -553,6 +604,7 @@ impl LossCause {
         Self::PayloadReadFailed,
         Self::MissingSpec,
         Self::RingFullAccounting,
+        Self::RingFullSample,
     ];
 
     /// Short name used in summaries, JSON and metrics.
@@ -565,8 +617,81 @@ impl LossCause {
             Self::PayloadReadFailed => "payload_read_failed",
             Self::MissingSpec => "missing_spec",
             Self::RingFullAccounting => "ring_full_accounting",
+            Self::RingFullSample => "ring_full_sample",
         }
     }
+}
+
+/// Most bytes of a thread's user stack one [`CpuSample`] carries, copied
+/// from its stack pointer upwards.
+///
+/// Unwinding without frame pointers needs the stack memory itself: the
+/// caller frames are found from `.eh_frame` rules applied to these bytes.
+/// 32 KiB holds the deepest stacks of bitcoind's message handler (validation
+/// and script checks included) with room to spare; the copy stops earlier at
+/// the end of the thread's stack mapping, so shallow stacks cost less.
+pub const SAMPLE_STACK_LEN: usize = 32 * 1024;
+
+/// Bytes reserved for a thread name (`comm`, 15 characters and a NUL).
+pub const THREAD_NAME_LEN: usize = 16;
+
+/// [`CpuSample::flags`]: the thread was running kernel code (a system call, a
+/// page fault) when sampled; the registers are those it entered the kernel
+/// with, so the stack shows the user code that made the call.
+pub const SAMPLE_FLAG_IN_KERNEL: u8 = 1 << 0;
+
+/// [`CpuSample::function`] when the thread was in neither
+/// `ProcessMessages` nor `SendMessages`.
+pub const SAMPLE_NO_CONTEXT: u8 = u8::MAX;
+
+/// A call with a return probe in progress on the sampled thread.
+///
+/// A return probe replaces the caller's return address on the stack with the
+/// kernel's trampoline (in the `[uprobes]` mapping); the unwinder puts the
+/// real address back from here. Empty slots have `return_addr` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleCall {
+    /// `bpf_ktime_get_ns()` at entry: the latest call is the innermost.
+    pub start_ktime_ns: u64,
+    /// The address the call returns to.
+    pub return_addr: u64,
+}
+
+/// One CPU sample of a thread of the target: this header, then `stack_len`
+/// bytes of its user stack starting at `rsp`.
+///
+/// Taken by a perf event (software `cpu-clock`, one per CPU, all processes)
+/// filtered to the target's threads, so every thread is sampled, those
+/// started after peerlog attached included, in proportion to its CPU time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    /// Common header; `kind` is [`RecordKind::CpuSample`].
+    pub header: RecordHeader,
+    /// User instruction pointer.
+    pub rip: u64,
+    /// User stack pointer; the first stack byte copied is at this address.
+    pub rsp: u64,
+    /// User frame pointer register, for the frame-pointer fallback.
+    pub rbp: u64,
+    /// The `CNode*` the thread was serving ([`ThreadContext::cnode`]), or 0.
+    pub cnode: u64,
+    /// Its peer id, or -1 when unknown or outside a peer's context.
+    pub peer_id: i64,
+    /// Return-probe calls in progress on the thread, in no particular order.
+    pub calls: [SampleCall; TRACED_FUNCTIONS],
+    /// User stack bytes that follow this header.
+    pub stack_len: u32,
+    /// [`ThreadContext::function`] (`ProcessMessages` or `SendMessages` as
+    /// a [`TracedFunction`]), or [`SAMPLE_NO_CONTEXT`].
+    pub function: u8,
+    /// `SAMPLE_FLAG_*` bits.
+    pub flags: u8,
+    /// Padding; zero.
+    pub _pad: [u8; 2],
+    /// The thread's name (`b-msghand`, `b-net`, ...), NUL-terminated.
+    pub thread_name: [u8; THREAD_NAME_LEN],
 }
 
 #[cfg(feature = "user")]

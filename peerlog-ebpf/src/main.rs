@@ -9,28 +9,32 @@
 #![no_std]
 #![no_main]
 
+mod profile;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_get_attach_cookie,
     },
-    macros::{map, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::ProbeContext,
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext,
 };
 use peerlog_common::{
-    ConfigKey, ConnectionEvent, ConnectionEventKind, Direction, LossCause, MessageEvent,
-    MisbehavingEvent, PayloadChunk, RecordHeader, RecordKind, UsdtArgKind, UsdtSpec, ABI_VERSION,
-    CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED,
-    FLAG_PAYLOAD_SKIPPED, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER, MAX_PEERS,
-    MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_LEN, PEER_POLICY_SKIP_PAYLOAD,
+    BlockConnectedEvent, CallEvent, CallFrame, ConfigKey, ConnectionEvent, ConnectionEventKind,
+    Direction, LossCause, MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent,
+    PayloadChunk, RecordHeader, RecordKind, ThreadContext, ThreadCpu, TracedFunction,
+    UsdtArgKind, UsdtSpec, ABI_VERSION, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
+    FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER,
+    MAX_PEERS, MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
+    MSG_TYPE_STATS, ONCPU_UNKNOWN, PEER_POLICY_SKIP_PAYLOAD,
 };
 
 /// The one ring buffer every record goes to, so userspace sees them in the
 /// order they were written. Userspace resizes it at load time (`--ring-size`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(64 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(64 << 20, 0);
 
 /// Argument specifications, indexed by the BPF cookie of the attachment.
 #[map]
@@ -50,12 +54,39 @@ static PEER_POLICY: HashMap<i64, u8> = HashMap::with_max_entries(MAX_PEERS, 0);
 static MSG_TYPE_FILTER: HashMap<[u8; MSG_TYPE_LEN], u8> =
     HashMap::with_max_entries(MAX_MSG_TYPE_FILTER, 0);
 
+/// What each thread of the target is doing for which peer, by thread id:
+/// set on entry to `ProcessMessages`/`SendMessages`, removed on return. Read
+/// by every program that attributes work to a peer (mempool and block
+/// events, CPU samples).
+#[map]
+pub static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entries(1024, 0);
+
+/// Calls in progress, keyed by `(tid << 8) | function`; see [`CallFrame`].
+#[map]
+pub static CALL_FRAMES: HashMap<u64, CallFrame> = HashMap::with_max_entries(4096, 0);
+
+/// On-CPU time of the target's threads, by thread id, kept by `sched_switch`.
+/// LRU: threads that exit are forgotten without userspace's help.
+#[map]
+static THREAD_CPU: LruHashMap<u32, ThreadCpu> = LruHashMap::with_max_entries(4096, 0);
+
+/// `CNode*` → peer id, learned where the two meet: a `net:inbound_message`
+/// inside `ProcessMessages(pfrom)` is pfrom's, a `net:outbound_message`
+/// inside `SendMessages(pto)` is pto's. LRU because a freed `CNode`'s address
+/// is reused by a later peer; the mapping is then learned anew.
+#[map]
+static CNODE_PEER: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Peer id → `CNode*`, to forget a closed peer's `CNode` mapping.
+#[map]
+static PEER_CNODE: LruHashMap<i64, u64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
+
 /// Loss counters, indexed by [`LossCause`]; per CPU so counting never contends.
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_CAUSES, 0);
 
 #[inline(always)]
-fn count_loss(cause: LossCause) {
+pub(crate) fn count_loss(cause: LossCause) {
     if let Some(counter) = LOSSES.get_ptr_mut(cause as u32) {
         // SAFETY: a per-CPU slot; a preempting run on this CPU can at worst
         // make the count one short, never corrupt memory.
@@ -64,7 +95,7 @@ fn count_loss(cause: LossCause) {
 }
 
 #[inline(always)]
-fn config(key: ConfigKey) -> u64 {
+pub(crate) fn config(key: ConfigKey) -> u64 {
     CONFIG.get(key as u32).copied().unwrap_or(0)
 }
 
@@ -128,7 +159,7 @@ fn target_thread() -> Option<u32> {
 }
 
 #[inline(always)]
-fn record_header(kind: RecordKind, tid: u32, ktime_ns: u64) -> RecordHeader {
+pub(crate) fn record_header(kind: RecordKind, tid: u32, ktime_ns: u64) -> RecordHeader {
     RecordHeader {
         abi: ABI_VERSION,
         kind: kind as u16,
@@ -226,6 +257,7 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         flags |= FLAG_PAYLOAD_SKIPPED;
         copy_len = 0;
     }
+    learn_cnode(tid, ev.peer_id, direction);
     let chunks = copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32;
     ev.flags = flags;
     ev.chunks = chunks;
@@ -237,19 +269,21 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
 /// Whether the payload of this message should be copied.
 #[inline(always)]
 fn payload_wanted(peer_id: i64, msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
+    // SAFETY: values are plain bytes written by userspace.
+    let type_bits = unsafe { MSG_TYPE_FILTER.get(msg_type) }.copied().unwrap_or(0);
+    if type_bits & MSG_TYPE_STATS != 0 && config(ConfigKey::StatsPayloads) != 0 {
+        return true;
+    }
     if config(ConfigKey::CapturePayloads) == 0 {
         return false;
     }
-    // SAFETY: values are plain bytes written by userspace.
+    // SAFETY: as above.
     if let Some(policy) = unsafe { PEER_POLICY.get(&peer_id) } {
         if *policy == PEER_POLICY_SKIP_PAYLOAD {
             return false;
         }
     }
-    if config(ConfigKey::MsgTypeFilterActive) != 0 {
-        return unsafe { MSG_TYPE_FILTER.get(msg_type) }.is_some();
-    }
-    true
+    config(ConfigKey::MsgTypeFilterActive) == 0 || type_bits & MSG_TYPE_CAPTURE != 0
 }
 
 /// Writes `len` bytes at user address `data` as chunk records.
@@ -401,8 +435,14 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
     }
     entry.submit(0);
     if matches!(kind, ConnectionEventKind::Closed) {
-        // The id is never reused by bitcoind; free the slot.
-        let _ = PEER_POLICY.remove(&(peer_id as i64));
+        // The id is never reused by bitcoind; free its slots.
+        let peer_id = peer_id as i64;
+        let _ = PEER_POLICY.remove(&peer_id);
+        // SAFETY: plain value read.
+        if let Some(cnode) = unsafe { PEER_CNODE.get(&peer_id) }.copied() {
+            let _ = CNODE_PEER.remove(&cnode);
+            let _ = PEER_CNODE.remove(&peer_id);
+        }
     }
 }
 
@@ -425,6 +465,341 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
     ev.header = record_header(RecordKind::Misbehaving, tid, ktime_ns);
     ev.peer_id = peer_id as i64;
     if read_str(reason, &mut ev.reason).is_err() {
+        count_loss(LossCause::ArgReadFailed);
+        entry.discard(0);
+        return 0;
+    }
+    entry.submit(0);
+    0
+}
+
+/// Ties the `CNode` the thread is serving to `peer_id` when the message is
+/// certainly that peer's (see [`CNODE_PEER`]).
+#[inline(always)]
+fn learn_cnode(tid: u32, peer_id: i64, direction: Direction) {
+    let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) else { return };
+    // SAFETY: a map value of this thread, written only by this thread.
+    let context = unsafe { &mut *context };
+    let owner = match direction {
+        Direction::Inbound => TracedFunction::ProcessMessages,
+        Direction::Outbound => TracedFunction::SendMessages,
+    };
+    if context.function != owner as u8 || context.peer_id == peer_id {
+        return;
+    }
+    context.peer_id = peer_id;
+    let _ = CNODE_PEER.insert(&context.cnode, &peer_id, 0);
+    let _ = PEER_CNODE.insert(&peer_id, &context.cnode, 0);
+}
+
+/// The peer the thread is processing a message of, or -1.
+#[inline(always)]
+fn processing_peer(tid: u32) -> i64 {
+    // SAFETY: plain value read.
+    match unsafe { THREAD_CONTEXT.get(&tid) } {
+        Some(c) if c.function == TracedFunction::ProcessMessages as u8 => c.peer_id,
+        _ => -1,
+    }
+}
+
+/// The thread's on-CPU nanoseconds so far, or [`ONCPU_UNKNOWN`]. Called from
+/// the thread itself, so it is on a CPU right now.
+#[inline(always)]
+fn oncpu_now(tid: u32, now: u64) -> u64 {
+    if config(ConfigKey::TaskPidOffset) == 0 {
+        return ONCPU_UNKNOWN;
+    }
+    match THREAD_CPU.get_ptr(&tid) {
+        // SAFETY: plain value read.
+        Some(cpu) => {
+            let cpu = unsafe { &*cpu };
+            if cpu.running != 0 {
+                cpu.total_ns + now.saturating_sub(cpu.since_ns)
+            } else {
+                cpu.total_ns
+            }
+        }
+        None => {
+            // Not seen switching in since peerlog attached: it is running now.
+            let _ = THREAD_CPU.insert(&tid, &ThreadCpu { total_ns: 0, since_ns: now, running: 1 }, 0);
+            0
+        }
+    }
+}
+
+/// Keeps [`THREAD_CPU`] for the target's threads: `sched_switch(preempt,
+/// prev, next)` runs on the CPU that switches, in `prev`'s context.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let target = config(ConfigKey::TargetTgid) as u32;
+    let pid_off = config(ConfigKey::TaskPidOffset);
+    let tgid_off = config(ConfigKey::TaskTgidOffset);
+    if target == 0 || pid_off == 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == target {
+        if let Some(cpu) = THREAD_CPU.get_ptr_mut(&(pid_tgid as u32)) {
+            // SAFETY: only this thread's switches touch its entry.
+            let cpu = unsafe { &mut *cpu };
+            if cpu.running != 0 {
+                cpu.total_ns += now.saturating_sub(cpu.since_ns);
+                cpu.running = 0;
+            }
+        }
+    }
+    let next: u64 = ctx.arg(2);
+    // SAFETY: reads of kernel memory at offsets from the kernel's own BTF.
+    let next_tgid = unsafe { bpf_probe_read_kernel((next + tgid_off) as *const i32) };
+    if next_tgid != Ok(target as i32) {
+        return 0;
+    }
+    let Ok(next_tid) = (unsafe { bpf_probe_read_kernel((next + pid_off) as *const i32) }) else {
+        return 0;
+    };
+    let next_tid = next_tid as u32;
+    match THREAD_CPU.get_ptr_mut(&next_tid) {
+        Some(cpu) => {
+            // SAFETY: as above.
+            let cpu = unsafe { &mut *cpu };
+            cpu.since_ns = now;
+            cpu.running = 1;
+        }
+        None => {
+            let _ = THREAD_CPU.insert(&next_tid, &ThreadCpu { total_ns: 0, since_ns: now, running: 1 }, 0);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn frame_key(tid: u32, function: u8) -> u64 {
+    (u64::from(tid) << 8) | u64::from(function)
+}
+
+/// Entry of a [`TracedFunction`]; the BPF cookie says which.
+#[uprobe]
+pub fn call_entry(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let function = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Where the CNode* is: `this` for CNode::ReceiveMsgBytes, the first
+    // parameter (after `this`) for the others. All registers are loaded
+    // first and the values picked after: the verifier only allows context
+    // loads at constant offsets, and branches over the offsets would let the
+    // compiler merge the loads into one through a computed pointer.
+    // SAFETY: the context is the probed thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    let (rdi, rsi, rdx, r8) = (regs.rdi, regs.rsi, regs.rdx, regs.r8);
+    let (cnode, arg) = if function == TracedFunction::ReceiveMsgBytes as u8 {
+        (rdi, rdx)
+    } else if function == TracedFunction::ProcessMessage as u8 {
+        (rsi, r8)
+    } else {
+        (rsi, 0)
+    };
+    // At entry the return address is on top of the stack.
+    let rsp = regs.rsp;
+    let return_addr = unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0);
+    let frame = CallFrame {
+        start_ktime_ns: now,
+        start_oncpu_ns: oncpu_now(tid, now),
+        cnode,
+        arg,
+        return_addr,
+    };
+    let _ = CALL_FRAMES.insert(&frame_key(tid, function), &frame, 0);
+    if function == TracedFunction::ProcessMessages as u8 || function == TracedFunction::SendMessages as u8 {
+        // SAFETY: plain value read.
+        let peer_id = unsafe { CNODE_PEER.get(&cnode) }.copied().unwrap_or(-1);
+        let context = ThreadContext { cnode, peer_id, function, _pad: [0; 7] };
+        let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
+    }
+    0
+}
+
+/// Return of a [`TracedFunction`]; writes the [`CallEvent`].
+#[uretprobe]
+pub fn call_return(ctx: RetProbeContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let function = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = frame_key(tid, function);
+    // SAFETY: plain value read.
+    let Some(frame) = (unsafe { CALL_FRAMES.get(&key) }).copied() else {
+        // Entered before peerlog attached: nothing to time.
+        return 0;
+    };
+    let _ = CALL_FRAMES.remove(&key);
+    let is_handler =
+        function == TracedFunction::ProcessMessages as u8 || function == TracedFunction::SendMessages as u8;
+    // A message tracepoint during the call may have taught the peer id.
+    // SAFETY: plain value read.
+    let peer_id = unsafe { CNODE_PEER.get(&frame.cnode) }.copied().unwrap_or(-1);
+    if is_handler {
+        let _ = THREAD_CONTEXT.remove(&tid);
+    }
+    let end_oncpu = oncpu_now(tid, now);
+    let oncpu_ns = if end_oncpu == ONCPU_UNKNOWN || frame.start_oncpu_ns == ONCPU_UNKNOWN {
+        ONCPU_UNKNOWN
+    } else {
+        end_oncpu.saturating_sub(frame.start_oncpu_ns)
+    };
+    let Some(mut entry) = EVENTS.reserve::<CallEvent>(0) else {
+        count_loss(LossCause::RingFullAccounting);
+        return 0;
+    };
+    let ret: u64 = ctx.ret();
+    entry.write(CallEvent {
+        header: record_header(RecordKind::Call, tid, now),
+        start_ktime_ns: frame.start_ktime_ns,
+        oncpu_ns,
+        cnode: frame.cnode,
+        peer_id,
+        arg: frame.arg,
+        ret,
+        function,
+        _pad: [0; 7],
+    });
+    entry.submit(0);
+    0
+}
+
+/// Reads the 32-byte hash at user address `ptr` into `dst`.
+#[inline(always)]
+fn read_hash(ptr: u64, dst: &mut [u8; 32]) -> Result<(), ()> {
+    unsafe { bpf_probe_read_user_buf(ptr as *const u8, dst) }.map_err(|_| ())
+}
+
+/// Reads the first `N` USDT arguments, counting a failure.
+#[inline(always)]
+fn read_args<const N: usize>(ctx: &ProbeContext, spec: &UsdtSpec) -> Option<[u64; N]> {
+    let mut args = [0u64; N];
+    for (i, slot) in args.iter_mut().enumerate() {
+        match read_arg(ctx, spec, i) {
+            Ok(v) => *slot = v,
+            Err(()) => {
+                count_loss(LossCause::ArgReadFailed);
+                return None;
+            }
+        }
+    }
+    Some(args)
+}
+
+#[uprobe]
+pub fn mempool_added(ctx: ProbeContext) -> u32 {
+    handle_mempool(&ctx, MempoolEventKind::Added);
+    0
+}
+
+#[uprobe]
+pub fn mempool_removed(ctx: ProbeContext) -> u32 {
+    handle_mempool(&ctx, MempoolEventKind::Removed);
+    0
+}
+
+#[uprobe]
+pub fn mempool_replaced(ctx: ProbeContext) -> u32 {
+    handle_mempool(&ctx, MempoolEventKind::Replaced);
+    0
+}
+
+#[uprobe]
+pub fn mempool_rejected(ctx: ProbeContext) -> u32 {
+    handle_mempool(&ctx, MempoolEventKind::Rejected);
+    0
+}
+
+/// The four mempool tracepoints. Argument order per Bitcoin Core's
+/// doc/tracing.md: added (txid, vsize, fee); removed (txid, reason, vsize,
+/// fee, entry time); replaced (txid, vsize, fee, entry time, replacement,
+/// vsize, fee, is-txid); rejected (txid, reason).
+#[inline(always)]
+fn handle_mempool(ctx: &ProbeContext, kind: MempoolEventKind) {
+    let Some(tid) = target_thread() else { return };
+    let Some(spec) = spec_for(ctx) else { return };
+    let ktime_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<MempoolEvent>(0) else {
+        count_loss(LossCause::RingFullAccounting);
+        return;
+    };
+    // SAFETY: the reserved record is exclusively ours until submit/discard.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = record_header(RecordKind::Mempool, tid, ktime_ns);
+    ev.peer_id = processing_peer(tid);
+    ev.event = kind as u8;
+    ev.other_is_txid = 0;
+    ev._pad = [0; 6];
+    ev.vsize = 0;
+    ev.fee = 0;
+    ev.other_vsize = 0;
+    ev.other_fee = 0;
+    ev.entry_time = 0;
+    ev.other_txid = [0; 32];
+    ev.reason[0] = 0;
+    let ok = match kind {
+        MempoolEventKind::Added => read_args::<3>(ctx, spec).is_some_and(|[txid, vsize, fee]| {
+            ev.vsize = vsize as i64;
+            ev.fee = fee as i64;
+            read_hash(txid, &mut ev.txid).is_ok()
+        }),
+        MempoolEventKind::Removed => {
+            read_args::<5>(ctx, spec).is_some_and(|[txid, reason, vsize, fee, entry_time]| {
+                ev.vsize = vsize as i64;
+                ev.fee = fee as i64;
+                ev.entry_time = entry_time;
+                read_hash(txid, &mut ev.txid).is_ok() && read_str(reason, &mut ev.reason).is_ok()
+            })
+        }
+        MempoolEventKind::Replaced => read_args::<8>(ctx, spec).is_some_and(
+            |[txid, vsize, fee, entry_time, other, other_vsize, other_fee, is_txid]| {
+                ev.vsize = vsize as i64;
+                ev.fee = fee as i64;
+                ev.entry_time = entry_time;
+                ev.other_vsize = other_vsize as i64;
+                ev.other_fee = other_fee as i64;
+                ev.other_is_txid = is_txid as u8;
+                read_hash(txid, &mut ev.txid).is_ok() && read_hash(other, &mut ev.other_txid).is_ok()
+            },
+        ),
+        MempoolEventKind::Rejected => read_args::<2>(ctx, spec).is_some_and(|[txid, reason]| {
+            read_hash(txid, &mut ev.txid).is_ok() && read_str(reason, &mut ev.reason).is_ok()
+        }),
+    };
+    if ok {
+        entry.submit(0);
+    } else {
+        count_loss(LossCause::ArgReadFailed);
+        entry.discard(0);
+    }
+}
+
+/// `validation:block_connected` (hash, height, tx count, inputs, sigops,
+/// connect time in ns).
+#[uprobe]
+pub fn block_connected(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_thread() else { return 0 };
+    let Some(spec) = spec_for(&ctx) else { return 0 };
+    let ktime_ns = unsafe { bpf_ktime_get_ns() };
+    let Some([hash, height, tx_count, inputs, sigops, duration]) = read_args::<6>(&ctx, spec) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<BlockConnectedEvent>(0) else {
+        count_loss(LossCause::RingFullAccounting);
+        return 0;
+    };
+    // SAFETY: the reserved record is exclusively ours until submit/discard.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = record_header(RecordKind::BlockConnected, tid, ktime_ns);
+    ev.peer_id = processing_peer(tid);
+    ev.height = height as i64;
+    ev.tx_count = tx_count;
+    ev.inputs = inputs as i64;
+    ev.sigops = sigops;
+    ev.duration_ns = duration;
+    if read_hash(hash, &mut ev.hash).is_err() {
         count_loss(LossCause::ArgReadFailed);
         entry.discard(0);
         return 0;

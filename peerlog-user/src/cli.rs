@@ -33,6 +33,26 @@ pub enum Command {
     /// and a summary when it stops (SIGINT/SIGTERM, --duration, or when the
     /// target exits).
     Trace(TraceArgs),
+    /// Show the messages of a capture (bitcoind's -capturemessages or
+    /// peerlog's), one line each with a decoded summary, or as JSON.
+    Show(crate::show::ShowArgs),
+    /// Statistics of a capture: per peer and message type, inv/getdata
+    /// ratios, getdata→tx and ping→pong latencies, messages per second.
+    Stats(crate::analysis::StatsArgs),
+    /// Convert a capture to pcapng (Wireshark), JSON lines, or Bitcoin
+    /// Core's capture format.
+    Convert(crate::convert::ConvertArgs),
+    /// Replay a captured peer's messages into a node as a new peer, and
+    /// record what the node answers.
+    Replay(crate::replay::ReplayArgs),
+    /// Ask a running `peerlog trace` over its control RPC: per-peer figures
+    /// (getpeerstats), node figures (getnodestats), status (getstatus), or
+    /// switch the capture on and off (setcapture).
+    Ctl(crate::rpc::CtlArgs),
+    /// Re-render, merge or filter the collapsed stacks (`*.folded`) of
+    /// `peerlog trace --flamegraph` into a flamegraph SVG, without tracing
+    /// again: by peer, thread, or function.
+    Flamegraph(crate::flamegraph::FlamegraphArgs),
 }
 
 /// Arguments of `peerlog trace`.
@@ -82,10 +102,36 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
 
+    /// Trace only the net:* tracepoints: no function timing, mempool, block
+    /// or on-CPU accounting (their uprobes cost bitcoind a little CPU).
+    #[arg(long)]
+    pub no_accounting: bool,
+
+    /// Separate debug file with bitcoind's symbols, for a stripped bitcoind
+    /// (Bitcoin Core's release binaries are; the debug file is in the
+    /// `*-debug` tarball). Without it peerlog looks under
+    /// /usr/lib/debug/.build-id/ and follows .gnu_debuglink.
+    #[arg(long, value_name = "PATH")]
+    pub debug_file: Option<PathBuf>,
+
     /// Size of the kernel ring buffer in MiB (a power of two). Larger rides
     /// out longer bursts; a 4,000,000-byte message needs 4.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub ring_size: u32,
+
+    /// Write CPU flamegraphs to DIR: all.svg (every thread), one
+    /// peer-<id>-<addr>.svg per peer served by the message handler, and the
+    /// collapsed stacks of each (*.folded) for `peerlog flamegraph`.
+    #[arg(long, value_name = "DIR")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// CPU samples per second per CPU for --flamegraph (1 to 1000).
+    #[arg(long, default_value_t = crate::flamegraph::DEFAULT_SAMPLE_RATE, value_name = "HZ", requires = "flamegraph")]
+    pub sample_rate: u32,
+
+    /// Statistics outputs and the control RPC.
+    #[command(flatten)]
+    pub stats: crate::stats::StatsArgs,
 }
 
 impl TraceArgs {
@@ -98,6 +144,19 @@ impl TraceArgs {
             Some(d) => anyhow::bail!("--duration must be a positive number of seconds, not {d}"),
             None => None,
         };
+        if !(1..=crate::flamegraph::MAX_SAMPLE_RATE).contains(&self.sample_rate) {
+            anyhow::bail!(
+                "--sample-rate must be between 1 and {} Hz, not {}",
+                crate::flamegraph::MAX_SAMPLE_RATE,
+                self.sample_rate
+            );
+        }
+        if self.flamegraph.is_some() && self.no_accounting {
+            log::warn!(
+                "--no-accounting: without the ProcessMessages/SendMessages probes the samples \
+                 cannot be told apart by peer; only all.svg is written"
+            );
+        }
         if self.capture.is_none() && self.jsonl.is_none() {
             log::info!("neither --capture nor --jsonl given: only the summary will be printed");
         }
@@ -111,6 +170,11 @@ impl TraceArgs {
             msg_types: self.msg_types,
             duration,
             ring_size: self.ring_size << 20,
+            accounting: !self.no_accounting,
+            debug_file: self.debug_file,
+            stats: self.stats.into_options()?,
+            flamegraph: self.flamegraph,
+            sample_rate: self.sample_rate,
         })
     }
 }
@@ -130,6 +194,12 @@ pub fn main() -> ExitCode {
         Command::Trace(args) => args.into_options().and_then(trace::run).map(|summary| {
             eprintln!("{summary}");
         }),
+        Command::Show(args) => crate::show::run(args),
+        Command::Stats(args) => crate::analysis::run(args),
+        Command::Convert(args) => crate::convert::run(args),
+        Command::Replay(args) => crate::replay::run(args),
+        Command::Ctl(args) => crate::rpc::ctl(args),
+        Command::Flamegraph(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -159,6 +159,46 @@ pub struct BlockConnected {
     pub duration_ns: u64,
 }
 
+/// A CPU sample of one of the target's threads, with what it takes to walk
+/// its user stack in userspace.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    /// CLOCK_MONOTONIC nanoseconds of the sample.
+    pub ktime_ns: u64,
+    /// The sampled thread.
+    pub tid: u32,
+    /// Its name (`b-msghand`, `b-net`, ...).
+    pub thread_name: String,
+    /// The thread was in the kernel (a system call); the registers are the
+    /// user registers it entered with.
+    pub in_kernel: bool,
+    /// User instruction pointer.
+    pub rip: u64,
+    /// User stack pointer, the address of `stack[0]`.
+    pub rsp: u64,
+    /// User frame pointer register.
+    pub rbp: u64,
+    /// The thread's user stack from `rsp` upwards, as far as it was copied.
+    pub stack: Vec<u8>,
+    /// Return addresses that return probes replaced with their trampoline on
+    /// this stack, innermost call first.
+    pub probe_returns: Vec<u64>,
+    /// The peer the thread was serving, if it was in `ProcessMessages` or
+    /// `SendMessages`.
+    pub context: Option<PeerContext>,
+}
+
+/// Which peer a thread was serving when it was sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerContext {
+    /// `ProcessMessages` or `SendMessages`.
+    pub function: TracedFunction,
+    /// The `CNode*`.
+    pub cnode: u64,
+    /// Its peer id, when the kernel had already tied the `CNode` to one.
+    pub peer_id: Option<i64>,
+}
+
 /// One decoded event.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -176,6 +216,8 @@ pub enum Event {
     Mempool(MempoolChange),
     /// A block was connected.
     BlockConnected(BlockConnected),
+    /// A CPU sample.
+    CpuSample(CpuSample),
 }
 
 /// A record that could not be decoded.
@@ -405,6 +447,12 @@ impl Decoder {
                     duration_ns: ev.duration_ns,
                 }));
             }
+            Some(RecordKind::CpuSample) => {
+                out.push(Event::CpuSample(decode_cpu_sample(
+                    header,
+                    record,
+                )?));
+            }
             None => return Err(DecodeError::UnknownKind(header.kind)),
         }
         Ok(())
@@ -420,6 +468,35 @@ impl Decoder {
             ));
         }
     }
+}
+
+/// A [`RecordKind::CpuSample`] record: the header, then the stack bytes.
+fn decode_cpu_sample(header: RecordHeader, record: &[u8]) -> Result<CpuSample, DecodeError> {
+    let ev: peerlog_common::CpuSample = read(record, header.kind)?;
+    let stack = record[size_of::<peerlog_common::CpuSample>()..]
+        .get(..ev.stack_len as usize)
+        .ok_or(DecodeError::Short {
+            kind: header.kind,
+            len: record.len(),
+        })?;
+    let mut calls: Vec<_> = ev.calls.iter().filter(|c| c.return_addr != 0).collect();
+    calls.sort_by_key(|c| std::cmp::Reverse(c.start_ktime_ns));
+    Ok(CpuSample {
+        ktime_ns: header.ktime_ns,
+        tid: header.tid,
+        thread_name: c_string(&ev.thread_name),
+        in_kernel: ev.flags & peerlog_common::SAMPLE_FLAG_IN_KERNEL != 0,
+        rip: ev.rip,
+        rsp: ev.rsp,
+        rbp: ev.rbp,
+        stack: stack.to_vec(),
+        probe_returns: calls.iter().map(|c| c.return_addr).collect(),
+        context: TracedFunction::from_u8(ev.function).map(|function| PeerContext {
+            function,
+            cnode: ev.cnode,
+            peer_id: known_peer(ev.peer_id),
+        }),
+    })
 }
 
 /// Peer ids are non-negative in Bitcoin Core; the kernel writes -1 for "unknown".

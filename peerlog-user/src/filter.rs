@@ -129,6 +129,23 @@ impl PeerFilter {
     }
 }
 
+impl fmt::Display for PeerFilter {
+    /// The term in the form that parses back to it (`id=5`, `net=ipv4`, ...).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "id={id}"),
+            Self::Ip(ip) => write!(f, "addr={ip}"),
+            Self::IpPort(std::net::IpAddr::V6(ip), port) => write!(f, "addr=[{ip}]:{port}"),
+            Self::IpPort(ip, port) => write!(f, "addr={ip}:{port}"),
+            Self::Cidr(ip, bits) => write!(f, "addr={ip}/{bits}"),
+            Self::Host(host) => write!(f, "host={host}"),
+            Self::Network(net) => write!(f, "net={}", net.name()),
+            Self::ConnType(ct) => write!(f, "type={ct}"),
+            Self::Outbound => f.write_str("outbound"),
+        }
+    }
+}
+
 /// A set of filter terms: empty selects every peer, otherwise any term must match.
 #[derive(Debug, Clone, Default)]
 pub struct PeerSelector {
@@ -139,6 +156,11 @@ impl PeerSelector {
     /// A selector of these terms.
     pub fn new(terms: Vec<PeerFilter>) -> Self {
         Self { terms }
+    }
+
+    /// The terms.
+    pub fn terms(&self) -> &[PeerFilter] {
+        &self.terms
     }
 
     /// True when every peer is selected.
@@ -254,6 +276,24 @@ mod tests {
         assert!(
             f("pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion").matches(&onion)
         );
+    }
+
+    #[test]
+    fn terms_print_as_they_parse() {
+        for term in [
+            "id=5",
+            "addr=10.1.2.3",
+            "addr=10.1.2.3:8333",
+            "addr=[2001:db8::1]:8333",
+            "addr=2001:db8::/32",
+            "host=abc.onion",
+            "net=onion",
+            "type=block-relay-only",
+            "outbound",
+        ] {
+            assert_eq!(f(term).to_string(), term);
+            assert_eq!(f(&f(term).to_string()), f(term));
+        }
     }
 
     #[test]

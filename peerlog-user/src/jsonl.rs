@@ -55,11 +55,17 @@ impl JsonlSink {
         Self { out, with_payload }
     }
 
+    /// Whether payloads go into the lines from now on (`setcapture` switches
+    /// them off with the capture).
+    pub fn set_payloads(&mut self, on: bool) {
+        self.with_payload = on;
+    }
+
     /// Writes one event. Function calls are not written: they come by the
     /// thousand per second and are summarised in the statistics instead.
     pub fn write(&mut self, event: &Event, clock: &WallClock) -> io::Result<()> {
         let value = match event {
-            Event::Call(_) => return Ok(()),
+            Event::Call(_) | Event::CpuSample(_) => return Ok(()),
             Event::Mempool(m) => mempool(m, clock),
             Event::BlockConnected(b) => block_connected(b, clock),
             Event::Message(m) => self.message(m, clock),

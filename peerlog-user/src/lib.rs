@@ -7,16 +7,29 @@
 //! [`trace`] runs that pipeline; [`target`], [`usdt`] and [`attach`] find and
 //! attach to the probes of the target; [`cli`] is the command line.
 
+pub mod analysis;
 pub mod attach;
+pub mod btf;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod convert;
+pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod flamegraph;
 pub mod jsonl;
+pub mod metrics;
 pub mod p2p;
+pub mod pcapng;
 pub mod peer;
 pub mod probes;
+pub mod replay;
+pub mod rpc;
+pub mod show;
+pub mod stats;
+pub mod symbols;
 pub mod target;
+pub mod timeline;
 pub mod trace;
 pub mod usdt;

@@ -1,20 +1,45 @@
 //! Loading peerlog's eBPF object and attaching its programs to a target, and
 //! the controls userspace keeps over the programs while they run.
 
-use std::{io, os::fd::AsFd};
+use std::{
+    fs, io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::UProbe,
+    programs::{
+        perf_event::{
+            PerfEvent, PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+        RawTracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
-use peerlog_common::{ConfigKey, LossCause, UsdtSpec, MSG_TYPE_LEN, PEER_POLICY_SKIP_PAYLOAD};
+use peerlog_common::{
+    ConfigKey, LossCause, TracedFunction, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
+    MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD,
+};
+use serde::Serialize;
 
 use crate::{
     attach::{ProbeLink, UprobePmu, UprobeTarget},
+    btf, symbols,
     target::{Target, NET_TRACEPOINTS},
 };
+
+/// Tracepoints other than `net:*` that resource tracking uses, each with its
+/// program: (provider, name, program). Optional: a bitcoind without them is
+/// still traced, and the figures they feed are reported missing.
+pub const ACCOUNTING_TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("mempool", "added", "mempool_added"),
+    ("mempool", "removed", "mempool_removed"),
+    ("mempool", "replaced", "mempool_replaced"),
+    ("mempool", "rejected", "mempool_rejected"),
+    ("validation", "block_connected", "block_connected"),
+];
 
 /// The eBPF object built from `peerlog-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJECT"));
@@ -24,6 +49,69 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJEC
 pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_size: u32,
+    /// Attach the resource-tracking probes (functions, mempool, validation,
+    /// scheduler) besides the `net:*` tracepoints.
+    pub accounting: bool,
+    /// Separate debug file with bitcoind's symbols (`--debug-file`).
+    pub debug_file: Option<PathBuf>,
+    /// Sample every thread of the target this many times a second per CPU
+    /// (for flamegraphs); None: no sampling.
+    pub sample_rate: Option<u32>,
+}
+
+/// What could be attached, so that every figure that depends on a missing
+/// probe can be reported as missing rather than as zero.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Coverage {
+    /// `provider:name` of every tracepoint attached (all sites).
+    pub tracepoints: Vec<String>,
+    /// Accounting tracepoints the binary lacks.
+    pub missing_tracepoints: Vec<String>,
+    /// Functions timed by uprobes.
+    pub functions: Vec<&'static str>,
+    /// Functions that could not be timed, and why.
+    pub missing_functions: Vec<(&'static str, String)>,
+    /// Where the function symbols came from.
+    pub symbols_from: Option<PathBuf>,
+    /// Why on-CPU time is not measured; None when it is.
+    pub oncpu_missing: Option<String>,
+}
+
+impl Coverage {
+    /// One line for the operator: what is timed and what is missing, and why.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.functions.is_empty() {
+            let from = self
+                .symbols_from
+                .as_ref()
+                .map(|p| format!(" (symbols from {})", p.display()))
+                .unwrap_or_default();
+            parts.push(format!("{} functions timed{from}", self.functions.len()));
+        }
+        if !self.missing_functions.is_empty() {
+            let names: Vec<_> = self.missing_functions.iter().map(|(n, _)| *n).collect();
+            parts.push(format!(
+                "NOT timed: {} ({}): per-peer CPU figures are missing",
+                names.join(", "),
+                self.missing_functions[0].1
+            ));
+        }
+        if !self.missing_tracepoints.is_empty() {
+            parts.push(format!("tracepoints absent: {}", self.missing_tracepoints.join(", ")));
+        }
+        match &self.oncpu_missing {
+            None if !self.functions.is_empty() => parts.push("on-CPU time measured".into()),
+            None => {}
+            Some(why) => parts.push(format!("on-CPU time NOT measured: {why}")),
+        }
+        parts.join("; ")
+    }
+
+    /// Whether `function` is timed.
+    pub fn has_function(&self, function: TracedFunction) -> bool {
+        self.functions.contains(&function.name())
+    }
 }
 
 /// The loaded object and its attachments. Dropping it (or [`Probes::detach`])
@@ -31,8 +119,12 @@ pub struct ProbeOptions {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<ProbeLink>,
+    /// The CPU sampling perf events, one per CPU.
+    sampling: Vec<PerfEventLink>,
     /// Number of probe sites attached.
     pub sites: usize,
+    /// What is attached.
+    pub coverage: Coverage,
 }
 
 fn raise_memlock_limit() {
@@ -65,8 +157,15 @@ impl Probes {
     /// of `target`. Payload copying starts switched off: see [`KernelControl`].
     pub fn attach(target: &Target, opts: &ProbeOptions) -> Result<Self> {
         raise_memlock_limit();
+        // Sampling assembles each sample in a buffer per CPU; without
+        // sampling, one unused slot is enough.
+        let sample_buffers = match opts.sample_rate {
+            Some(_) => aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32,
+            None => 1,
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_size)
+            .map_max_entries("SAMPLE_BUFFERS", sample_buffers)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
@@ -76,48 +175,192 @@ impl Probes {
         config.set(ConfigKey::TargetTgid as u32, target.pid as u64, 0)?;
 
         let pmu = UprobePmu::discover()?;
-        let mut links = Vec::new();
+        let mut probes = Self {
+            ebpf,
+            links: Vec::new(),
+            sampling: Vec::new(),
+            sites: 0,
+            coverage: Coverage::default(),
+        };
         let mut cookie: u32 = 0;
         for name in NET_TRACEPOINTS {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .with_context(|| format!("eBPF program {name} missing from the object"))?
-                .try_into()?;
+            probes.attach_usdt(&pmu, target, "net", name, name, &mut cookie)?;
+        }
+        if opts.accounting {
+            for (provider, name, program) in ACCOUNTING_TRACEPOINTS {
+                if target.sites(provider, name).next().is_some() {
+                    probes.attach_usdt(&pmu, target, provider, name, program, &mut cookie)?;
+                } else {
+                    probes.coverage.missing_tracepoints.push(format!("{provider}:{name}"));
+                }
+            }
+            probes.attach_functions(&pmu, target, opts.debug_file.as_deref())?;
+            if let Err(e) = probes.attach_scheduler() {
+                log::warn!("on-CPU time is not measured: {e:#}");
+                probes.coverage.oncpu_missing = Some(format!("{e:#}"));
+            }
+        }
+        probes.sites = probes.links.len();
+        if let Some(hz) = opts.sample_rate {
+            probes.sample_cpus(hz)?;
+        }
+        Ok(probes)
+    }
+
+    /// Samples whatever runs on each CPU `hz` times a second (software
+    /// `cpu-clock` events for all processes); the program keeps the
+    /// target's threads. One event per CPU rather than per thread, so
+    /// threads that bitcoind starts later are sampled too.
+    fn sample_cpus(&mut self, hz: u32) -> Result<()> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut("cpu_sample")
+            .context("eBPF program cpu_sample missing from the object")?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| anyhow::anyhow!("the kernel refused eBPF program cpu_sample: {e}"))?;
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        for cpu in cpus {
+            let link = program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(u64::from(hz)),
+                    false,
+                )
+                .with_context(|| format!("starting CPU sampling on CPU {cpu}"))?;
+            self.sampling.push(program.take_link(link)?);
+        }
+        Ok(())
+    }
+
+    /// Number of CPUs being sampled.
+    pub fn sampled_cpus(&self) -> usize {
+        self.sampling.len()
+    }
+
+    /// Loads `program` and attaches it to every site of `provider:name`,
+    /// each with its argument spec under the next cookie.
+    fn attach_usdt(
+        &mut self,
+        pmu: &UprobePmu,
+        target: &Target,
+        provider: &str,
+        name: &str,
+        program: &str,
+        cookie: &mut u32,
+    ) -> Result<()> {
+        let program_fd = self.load_uprobe(program)?;
+        for site in target.sites(provider, name) {
+            let spec: UsdtSpec = site
+                .to_spec()
+                .map_err(|e| anyhow::anyhow!("{provider}:{name} at {:#x}: {e}", site.address))?;
+            let mut specs: Array<_, UsdtSpec> =
+                Array::try_from(self.ebpf.map_mut("USDT_SPECS").context("USDT_SPECS map")?)?;
+            specs.set(*cookie, spec, 0)?;
+            let link = pmu
+                .attach(
+                    program_fd.as_fd(),
+                    &UprobeTarget {
+                        binary: &target.exe,
+                        file_offset: site.file_offset,
+                        semaphore_file_offset: site.semaphore_file_offset,
+                        pid: target.pid,
+                        cookie: u64::from(*cookie),
+                        retprobe: false,
+                    },
+                )
+                .with_context(|| {
+                    format!("attaching to {provider}:{name} at file offset {:#x} of {target}", site.file_offset)
+                })?;
+            self.links.push(link);
+            *cookie += 1;
+        }
+        self.coverage.tracepoints.push(format!("{provider}:{name}"));
+        Ok(())
+    }
+
+    /// Loads a uprobe program (once) and returns its descriptor.
+    fn load_uprobe(&mut self, name: &str) -> Result<std::os::fd::OwnedFd> {
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("eBPF program {name} missing from the object"))?
+            .try_into()?;
+        if program.fd().is_err() {
             program
                 .load()
                 .map_err(|e| anyhow::anyhow!("the kernel refused eBPF program {name}: {e}"))?;
-            let program_fd = program.fd()?.as_fd().try_clone_to_owned()?;
-            for site in target.sites("net", name) {
-                let spec: UsdtSpec = site
-                    .to_spec()
-                    .map_err(|e| anyhow::anyhow!("net:{name} at {:#x}: {e}", site.address))?;
-                let mut specs: Array<_, UsdtSpec> =
-                    Array::try_from(ebpf.map_mut("USDT_SPECS").context("USDT_SPECS map")?)?;
-                specs.set(cookie, spec, 0)?;
+        }
+        Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+    }
+
+    /// Entry and return probes on the functions that do the work for a peer.
+    fn attach_functions(&mut self, pmu: &UprobePmu, target: &Target, debug_file: Option<&Path>) -> Result<()> {
+        let data = fs::read(&target.exe).with_context(|| format!("reading {target} for symbols"))?;
+        let install_dir = target
+            .exe_display
+            .parent()
+            .map(|dir| Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir)));
+        let symbols = symbols::resolve(&data, install_dir.as_deref(), debug_file)?;
+        drop(data);
+        let entry = self.load_uprobe("call_entry")?;
+        let exit = self.load_uprobe("call_return")?;
+        for (function, offset) in &symbols.found {
+            for (program, retprobe) in [(&entry, false), (&exit, true)] {
                 let link = pmu
                     .attach(
-                        program_fd.as_fd(),
+                        program.as_fd(),
                         &UprobeTarget {
                             binary: &target.exe,
-                            file_offset: site.file_offset,
-                            semaphore_file_offset: site.semaphore_file_offset,
+                            file_offset: *offset,
+                            semaphore_file_offset: None,
                             pid: target.pid,
-                            cookie: u64::from(cookie),
-                            retprobe: false,
+                            cookie: *function as u64,
+                            retprobe,
                         },
                     )
-                    .with_context(|| {
-                        format!(
-                            "attaching to net:{name} at file offset {:#x} of {target}",
-                            site.file_offset
-                        )
-                    })?;
-                links.push(link);
-                cookie += 1;
+                    .with_context(|| format!("attaching to {} at {offset:#x} of {target}", function.name()))?;
+                self.links.push(link);
             }
+            self.coverage.functions.push(function.name());
         }
-        let sites = links.len();
-        Ok(Self { ebpf, links, sites })
+        let why = if symbols.found.is_empty() {
+            format!(
+                "no symbols: the binary is stripped and no debug file was found (looked at {}); \
+                 give one with --debug-file",
+                if symbols.searched.is_empty() {
+                    "nothing: the binary has no build-id or debuglink".to_string()
+                } else {
+                    symbols.searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                }
+            )
+        } else {
+            "not in the symbol table".to_string()
+        };
+        for function in &symbols.missing {
+            self.coverage.missing_functions.push((function.name(), why.clone()));
+        }
+        self.coverage.symbols_from = symbols.source;
+        Ok(())
+    }
+
+    /// The `sched_switch` hook that measures on-CPU time.
+    fn attach_scheduler(&mut self) -> Result<()> {
+        let offsets = btf::task_offsets()?;
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut("sched_switch")
+            .context("eBPF program sched_switch missing from the object")?
+            .try_into()?;
+        program.load().context("the kernel refused the sched_switch program")?;
+        program.attach("sched_switch").context("attaching to the sched_switch raw tracepoint")?;
+        let mut config: Array<_, u64> = Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+        config.set(ConfigKey::TaskTgidOffset as u32, u64::from(offsets.tgid), 0)?;
+        // Last: a non-zero pid offset switches the accounting on.
+        config.set(ConfigKey::TaskPidOffset as u32, u64::from(offsets.pid), 0)?;
+        Ok(())
     }
 
     /// The ring buffer the programs write to; can be taken once.
@@ -149,12 +392,15 @@ impl Probes {
             config: Array::try_from(take("CONFIG")?)?,
             peer_policy: HashMap::try_from(take("PEER_POLICY")?)?,
             msg_type_filter: HashMap::try_from(take("MSG_TYPE_FILTER")?)?,
+            capture_types: Vec::new(),
+            stats_types: Vec::new(),
         })
     }
 
     /// Detaches every program; records already in the ring stay readable.
     pub fn detach(&mut self) {
         self.links.clear();
+        self.sampling.clear();
     }
 }
 
@@ -183,6 +429,8 @@ pub struct KernelControl {
     config: Array<MapData, u64>,
     peer_policy: HashMap<MapData, i64, u8>,
     msg_type_filter: HashMap<MapData, [u8; MSG_TYPE_LEN], u8>,
+    capture_types: Vec<[u8; MSG_TYPE_LEN]>,
+    stats_types: Vec<[u8; MSG_TYPE_LEN]>,
 }
 
 /// The NUL-padded key of the message type filter map; errors on a type that
@@ -204,28 +452,43 @@ impl KernelControl {
         Ok(())
     }
 
-    /// Restricts payload copying to these message types (empty: all types).
+    /// Restricts capture to these message types (empty: all types).
     pub fn set_msg_types(&mut self, types: &[String]) -> Result<()> {
-        let keys = types
-            .iter()
-            .map(|t| msg_type_key(t))
-            .collect::<Result<Vec<_>>>()?;
-        // Switch the filter off while its entries change, so no message sees
-        // a half-written set.
+        self.capture_types = types.iter().map(|t| msg_type_key(t)).collect::<Result<_>>()?;
+        self.write_type_filter()
+    }
+
+    /// Copies the payloads of these message types whether or not capture
+    /// wants them, for statistics that parse them (empty: none).
+    pub fn set_stats_types(&mut self, types: &[&str]) -> Result<()> {
+        self.stats_types = types.iter().map(|t| msg_type_key(t)).collect::<Result<_>>()?;
+        self.write_type_filter()?;
         self.config
-            .set(ConfigKey::MsgTypeFilterActive as u32, 0, 0)?;
+            .set(ConfigKey::StatsPayloads as u32, u64::from(!self.stats_types.is_empty()), 0)?;
+        Ok(())
+    }
+
+    /// Rewrites the message type map from both sets.
+    fn write_type_filter(&mut self) -> Result<()> {
+        // Switch capture filtering off while entries change, so no message
+        // sees a half-written set (it errs towards copying, never losing).
+        self.config.set(ConfigKey::MsgTypeFilterActive as u32, 0, 0)?;
         let old: Vec<_> = self.msg_type_filter.keys().filter_map(|k| k.ok()).collect();
         for key in old {
             self.msg_type_filter.remove(&key)?;
         }
-        for key in &keys {
-            self.msg_type_filter.insert(key, 1, 0)?;
+        let mut entries: std::collections::BTreeMap<[u8; MSG_TYPE_LEN], u8> = Default::default();
+        for key in &self.capture_types {
+            *entries.entry(*key).or_default() |= MSG_TYPE_CAPTURE;
         }
-        self.config.set(
-            ConfigKey::MsgTypeFilterActive as u32,
-            u64::from(!keys.is_empty()),
-            0,
-        )?;
+        for key in &self.stats_types {
+            *entries.entry(*key).or_default() |= MSG_TYPE_STATS;
+        }
+        for (key, bits) in entries {
+            self.msg_type_filter.insert(key, bits, 0)?;
+        }
+        self.config
+            .set(ConfigKey::MsgTypeFilterActive as u32, u64::from(!self.capture_types.is_empty()), 0)?;
         Ok(())
     }
 

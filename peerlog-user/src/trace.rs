@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
 use peerlog_common::{ConnectionEventKind, Direction, LossCause};
 use tokio::io::unix::AsyncFd;
 
@@ -18,11 +19,13 @@ use crate::{
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     clock::WallClock,
     event::{Decoder, Event, Message},
+    flamegraph::{CpuProfile, ProfileReport},
     filter::PeerSelector,
     jsonl::JsonlSink,
     peer::{Network, PeerTable, Traffic},
-    probes::{KernelControl, ProbeOptions, Probes},
-    target::{Capabilities, Target, NET_TRACEPOINTS},
+    probes::{KernelControl, LossCounters, ProbeOptions, Probes},
+    rpc, stats,
+    target::{Capabilities, Target},
 };
 
 /// Everything `peerlog trace` can be asked to do.
@@ -46,6 +49,17 @@ pub struct TraceOptions {
     pub duration: Option<Duration>,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_size: u32,
+    /// Attach the resource-tracking probes (function timing, mempool and
+    /// block tracepoints, on-CPU time).
+    pub accounting: bool,
+    /// Separate debug file with bitcoind's symbols.
+    pub debug_file: Option<PathBuf>,
+    /// Statistics outputs and the control RPC.
+    pub stats: stats::StatsOptions,
+    /// Write CPU flamegraphs (every thread, and per peer) to this directory.
+    pub flamegraph: Option<PathBuf>,
+    /// CPU samples per second per CPU for the flamegraphs.
+    pub sample_rate: u32,
 }
 
 /// What a trace saw, printed when it ends.
@@ -65,11 +79,61 @@ pub struct Summary {
     pub incomplete_messages: u64,
     /// Records that could not be decoded.
     pub undecodable_records: u64,
+    /// How long messages took from their tracepoint to being handled here.
+    pub event_latency: EventLatency,
     /// Why tracing stopped.
     pub stop_reason: String,
+    /// What `--flamegraph` sampled and wrote.
+    pub cpu_profile: Option<ProfileReport>,
+}
+
+/// Latency of message events from the kernel to userspace: CLOCK_MONOTONIC
+/// when peerlog handles a message minus the kernel's timestamp of its
+/// tracepoint. It includes the wait in the ring buffer and the decoding of
+/// payload chunks, so it shows whether peerlog keeps up with the node.
+#[derive(Debug, Clone)]
+pub struct EventLatency {
+    micros: Histogram<u64>,
+}
+
+impl Default for EventLatency {
+    fn default() -> Self {
+        // Two significant digits: percentiles to 1%, in a 20 KB histogram.
+        // A minute is beyond any latency that is not a stall; longer ones
+        // are recorded as a minute.
+        let micros = Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+        Self { micros }
+    }
+}
+
+impl EventLatency {
+    /// Records an event stamped `ktime_ns` (CLOCK_MONOTONIC), handled now.
+    pub fn record(&mut self, ktime_ns: u64) {
+        let micros = WallClock::monotonic_now_ns().saturating_sub(ktime_ns) / 1000;
+        self.micros.saturating_record(micros.max(1));
+    }
+
+    /// Events measured.
+    pub fn count(&self) -> u64 {
+        self.micros.len()
+    }
+
+    /// The latency at `quantile` (0.5 for the median), in microseconds.
+    pub fn percentile_us(&self, quantile: f64) -> u64 {
+        self.micros.value_at_quantile(quantile)
+    }
 }
 
 impl Summary {
+    /// Events the kernel lost for one cause.
+    pub fn lost(&self, cause: LossCause) -> u64 {
+        self.kernel_losses
+            .iter()
+            .filter(|(c, _)| *c == cause)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Events lost anywhere (kernel counters, incomplete or undecodable records).
     pub fn events_lost(&self) -> u64 {
         self.kernel_losses.iter().map(|(_, n)| n).sum::<u64>()
@@ -93,6 +157,14 @@ impl fmt::Display for Summary {
             self.sent.msgs, self.sent.bytes
         )?;
         writeln!(f, "  capture records:  {}", self.records_written)?;
+        if self.event_latency.count() > 0 {
+            writeln!(
+                f,
+                "  event latency:    p50 {} µs, p99 {} µs",
+                self.event_latency.percentile_us(0.5),
+                self.event_latency.percentile_us(0.99)
+            )?;
+        }
         write!(f, "  events lost:      {}", self.events_lost())?;
         let mut causes: Vec<String> = self
             .kernel_losses
@@ -108,6 +180,9 @@ impl fmt::Display for Summary {
         }
         if !causes.is_empty() {
             write!(f, " ({})", causes.join(", "))?;
+        }
+        if let Some(profile) = &self.cpu_profile {
+            write!(f, "\n{profile}")?;
         }
         Ok(())
     }
@@ -126,6 +201,7 @@ pub fn run(opts: TraceOptions) -> Result<Summary> {
 struct Sinks {
     capture: Option<CaptureWriter>,
     jsonl: Option<JsonlSink>,
+    flamegraph: Option<CpuProfile>,
 }
 
 /// The state of a running trace: data flows kernel → decoder → peer table →
@@ -139,6 +215,14 @@ struct Tracer {
     sinks: Sinks,
     control: KernelControl,
     summary: Summary,
+    /// Per-peer figures and their outputs.
+    report: stats::Reporter,
+    /// Whether the capture is on (`setcapture` switches it).
+    capture_enabled: bool,
+    /// Whether `--payload` asked for payloads in the JSON lines.
+    payload_in_jsonl: bool,
+    /// What `getstatus` says of the trace; losses and capture are refreshed per request.
+    status: rpc::TraceStatus,
 }
 
 impl Tracer {
@@ -175,16 +259,79 @@ impl Tracer {
         if let Some(p) = self.peers.get_mut(id) {
             p.selected = selected;
         }
-        if !selected {
-            if let Err(e) = self.control.set_peer_payloads(id, false) {
-                // Payloads of this peer keep being copied; they are still not
-                // written anywhere, so this only costs CPU.
-                log::warn!("could not set the kernel capture policy of peer {id}: {e}");
-            }
+        // Also when selected: `setcapture` may select a peer it had not.
+        if let Err(e) = self.control.set_peer_payloads(id, selected) {
+            // Payloads of this peer keep being copied (or not) as before;
+            // what is written still follows the selection.
+            log::warn!("could not set the kernel capture policy of peer {id}: {e}");
         }
     }
 
+    /// Answers a control RPC or metrics request.
+    fn answer(&mut self, request: rpc::Request, losses: &LossCounters) {
+        let result = match request.query {
+            rpc::Query::SetCapture(change) => self.set_capture(change),
+            rpc::Query::Report(query) => {
+                self.status.losses = losses
+                    .read()
+                    .into_iter()
+                    .map(|(cause, n)| (cause.name().to_string(), n))
+                    .chain([
+                        ("incomplete_messages".into(), self.summary.incomplete_messages),
+                        ("undecodable_records".into(), self.summary.undecodable_records),
+                    ])
+                    .collect();
+                self.status.capture = self.capture_state();
+                self.report.answer(query, &self.status)
+            }
+        };
+        // The client may have gone meanwhile; nobody to tell then.
+        let _ = request.reply.send(result);
+    }
+
+    fn capture_state(&self) -> rpc::CaptureState {
+        rpc::CaptureState {
+            enabled: self.capture_enabled,
+            directory: self.sinks.capture.as_ref().map(|c| c.root().to_path_buf()),
+            jsonl_payloads: self.payload_in_jsonl,
+            peers: self.selector.terms().iter().map(ToString::to_string).collect(),
+            msg_types: self.msg_types.clone(),
+        }
+    }
+
+    /// `setcapture`: switches the capture and changes which peers and
+    /// message types it takes, in the kernel and here.
+    fn set_capture(&mut self, change: rpc::CaptureChange) -> Result<serde_json::Value, rpc::RpcError> {
+        let internal = |e: anyhow::Error| rpc::RpcError::internal(format!("{e:#}"));
+        let writable = self.sinks.capture.is_some() || self.payload_in_jsonl;
+        if change.enabled == Some(true) && !writable {
+            return Err(rpc::RpcError::invalid_params(
+                "nothing to capture into: start peerlog trace with --capture DIR (or --jsonl PATH --payload)",
+            ));
+        }
+        if let Some(types) = change.msg_types {
+            self.control.set_msg_types(&types).map_err(internal)?;
+            self.msg_types = types;
+        }
+        if let Some(terms) = change.peers {
+            self.selector = PeerSelector::new(terms);
+            let open: Vec<i64> = self.peers.iter().filter(|p| !p.closed).map(|p| p.id).collect();
+            for id in open {
+                self.select_peer(id);
+            }
+        }
+        if let Some(on) = change.enabled {
+            self.control.set_copy_payloads(on).map_err(internal)?;
+            if let Some(jsonl) = &mut self.sinks.jsonl {
+                jsonl.set_payloads(on && self.payload_in_jsonl);
+            }
+            self.capture_enabled = on;
+        }
+        serde_json::to_value(self.capture_state()).map_err(|e| internal(e.into()))
+    }
+
     fn handle(&mut self, event: Event) -> Result<()> {
+        self.report.handle(&event);
         let mut report = true;
         match &event {
             Event::Message(m) => {
@@ -243,6 +390,12 @@ impl Tracer {
             Event::Call(_) => report = false,
             Event::Mempool(m) => report = self.attributed_selected(m.peer_id),
             Event::BlockConnected(b) => report = self.attributed_selected(b.peer_id),
+            Event::CpuSample(sample) => {
+                if let Some(profile) = &mut self.sinks.flamegraph {
+                    profile.add(sample);
+                }
+                report = false;
+            }
         }
         if report {
             if let Some(jsonl) = &mut self.sinks.jsonl {
@@ -256,6 +409,7 @@ impl Tracer {
 
     /// Accounts a message and captures it; returns whether it is reported.
     fn handle_message(&mut self, m: &Message) -> Result<bool> {
+        self.summary.event_latency.record(m.ktime_ns);
         let time_micros = self.clock.unix_micros(m.ktime_ns);
         let (peer, created) =
             self.peers
@@ -277,7 +431,9 @@ impl Tracer {
         if !peer.selected || !self.msg_type_selected(&m.msg_type) {
             return Ok(false);
         }
-        if let (Some(capture), Some(payload)) = (&mut self.sinks.capture, &m.payload) {
+        if let (true, Some(capture), Some(payload)) =
+            (self.capture_enabled, &mut self.sinks.capture, &m.payload)
+        {
             let record = CaptureRecord {
                 time_micros,
                 msg_type: m.msg_type.clone(),
@@ -319,7 +475,7 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.ok()
 }
 
-fn open_sinks(opts: &TraceOptions) -> Result<Sinks> {
+fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
     let capture = match &opts.capture {
         Some(dir) => Some(CaptureWriter::new(dir, opts.capture_layout)?),
         None => None,
@@ -339,7 +495,20 @@ fn open_sinks(opts: &TraceOptions) -> Result<Sinks> {
         }
         None => None,
     };
-    Ok(Sinks { capture, jsonl })
+    let flamegraph = match &opts.flamegraph {
+        Some(dir) => Some(CpuProfile::new(
+            target,
+            dir,
+            opts.sample_rate,
+            opts.debug_file.as_deref(),
+        )?),
+        None => None,
+    };
+    Ok(Sinks {
+        capture,
+        jsonl,
+        flamegraph,
+    })
 }
 
 async fn run_async(opts: TraceOptions) -> Result<Summary> {
@@ -348,17 +517,24 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     target.require_net_tracepoints()?;
     // Open the outputs before attaching: a capture directory that cannot be
     // written is an error before anything is traced.
-    let sinks = open_sinks(&opts)?;
+    let mut sinks = open_sinks(&opts, &target)?;
     let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
     let mut probes = Probes::attach(
         &target,
         &ProbeOptions {
             ring_size: opts.ring_size,
+            accounting: opts.accounting,
+            debug_file: opts.debug_file.clone(),
+            sample_rate: opts.flamegraph.as_ref().map(|_| opts.sample_rate),
         },
     )?;
     let mut control = probes.take_control()?;
     control.set_msg_types(&opts.msg_types)?;
     control.set_copy_payloads(copy_payloads)?;
+    if opts.accounting {
+        // Statistics read these payloads whether or not the capture takes them.
+        control.set_stats_types(&stats::payload::PAYLOAD_TYPES)?;
+    }
     let clock = WallClock::sample();
     let ring = probes.take_ring()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open
@@ -366,17 +542,37 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let losses = probes.take_losses()?;
+    let report = stats::Reporter::new(
+        opts.stats.clone(),
+        target.pid,
+        clock,
+        (&probes.coverage).into(),
+    )?;
+    // Listening before saying "attached", so whoever waits for that can connect.
+    let mut servers = rpc::Servers::start(&opts.stats, target.pid)?;
 
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
         probes.sites,
-        NET_TRACEPOINTS.len(),
+        probes.coverage.tracepoints.len(),
         if target.has_semaphores() {
             "semaphores raised by the kernel"
         } else {
             "no semaphores: bitcoind before v29"
         }
     );
+    if opts.accounting {
+        eprintln!("peerlog: accounting: {}", probes.coverage.describe());
+    }
+    if let (Some(dir), Some(profile)) = (&opts.flamegraph, &mut sinks.flamegraph) {
+        profile.sampling_started();
+        eprintln!(
+            "peerlog: sampling every thread at {} Hz on {} CPUs for flamegraphs in {}",
+            opts.sample_rate,
+            probes.sampled_cpus(),
+            dir.display()
+        );
+    }
 
     let mut tracer = Tracer {
         clock,
@@ -387,12 +583,31 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         sinks,
         control,
         summary: Summary::default(),
+        report,
+        capture_enabled: copy_payloads,
+        payload_in_jsonl: opts.jsonl.is_some() && opts.payload_in_jsonl,
+        status: rpc::TraceStatus {
+            pid: target.pid,
+            exe: target.exe_display.clone(),
+            probe_sites: probes.sites,
+            losses: Vec::new(),
+            capture: rpc::CaptureState::default(),
+            rpc_socket: servers.socket().map(PathBuf::from),
+        },
     };
+    if let Some(socket) = servers.socket() {
+        eprintln!("peerlog: control RPC on {}", socket.display());
+    }
 
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let exited = pidfd(target.pid);
     let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
+    let stats_on = tracer.report.interval().is_some();
+    let stats_period = tracer.report.interval().unwrap_or(Duration::from_secs(1));
+    let mut stats_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_period, stats_period);
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -438,6 +653,12 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
                     break Err(e);
                 }
             }
+            request = servers.next() => tracer.answer(request, &losses),
+            _ = stats_tick.tick(), if stats_on => {
+                if let Err(e) = tracer.report.tick() {
+                    break Err(e);
+                }
+            }
             _ = sigint.recv() => break Ok("interrupted".to_string()),
             _ = sigterm.recv() => break Ok("terminated".to_string()),
             _ = &mut deadline => break Ok("duration reached".to_string()),
@@ -448,6 +669,9 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     // Detach first so no new records arrive, then take what is still in the
     // ring: those events happened while tracing.
     probes.detach();
+    if let Some(profile) = &mut tracer.sinks.flamegraph {
+        profile.sampling_stopped();
+    }
     let mut drain_result = Ok(());
     if outcome.is_ok() {
         let ring = ring.get_mut();
@@ -463,13 +687,22 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         }
     }
     let flush_result = tracer.flush();
+    let report_result = tracer.report.finish();
 
     tracer.summary.peers = tracer.peers.len();
     tracer.summary.kernel_losses = losses.read();
+    let profile_result = match tracer.sinks.flamegraph.take() {
+        Some(profile) => profile
+            .finish(&tracer.peers, tracer.summary.lost(LossCause::RingFullSample))
+            .map(|report| tracer.summary.cpu_profile = Some(report)),
+        None => Ok(()),
+    };
     match outcome {
         Ok(reason) => {
             drain_result?;
             flush_result?;
+            report_result?;
+            profile_result?;
             tracer.summary.stop_reason = reason;
             Ok(tracer.summary)
         }

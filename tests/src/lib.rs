@@ -3,6 +3,9 @@
 //! running `peerlog trace`, and P2P traffic of known content driven into the
 //! node with peerlog's own P2P client.
 
+pub mod fixture;
+pub mod loadgen;
+
 use std::{
     env,
     io::{BufRead, BufReader},
@@ -166,6 +169,9 @@ impl Node {
                 "-rpcbind=127.0.0.1",
                 "-rpcallowip=127.0.0.1",
                 "-capturemessages",
+                // The traffic includes an invalid transaction on purpose;
+                // without noban bitcoind would disconnect us for it.
+                "-whitelist=noban@127.0.0.1",
                 "-listen=1",
                 "-dnsseed=0",
                 "-fixedseeds=0",
@@ -184,13 +190,34 @@ impl Node {
             }
             thread::sleep(Duration::from_millis(200));
         }
-        Ok(Self {
+        let node = Self {
             child,
             p2p_addr,
             blocks: Vec::new(),
             datadir: Some(datadir),
             binary: binary.to_path_buf(),
-        })
+        };
+        // A fresh regtest node is in initial block download and ignores
+        // transactions until it has a recent block: mine one.
+        node.bitcoin_cli(rpc_port, &["-rpcwait", "generatetodescriptor", "1", "raw(51)"])?;
+        Ok(node)
+    }
+
+    /// Runs `bitcoin-cli` (next to the bitcoind binary) against this node.
+    fn bitcoin_cli(&self, rpc_port: u16, args: &[&str]) -> Result<String> {
+        let cli = self.binary.with_file_name("bitcoin-cli");
+        let datadir = self.datadir.as_ref().context("not a bitcoind")?;
+        let out = Command::new(&cli)
+            .arg("-regtest")
+            .arg(format!("-datadir={}", datadir.path().display()))
+            .arg(format!("-rpcport={rpc_port}"))
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} (it must sit next to bitcoind)", cli.display()))?;
+        if !out.status.success() {
+            bail!("bitcoin-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Process id.

@@ -24,7 +24,9 @@ fn main() {
     }
     type Test = fn() -> Result<()>;
     // (name, test, needs eBPF, needs a real bitcoind)
-    let tests: [(&str, Test, bool, bool); 9] = [
+    let tests: [(&str, Test, bool, bool); 11] = [
+        ("mempool_events_are_attributed_to_the_relaying_peer", mempool_events_are_attributed_to_the_relaying_peer, true, false),
+        ("stripped_binary_uses_its_debug_file", stripped_binary_uses_its_debug_file, true, false),
         ("capture_is_byte_exact", capture_is_byte_exact, true, false),
         (
             "capture_matches_bitcoind_own_capture",
@@ -420,6 +422,91 @@ fn probes_without_semaphores() -> Result<()> {
         &transcript,
         Duration::from_secs(2),
     )?;
+    node.stop()?;
+    Ok(())
+}
+
+/// The peer id bitcoind gave the connection whose client end is `local`,
+/// from the JSON lines' connection events.
+fn peer_id_of(events: &[serde_json::Value], local: std::net::SocketAddr) -> Result<i64> {
+    events
+        .iter()
+        .find(|e| e["event"] == "connection" && e["addr"] == local.to_string().as_str())
+        .and_then(|e| e["peer_id"].as_i64())
+        .with_context(|| format!("no connection event for {local}"))
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = fs::read_to_string(path)?;
+    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+}
+
+/// `mempool:added`/`rejected` fire on b-msghand inside
+/// `ProcessMessages(pfrom)`; the kernel attributes them to pfrom's peer id
+/// through the `CNode*` it learned from pfrom's own messages.
+fn mempool_events_are_attributed_to_the_relaying_peer() -> Result<()> {
+    // The twin's mempool takes any well-formed transaction; bitcoind's would
+    // need real, signed spends of mature coins.
+    let node = Node::start_twin(Path::new(TWIN), &[])?;
+    let dir = tempfile::tempdir()?;
+    let jsonl = dir.path().join("events.jsonl");
+    let tracer = Tracer::start(node.pid(), &["--jsonl", jsonl.to_str().unwrap()])?;
+    let mut quiet = connect(&node)?;
+    let mut relay = connect(&node)?;
+    sync(&mut quiet, 1)?;
+    let txs: Vec<_> = (100..104).map(|i| peerlog::p2p::test_transaction(i, 1)).collect();
+    for tx in &txs {
+        relay.send(&bitcoin::p2p::message::NetworkMessage::Tx(tx.clone()))?;
+    }
+    relay.send(&bitcoin::p2p::message::NetworkMessage::Tx(peerlog::p2p::invalid_test_transaction(9)))?;
+    sync(&mut relay, 2)?;
+    sync(&mut quiet, 2)?;
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    let events = read_jsonl(&jsonl)?;
+    let relay_id = peer_id_of(&events, relay.local_addr())?;
+    let mempool: Vec<_> = events.iter().filter(|e| e["event"] == "mempool").collect();
+    let added: Vec<_> = mempool.iter().filter(|e| e["kind"] == "added").collect();
+    let rejected: Vec<_> = mempool.iter().filter(|e| e["kind"] == "rejected").collect();
+    ensure!(added.len() == txs.len(), "{} added events for {} txs: {mempool:?}", added.len(), txs.len());
+    ensure!(rejected.len() == 1, "rejected: {rejected:?}");
+    for e in added.iter().chain(&rejected) {
+        ensure!(e["peer_id"] == relay_id, "attributed to {} instead of peer {relay_id}: {e}", e["peer_id"]);
+    }
+    ensure!(rejected[0]["reason"] == "bad-txns-vout-empty", "{}", rejected[0]);
+    let txids: Vec<String> = txs.iter().map(|t| t.compute_txid().to_string()).collect();
+    for e in &added {
+        ensure!(txids.iter().any(|t| e["txid"] == t.as_str()), "unknown txid in {e}");
+    }
+    node.stop()?;
+    Ok(())
+}
+
+/// A release-style stripped bitcoind: the function symbols come from the
+/// debug file its `.gnu_debuglink` names, and tracing works as with symbols.
+fn stripped_binary_uses_its_debug_file() -> Result<()> {
+    // The twin is built stripped with a debug file beside it, as a release is.
+    let node = Node::start_twin(Path::new(TWIN_STRIPPED), &[])?;
+    let tracer = Tracer::start(node.pid(), &["-v"])?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("5 functions timed") && out.stderr.contains("twin.debug"),
+        "symbols not found in the debug file:\n{}",
+        out.stderr
+    );
+    // And with --debug-file naming it explicitly.
+    let tracer = Tracer::start(node.pid(), &["-v", "--debug-file", TWIN_DEBUG])?;
+    let out = tracer.stop()?;
+    ensure!(out.stderr.contains("5 functions timed"), "{}", out.stderr);
+    // A debug file of another build is refused with a clear error.
+    let e = Command::new(peerlog_bin()?)
+        .args(["trace", "--pid", &node.pid().to_string(), "--debug-file", "/bin/sh"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    ensure!(!e.status.success() && stderr.contains("another build"), "{stderr}");
     node.stop()?;
     Ok(())
 }

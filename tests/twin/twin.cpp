@@ -28,7 +28,7 @@
 //   g++ -std=c++20 -O2 -g -fomit-frame-pointer -pthread twin.cpp -o twin
 // Usage:
 //   twin [-port=N] [-connect=IP:PORT]... [-printport] [-maxinbound=K]
-//        [-twinrbf] [-debug]
+//        [-twinrbf] [-blocksize=N] [-debug]
 
 #include <algorithm>
 #include <array>
@@ -2599,8 +2599,9 @@ std::unique_ptr<PeerManager> PeerManager::make(CConnman& connman, ChainstateMana
 //
 // Two deterministic blocks exist from start-up so tests can fetch large
 // payloads with getdata:
-//   * "medium": a coinbase plus P2PKH spends, ~400 KB, the shape of an
-//     ordinary mainnet block;
+//   * "medium": a coinbase plus P2PKH spends, ~400 KB (or about -blocksize
+//     bytes: the benchmarks serve ~1 MB blocks), the shape of an ordinary
+//     mainnet block;
 //   * "big": a coinbase whose OP_RETURN output pads the serialized block to
 //     exactly MAX_PROTOCOL_MESSAGE_LENGTH (4,000,000) bytes, the largest
 //     payload the v1 transport accepts.
@@ -2770,15 +2771,17 @@ static std::shared_ptr<const CBlock> AssembleBlock(const uint256& prev, uint32_t
     return block;
 }
 
-static std::shared_ptr<const CBlock> MakeMediumBlock()
+static constexpr size_t DEFAULT_MEDIUM_BLOCK_SIZE = 400 * 1000;
+
+// Spends are added until the next one would make the block exceed `target` bytes.
+static std::shared_ptr<const CBlock> MakeMediumBlock(size_t target)
 {
     DeterministicRng rng{0x7065'6572'6c6f'6731ULL};
-    constexpr size_t TARGET = 400 * 1000;
     std::vector<Bytes> txs{MakeCoinbaseTx(1, 0, rng)};
     size_t size = 80 + 3 + txs[0].size();
     for (;;) {
         Bytes tx = MakeSpendTx(rng);
-        if (size + tx.size() > TARGET) break;
+        if (size + tx.size() > target) break;
         size += tx.size();
         txs.push_back(std::move(tx));
     }
@@ -2820,8 +2823,9 @@ static void Usage(FILE* f)
         "  -printport            print 'listening on 127.0.0.1:PORT' once ready\n"
         "  -maxinbound=<n>       evict the oldest inbound peer beyond <n> (default %d)\n"
         "  -twinrbf              conflicting transactions with a higher fee replace (mempool:replaced)\n"
+        "  -blocksize=<n>        size in bytes of the medium built-in block, at most (default %zu)\n"
         "  -debug                log to stderr\n",
-        REGTEST_DEFAULT_PORT, DEFAULT_MAX_INBOUND);
+        REGTEST_DEFAULT_PORT, DEFAULT_MAX_INBOUND, DEFAULT_MEDIUM_BLOCK_SIZE);
 }
 
 static bool ParseBoolArg(const std::string& value) { return value.empty() || value == "1" || value == "true"; }
@@ -2858,6 +2862,7 @@ int main(int argc, char** argv)
     CConnman::Options opts;
     bool print_port = false;
     bool full_rbf = false;
+    size_t medium_block_size = DEFAULT_MEDIUM_BLOCK_SIZE;
     for (int i = 1; i < argc; ++i) {
         std::string arg = argv[i];
         if (arg.rfind("--", 0) == 0) arg.erase(0, 1);
@@ -2891,6 +2896,12 @@ int main(int argc, char** argv)
             opts.max_inbound = int(n);
         } else if (name == "printport") {
             print_port = ParseBoolArg(value);
+        } else if (name == "blocksize") {
+            if (!ParseIntArg(value, 1000, MAX_PROTOCOL_MESSAGE_LENGTH, n)) {
+                std::fprintf(stderr, "Error: invalid -blocksize '%s' (1000 to %u bytes)\n", value.c_str(), MAX_PROTOCOL_MESSAGE_LENGTH);
+                return 1;
+            }
+            medium_block_size = size_t(n);
         } else if (name == "twinrbf") {
             full_rbf = ParseBoolArg(value);
         } else if (name == "debug") {
@@ -2923,7 +2934,7 @@ int main(int argc, char** argv)
 
     CTxMemPool mempool(full_rbf);
     ChainstateManager chainman(mempool);
-    const auto medium = MakeMediumBlock();
+    const auto medium = MakeMediumBlock(medium_block_size);
     const auto big = MakeBigBlock(medium->hash);
     chainman.AddStoredBlock(medium);
     chainman.AddStoredBlock(big);

@@ -1,4 +1,4 @@
-//! `cargo xtask`: set-up, build, test and demo for peerlog.
+//! `cargo xtask`: set-up, build, test, demo and bench for peerlog.
 //!
 //! Every command first makes sure the machine has what the build needs
 //! (`setup`), so a fresh machine goes from clone to result in one command.
@@ -12,10 +12,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Debian packages the build and the tests need: Debian's rustc with its
 /// precompiled BPF `core` (the eBPF build), LLVM 22 (for bpf-linker), the
 /// SystemTap SDT header and g++ (the twin node), binutils (objcopy/strip for
-/// the stripped twin).
+/// the stripped twin), bpftrace (the reference `cargo xtask bench` compares
+/// peerlog with).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -23,13 +26,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemtap-sdt-dev",
     "g++",
     "binutils",
+    "bpftrace",
+    "tshark", // the toolbox tests check `convert --to pcapng` with Wireshark's dissector
 ];
 
 /// The bpf-linker release that links with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]
-#[command(about = "peerlog's set-up, build, test and demo driver")]
+#[command(about = "peerlog's set-up, build, test, demo and bench driver")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -50,6 +55,16 @@ enum Cmd {
     /// Set up, build, then trace the twin node (or BITCOIND=/path/to/bitcoind)
     /// while a P2P peer talks to it, and show the capture.
     Demo,
+    /// Set up, build, then measure what tracing costs the twin node under P2P
+    /// load (untraced, peerlog counting / capturing / with stats, bpftrace);
+    /// prints a table, saves target/bench/results.json and docs/benchmarks.md.
+    Bench {
+        /// A seconds-long run of every scenario and configuration, for CI:
+        /// checks the harness, means nothing about performance, writes
+        /// target/bench/smoke.json only.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +103,10 @@ fn run(cmd: Cmd) -> Result<()> {
             ])?;
             let demo = workspace_root().join("target/release/peerlog-demo");
             run_cmd(Command::new(&demo), "the demo")
+        }
+        Cmd::Bench { smoke } => {
+            setup()?;
+            bench::run(smoke)
         }
     }
 }

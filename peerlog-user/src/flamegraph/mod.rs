@@ -1,0 +1,539 @@
+//! Per-peer CPU flamegraphs of a running bitcoind: "which peer makes my node
+//! burn CPU, and in which code?"
+//!
+//! The kernel samples every thread of the target at a fixed rate and sends
+//! each sample's registers, the top of its user stack and the peer its
+//! thread was serving (`ProcessMessages`/`SendMessages` context). Here each
+//! sample's stack is walked with the target's unwind tables ([`unwind`]),
+//! named ([`symbolize`]) and counted as a collapsed stack ([`folded`]) under
+//! its thread and peer. At the end of the trace, `peerlog trace --flamegraph
+//! DIR` writes `all.folded`/`all.svg` and one `peer-<id>-<addr>` pair per
+//! peer; `peerlog flamegraph` re-renders, merges and filters those files.
+
+pub mod folded;
+pub mod symbolize;
+pub mod unwind;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::{self, File},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{event::CpuSample, peer::PeerTable, target::Target};
+use folded::{peer_frame, peer_of_frame, unknown_peer_frame, FoldedStacks};
+use symbolize::Symbols;
+use unwind::StackWalker;
+
+/// Samples per second per CPU unless told otherwise: 99, not 100, so the
+/// sampling does not run in lockstep with timers of the target.
+pub const DEFAULT_SAMPLE_RATE: u32 = 99;
+
+/// Highest sampling rate accepted: beyond that the samples cost the target
+/// noticeable CPU and the ring buffer noticeable bandwidth.
+pub const MAX_SAMPLE_RATE: u32 = 1000;
+
+/// Root frame of a stack whose walk stopped before the thread entry, so
+/// that partial stacks stand apart instead of posing as roots.
+pub const INCOMPLETE_FRAME: &str = "[incomplete stack]";
+
+/// Leaf frame of a sample taken while the thread ran kernel code (a system
+/// call): its user stack shows who called into the kernel.
+pub const KERNEL_FRAME: &str = "[kernel]";
+
+/// Whom a sampled thread was working for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Served {
+    /// Not in a peer's `ProcessMessages`/`SendMessages`.
+    Nobody,
+    /// Peer with this id.
+    Peer(i64),
+    /// A `CNode` whose peer id the kernel had not learned yet.
+    CNode(u64),
+}
+
+/// The samples of one thread name for one [`Served`].
+#[derive(Debug, Default)]
+struct Tally {
+    stacks: FoldedStacks,
+    samples: u64,
+    complete: u64,
+}
+
+/// Counts of samples, and how many of them unwound to the thread entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SampleCounts {
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples whose stack was walked all the way to the thread entry.
+    pub complete: u64,
+}
+
+impl SampleCounts {
+    /// Share of samples walked to the thread entry, in percent.
+    pub fn complete_percent(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            100.0 * self.complete as f64 / self.samples as f64
+        }
+    }
+
+    fn add(&mut self, other: SampleCounts) {
+        self.samples += other.samples;
+        self.complete += other.complete;
+    }
+}
+
+/// The CPU profile of a running trace: a sink for [`CpuSample`] events.
+pub struct CpuProfile {
+    dir: PathBuf,
+    pid: i32,
+    comm: String,
+    binary: PathBuf,
+    sample_rate: u32,
+    started: Instant,
+    stopped: Option<Instant>,
+    walker: StackWalker,
+    symbols: Symbols,
+    /// Modules seen by `symbols`, to teach it the directories of new ones.
+    modules_known: usize,
+    tallies: HashMap<(String, Served), Tally>,
+    /// `CNode*` → peer id, from samples that carried both.
+    cnode_peers: HashMap<u64, i64>,
+}
+
+/// What a profile wrote, for the trace summary.
+#[derive(Debug, Clone)]
+pub struct ProfileReport {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// Sampling rate per CPU.
+    pub sample_rate: u32,
+    /// How long sampling ran.
+    pub duration: Duration,
+    /// All samples.
+    pub counts: SampleCounts,
+    /// Samples lost in the kernel (ring buffer full).
+    pub lost: u64,
+    /// Samples by peer id, for the peers that have a flamegraph.
+    pub peers: BTreeMap<i64, SampleCounts>,
+    /// Samples in a peer's context whose peer id stayed unknown.
+    pub unknown_peer_samples: u64,
+}
+
+impl std::fmt::Display for ProfileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "  cpu samples:      {} at {} Hz over {:.1} s, {:.1}% unwound to the thread entry, {} lost",
+            self.counts.samples,
+            self.sample_rate,
+            self.duration.as_secs_f64(),
+            self.counts.complete_percent(),
+            self.lost
+        )?;
+        write!(
+            f,
+            "\n  flamegraphs:      {}: all.svg and {} peer{}",
+            self.dir.display(),
+            self.peers.len(),
+            if self.peers.len() == 1 { "" } else { "s" }
+        )?;
+        if self.unknown_peer_samples > 0 {
+            write!(
+                f,
+                " ({} samples of peers whose id was never learned are in all.svg only)",
+                self.unknown_peer_samples
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Characters of a peer address kept in file names (`[::1]:8333` becomes
+/// `[__1]_8333`, as in the capture directories).
+fn file_safe(addr: &str) -> String {
+    addr.chars()
+        .map(|c| match c {
+            ':' => '_',
+            c if c.is_ascii_alphanumeric() || "[].-_".contains(c) => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+impl CpuProfile {
+    /// A profile of `target` written to `dir` (created if missing);
+    /// `debug_file` is the executable's `--debug-file`.
+    pub fn new(target: &Target, dir: &Path, sample_rate: u32, debug_file: Option<&Path>) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if let Some(debug) = debug_file {
+            symbolize::check_debug_file(&target.exe, debug)?;
+        }
+        let walker = StackWalker::new(target.pid, debug_file)?;
+        let mut symbols = Symbols::new(debug_file, executable_symtab(target, debug_file));
+        symbols.learn_module_dirs(walker.modules());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pid: target.pid,
+            comm: target.comm.clone(),
+            binary: target.exe_display.clone(),
+            sample_rate,
+            started: Instant::now(),
+            stopped: None,
+            modules_known: walker.modules().len(),
+            walker,
+            symbols,
+            tallies: HashMap::new(),
+            cnode_peers: HashMap::new(),
+        })
+    }
+
+    /// Marks the moment the sampling perf events were attached: the
+    /// reported duration starts here.
+    pub fn sampling_started(&mut self) {
+        self.started = Instant::now();
+        self.stopped = None;
+    }
+
+    /// Marks the moment sampling stopped (samples still in the ring buffer
+    /// may follow): the reported duration ends here.
+    pub fn sampling_stopped(&mut self) {
+        self.stopped = Some(Instant::now());
+    }
+
+    /// Walks, names and counts one sample.
+    pub fn add(&mut self, sample: &CpuSample) {
+        let walked = self.walker.walk(sample);
+        if self.walker.modules().len() != self.modules_known {
+            self.modules_known = self.walker.modules().len();
+            self.symbols.learn_module_dirs(self.walker.modules());
+        }
+        let names = self.symbols.stack_names(&walked.frames, self.walker.modules());
+        let mut frames: Vec<&str> = Vec::with_capacity(names.len() + 2);
+        if !walked.reached_thread_entry {
+            frames.push(INCOMPLETE_FRAME);
+        }
+        frames.extend(names.iter().flat_map(|n| n.iter().map(String::as_str)));
+        if sample.in_kernel {
+            frames.push(KERNEL_FRAME);
+        }
+        let served = match sample.context {
+            None => Served::Nobody,
+            Some(c) => match c.peer_id {
+                Some(id) => {
+                    self.cnode_peers.insert(c.cnode, id);
+                    Served::Peer(id)
+                }
+                None => Served::CNode(c.cnode),
+            },
+        };
+        let thread = if sample.thread_name.is_empty() {
+            format!("[thread {}]", sample.tid)
+        } else {
+            sample.thread_name.clone()
+        };
+        let tally = self.tallies.entry((thread, served)).or_default();
+        tally.stacks.add(&frames, 1);
+        tally.samples += 1;
+        tally.complete += u64::from(walked.reached_thread_entry);
+    }
+
+    /// Writes the collapsed stacks and flamegraphs: `all.*` and one pair per
+    /// peer, named with the addresses of `peers`; `lost` is the kernel's
+    /// count of samples it could not deliver.
+    pub fn finish(self, peers: &PeerTable, lost: u64) -> Result<ProfileReport> {
+        let duration = self
+            .stopped
+            .unwrap_or_else(Instant::now)
+            .duration_since(self.started);
+        let mut all = FoldedStacks::new();
+        let mut all_counts = SampleCounts::default();
+        let mut by_peer: BTreeMap<i64, (FoldedStacks, SampleCounts)> = BTreeMap::new();
+        let mut unknown_peer_samples = 0;
+        let mut keys: Vec<_> = self.tallies.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let tally = &self.tallies[&key];
+            let (thread, served) = key;
+            let counts = SampleCounts {
+                samples: tally.samples,
+                complete: tally.complete,
+            };
+            all_counts.add(counts);
+            // A CNode seen before its peer id was learned belongs to the peer
+            // the kernel tied it to later in the trace.
+            let served = match served {
+                Served::CNode(cnode) => self
+                    .cnode_peers
+                    .get(&cnode)
+                    .map_or(served, |&id| Served::Peer(id)),
+                other => other,
+            };
+            let label = match served {
+                Served::Nobody => None,
+                Served::Peer(id) => Some(peer_frame(
+                    id,
+                    peers.get(id).map(|p| p.addr.as_str()).unwrap_or(""),
+                )),
+                Served::CNode(cnode) => {
+                    unknown_peer_samples += tally.samples;
+                    Some(unknown_peer_frame(cnode))
+                }
+            };
+            let mut root = vec![thread.as_str()];
+            root.extend(label.as_deref());
+            let rooted = tally.stacks.with_root(&root);
+            all.merge(&rooted);
+            if let Served::Peer(id) = served {
+                let (stacks, peer_counts) = by_peer.entry(id).or_default();
+                stacks.merge(&rooted);
+                peer_counts.add(counts);
+            }
+        }
+
+        let subtitle = |counts: SampleCounts| {
+            format!(
+                "{} · {:.1} s at {} Hz · {} samples · {:.1}% unwound to the thread entry · {} lost",
+                self.binary.display(),
+                duration.as_secs_f64(),
+                self.sample_rate,
+                counts.samples,
+                counts.complete_percent(),
+                lost
+            )
+        };
+        self.write_pair(
+            "all",
+            &all,
+            &format!("{} (pid {}): CPU of every thread", self.comm, self.pid),
+            &subtitle(all_counts),
+        )?;
+        for (id, (stacks, counts)) in &by_peer {
+            let (name, title) = match peers.get(*id) {
+                Some(p) if !p.addr.is_empty() => (
+                    format!("peer-{id}-{}", file_safe(&p.addr)),
+                    format!(
+                        "{} (pid {}): CPU for peer {id}, {} ({})",
+                        self.comm, self.pid, p.addr, p.conn_type
+                    ),
+                ),
+                _ => (
+                    format!("peer-{id}"),
+                    format!("{} (pid {}): CPU for peer {id}", self.comm, self.pid),
+                ),
+            };
+            self.write_pair(&name, stacks, &title, &subtitle(*counts))?;
+        }
+        Ok(ProfileReport {
+            dir: self.dir.clone(),
+            sample_rate: self.sample_rate,
+            duration,
+            counts: all_counts,
+            lost,
+            peers: by_peer.into_iter().map(|(id, (_, c))| (id, c)).collect(),
+            unknown_peer_samples,
+        })
+    }
+
+    /// `NAME.folded` and, when there is a sample to draw, `NAME.svg`.
+    fn write_pair(&self, name: &str, stacks: &FoldedStacks, title: &str, subtitle: &str) -> Result<()> {
+        let folded = self.dir.join(format!("{name}.folded"));
+        write_file(&folded, |w| Ok(stacks.write_to(w)?))?;
+        if !stacks.is_empty() {
+            let svg = self.dir.join(format!("{name}.svg"));
+            write_file(&svg, |w| stacks.render_svg(title, subtitle, w))?;
+        }
+        Ok(())
+    }
+}
+
+/// The file with the symbol table of a stripped executable: its debug file,
+/// found by the same rules as the uprobes' symbols (build-id, debug link).
+fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
+    let data = fs::read(&target.exe).ok()?;
+    let install_dir = target
+        .exe_display
+        .parent()
+        .map(|dir| Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir)));
+    let found = crate::symbols::resolve(&data, install_dir.as_deref(), debug_file).ok()?;
+    // `source` names the binary's own .symtab with a description, not a path.
+    found.source.filter(|p| p.is_file())
+}
+
+fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let mut out = BufWriter::new(
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    write(&mut out).with_context(|| format!("writing {}", path.display()))?;
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Arguments of `peerlog flamegraph`.
+#[derive(Debug, clap::Args)]
+pub struct FlamegraphArgs {
+    /// Collapsed-stack files (`*.folded` of `peerlog trace --flamegraph`, or
+    /// of any FlameGraph tool). Stacks found in several files are added up.
+    #[arg(required = true, value_name = "FOLDED")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Write the SVG here (`-`: standard output).
+    #[arg(short, long, default_value = "-", value_name = "SVG")]
+    pub output: PathBuf,
+
+    /// Also write the merged, filtered collapsed stacks to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<PathBuf>,
+
+    /// Only samples taken while the message handler served this peer
+    /// (repeatable).
+    #[arg(long = "peer", value_name = "ID")]
+    pub peers: Vec<i64>,
+
+    /// Only samples of this thread (repeatable): a name such as `b-msghand`;
+    /// `b-scriptch` also selects `b-scriptch.0`, `b-scriptch.1`, ...
+    #[arg(long = "thread", value_name = "NAME")]
+    pub threads: Vec<String>,
+
+    /// Only stacks with a frame whose name contains NAME (repeatable), e.g.
+    /// `--function ProcessMessage` or `--function CheckInputScripts`.
+    #[arg(long = "function", value_name = "NAME")]
+    pub functions: Vec<String>,
+
+    /// Title of the graph.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+impl FlamegraphArgs {
+    /// Whether a stack (root first) passes every filter given.
+    fn keeps(&self, frames: &[&str]) -> bool {
+        let thread = frames.first().copied().unwrap_or("");
+        let thread_ok = self.threads.is_empty()
+            || self.threads.iter().any(|t| {
+                thread == t || thread.strip_prefix(t.as_str()).is_some_and(|r| r.starts_with('.'))
+            });
+        let peer_ok = self.peers.is_empty()
+            || frames
+                .get(1)
+                .and_then(|f| peer_of_frame(f))
+                .is_some_and(|id| self.peers.contains(&id));
+        let function_ok = self.functions.is_empty()
+            || self
+                .functions
+                .iter()
+                .any(|name| {
+                    frames
+                        .iter()
+                        .skip(1)
+                        .filter(|f| !f.starts_with(folded::PEER_FRAME_PREFIX))
+                        .any(|f| f.contains(name.as_str()))
+                });
+        thread_ok && peer_ok && function_ok
+    }
+
+    fn filters(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.peers.iter().map(|p| format!("peer {p}")));
+        parts.extend(self.threads.iter().map(|t| format!("thread {t}")));
+        parts.extend(self.functions.iter().map(|f| format!("function {f}")));
+        parts.join(", ")
+    }
+
+    /// Reads, merges, filters and renders.
+    pub fn run(self) -> Result<()> {
+        let mut merged = FoldedStacks::new();
+        for path in &self.inputs {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            merged.merge(&FoldedStacks::parse(&text, &path.display().to_string())?);
+        }
+        let kept = merged.filter(|frames| self.keeps(frames));
+        if kept.is_empty() {
+            bail!(
+                "no stack of {} matches {}",
+                self.inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if self.filters().is_empty() {
+                    "(the files are empty)".to_string()
+                } else {
+                    self.filters()
+                }
+            );
+        }
+        if let Some(path) = &self.folded {
+            write_file(path, |w| Ok(kept.write_to(w)?))?;
+        }
+        let title = self.title.clone().unwrap_or_else(|| {
+            let names: Vec<String> = self
+                .inputs
+                .iter()
+                .map(|p| p.file_name().unwrap_or(p.as_os_str()).to_string_lossy().into_owned())
+                .collect();
+            format!("peerlog flamegraph: {}", names.join(" + "))
+        });
+        let mut subtitle = format!("{} of {} samples", kept.total(), merged.total());
+        if !self.filters().is_empty() {
+            subtitle.push_str(&format!(" · {}", self.filters()));
+        }
+        if self.output.as_os_str() == "-" {
+            let stdout = io::stdout();
+            kept.render_svg(&title, &subtitle, BufWriter::new(stdout.lock()))
+        } else {
+            write_file(&self.output, |w| kept.render_svg(&title, &subtitle, w))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(peers: &[i64], threads: &[&str], functions: &[&str]) -> FlamegraphArgs {
+        FlamegraphArgs {
+            inputs: vec![],
+            output: "-".into(),
+            folded: None,
+            peers: peers.to_vec(),
+            threads: threads.iter().map(|s| s.to_string()).collect(),
+            functions: functions.iter().map(|s| s.to_string()).collect(),
+            title: None,
+        }
+    }
+
+    #[test]
+    fn filters_select_peer_thread_and_function() {
+        let burn = ["b-msghand", "peer=3 127.0.0.1:1", "clone3", "ProcessMessages", "TwinBurnCpu"];
+        let net = ["b-net", "clone3", "CConnman::SocketHandler", "poll"];
+        let script = ["b-scriptch.2", "clone3", "CheckInputScripts"];
+        assert!(args(&[], &[], &[]).keeps(&burn));
+        assert!(args(&[3], &[], &[]).keeps(&burn));
+        assert!(!args(&[4], &[], &[]).keeps(&burn));
+        assert!(!args(&[3], &[], &[]).keeps(&net));
+        assert!(args(&[], &["b-net"], &[]).keeps(&net));
+        assert!(!args(&[], &["b-net"], &[]).keeps(&burn));
+        assert!(args(&[], &["b-scriptch"], &[]).keeps(&script));
+        assert!(!args(&[], &["b-script"], &[]).keeps(&script));
+        assert!(args(&[], &[], &["TwinBurn"]).keeps(&burn));
+        assert!(!args(&[], &[], &["TwinBurn"]).keeps(&net));
+        // The thread frame is not a function.
+        assert!(!args(&[], &[], &["b-net"]).keeps(&net));
+        assert_eq!(args(&[3], &["b-msghand"], &["X"]).filters(), "peer 3, thread b-msghand, function X");
+    }
+
+    #[test]
+    fn file_names_of_addresses() {
+        assert_eq!(file_safe("127.0.0.1:18444"), "127.0.0.1_18444");
+        assert_eq!(file_safe("[::1]:8333"), "[__1]_8333");
+        assert_eq!(file_safe("a/b c.onion:8333"), "a_b_c.onion_8333");
+    }
+}

@@ -1,0 +1,264 @@
+//! The JSON form of the figures, shared by the control RPC
+//! (`getpeerstats`, `getnodestats`) and the stats log; documented field by
+//! field in `docs/stats.md`.
+//!
+//! Figures the attached probes cannot give are `null`, never `0`.
+
+use peerlog_common::TracedFunction::{self, *};
+use serde_json::{json, Map, Value};
+
+use super::{Collector, Coverage, Figures, MsgTypeFigures, PeerStats};
+use crate::{
+    filter::{PeerFilter, PeerSelector},
+    peer::{Network, Traffic},
+};
+
+/// Which peers and message types a report shows: the peer filter language
+/// of `--peer`, and message types (Bitcoin Core's, or `*other*`).
+#[derive(Debug, Clone, Default)]
+pub struct StatsFilter {
+    /// Peers shown; empty selects every peer.
+    pub peers: PeerSelector,
+    /// Message types shown in the per-message-type figures; empty shows all.
+    pub msg_types: Vec<String>,
+}
+
+impl StatsFilter {
+    /// A filter of these terms and message types.
+    pub fn new(peers: Vec<PeerFilter>, msg_types: Vec<String>) -> Self {
+        Self {
+            peers: PeerSelector::new(peers),
+            msg_types,
+        }
+    }
+
+    /// Whether the figures of message type `key` are shown.
+    pub fn shows_msg_type(&self, key: &str) -> bool {
+        self.msg_types.is_empty() || self.msg_types.iter().any(|t| t == key)
+    }
+
+    /// Whether the peer is shown.
+    pub fn shows_peer(&self, p: &PeerStats) -> bool {
+        self.peers.matches(&p.identity())
+    }
+}
+
+impl Coverage {
+    /// `{"functions": {"ProcessMessages": true, ...}, "oncpu": ..., ...}`.
+    pub fn to_json(&self) -> Value {
+        let functions: Map<String, Value> = TracedFunction::ALL
+            .iter()
+            .map(|f| (f.name().to_string(), json!(self.has(*f))))
+            .collect();
+        json!({
+            "functions": functions,
+            "oncpu": self.oncpu,
+            "mempool": self.mempool,
+            "block_connected": self.block_connected,
+            "notes": self.notes,
+        })
+    }
+}
+
+impl Collector {
+    /// The peers `filter` selects, as `getpeerstats` returns them.
+    pub fn peers_json(&self, filter: &StatsFilter) -> Vec<Value> {
+        self.peers()
+            .filter(|p| filter.shows_peer(p))
+            .map(|p| self.peer_json(p, filter))
+            .collect()
+    }
+
+    /// One peer: who it is (named as in `getpeerinfo`) and its figures.
+    pub fn peer_json(&self, p: &PeerStats, filter: &StatsFilter) -> Value {
+        let mut out = Map::new();
+        out.insert("id".into(), json!(p.id));
+        out.insert("addr".into(), json!(p.addr));
+        out.insert("network".into(), json!(p.network.map(Network::name)));
+        out.insert("connection_type".into(), json!(p.conn_type));
+        out.insert("conntime".into(), json!(p.conntime));
+        out.insert("conntime_known".into(), json!(p.conntime_known));
+        out.insert("closed".into(), json!(p.closed));
+        out.insert("evicted".into(), json!(p.evicted));
+        let f = &p.figures;
+        let cov = &self.coverage;
+        let share = (cov.has(ProcessMessages) && cov.has(SendMessages) && cov.oncpu)
+            .then(|| {
+                let all = self.total.msghand_cpu_ns();
+                (all > 0).then(|| f.msghand_cpu_ns() as f64 / all as f64)
+            })
+            .flatten();
+        out.insert("msghand_cpu_share".into(), json!(share));
+        self.figures_json(f, filter, &mut out);
+        let per_msg = |key: &str| f.per_msg.get(key).cloned().unwrap_or_default();
+        let (cmpct, getblocktxn, blocktxn) = (
+            per_msg("cmpctblock"),
+            per_msg("getblocktxn"),
+            per_msg("blocktxn"),
+        );
+        out.insert(
+            "compact_blocks".into(),
+            json!({
+                "sendcmpct_recv": p.sendcmpct_recv,
+                "sendcmpct_sent": p.sendcmpct_sent,
+                "cmpctblock_recv": cmpct.recv.msgs,
+                "cmpctblock_sent": cmpct.sent.msgs,
+                "getblocktxn_recv": getblocktxn.recv.msgs,
+                "getblocktxn_sent": getblocktxn.sent.msgs,
+                "blocktxn_recv": blocktxn.recv.msgs,
+                "blocktxn_sent": blocktxn.sent.msgs,
+            }),
+        );
+        out.insert("getdata_tx_pending".into(), json!(p.pending_getdata.len()));
+        Value::Object(out)
+    }
+
+    /// The whole node, as `getnodestats` returns it: the same figures as a
+    /// peer, summed over every peer ever seen (dropped ones too), plus the
+    /// distributions per message type and what belongs to no peer.
+    pub fn node_json(&self, filter: &StatsFilter) -> Value {
+        let mut out = Map::new();
+        let connected = self.peers().filter(|p| !p.closed).count();
+        out.insert("peers_connected".into(), json!(connected));
+        out.insert(
+            "peers_closed_kept".into(),
+            json!(self.peers().count() - connected),
+        );
+        self.figures_json(&self.total, filter, &mut out);
+        let has_pm = self.coverage.has(ProcessMessage);
+        let msg_types: Map<String, Value> = self
+            .total
+            .per_msg
+            .iter()
+            .filter(|(key, _)| filter.shows_msg_type(key))
+            .map(|(key, m)| {
+                let hists = m.hists.as_deref();
+                let direction = |t: &crate::peer::Traffic, h: Option<&super::Hist>| {
+                    json!({"msgs": t.msgs, "bytes": t.bytes, "payload_size": h})
+                };
+                let pm = has_pm.then(|| {
+                    json!({
+                        "calls": m.process_message.totals.calls,
+                        "wall_ns": m.process_message.totals.wall_ns,
+                        "cpu_ns": m.process_message.totals.cpu_ns,
+                        "calls_without_cpu": m.process_message.totals.calls_without_cpu,
+                        "queue_ns": m.process_message.queue_ns,
+                        "wall_ns_per_call": hists.map(|h| &h.wall),
+                        "cpu_ns_per_call": hists.map(|h| &h.cpu),
+                        "queue_ns_per_msg": hists.map(|h| &h.queue),
+                    })
+                });
+                (
+                    key.to_string(),
+                    json!({
+                        "recv": direction(&m.recv, hists.map(|h| &h.payload_recv)),
+                        "sent": direction(&m.sent, hists.map(|h| &h.payload_sent)),
+                        "processmessage": pm,
+                    }),
+                )
+            })
+            .collect();
+        out.insert("msg_types".into(), Value::Object(msg_types));
+        out.insert("unattributed".into(), json!(self.unattributed));
+        Value::Object(out)
+    }
+
+    /// The figures a peer and the node have in common.
+    fn figures_json(&self, f: &Figures, filter: &StatsFilter, out: &mut Map<String, Value>) {
+        let cov = &self.coverage;
+        let any_call = !cov.functions.is_empty();
+        // Types seen in that direction: `verack` has a count and zero bytes.
+        let per_msg = |pick: &dyn Fn(&MsgTypeFigures) -> Traffic, bytes: bool| {
+            f.per_msg
+                .iter()
+                .filter(|(key, m)| filter.shows_msg_type(key) && pick(m).msgs > 0)
+                .map(|(key, m)| {
+                    let t = pick(m);
+                    (key.to_string(), json!(if bytes { t.bytes } else { t.msgs }))
+                })
+                .collect::<Map<String, Value>>()
+        };
+        let fields = [
+            ("misbehaving", json!(f.misbehaving)),
+            (
+                "bytesrecv",
+                json!(cov
+                    .has(ReceiveMsgBytes)
+                    .then_some(f.receive_msg_bytes.bytes)),
+            ),
+            (
+                "bytessent",
+                json!(cov
+                    .has(SocketSendData)
+                    .then_some(f.socket_send_data.bytes + f.socket_send_data_msghand.bytes)),
+            ),
+            ("msgsrecv", json!(f.recv.msgs)),
+            ("msgssent", json!(f.sent.msgs)),
+            ("payloadrecv", json!(f.recv.bytes)),
+            ("payloadsent", json!(f.sent.bytes)),
+            (
+                "msgsrecv_per_msg",
+                Value::Object(per_msg(&|m| m.recv, false)),
+            ),
+            (
+                "msgssent_per_msg",
+                Value::Object(per_msg(&|m| m.sent, false)),
+            ),
+            (
+                "payloadrecv_per_msg",
+                Value::Object(per_msg(&|m| m.recv, true)),
+            ),
+            (
+                "payloadsent_per_msg",
+                Value::Object(per_msg(&|m| m.sent, true)),
+            ),
+            ("payload_recv_size", json!(f.payload_recv)),
+            ("payload_sent_size", json!(f.payload_sent)),
+            ("cpu_ns", json!((any_call && cov.oncpu).then(|| f.cpu_ns()))),
+            (
+                "processmessages",
+                json!(cov.has(ProcessMessages).then_some(&f.process_messages)),
+            ),
+            (
+                "sendmessages",
+                json!(cov.has(SendMessages).then_some(&f.send_messages)),
+            ),
+            (
+                "receivemsgbytes",
+                json!(cov.has(ReceiveMsgBytes).then_some(f.receive_msg_bytes)),
+            ),
+            (
+                "socketsenddata",
+                json!(cov.has(SocketSendData).then_some(f.socket_send_data)),
+            ),
+            (
+                "socketsenddata_msghand",
+                json!(cov
+                    .has(SocketSendData)
+                    .then_some(f.socket_send_data_msghand)),
+            ),
+            (
+                "processmessage_per_msg",
+                json!(cov.has(ProcessMessage).then(|| {
+                    f.per_msg
+                        .iter()
+                        .filter(|(key, m)| {
+                            filter.shows_msg_type(key) && m.process_message.totals.calls > 0
+                        })
+                        .map(|(key, m)| (key.to_string(), json!(m.process_message)))
+                        .collect::<Map<String, Value>>()
+                })),
+            ),
+            ("mempool", json!(cov.mempool.then_some(&f.mempool))),
+            ("blocks", json!(cov.block_connected.then_some(f.blocks))),
+            ("tx_relay", json!(f.tx_relay)),
+            ("getdata_tx_latency_ns", json!(f.getdata_tx_latency_ns)),
+            ("ping", json!(f.ping)),
+            ("payloads_missing", json!(f.payloads_missing)),
+            ("payloads_undecodable", json!(f.payloads_undecodable)),
+        ];
+        for (name, value) in fields {
+            out.insert(name.to_string(), value);
+        }
+    }
+}

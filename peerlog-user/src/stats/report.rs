@@ -1,0 +1,336 @@
+//! The periodic outputs of the figures: the stats log (`--stats-log`) and
+//! the HdrHistogram interval logs (`--hdr-log`), the options of every
+//! statistics output, and the `b-msghand` thread's own CPU time.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::{msg_type_key, Collector, Coverage, HdrLog, Sink, Sinks, StatsFilter, OTHER};
+use crate::{
+    clock::WallClock,
+    event::Event,
+    filter::PeerFilter,
+    metrics,
+    rpc::{self, ReportQuery, RpcError, RpcSocket, TraceStatus},
+};
+
+/// Statistics options of `peerlog trace`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    /// Write every peer's figures (and the node's) as one JSON line to PATH
+    /// (`-` for stdout) every --stats-interval seconds and when tracing
+    /// stops. A peer that disconnected appears once more, `closed`, with its
+    /// final figures. Schema: docs/stats.md.
+    #[arg(long, value_name = "PATH")]
+    pub stats_log: Option<PathBuf>,
+
+    /// Seconds between stats log lines and between HdrHistogram log intervals.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub stats_interval: f64,
+
+    /// Write HdrHistogram interval logs to DIR, one file per figure
+    /// (`payload_recv_bytes.hlog`, `processmessages_cpu_ns.hlog`, ...), each
+    /// interval holding the node's histogram and one per peer and message type.
+    #[arg(long, value_name = "DIR")]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9435),
+    /// labelled by peer id, address, connection type and network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Only these peers in the stats log and the metrics (repeatable; the
+    /// terms of --peer). Totals always cover every peer.
+    #[arg(long = "stats-peer", value_name = "FILTER")]
+    pub stats_peers: Vec<PeerFilter>,
+
+    /// Only these message types in the per-message-type figures of the stats
+    /// log and the metrics (repeatable; `*other*` is every type Bitcoin Core
+    /// does not know).
+    #[arg(long = "stats-msg-type", value_name = "TYPE")]
+    pub stats_msg_types: Vec<String>,
+
+    /// Listen for control RPC (JSON-RPC 2.0, `peerlog ctl`) on this Unix
+    /// socket instead of /run/peerlog/<PID>.sock.
+    #[arg(long, value_name = "PATH")]
+    pub rpc_socket: Option<PathBuf>,
+
+    /// Do not listen for control RPC.
+    #[arg(long, conflicts_with = "rpc_socket")]
+    pub no_rpc: bool,
+}
+
+/// What the statistics outputs were asked to do.
+#[derive(Debug, Clone)]
+pub struct StatsOptions {
+    /// Stats log path (`-`: stdout).
+    pub stats_log: Option<PathBuf>,
+    /// Between stats log lines and HdrHistogram intervals.
+    pub interval: Duration,
+    /// HdrHistogram interval log directory.
+    pub hdr_log: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    pub metrics: Option<SocketAddr>,
+    /// Peers and message types the stats log and metrics show.
+    pub filter: StatsFilter,
+    /// Where the control RPC listens.
+    pub rpc: RpcSocket,
+}
+
+/// Checks message types given to a statistics filter: Bitcoin Core's, or `*other*`.
+pub fn check_msg_types(types: &[String]) -> Result<()> {
+    for t in types {
+        if msg_type_key(t) == OTHER && t != OTHER {
+            bail!(
+                "{t:?} is not one of Bitcoin Core's message types; statistics count every \
+                 other type as {OTHER:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl StatsArgs {
+    /// Checks the arguments.
+    pub fn into_options(self) -> Result<StatsOptions> {
+        let secs = self.stats_interval;
+        if !(secs.is_finite() && secs >= 0.1) {
+            bail!("--stats-interval must be at least 0.1 seconds, not {secs}");
+        }
+        check_msg_types(&self.stats_msg_types)?;
+        Ok(StatsOptions {
+            stats_log: self.stats_log,
+            interval: Duration::from_secs_f64(secs),
+            hdr_log: self.hdr_log,
+            metrics: self.metrics,
+            filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
+            rpc: match (self.no_rpc, self.rpc_socket) {
+                (true, _) => RpcSocket::Off,
+                (false, Some(path)) => RpcSocket::Path(path),
+                (false, None) => RpcSocket::Default,
+            },
+        })
+    }
+}
+
+/// The `b-msghand` thread's on-CPU time as the kernel counts it
+/// (`/proc/PID/task/TID/schedstat`), to check the per-peer figures against.
+#[derive(Debug, Clone, Copy)]
+struct ThreadBaseline {
+    tid: u32,
+    cpu_ns_at_start: u64,
+}
+
+/// The thread of `pid` named `name` (`/proc/PID/task/*/comm`), if exactly one.
+pub fn find_thread(pid: i32, name: &str) -> Option<u32> {
+    let mut found = None;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let entry = entry.ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            if found.is_some() {
+                return None;
+            }
+            found = entry.file_name().to_str()?.parse().ok();
+        }
+    }
+    found
+}
+
+/// Nanoseconds thread `tid` of `pid` has run on a CPU (schedstat's first field).
+pub fn thread_cpu_ns(pid: i32, tid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The collector and the outputs that report it periodically.
+pub struct Reporter {
+    /// The figures.
+    pub collector: Collector,
+    options: StatsOptions,
+    pid: i32,
+    started: SystemTime,
+    interval_started: SystemTime,
+    stats_log: Option<BufWriter<Box<dyn Write + Send>>>,
+    hdr_log: Option<HdrLog>,
+    msghand: Option<ThreadBaseline>,
+}
+
+impl Reporter {
+    /// Opens the outputs for a trace of `pid` that starts now.
+    pub fn new(
+        options: StatsOptions,
+        pid: i32,
+        clock: WallClock,
+        coverage: Coverage,
+    ) -> Result<Self> {
+        let started = SystemTime::now();
+        let stats_log = match &options.stats_log {
+            Some(path) if path.as_os_str() == "-" => Some(BufWriter::new(
+                Box::new(io::stdout()) as Box<dyn Write + Send>
+            )),
+            Some(path) => {
+                let file = File::create(path)
+                    .with_context(|| format!("cannot create the stats log {}", path.display()))?;
+                Some(BufWriter::new(Box::new(file) as Box<dyn Write + Send>))
+            }
+            None => None,
+        };
+        let hdr_log = options
+            .hdr_log
+            .as_deref()
+            .map(|dir| HdrLog::create(dir, started))
+            .transpose()?;
+        let mut sinks = Sinks::default();
+        if stats_log.is_some() {
+            sinks = sinks.with(Sink::StatsLog);
+        }
+        if options.metrics.is_some() {
+            sinks = sinks.with(Sink::Metrics);
+        }
+        let msghand = find_thread(pid, "b-msghand").and_then(|tid| {
+            Some(ThreadBaseline {
+                tid,
+                cpu_ns_at_start: thread_cpu_ns(pid, tid)?,
+            })
+        });
+        Ok(Self {
+            collector: Collector::new(clock, coverage, hdr_log.is_some(), sinks),
+            options,
+            pid,
+            started,
+            interval_started: started,
+            stats_log,
+            hdr_log,
+            msghand,
+        })
+    }
+
+    /// Accounts one event.
+    pub fn handle(&mut self, event: &Event) {
+        self.collector.handle(event);
+    }
+
+    /// How often [`Reporter::tick`] wants to run; None when no periodic output is on.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.stats_log.is_some() || self.hdr_log.is_some()).then_some(self.options.interval)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &StatsOptions {
+        &self.options
+    }
+
+    /// When tracing started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// The `b-msghand` thread's CPU time since tracing started next to what
+    /// peerlog attributed to peers in `ProcessMessages`/`SendMessages`;
+    /// null when the thread is not found by name.
+    pub fn msghand_json(&self) -> Value {
+        let Some(base) = self.msghand else {
+            return Value::Null;
+        };
+        let thread_ns =
+            thread_cpu_ns(self.pid, base.tid).map(|now| now.saturating_sub(base.cpu_ns_at_start));
+        let total = self.collector.total();
+        let attributed = total.msghand_cpu_ns();
+        json!({
+            "tid": base.tid,
+            "thread_cpu_ns": thread_ns,
+            "processmessages_sendmessages_cpu_ns": attributed,
+            "covered_share": thread_ns.filter(|&t| t > 0).map(|t| attributed as f64 / t as f64),
+        })
+    }
+
+    /// Answers a question of the control RPC or the metrics endpoint.
+    pub fn answer(&mut self, query: ReportQuery, trace: &TraceStatus) -> Result<Value, RpcError> {
+        Ok(match query {
+            ReportQuery::PeerStats(filter) => Value::Array(self.collector.peers_json(&filter)),
+            ReportQuery::NodeStats(filter) => self.collector.node_json(&filter),
+            ReportQuery::Status => rpc::status_json(trace, self),
+            ReportQuery::Metrics(filter) => {
+                let filter = filter.unwrap_or_else(|| self.options.filter.clone());
+                let msghand = self.msghand_json();
+                Value::String(metrics::render(
+                    trace,
+                    &mut self.collector,
+                    &msghand,
+                    &filter,
+                ))
+            }
+        })
+    }
+
+    /// Writes the periodic outputs: a stats log line and an HdrHistogram interval.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = SystemTime::now();
+        if self.stats_log.is_some() {
+            self.write_stats_line(now)?;
+        }
+        if let Some(log) = &mut self.hdr_log {
+            let start = self.interval_started;
+            let length = now.duration_since(start).unwrap_or_default();
+            for (figure, tag, hist) in self.collector.interval_hists() {
+                if let Some(h) = hist.interval() {
+                    log.write(figure, tag.as_deref(), h, start, length)?;
+                }
+                hist.reset_interval();
+            }
+            log.flush()?;
+        }
+        self.interval_started = now;
+        Ok(())
+    }
+
+    /// Writes the last periodic outputs when tracing stops.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.interval().is_some() {
+            self.tick()?;
+        }
+        Ok(())
+    }
+
+    fn write_stats_line(&mut self, now: SystemTime) -> Result<()> {
+        let filter = &self.options.filter;
+        let c = &self.collector;
+        let peers: Vec<Value> = c
+            .peers()
+            .filter(|p| c.due(p, Sink::StatsLog) && filter.shows_peer(p))
+            .map(|p| c.peer_json(p, filter))
+            .collect();
+        let line = json!({
+            "time_us": now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64,
+            "uptime_s": now.duration_since(self.started).unwrap_or_default().as_secs_f64(),
+            "missing_figures": c.coverage().missing_figures(),
+            "node": c.node_json(filter),
+            "msghand_thread": self.msghand_json(),
+            "peers": peers,
+        });
+        let out = self.stats_log.as_mut().expect("checked by the caller");
+        let written = serde_json::to_writer(&mut *out, &line)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            let name = self.options.stats_log.as_deref().unwrap_or("-".as_ref());
+            return Err(e).with_context(|| format!("writing the stats log {}", name.display()));
+        }
+        self.collector.reported(Sink::StatsLog);
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! End-to-end tests of `peerlog trace --flamegraph` and `peerlog flamegraph`:
+//! CPU samples of the twin node (built without frame pointers), unwound from
+//! `.eh_frame`, named from its symbols or its separate debug file, and split
+//! by the peer the message handler was serving.
+//!
+//! One peer sends `twinburn` messages, whose handler burns CPU in
+//! `TwinBurnCpu` inside `ProcessMessages` → `ProcessMessage`; another sends
+//! `block` messages, which cost CPU in block deserialization instead. The
+//! first peer's flamegraph must show the burn, the second's must not.
+//!
+//! Tests that need eBPF are reported as ignored, with the reason printed,
+//! when this machine cannot load it (not root, no uprobes): never as passed.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use libtest_mimic::{Arguments, Failed, Trial};
+use peerlog::{
+    flamegraph::{folded::FoldedStacks, INCOMPLETE_FRAME},
+    p2p::{self, Peer},
+};
+use peerlog_tests::*;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // The tests measure where CPU time goes; on a 2-core machine, running
+    // them side by side starves the very threads they sample.
+    args.test_threads.get_or_insert(1);
+    let skip = ebpf_unavailable();
+    if let Some(why) = &skip {
+        eprintln!("peerlog flamegraph tests that load eBPF are IGNORED: {why}");
+    }
+    type Test = fn() -> Result<()>;
+    // (name, test, needs eBPF)
+    let tests: [(&str, Test, bool); 4] = [
+        ("burning_peer_owns_the_burn", burning_peer_owns_the_burn, true),
+        (
+            "stripped_binary_gets_names_from_debug_file",
+            stripped_binary_gets_names_from_debug_file,
+            true,
+        ),
+        (
+            "flamegraph_subcommand_merges_and_filters",
+            flamegraph_subcommand_merges_and_filters,
+            false,
+        ),
+        ("bad_sample_rates_are_refused", bad_sample_rates_are_refused, false),
+    ];
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, f, ebpf)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+            .with_ignored_flag(ebpf && skip.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// The function the twin burns CPU in for `twinburn` messages.
+const HOT_FUNCTION: &str = "TwinBurnCpu";
+/// Bitcoin Core's per-peer message processing, where the hot function runs.
+const PROCESS_MESSAGES: &str = "PeerManagerImpl::ProcessMessages";
+/// Samples per second per CPU in these tests: high, so that a few seconds
+/// give thousands of samples.
+const TEST_RATE: &str = "499";
+
+/// What a traced burn left behind.
+struct BurnRun {
+    _tmp: tempfile::TempDir,
+    /// The `--flamegraph` directory.
+    dir: PathBuf,
+    stderr: String,
+    burner: SocketAddr,
+    bystander: SocketAddr,
+}
+
+/// The collapsed stacks of the peer whose client end is `local`.
+fn peer_stacks(dir: &Path, local: SocketAddr) -> Result<(PathBuf, FoldedStacks)> {
+    let suffix = format!("-{}.folded", local.to_string().replace(':', "_"));
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("peer-") && name.ends_with(&suffix) {
+            found.push(path);
+        }
+    }
+    let [path] = &found[..] else {
+        bail!(
+            "expected one flamegraph for {local} in {}, found {found:?} among {:?}",
+            dir.display(),
+            fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Vec<_>>()
+        );
+    };
+    ensure!(
+        path.with_extension("svg").is_file(),
+        "{} has no SVG next to it",
+        path.display()
+    );
+    let stacks = FoldedStacks::parse(&fs::read_to_string(path)?, &path.display().to_string())?;
+    Ok((path.clone(), stacks))
+}
+
+/// The `n` stacks with the most samples, one per line, for failure messages.
+fn top_stacks(stacks: &FoldedStacks, n: usize) -> String {
+    let mut text = Vec::new();
+    stacks.write_to(&mut text).expect("writing to memory");
+    let mut lines: Vec<(u64, String)> = String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| {
+            let (stack, count) = l.rsplit_once(' ')?;
+            Some((count.parse().ok()?, stack.to_string()))
+        })
+        .collect();
+    lines.sort_by(|a, b| b.0.cmp(&a.0));
+    lines
+        .iter()
+        .take(n)
+        .map(|(count, stack)| format!("  {count} {stack}\n"))
+        .collect()
+}
+
+/// True when `frames` holds `outer` and, further in, `inner`.
+fn calls(frames: &[&str], outer: &str, inner: &str) -> bool {
+    frames
+        .iter()
+        .position(|f| f.contains(outer))
+        .is_some_and(|i| frames[i + 1..].iter().any(|f| f.contains(inner)))
+}
+
+/// Sends `block` messages (the twin's medium block, fetched from it first)
+/// for `how_long`: CPU on the message handler that is not the burn.
+fn send_blocks(node: &Node, peer: &mut Peer, how_long: Duration) -> Result<()> {
+    let (hash, _) = node
+        .blocks
+        .iter()
+        .min_by_key(|(_, size)| *size)
+        .context("the node serves no block")?;
+    let hash: bitcoin::BlockHash = hash.parse()?;
+    peer.send(&p2p::getdata_block(&[hash]))?;
+    let block = peer
+        .recv_msg_type("block", Duration::from_secs(30))
+        .map_err(|e| anyhow!("waiting for block {hash}: {e}"))?
+        .into_payload();
+    let start = Instant::now();
+    let mut nonce = 1000;
+    while start.elapsed() < how_long {
+        for _ in 0..4 {
+            peer.send_raw("block", &block)?;
+        }
+        nonce += 1;
+        sync(peer, nonce)?;
+    }
+    Ok(())
+}
+
+/// Sends `twinburn` messages of about 50 ms of CPU each for `how_long`,
+/// waiting for each to be handled.
+fn send_burns(peer: &mut Peer, how_long: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut nonce = 1;
+    while start.elapsed() < how_long {
+        peer.send_raw("twinburn", &200_000u32.to_le_bytes())?;
+        nonce += 1;
+        sync(peer, nonce)?;
+    }
+    Ok(())
+}
+
+/// Traces `binary` (started as a twin) with `--flamegraph` while one peer
+/// burns CPU and another sends blocks.
+fn burn_run(binary: &Path, extra_args: &[&str]) -> Result<BurnRun> {
+    let node = Node::start_twin(binary, &[])?;
+    let dir = tempfile::tempdir()?;
+    let flame = dir.path().join("flame");
+    let mut args = vec!["--flamegraph", flame.to_str().unwrap(), "--sample-rate", TEST_RATE];
+    args.extend_from_slice(extra_args);
+    let tracer = Tracer::start(node.pid(), &args)?;
+    let mut burner = connect(&node)?;
+    let mut bystander = connect(&node)?;
+    burner.set_recording(false);
+    bystander.set_recording(false);
+    let (burner_addr, bystander_addr) = (burner.local_addr(), bystander.local_addr());
+    // Both peers must have exchanged a message under the probes, so the
+    // kernel knows their ids before the work starts.
+    sync(&mut burner, 1)?;
+    sync(&mut bystander, 1)?;
+    let work = Duration::from_secs(3);
+    thread::scope(|s| -> Result<()> {
+        let blocks = s.spawn(|| send_blocks(&node, &mut bystander, work));
+        send_burns(&mut burner, work)?;
+        blocks.join().map_err(|_| anyhow!("block sender panicked"))?
+    })?;
+    drop(burner);
+    drop(bystander);
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed:\n{}", out.stderr);
+    node.stop()?;
+    Ok(BurnRun {
+        _tmp: dir,
+        dir: flame,
+        stderr: out.stderr,
+        burner: burner_addr,
+        bystander: bystander_addr,
+    })
+}
+
+/// The share (percent) of samples unwound to the thread entry, as the
+/// summary reports it.
+fn unwound_percent(stderr: &str) -> Result<f64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cpu samples:"))
+        .with_context(|| format!("no cpu samples line in the summary:\n{stderr}"))?;
+    let pct = line
+        .split(", ")
+        .find_map(|part| part.strip_suffix("% unwound to the thread entry"))
+        .with_context(|| format!("no unwinding share in {line:?}"))?;
+    Ok(pct.trim().parse()?)
+}
+
+/// The peer that sends `twinburn` gets ≥ 90% of its message-handler samples
+/// under `ProcessMessages` → `TwinBurnCpu`; the peer that sends blocks gets
+/// none there; ≥ 95% of all samples unwind to the thread entry, although
+/// the twin has no frame pointers.
+fn burning_peer_owns_the_burn() -> Result<()> {
+    let run = burn_run(Path::new(TWIN), &[])?;
+    let dir = &run.dir;
+    let unwound = unwound_percent(&run.stderr)?;
+    ensure!(
+        unwound >= 95.0,
+        "only {unwound}% of samples unwound to the thread entry:\n{}",
+        run.stderr
+    );
+    let all = FoldedStacks::parse(&fs::read_to_string(dir.join("all.folded"))?, "all.folded")?;
+    ensure!(dir.join("all.svg").is_file(), "no all.svg");
+    let incomplete = all.count_where(|f| f.contains(&INCOMPLETE_FRAME));
+    ensure!(
+        incomplete * 100 <= all.total() * 5,
+        "{incomplete} of {} stacks in all.folded are incomplete",
+        all.total()
+    );
+
+    let (path, burner) = peer_stacks(dir, run.burner)?;
+    let msghand = burner.count_where(|f| f[0] == "b-msghand");
+    let burning = burner.count_where(|f| f[0] == "b-msghand" && calls(f, PROCESS_MESSAGES, HOT_FUNCTION));
+    ensure!(
+        msghand >= 100,
+        "{}: only {msghand} b-msghand samples",
+        path.display()
+    );
+    ensure!(
+        burning * 100 >= msghand * 90,
+        "{}: {burning} of {msghand} b-msghand samples under {PROCESS_MESSAGES} → {HOT_FUNCTION}; top stacks:\n{}",
+        path.display(),
+        top_stacks(&burner, 5)
+    );
+    // Whole stacks, named: from the thread entry to the hot function.
+    let named = burner.count_where(|f| {
+        calls(f, "start_thread", "CConnman::ThreadMessageHandler")
+            && calls(f, "CConnman::ThreadMessageHandler", PROCESS_MESSAGES)
+            && calls(f, "PeerManagerImpl::ProcessMessage", HOT_FUNCTION)
+    });
+    ensure!(
+        named * 100 >= burning * 90,
+        "{}: only {named} of {burning} burning stacks run start_thread → ThreadMessageHandler → ProcessMessages → ProcessMessage → {HOT_FUNCTION}",
+        path.display()
+    );
+
+    let (path, bystander) = peer_stacks(dir, run.bystander)?;
+    let total = bystander.total();
+    let hot = bystander.count_where(|f| f.iter().any(|x| x.contains(HOT_FUNCTION)));
+    ensure!(total >= 10, "{}: only {total} samples", path.display());
+    ensure!(
+        hot == 0,
+        "{}: {hot} of {total} samples in {HOT_FUNCTION}, which only the other peer triggers",
+        path.display()
+    );
+    ensure!(
+        bystander.count_where(|f| calls(f, PROCESS_MESSAGES, "DeserializeBlock")) > 0,
+        "{}: no sample in block deserialization; top stacks:\n{}",
+        path.display(),
+        top_stacks(&bystander, 5)
+    );
+    eprintln!(
+        "burning_peer_owns_the_burn: {unwound}% of {} samples unwound to the thread entry; \
+         burning peer: {burning} of {msghand} b-msghand samples under {PROCESS_MESSAGES} → {HOT_FUNCTION}; \
+         block peer: {hot} of {total} samples there",
+        all.total()
+    );
+    Ok(())
+}
+
+/// The frames under `ProcessMessages` of the burning peer's hottest stacks.
+fn hot_path_names(run: &BurnRun) -> Result<Vec<String>> {
+    let (_, burner) = peer_stacks(&run.dir, run.burner)?;
+    let mut names: Vec<String> = Vec::new();
+    let text = {
+        let mut v = Vec::new();
+        burner.write_to(&mut v)?;
+        String::from_utf8(v)?
+    };
+    for line in text.lines() {
+        let (stack, _) = line.rsplit_once(' ').unwrap();
+        let frames: Vec<&str> = stack.split(';').collect();
+        if calls(&frames, PROCESS_MESSAGES, HOT_FUNCTION) {
+            let from = frames.iter().position(|f| f.contains(PROCESS_MESSAGES)).unwrap();
+            for f in &frames[from..] {
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The stripped twin (like a Bitcoin Core release binary) gets the same
+/// names as the twin with symbols: through its `.gnu_debuglink` (the debug
+/// file next to it) and through `--debug-file` when the link leads nowhere.
+fn stripped_binary_gets_names_from_debug_file() -> Result<()> {
+    let with_symbols = hot_path_names(&burn_run(Path::new(TWIN), &[])?)?;
+    ensure!(
+        with_symbols.iter().any(|n| n.contains(HOT_FUNCTION)),
+        "no {HOT_FUNCTION} with symbols: {with_symbols:?}"
+    );
+
+    let linked = hot_path_names(&burn_run(Path::new(TWIN_STRIPPED), &[])?)?;
+    ensure!(
+        linked == with_symbols,
+        "stripped twin via .gnu_debuglink names {linked:?}, the twin {with_symbols:?}"
+    );
+
+    // A copy of the stripped twin alone in a directory: its debug link finds
+    // nothing, so only --debug-file can name it.
+    let alone = tempfile::tempdir()?;
+    let binary = alone.path().join("bitcoind");
+    fs::copy(TWIN_STRIPPED, &binary)?;
+    let explicit = hot_path_names(&burn_run(&binary, &["--debug-file", TWIN_DEBUG])?)?;
+    ensure!(
+        explicit == with_symbols,
+        "stripped twin with --debug-file names {explicit:?}, the twin {with_symbols:?}"
+    );
+    Ok(())
+}
+
+fn peerlog(args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(peerlog_bin()?).args(args).output()?)
+}
+
+/// `peerlog flamegraph` adds up the stacks of several files and keeps those
+/// of a peer, a thread or a function.
+fn flamegraph_subcommand_merges_and_filters() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = dir.path().join("a.folded");
+    let b = dir.path().join("b.folded");
+    fs::write(
+        &a,
+        "b-msghand;peer=3 127.0.0.1:5000;clone3;ProcessMessages;TwinBurnCpu 90\n\
+         b-net;clone3;CConnman::SocketHandler;poll 10\n",
+    )?;
+    fs::write(
+        &b,
+        "b-msghand;peer=4 127.0.0.1:5001;clone3;ProcessMessages;DeserializeBlock 7\n\
+         b-msghand;peer=3 127.0.0.1:5000;clone3;ProcessMessages;TwinBurnCpu 10\n\
+         b-scriptch.1;clone3;CheckInputScripts 5\n",
+    )?;
+    let svg = dir.path().join("out.svg");
+    let merged = dir.path().join("out.folded");
+    let (a_s, b_s, svg_s, merged_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        svg.to_str().unwrap(),
+        merged.to_str().unwrap(),
+    );
+
+    let out = peerlog(&["flamegraph", a_s, b_s, "-o", svg_s, "--folded", merged_s, "--peer", "3"])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        fs::read_to_string(&merged)?
+            == "b-msghand;peer=3 127.0.0.1:5000;clone3;ProcessMessages;TwinBurnCpu 100\n",
+        "merged: {:?}",
+        fs::read_to_string(&merged)?
+    );
+    let text = fs::read_to_string(&svg)?;
+    ensure!(text.contains("TwinBurnCpu") && !text.contains("DeserializeBlock"));
+    ensure!(text.contains("100 of 122 samples"), "subtitle missing");
+
+    let out = peerlog(&["flamegraph", a_s, b_s, "--folded", merged_s, "-o", svg_s, "--thread", "b-scriptch"])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(fs::read_to_string(&merged)? == "b-scriptch.1;clone3;CheckInputScripts 5\n");
+
+    let out = peerlog(&["flamegraph", a_s, b_s, "--folded", merged_s, "-o", svg_s, "--function", "Deserialize"])?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(fs::read_to_string(&merged)?.lines().count() == 1);
+
+    // SVG on standard output.
+    let out = peerlog(&["flamegraph", a_s])?;
+    ensure!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("<svg"));
+
+    // Nothing left after filtering, or not a collapsed stack: errors that say so.
+    let out = peerlog(&["flamegraph", a_s, "--peer", "99"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("peer 99"), "{err}");
+    fs::write(&b, "not a stack\n")?;
+    let out = peerlog(&["flamegraph", b_s])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("b.folded:1"), "{err}");
+    Ok(())
+}
+
+/// `--sample-rate` outside 1..=1000 Hz, or without `--flamegraph`, is refused
+/// before anything is attached.
+fn bad_sample_rates_are_refused() -> Result<()> {
+    for rate in ["0", "1001"] {
+        let out = peerlog(&["trace", "--pid", "1", "--flamegraph", "/nonexistent", "--sample-rate", rate])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains("--sample-rate"), "rate {rate}: {err}");
+    }
+    let out = peerlog(&["trace", "--pid", "1", "--sample-rate", "99"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("--flamegraph"), "{err}");
+    Ok(())
+}

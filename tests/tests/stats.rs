@@ -1,0 +1,837 @@
+//! End-to-end tests of per-peer resource tracking: a running `peerlog
+//! trace` on the twin node, peers of known behaviour, and the figures read
+//! back through `peerlog ctl`, the stats log, the HdrHistogram logs and the
+//! Prometheus endpoint.
+//!
+//! Countable figures (messages, bytes, transactions accepted and rejected,
+//! blocks, inventory entries) are asserted exactly: per message type they
+//! must equal the client's own transcript. Measured figures are asserted
+//! within stated tolerances: the CPU time peerlog attributes to peers in
+//! `ProcessMessages`/`SendMessages` is at most the `b-msghand` thread's own
+//! CPU time as the kernel counts it (`/proc/PID/task/TID/stat` and
+//! `schedstat`), and under load at least 90% of it.
+//!
+//! Tests that cannot run here (no root, no uprobes, or a real bitcoind where
+//! the twin's deterministic behaviour is needed) are reported as ignored,
+//! with the reason printed.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use bitcoin::{
+    absolute, block, hashes::Hash, p2p::message::NetworkMessage, transaction, Amount, Block,
+    CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Witness,
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+use peerlog::{p2p, stats::msg_type_key};
+use peerlog_tests::{connect, ebpf_unavailable, peerlog_bin, sync, Node, Tracer, TWIN_STRIPPED};
+use serde_json::Value;
+
+fn main() {
+    let args = Arguments::from_args();
+    let no_ebpf = ebpf_unavailable();
+    let bitcoind = std::env::var_os("BITCOIND").is_some_and(|v| !v.is_empty());
+    if let Some(why) = &no_ebpf {
+        eprintln!("stats tests that load eBPF are ignored: {why}");
+    }
+    if bitcoind {
+        eprintln!(
+            "stats tests that need the twin node (deterministic mempool and block acceptance, \
+             the twinburn message, a stripped copy) are ignored: BITCOIND is set"
+        );
+    }
+    type Test = fn() -> Result<()>;
+    // (name, test, needs eBPF, needs the twin)
+    let tests: [(&str, Test, bool, bool); 5] = [
+        ("peer_figures_are_exact", peer_figures_are_exact, true, true),
+        (
+            "closed_peers_are_reported_once",
+            closed_peers_are_reported_once,
+            true,
+            false,
+        ),
+        (
+            "runtime_capture_via_rpc",
+            runtime_capture_via_rpc,
+            true,
+            false,
+        ),
+        (
+            "missing_probes_are_named",
+            missing_probes_are_named,
+            true,
+            true,
+        ),
+        (
+            "bad_rpc_requests_get_clear_errors",
+            bad_rpc_requests_get_clear_errors,
+            true,
+            false,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f, ebpf, twin)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+            .with_ignored_flag((ebpf && no_ebpf.is_some()) || (twin && bitcoind))
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// `peerlog ctl --socket SOCKET METHOD PARAMS`, its stdout as JSON.
+fn ctl(socket: &Path, method: &str, params: &str) -> Result<Value> {
+    let out = ctl_raw(socket, method, params)?;
+    ensure!(
+        out.status.success(),
+        "peerlog ctl {method} {params} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "peerlog ctl {method}: not JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn ctl_raw(socket: &Path, method: &str, params: &str) -> Result<std::process::Output> {
+    Ok(Command::new(peerlog_bin()?)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args([method, params])
+        .output()?)
+}
+
+/// The peer object of the client connected from `local`.
+fn peer_of(peers: &Value, local: SocketAddr) -> Result<&Value> {
+    let addr = local.to_string();
+    peers
+        .as_array()
+        .context("getpeerstats did not return a list")?
+        .iter()
+        .find(|p| p["addr"] == addr.as_str())
+        .with_context(|| format!("no peer {addr} in {peers:#}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// Per message type (as peerlog keys them), messages and payload bytes the
+/// client sent (what the node received) and received (what it sent).
+type ByType = BTreeMap<&'static str, (u64, u64)>;
+
+fn transcript_by_type(t: &p2p::Transcript) -> (ByType, ByType) {
+    let count = |it: &mut dyn Iterator<Item = &p2p::TranscriptEntry>| {
+        let mut m = ByType::new();
+        for e in it {
+            let slot = m.entry(msg_type_key(&e.msg_type)).or_default();
+            slot.0 += 1;
+            slot.1 += e.payload.len() as u64;
+        }
+        m
+    };
+    (count(&mut t.sent()), count(&mut t.received()))
+}
+
+/// Checks a peer's per-message-type counts and bytes against the client's transcript.
+fn assert_traffic_matches(peer: &Value, t: &p2p::Transcript, who: &str) -> Result<()> {
+    let (sent, received) = transcript_by_type(t);
+    for (field_msgs, field_bytes, expected) in [
+        ("msgsrecv_per_msg", "payloadrecv_per_msg", &sent),
+        ("msgssent_per_msg", "payloadsent_per_msg", &received),
+    ] {
+        let got: ByType = peer[field_msgs]
+            .as_object()
+            .context(field_msgs)?
+            .iter()
+            .map(|(k, v)| (msg_type_key(k), (u(v), u(&peer[field_bytes][k]))))
+            .collect();
+        ensure!(
+            &got == expected,
+            "{who}: {field_msgs}/{field_bytes} {got:?}, the client's transcript says {expected:?}"
+        );
+    }
+    let total = |m: &ByType| m.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+    ensure!(
+        (u(&peer["msgsrecv"]), u(&peer["payloadrecv"])) == total(&sent)
+            && (u(&peer["msgssent"]), u(&peer["payloadsent"])) == total(&received),
+        "{who}: totals differ from the transcript"
+    );
+    Ok(())
+}
+
+/// The `b-msghand` thread's CPU time, ns: (schedstat, utime+stime from stat).
+fn msghand_cpu(pid: i32) -> Result<(u64, u64)> {
+    let tid = peerlog::stats::find_thread(pid, "b-msghand").context("no b-msghand thread")?;
+    let dir = format!("/proc/{pid}/task/{tid}");
+    let schedstat: u64 = fs::read_to_string(format!("{dir}/schedstat"))?
+        .split_whitespace()
+        .next()
+        .context("schedstat")?
+        .parse()?;
+    let stat = fs::read_to_string(format!("{dir}/stat"))?;
+    // Fields after the command name (which may contain spaces): utime and
+    // stime are the 14th and 15th fields, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: trivial libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok((schedstat, ticks * 1_000_000_000 / hz))
+}
+
+/// CPU attributed to `ProcessMessages`/`SendMessages`, ns, for the node or a peer.
+fn msghand_ns(figures: &Value) -> u64 {
+    u(&figures["processmessages"]["cpu_ns"]) + u(&figures["sendmessages"]["cpu_ns"])
+}
+
+/// A new regtest block on top of genesis that the node does not know: a
+/// coinbase-only block, mined (regtest's target takes a few tries).
+fn new_block(seed: u32) -> Block {
+    let coinbase = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: ScriptBuf::from_bytes(
+                [&[0x01, 0x01, 0x04][..], &seed.to_le_bytes()].concat(),
+            ),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(50 * 100_000_000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    };
+    let genesis = bitcoin::constants::genesis_block(bitcoin::Network::Regtest);
+    let mut block = Block {
+        header: block::Header {
+            version: block::Version::from_consensus(0x2000_0000),
+            prev_blockhash: genesis.block_hash(),
+            merkle_root: TxMerkleNode::all_zeros(),
+            time: 1_700_001_000 + seed,
+            bits: CompactTarget::from_consensus(0x207f_ffff),
+            nonce: 0,
+        },
+        txdata: vec![coinbase],
+    };
+    block.header.merkle_root = block.compute_merkle_root().expect("one transaction");
+    while block.header.validate_pow(block.header.target()).is_err() {
+        block.header.nonce += 1;
+    }
+    block
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// GET `path` from the metrics endpoint; the body.
+fn scrape(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: peerlog\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP head")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "scrape of {path}: {head}");
+    Ok(body.to_string())
+}
+
+/// The value of the sample whose line starts with `name{` and contains every label.
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// A trace with every statistics output on.
+struct StatsTrace {
+    tracer: Tracer,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl StatsTrace {
+    fn start(node: &Node, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("ctl.sock");
+        let metrics = free_addr()?;
+        let stats_log = dir.path().join("stats.jsonl");
+        let hdr = dir.path().join("hdr");
+        let mut args = vec![
+            "--rpc-socket".to_string(),
+            socket.display().to_string(),
+            "--stats-log".into(),
+            stats_log.display().to_string(),
+            "--stats-interval".into(),
+            "0.5".into(),
+            "--hdr-log".into(),
+            hdr.display().to_string(),
+            "--metrics".into(),
+            metrics.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let tracer = Tracer::start(node.pid(), &args)?;
+        Ok(Self {
+            tracer,
+            dir,
+            socket,
+            metrics,
+        })
+    }
+
+    /// Stops the trace; its output and the directory of its files.
+    fn stop(self) -> Result<(peerlog_tests::TraceOutput, tempfile::TempDir)> {
+        let out = self.tracer.stop()?;
+        ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+        Ok((out, self.dir))
+    }
+}
+
+/// The lines of the stats log in `dir`.
+fn read_stats_log(dir: &Path) -> Result<Vec<Value>> {
+    fs::read_to_string(dir.join("stats.jsonl"))?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Four peers of known behaviour; every countable figure checked exactly,
+/// CPU within tolerance.
+fn peer_figures_are_exact() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let (cpu_at_attach, _) = msghand_cpu(node.pid())?;
+    let status = ctl(&t.socket, "getstatus", "{}")?;
+    ensure!(
+        status["missing_figures"]
+            .as_array()
+            .is_some_and(|m| m.is_empty()),
+        "the twin has symbols and every tracepoint, yet figures are missing: {status:#}"
+    );
+
+    let mut txer = connect(&node)?;
+    let mut server = connect(&node)?;
+    let mut pinger = connect(&node)?;
+    let mut burner = connect(&node)?;
+    for (i, p) in [&mut txer, &mut server, &mut pinger, &mut burner]
+        .into_iter()
+        .enumerate()
+    {
+        sync(p, 1000 + i as u64)?;
+    }
+
+    // The transaction peer: announces 5 valid and 2 invalid transactions by
+    // wtxid, and sends each when the node asks for it.
+    let valid: Vec<Transaction> = (0..5).map(|i| p2p::test_transaction(100 + i, 2)).collect();
+    let invalid: Vec<Transaction> = (0..2)
+        .map(|i| p2p::invalid_test_transaction(200 + i))
+        .collect();
+    let all: Vec<&Transaction> = valid.iter().chain(&invalid).collect();
+    let wtxids: Vec<_> = all.iter().map(|t| t.compute_wtxid()).collect();
+    txer.send(&p2p::inv_wtx(&wtxids))?;
+    let getdata = txer
+        .recv_msg_type("getdata", Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("waiting for getdata: {e}"))?;
+    ensure!(
+        matches!(getdata.decode(), Ok(NetworkMessage::GetData(ref items)) if items.len() == 7),
+        "the node asked for {getdata:?}, not the 7 announced transactions"
+    );
+    for tx in &all {
+        txer.send(&NetworkMessage::Tx((*tx).clone()))?;
+    }
+    sync(&mut txer, 2)?;
+
+    // The block peer: serves a block the node does not know.
+    server.send(&NetworkMessage::Block(new_block(1)))?;
+    sync(&mut server, 2)?;
+
+    // The ping peer: only pings.
+    for nonce in 10..20 {
+        sync(&mut pinger, nonce)?;
+    }
+
+    // The CPU burner: twinburn messages, between two readings of the
+    // b-msghand thread's CPU time and of peerlog's node figures.
+    thread::sleep(Duration::from_millis(300));
+    let before = ctl(&t.socket, "getnodestats", "{}")?;
+    let (sched0, stat0) = msghand_cpu(node.pid())?;
+    for _ in 0..4 {
+        burner.send_raw("twinburn", &2_000_000u32.to_le_bytes())?;
+    }
+    sync(&mut burner, 2)?;
+    let (sched1, stat1) = msghand_cpu(node.pid())?;
+    thread::sleep(Duration::from_millis(300));
+    let after = ctl(&t.socket, "getnodestats", "{}")?;
+
+    // Everything each client sent was processed (the pong barrier), and
+    // everything the node sent arrived (a quiet drain).
+    let mut transcripts = Vec::new();
+    for p in [&mut txer, &mut server, &mut pinger, &mut burner] {
+        sync(p, 99)?;
+        p.drain(Duration::from_millis(300))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        transcripts.push((p.local_addr(), p.take_transcript()));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let peers = ctl(&t.socket, "getpeerstats", "{}")?;
+    let (cpu_now, _) = msghand_cpu(node.pid())?;
+
+    for (local, transcript) in &transcripts {
+        assert_traffic_matches(peer_of(&peers, *local)?, transcript, &local.to_string())?;
+    }
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| peer_of(&peers, transcripts[i].0).unwrap());
+
+    // Transactions: 7 announced, 7 fetched, 7 received; 5 accepted, 2
+    // rejected for having no outputs; a getdata→tx latency for each.
+    let relay = &a["tx_relay"];
+    ensure!(
+        (
+            u(&relay["inv_recv"]),
+            u(&relay["getdata_sent"]),
+            u(&relay["tx_recv"])
+        ) == (7, 7, 7),
+        "tx relay of the transaction peer: {relay}"
+    );
+    let mempool = &a["mempool"];
+    ensure!(
+        u(&mempool["accepted"]) == 5
+            && u(&mempool["rejected"]) == 2
+            && u(&mempool["rejected_by_reason"]["bad-txns-vout-empty"]) == 2,
+        "mempool figures of the transaction peer: {mempool}"
+    );
+    let vsize: u64 = valid.iter().map(|t| t.vsize() as u64).sum();
+    ensure!(
+        u(&mempool["in_mempool_txs"]) == 5 && u(&mempool["in_mempool_vsize"]) == vsize,
+        "the transaction peer's mempool share: {mempool}, expected 5 txs of {vsize} vB"
+    );
+    ensure!(
+        u(&a["getdata_tx_latency_ns"]["count"]) == 7,
+        "getdata→tx latencies: {}",
+        a["getdata_tx_latency_ns"]
+    );
+    // The node announces the 5 accepted transactions to every other peer.
+    for (who, p) in [("block", b), ("ping", c), ("burn", d)] {
+        ensure!(
+            u(&p["tx_relay"]["inv_sent"]) == 5 && u(&p["tx_relay"]["getdata_recv"]) == 0,
+            "{who} peer's tx relay: {}",
+            p["tx_relay"]
+        );
+    }
+
+    // The block: served first by the block peer, nobody else.
+    ensure!(
+        u(&b["blocks"]["new_blocks"]) == 1,
+        "blocks of the block peer: {}",
+        b["blocks"]
+    );
+    for p in [a, c, d] {
+        ensure!(u(&p["blocks"]["new_blocks"]) == 0, "{}", p["blocks"]);
+    }
+
+    // Pings: the ping peer's 10 (and the barriers), each answered; the
+    // node's own ping after the handshake matched by nonce.
+    ensure!(
+        u(&c["msgsrecv_per_msg"]["ping"]) == u(&c["ping"]["pings_recv"])
+            && u(&c["ping"]["pings_recv"]) >= 10,
+        "ping figures: {}",
+        c["ping"]
+    );
+    for p in [a, b, c, d] {
+        let ping = &p["ping"];
+        ensure!(
+            u(&ping["pings_sent"]) == 1
+                && u(&ping["pongs_matched"]) == 1
+                && u(&ping["rtt_ns"]["count"]) == 1,
+            "the node's ping to peer {}: {ping}",
+            p["id"]
+        );
+    }
+    // Compact blocks: the twin announces low-bandwidth version 2 after verack.
+    ensure!(
+        d["compact_blocks"]["sendcmpct_sent"]
+            == serde_json::json!({"high_bandwidth": false, "version": 2}),
+        "{}",
+        d["compact_blocks"]
+    );
+
+    // CPU under load: the burner's 4 twinburn messages.
+    let burn = &d["processmessage_per_msg"]["*other*"];
+    ensure!(
+        u(&burn["calls"]) == 4,
+        "twinburn ProcessMessage calls: {burn}"
+    );
+    let attributed = msghand_ns(&after) - msghand_ns(&before);
+    let (sched, stat) = (sched1 - sched0, stat1 - stat0);
+    // Tolerances: schedstat is exact to the ns, stat to the clock tick; the
+    // readings bracket the burn, peerlog's cover it (and the barrier pings).
+    let tick = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    eprintln!(
+        "burn: peerlog {attributed} ns in ProcessMessages/SendMessages, b-msghand {sched} ns \
+         (schedstat), {stat} ns (stat)"
+    );
+    ensure!(
+        attributed <= sched + sched / 100 + 2_000_000 && attributed <= stat + 2 * tick,
+        "peerlog attributes more CPU ({attributed} ns) than b-msghand used ({sched} ns, stat {stat} ns)"
+    );
+    ensure!(
+        attributed * 10 >= sched * 9 && attributed * 10 + 2 * tick * 10 >= stat * 9,
+        "under load peerlog attributes only {attributed} ns of b-msghand's {sched} ns (stat {stat} ns)"
+    );
+    ensure!(
+        u(&d["processmessages"]["cpu_ns"]) * 10 >= attributed * 9,
+        "the burner accounts for {} of {attributed} ns",
+        d["processmessages"]["cpu_ns"]
+    );
+    // Over the whole trace, the peers' sums stay within the thread's time.
+    let peer_sum: u64 = [a, b, c, d].iter().map(|p| msghand_ns(p)).sum();
+    let thread_total = cpu_now - cpu_at_attach;
+    ensure!(
+        peer_sum <= thread_total + thread_total / 100 + 2_000_000,
+        "peers' ProcessMessages/SendMessages CPU {peer_sum} ns > b-msghand's {thread_total} ns"
+    );
+    let share: f64 = [a, b, c, d]
+        .iter()
+        .map(|p| p["msghand_cpu_share"].as_f64().unwrap())
+        .sum();
+    ensure!(share <= 1.0 + 1e-9, "shares add up to {share}");
+
+    // getpeerstats filters: the ping peer by address, message types.
+    let only_c = ctl(
+        &t.socket,
+        "getpeerstats",
+        &format!(
+            "{{\"peers\": [\"{}\"], \"msg_types\": [\"ping\"]}}",
+            transcripts[2].0
+        ),
+    )?;
+    let list = only_c.as_array().context("list")?;
+    ensure!(
+        list.len() == 1 && list[0]["id"] == c["id"],
+        "filter by address: {only_c:#}"
+    );
+    ensure!(
+        list[0]["msgsrecv_per_msg"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .eq(["ping"]),
+        "filter by message type: {}",
+        list[0]["msgsrecv_per_msg"]
+    );
+
+    // The metrics say the same.
+    let body = scrape(t.metrics, "/metrics")?;
+    let c_id = format!("peer_id=\"{}\"", c["id"]);
+    let pings = sample(
+        &body,
+        "peerlog_messages_total",
+        &[&c_id, "direction=\"recv\"", "msg_type=\"ping\""],
+    );
+    ensure!(
+        pings == Some(u(&c["msgsrecv_per_msg"]["ping"]) as f64),
+        "metrics: {pings:?} pings from peer {}",
+        c["id"]
+    );
+    let b_id = format!("peer_id=\"{}\"", b["id"]);
+    ensure!(
+        sample(&body, "peerlog_new_blocks_total", &[&b_id]) == Some(1.0),
+        "metrics: new blocks"
+    );
+    let filtered = scrape(t.metrics, &format!("/metrics?peer=id%3D{}", c["id"]))?;
+    ensure!(
+        !filtered.contains(&b_id) && filtered.contains(&c_id),
+        "a scrape filtered to peer {} shows others",
+        c["id"]
+    );
+
+    let (_, dir) = t.stop()?;
+
+    // The HdrHistogram logs: the node's intervals add up to its totals.
+    let hlog = fs::read(dir.path().join("hdr/payload_recv_bytes.hlog"))?;
+    let mut counted = 0;
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&hlog) {
+        if let hdrhistogram::serialization::interval_log::LogEntry::Interval(i) =
+            entry.map_err(|e| anyhow::anyhow!("{e:?}"))?
+        {
+            if i.tag().is_none() {
+                use base64::Engine as _;
+                let bytes =
+                    base64::engine::general_purpose::STANDARD.decode(i.encoded_histogram())?;
+                let h: hdrhistogram::Histogram<u64> =
+                    hdrhistogram::serialization::Deserializer::new()
+                        .deserialize(&mut bytes.as_slice())
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                counted += h.len();
+            }
+        }
+    }
+    let last = read_stats_log(dir.path())?
+        .pop()
+        .context("empty stats log")?;
+    ensure!(
+        counted == u(&last["node"]["msgsrecv"]),
+        "payload_recv_bytes.hlog counts {counted} messages, the node figures {}",
+        last["node"]["msgsrecv"]
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// A peer that disconnects appears once more in the stats log and in the
+/// metrics, closed and with its final figures, and then no more.
+fn closed_peers_are_reported_once() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let mut a = connect(&node)?;
+    let mut b = connect(&node)?;
+    for nonce in 1..=3 {
+        sync(&mut a, nonce)?;
+        sync(&mut b, nonce)?;
+    }
+    let peers = ctl(&t.socket, "getpeerstats", "{}")?;
+    let a_id = peer_of(&peers, a.local_addr())?["id"].clone();
+    let before = scrape(t.metrics, "/metrics")?;
+    let a_label = format!("peer_id=\"{a_id}\"");
+    ensure!(before.contains(&a_label), "peer {a_id} not in the metrics");
+    drop(a);
+    // Let the close arrive, then two stats intervals pass.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peers = ctl(&t.socket, "getpeerstats", "{}")?;
+        let closed = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == a_id && p["closed"] == true);
+        if closed {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "peer {a_id} never closed: {peers:#}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let final_scrape = scrape(t.metrics, "/metrics")?;
+    ensure!(
+        sample(&final_scrape, "peerlog_peer_closed", &[&a_label]) == Some(1.0),
+        "the closed peer's final scrape"
+    );
+    let next_scrape = scrape(t.metrics, "/metrics")?;
+    ensure!(
+        !next_scrape.contains(&a_label),
+        "the closed peer is still exported"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    sync(&mut b, 9)?;
+    let (_, dir) = t.stop()?;
+    let lines = read_stats_log(dir.path())?;
+    let appearances: Vec<&Value> = lines
+        .iter()
+        .flat_map(|l| l["peers"].as_array().unwrap())
+        .filter(|p| p["id"] == a_id)
+        .collect();
+    let closed: Vec<&&Value> = appearances.iter().filter(|p| p["closed"] == true).collect();
+    ensure!(
+        closed.len() == 1,
+        "peer {a_id} appears closed {} times in the stats log",
+        closed.len()
+    );
+    ensure!(
+        appearances.last().is_some_and(|p| p["closed"] == true),
+        "peer {a_id} appears after its final figures"
+    );
+    ensure!(
+        u(&closed[0]["msgsrecv_per_msg"]["ping"]) >= 3,
+        "final figures: {}",
+        closed[0]
+    );
+    // The other peer stays, in every line after it connected.
+    let b_addr = b.local_addr().to_string();
+    ensure!(
+        lines.last().unwrap()["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["addr"] == b_addr.as_str()),
+        "the connected peer is missing from the last stats line"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// Capture switched off, on for one peer and two message types, and off
+/// again, through `peerlog ctl setcapture`.
+fn runtime_capture_via_rpc() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let socket = dir.path().join("ctl.sock");
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            capture.to_str().unwrap(),
+            "--rpc-socket",
+            socket.to_str().unwrap(),
+        ],
+    )?;
+    let off = ctl(&socket, "setcapture", "{\"enabled\": false}")?;
+    ensure!(off["enabled"] == false, "setcapture answered {off}");
+    let mut a = connect(&node)?;
+    let mut b = connect(&node)?;
+    for nonce in 1..=3 {
+        sync(&mut a, nonce)?;
+        sync(&mut b, nonce)?;
+    }
+    let a_addr = a.local_addr().to_string();
+    let on = ctl(
+        &socket,
+        "setcapture",
+        &format!(
+            "{{\"enabled\": true, \"peers\": [\"{a_addr}\"], \"msg_types\": [\"ping\", \"pong\"]}}"
+        ),
+    )?;
+    ensure!(
+        on["enabled"] == true && on["msg_types"] == serde_json::json!(["ping", "pong"]),
+        "setcapture answered {on}"
+    );
+    let status = ctl(&socket, "getstatus", "")?;
+    ensure!(status["capture"] == on, "getstatus: {}", status["capture"]);
+    for nonce in 11..=13 {
+        sync(&mut a, nonce)?;
+        sync(&mut b, nonce)?;
+    }
+    // Positional parameters, as bitcoin-cli users write them.
+    ctl(&socket, "setcapture", "[false]")?;
+    for nonce in 21..=23 {
+        sync(&mut a, nonce)?;
+        sync(&mut b, nonce)?;
+    }
+    drop(a);
+    drop(b);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+
+    let files = peerlog::capture::read_capture_tree(&capture).unwrap_or_default();
+    let mut records: Vec<(String, u64)> = Vec::new();
+    for f in &files {
+        ensure!(
+            f.peer_addr.as_deref() == Some(a_addr.as_str()),
+            "{} captured, but only {a_addr} was selected",
+            f.path.display()
+        );
+        for r in &f.records {
+            let nonce = u64::from_le_bytes(r.payload[..8].try_into()?);
+            records.push((r.msg_type.clone(), nonce));
+        }
+    }
+    records.sort();
+    let expected: Vec<(String, u64)> = ["ping", "pong"]
+        .iter()
+        .flat_map(|t| (11..=13).map(move |n| (t.to_string(), n)))
+        .collect();
+    ensure!(
+        records == expected,
+        "captured {records:?}, expected {expected:?}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// Without symbols (a stripped copy of the twin, its debug file out of
+/// reach), the figures uprobes give are reported missing, by name, and null.
+fn missing_probes_are_named() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stripped = dir.path().join("bitcoind");
+    fs::copy(TWIN_STRIPPED, &stripped)?;
+    let node = Node::start_twin(&stripped, &[])?;
+    let socket = dir.path().join("ctl.sock");
+    let tracer = Tracer::start(node.pid(), &["--rpc-socket", socket.to_str().unwrap()])?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    sync(&mut a, 2)?;
+    let status = ctl(&socket, "getstatus", "{}")?;
+    let missing = status["missing_figures"].to_string();
+    ensure!(
+        missing.contains("processmessages") && missing.contains("ProcessMessages"),
+        "missing figures not named: {status:#}"
+    );
+    let peers = ctl(&socket, "getpeerstats", "{}")?;
+    let p = peer_of(&peers, a.local_addr())?;
+    ensure!(
+        p["processmessages"].is_null() && p["cpu_ns"].is_null() && p["msghand_cpu_share"].is_null(),
+        "figures without probes must be null, not zero: {p:#}"
+    );
+    ensure!(
+        u(&p["msgsrecv_per_msg"]["ping"]) == 2,
+        "the tracepoints' figures still count: {p:#}"
+    );
+    // The tracepoints still give the mempool and block figures.
+    ensure!(p["mempool"].is_object() && p["blocks"].is_object(), "{p:#}");
+    drop(a);
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    node.stop()?;
+    Ok(())
+}
+
+/// What the control RPC says to bad requests, and `setcapture` without
+/// anywhere to capture to.
+fn bad_rpc_requests_get_clear_errors() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("ctl.sock");
+    let tracer = Tracer::start(node.pid(), &["--rpc-socket", socket.to_str().unwrap()])?;
+    let mode = fs::metadata(&socket)?.permissions();
+    ensure!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777 == 0o600,
+        "the control socket is not mode 0600"
+    );
+    for (method, params, says) in [
+        ("setcapture", "{\"enabled\": true}", "--capture"),
+        ("getpeerstats", "{\"peers\": [\"net=mars\"]}", "mars"),
+        ("getpeerstats", "{\"msg_types\": [\"twinburn\"]}", "*other*"),
+        ("getpeerinfo", "{}", "method not found"),
+        ("getpeerstats", "not json", "not JSON"),
+    ] {
+        let out = ctl_raw(&socket, method, params)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(says),
+            "peerlog ctl {method} {params}: {stderr}"
+        );
+    }
+    let help = ctl(&socket, "help", "")?;
+    ensure!(help.get("setcapture").is_some(), "help: {help}");
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    ensure!(!socket.exists(), "the socket outlived peerlog");
+    ensure!(
+        !peerlog::rpc::default_socket(node.pid()).exists(),
+        "a default socket was created although --rpc-socket was given"
+    );
+    node.stop()?;
+    Ok(())
+}

@@ -1,0 +1,1566 @@
+//! `cargo xtask bench`: what tracing costs the node, measured side by side in
+//! one session.
+//!
+//! For each scenario (a load shape driven by `peerlog-loadgen`), and in
+//! several rounds, each configuration runs against a fresh twin node:
+//!
+//! 1. untraced;
+//! 2. `peerlog trace`, counting only (no payload leaves the node);
+//! 3. `peerlog trace --capture DIR`, every payload written to disk;
+//! 4. capture plus the statistics log and 99 Hz sampling, when this
+//!    `peerlog` has them (`--stats-log`, `--flamegraph`: found in
+//!    `peerlog trace --help` at run time, reported as not available otherwise);
+//! 5. the reference: Debian's bpftrace running `xtask/bench/log_p2p_traffic.bt`
+//!    (the equivalent of Bitcoin Core's `contrib/tracing/log_p2p_traffic.bt`)
+//!    with its output in a file.
+//!
+//! The configurations are interleaved (their order rotates every round) so
+//! that drift on the machine (other builds, thermal state) spreads over all
+//! of them instead of biasing one. Each run samples, over exactly the load
+//! generator's window: the node's throughput (answered requests per second),
+//! its CPU time per P2P message (`/proc/PID/stat`), the tracer's CPU time, and
+//! then the tracer's peak RSS (`VmHWM`), lost events and kernel-to-userspace
+//! event latency from its summary.
+//!
+//! The results are printed as a table, saved as JSON in `target/bench/`, and
+//! (except with `--smoke`) written to `docs/benchmarks.md` with the machine
+//! they ran on. `--smoke` runs everything once for a second per
+//! configuration, so CI keeps the harness working; it asserts nothing about
+//! timings.
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use crate::workspace_root;
+
+/// How long a tracer may take to attach (loading eBPF, compiling a bpftrace
+/// script) on a busy two-core machine.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// bpftrace prints "Attaching N probes..." before it attaches, and its
+/// output file is block-buffered, so nothing later shows when the probes are
+/// live. Attaching two probes takes milliseconds; this leaves ample margin,
+/// and each run checks afterwards that bpftrace saw every message of the
+/// window.
+const BPFTRACE_ATTACH_GRACE: Duration = Duration::from_secs(1);
+
+/// What is run, how often and how long.
+struct Plan {
+    rounds: usize,
+    duration: Duration,
+    scenarios: Vec<Scenario>,
+}
+
+impl Plan {
+    fn new(smoke: bool) -> Plan {
+        let scenarios = vec![
+            Scenario {
+                name: "ping-flood",
+                title: "8 peers, ping flood",
+                peers: 8,
+                mix: "ping-flood",
+                in_flight: 8,
+                block_size: None,
+            },
+            Scenario {
+                name: "relay",
+                title: "32 peers, tx relay (inv → getdata → tx)",
+                peers: 32,
+                mix: "relay",
+                in_flight: 4,
+                block_size: None,
+            },
+            Scenario {
+                name: "blocks",
+                title: "4 peers, ~1 MB block serving",
+                peers: 4,
+                mix: "blocks",
+                in_flight: 2,
+                block_size: Some(1_000_000),
+            },
+            Scenario {
+                name: "idle",
+                title: "125 idle peers, a ping a second each",
+                peers: 125,
+                mix: "idle",
+                in_flight: 8,
+                block_size: None,
+            },
+        ];
+        // The full plan: 4 scenarios × 5 configurations × 3 rounds × (6 s
+        // + ~2.5 s of set-up) ≈ 8.5 minutes on two cores, which leaves room
+        // for a release build within the 15 minutes the bench may take.
+        let (rounds, duration) = if smoke {
+            (1, Duration::from_secs(1))
+        } else {
+            (3, Duration::from_secs(6))
+        };
+        Plan {
+            rounds,
+            duration,
+            scenarios,
+        }
+    }
+}
+
+/// One load shape.
+struct Scenario {
+    name: &'static str,
+    title: &'static str,
+    peers: usize,
+    mix: &'static str,
+    in_flight: usize,
+    /// Serve blocks of about this size (the twin's `-blocksize`) and request
+    /// only those.
+    block_size: Option<usize>,
+}
+
+impl Scenario {
+    /// Closed-loop scenarios run as fast as the node answers, so their
+    /// throughput shows what tracing costs; the idle one runs at a fixed rate.
+    fn saturating(&self) -> bool {
+        self.mix != "idle"
+    }
+}
+
+/// The configurations, in the order of the issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Untraced,
+    Counting,
+    Capture,
+    CaptureStats,
+    Bpftrace,
+}
+
+impl Config {
+    const ALL: [Config; 5] = [
+        Config::Untraced,
+        Config::Counting,
+        Config::Capture,
+        Config::CaptureStats,
+        Config::Bpftrace,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced",
+            Config::Counting => "peerlog-count",
+            Config::Capture => "peerlog-capture",
+            Config::CaptureStats => "peerlog-capture-stats",
+            Config::Bpftrace => "bpftrace",
+        }
+    }
+
+    fn is_peerlog(self) -> bool {
+        matches!(
+            self,
+            Config::Counting | Config::Capture | Config::CaptureStats
+        )
+    }
+}
+
+/// The binaries under test.
+struct Binaries {
+    peerlog: PathBuf,
+    loadgen: PathBuf,
+    twin: PathBuf,
+}
+
+/// Builds the release binaries and finds them (and the twin, which the
+/// tests crate's build script makes) in cargo's own report of the build.
+fn build() -> Result<Binaries> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "peerlog",
+            "-p",
+            "peerlog-tests",
+            "--bins",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build --release failed ({})", output.status);
+    }
+    let (mut peerlog, mut loadgen, mut twin) = (None, None, None);
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match msg["reason"].as_str() {
+            Some("compiler-artifact") => {
+                let exe = msg["executable"].as_str().map(PathBuf::from);
+                match msg["target"]["name"].as_str() {
+                    Some("peerlog") => peerlog = exe.or(peerlog),
+                    Some("peerlog-loadgen") => loadgen = exe.or(loadgen),
+                    _ => {}
+                }
+            }
+            Some("build-script-executed")
+                if msg["package_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("peerlog-tests")) =>
+            {
+                twin = msg["out_dir"]
+                    .as_str()
+                    .map(|dir| Path::new(dir).join("twin"));
+            }
+            _ => {}
+        }
+    }
+    Ok(Binaries {
+        peerlog: peerlog.context("cargo did not report the peerlog binary")?,
+        loadgen: loadgen.context("cargo did not report the peerlog-loadgen binary")?,
+        twin: twin.context("cargo did not report the tests crate's build script (the twin)")?,
+    })
+}
+
+/// Optional parts, found at run time.
+#[derive(Serialize)]
+struct Tools {
+    /// `bpftrace --version`, or why there is none.
+    bpftrace: std::result::Result<String, String>,
+    /// The extra `peerlog trace` options of configuration 4, each with
+    /// whether it takes a value, as `peerlog trace --help` lists them.
+    stats_options: Vec<(String, bool)>,
+    /// Whether `peerlog trace` has `--no-accounting`: configurations 2 and 3
+    /// then trace the net:* tracepoints only, what the bpftrace reference
+    /// traces, and leave the accounting to configuration 4.
+    no_accounting: bool,
+}
+
+impl Tools {
+    fn detect(bins: &Binaries) -> Result<Tools> {
+        let bpftrace = match Command::new("bpftrace").arg("--version").output() {
+            Ok(o) if o.status.success() => {
+                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
+            Ok(o) => Err(format!("bpftrace --version failed ({})", o.status)),
+            Err(e) => Err(format!("bpftrace cannot run: {e}")),
+        };
+        let help = Command::new(&bins.peerlog)
+            .args(["trace", "--help"])
+            .output()
+            .context("running peerlog trace --help")?;
+        let help = String::from_utf8_lossy(&help.stdout);
+        // An option's line in the help, e.g. "      --stats-log <PATH>".
+        let option_line = |flag: &str| {
+            help.lines().map(str::trim_start).find(|l| {
+                l.strip_prefix(flag)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '=']))
+            })
+        };
+        let stats_options = ["--stats-log", "--flamegraph"]
+            .iter()
+            .filter_map(|flag| {
+                let line = option_line(flag)?;
+                Some((
+                    flag.to_string(),
+                    line[flag.len()..].trim_start().starts_with('<'),
+                ))
+            })
+            .collect();
+        Ok(Tools {
+            bpftrace,
+            stats_options,
+            no_accounting: option_line("--no-accounting").is_some(),
+        })
+    }
+
+    /// Why `config` cannot run here, if it cannot.
+    fn unavailable(&self, config: Config) -> Option<String> {
+        match config {
+            Config::CaptureStats if self.stats_options.is_empty() => Some(
+                "not available yet: `peerlog trace --help` lists neither --stats-log nor --flamegraph"
+                    .into(),
+            ),
+            Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
+            _ => None,
+        }
+    }
+
+    /// What configuration 4 adds to the capture, in words.
+    fn stats_label(&self) -> String {
+        let has = |flag: &str| self.stats_options.iter().any(|(f, _)| f == flag);
+        match (has("--stats-log"), has("--flamegraph")) {
+            (true, true) => "peerlog, capture + stats + 99 Hz sampling".into(),
+            (true, false) => "peerlog, capture + stats (sampling not available yet)".into(),
+            (false, true) => "peerlog, capture + 99 Hz sampling (stats not available yet)".into(),
+            (false, false) => "peerlog, capture + stats + sampling".into(),
+        }
+    }
+
+    fn label(&self, config: Config) -> String {
+        match config {
+            Config::Untraced => "untraced".into(),
+            Config::Counting => "peerlog, counting only".into(),
+            Config::Capture => "peerlog, full capture".into(),
+            Config::CaptureStats => self.stats_label(),
+            Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
+        }
+    }
+}
+
+/// bpftrace attaches uprobes through tracefs when it is mounted and fails to
+/// detach them otherwise; peerlog does not need it.
+fn mount_tracefs() {
+    if Path::new("/sys/kernel/tracing/uprobe_events").exists() {
+        return;
+    }
+    eprintln!("bench: mounting tracefs on /sys/kernel/tracing (for bpftrace)");
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("bench: warning: could not mount tracefs; bpftrace may fail to detach");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A child process whose stdout or stderr is read line by line, both kept
+/// (for errors and summaries) and handed over as they come (to wait for a
+/// line). Killed when dropped, so an error leaves nothing running.
+struct Proc {
+    what: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    text: Arc<Mutex<String>>,
+    reaped: bool,
+}
+
+/// Which output of a [`Proc`] to read.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Proc {
+    fn spawn(what: &str, mut cmd: Command, stream: Stream) -> Result<Proc> {
+        cmd.stdin(Stdio::null());
+        match stream {
+            Stream::Stdout => cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()),
+            Stream::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
+        };
+        let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        let pipe: Box<dyn Read + Send> = match stream {
+            Stream::Stdout => Box::new(child.stdout.take().expect("piped")),
+            Stream::Stderr => Box::new(child.stderr.take().expect("piped")),
+        };
+        let (tx, lines) = mpsc::channel();
+        let text = Arc::new(Mutex::new(String::new()));
+        let kept = text.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+                // The receiver may be gone: the text is still kept.
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Proc {
+            what: what.to_string(),
+            child,
+            lines,
+            text,
+            reaped: false,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits for a line matching `pred` and returns it.
+    fn wait_for_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if pred(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.wait(Duration::from_secs(10))?;
+                    bail!("{} exited ({status}):\n{}", self.what, self.text());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: nothing expected within {timeout:?}:\n{}",
+                    self.what,
+                    self.text()
+                );
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a signal to our own, not yet reaped, child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process to exit, killing it after `timeout`.
+    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.reaped = true;
+                // Let the reader thread take the last lines.
+                thread::sleep(Duration::from_millis(50));
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.reaped = true;
+                bail!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.what,
+                    self.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// CPU time (user + system, all threads) a process has used so far.
+fn cpu_seconds(pid: i32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may contain anything, spaces included; the fields
+    // after it are plain. utime and stime are fields 14 and 15 of the line,
+    // the 12th and 13th after the name.
+    let after_name = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: plain libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Peak resident set size (`VmHWM`) and current anonymous RSS (`RssAnon`)
+/// of a running process, in MiB.
+fn memory_mib(pid: i32) -> Result<(f64, f64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmHWM:")?, field("RssAnon:")?))
+}
+
+// ---------------------------------------------------------------------------
+// One run
+// ---------------------------------------------------------------------------
+
+/// A twin node started for one run.
+struct Twin {
+    proc: Proc,
+    addr: String,
+    blocks: Vec<(String, usize)>,
+}
+
+impl Twin {
+    fn start(binary: &Path, scenario: &Scenario) -> Result<Twin> {
+        let mut cmd = Command::new(binary);
+        cmd.args(["-port=0", "-printport"]);
+        if let Some(size) = scenario.block_size {
+            cmd.arg(format!("-blocksize={size}"));
+        }
+        let mut proc = Proc::spawn("the twin node", cmd, Stream::Stdout)?;
+        let mut addr = None;
+        let mut blocks = Vec::new();
+        // It prints its address, then its two built-in blocks.
+        while addr.is_none() || blocks.len() < 2 {
+            let line = proc.wait_for_line(|_| true, Duration::from_secs(30))?;
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.trim().to_string());
+            } else if let Some(rest) = line.strip_prefix("block ") {
+                let (hash, size) = rest.split_once(' ').context("malformed block line")?;
+                blocks.push((hash.to_string(), size.trim().parse()?));
+            }
+        }
+        Ok(Twin {
+            proc,
+            addr: addr.expect("loop ends with an address"),
+            blocks,
+        })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.proc.signal(libc::SIGTERM);
+        let status = self.proc.wait(Duration::from_secs(30))?;
+        if !status.success() {
+            bail!("the twin node exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// A running tracer.
+struct Tracer {
+    proc: Proc,
+    /// bpftrace's output file; None for peerlog.
+    bpftrace_output: Option<PathBuf>,
+    /// How it was started, for the results.
+    command: String,
+    /// What it said when it attached (peerlog: how many probe sites).
+    attached: String,
+}
+
+/// What a tracer reported, over its whole run.
+#[derive(Clone, Debug, Serialize)]
+struct TracerRun {
+    /// How it was started.
+    command: String,
+    /// Its attach message.
+    attached: String,
+    /// CPU time over the load window, in seconds.
+    cpu_secs: f64,
+    /// The same as a percentage of one core.
+    cpu_percent: f64,
+    /// Peak resident set size, MiB. For peerlog this counts the kernel ring
+    /// buffer it maps (twice: its data pages are mapped two times in a row so
+    /// that records never wrap), 128 MiB with the default 64 MiB ring.
+    peak_rss_mib: f64,
+    /// Anonymous (heap) RSS at the end of the load, MiB: the tracer's own
+    /// memory, without mapped files and rings.
+    rss_anon_mib: f64,
+    /// P2P messages the tracer saw (both directions).
+    events_seen: u64,
+    /// Events the tracer reported lost.
+    events_lost: u64,
+    /// Kernel-to-userspace event latency percentiles, µs (peerlog only).
+    latency_p50_us: Option<u64>,
+    latency_p99_us: Option<u64>,
+}
+
+impl Tracer {
+    fn start(
+        config: Config,
+        bins: &Binaries,
+        tools: &Tools,
+        pid: i32,
+        dir: &Path,
+    ) -> Result<Option<Tracer>> {
+        let net_only = || {
+            tools
+                .no_accounting
+                .then(|| "--no-accounting".to_string())
+                .into_iter()
+        };
+        let peerlog_args: Vec<String> = match config {
+            Config::Untraced => return Ok(None),
+            Config::Bpftrace => return Tracer::bpftrace(bins, pid, dir).map(Some),
+            Config::Counting => net_only().collect(),
+            Config::Capture => net_only()
+                .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
+                .collect(),
+            // peerlog as a user runs it with everything on: its accounting
+            // (on by default), the stats log and the flamegraph sampler.
+            Config::CaptureStats => {
+                let mut args = vec!["--capture".into(), path_arg(&dir.join("capture"))?];
+                for (flag, takes_value) in &tools.stats_options {
+                    args.push(flag.clone());
+                    if *takes_value {
+                        let name = flag.trim_start_matches('-');
+                        args.push(path_arg(&dir.join(name))?);
+                    }
+                }
+                args
+            }
+        };
+        let mut cmd = Command::new(&bins.peerlog);
+        cmd.args(["trace", "--pid", &pid.to_string()])
+            .args(&peerlog_args);
+        let mut proc = Proc::spawn("peerlog trace", cmd, Stream::Stderr)?;
+        let attached = proc.wait_for_line(|l| l.contains("attached"), ATTACH_TIMEOUT)?;
+        Ok(Some(Tracer {
+            proc,
+            bpftrace_output: None,
+            command: format!("peerlog trace --pid PID {}", peerlog_args.join(" ")),
+            attached,
+        }))
+    }
+
+    fn bpftrace(bins: &Binaries, pid: i32, dir: &Path) -> Result<Tracer> {
+        let script = workspace_root().join("xtask/bench/log_p2p_traffic.bt");
+        let output = dir.join("bpftrace.log");
+        let mut cmd = Command::new("bpftrace");
+        cmd.arg("-p")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&output)
+            .arg(&script)
+            .arg(&bins.twin);
+        let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        while !fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")) {
+            if let Some(status) = proc.child.try_wait()? {
+                proc.reaped = true;
+                bail!(
+                    "bpftrace exited ({status}) before attaching:\n{}",
+                    proc.text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "bpftrace did not attach within {ATTACH_TIMEOUT:?}:\n{}",
+                    proc.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(BPFTRACE_ATTACH_GRACE);
+        Ok(Tracer {
+            proc,
+            bpftrace_output: Some(output),
+            command: "bpftrace -p PID -o FILE xtask/bench/log_p2p_traffic.bt TWIN".into(),
+            attached: "Attaching 2 probes...".into(),
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// Stops the tracer (SIGINT, as a user would) and reads what it reports.
+    fn stop(mut self, cpu_secs: f64, window_secs: f64) -> Result<TracerRun> {
+        let (peak_rss_mib, rss_anon_mib) = memory_mib(self.pid())?;
+        self.proc.signal(libc::SIGINT);
+        let status = self.proc.wait(Duration::from_secs(120))?;
+        let stderr = self.proc.text();
+        if !status.success() {
+            bail!("{} failed ({status}):\n{stderr}", self.proc.what);
+        }
+        let (events_seen, events_lost, latency) = match &self.bpftrace_output {
+            Some(path) => {
+                let log = fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let seen = log
+                    .lines()
+                    .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
+                    .count() as u64;
+                (seen, bpftrace_lost(&log) + bpftrace_lost(&stderr), None)
+            }
+            None => {
+                let summary = PeerlogSummary::parse(&stderr)?;
+                (
+                    summary.received + summary.sent,
+                    summary.events_lost,
+                    summary.latency_us,
+                )
+            }
+        };
+        Ok(TracerRun {
+            command: self.command,
+            attached: self.attached,
+            cpu_secs,
+            cpu_percent: 100.0 * cpu_secs / window_secs,
+            peak_rss_mib,
+            rss_anon_mib,
+            events_seen,
+            events_lost,
+            latency_p50_us: latency.map(|l| l.0),
+            latency_p99_us: latency.map(|l| l.1),
+        })
+    }
+}
+
+fn path_arg(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// bpftrace reports perf buffer overflows as "Lost N events".
+fn bpftrace_lost(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Lost ")?.strip_suffix(" events"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The figures of `peerlog trace`'s exit summary that the bench uses.
+#[derive(Debug, PartialEq)]
+struct PeerlogSummary {
+    received: u64,
+    sent: u64,
+    events_lost: u64,
+    latency_us: Option<(u64, u64)>,
+}
+
+impl PeerlogSummary {
+    fn parse(stderr: &str) -> Result<PeerlogSummary> {
+        let field = |name: &str| {
+            stderr
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(name))
+                .map(str::trim)
+        };
+        // "12 messages, 3456 bytes" → 12; "0 (ring_full_chunk=3)" → 0.
+        let first_number = |name: &str| -> Result<u64> {
+            field(name)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no `{name}` in peerlog's summary:\n{stderr}"))
+        };
+        // "p50 120 µs, p99 900 µs"
+        let latency_us = field("event latency:").and_then(|v| {
+            let numbers: Vec<u64> = v
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            match numbers[..] {
+                [50, p50, 99, p99] => Some((p50, p99)),
+                _ => None,
+            }
+        });
+        Ok(PeerlogSummary {
+            received: first_number("received:")?,
+            sent: first_number("sent:")?,
+            events_lost: first_number("events lost:")?,
+            latency_us,
+        })
+    }
+}
+
+/// The result of one run.
+#[derive(Clone, Debug, Serialize)]
+struct Run {
+    scenario: String,
+    config: String,
+    round: usize,
+    /// Length of the load window as timed here, seconds.
+    window_secs: f64,
+    /// Requests the node answered per second.
+    answered_per_sec: f64,
+    /// P2P messages exchanged with the node in the window (both directions).
+    messages: u64,
+    /// The load generator's p99 answer latency, µs.
+    answer_p99_us: u64,
+    /// Load generator errors (unanswered requests, disconnections, ...).
+    load_errors: u64,
+    /// The node's CPU time in the window, seconds.
+    target_cpu_secs: f64,
+    /// The node's CPU time per message, µs.
+    target_cpu_us_per_msg: f64,
+    /// The tracer's figures, if traced.
+    tracer: Option<TracerRun>,
+    /// The load generator's full report.
+    load: serde_json::Value,
+}
+
+fn run_one(
+    plan: &Plan,
+    scenario: &Scenario,
+    config: Config,
+    round: usize,
+    bins: &Binaries,
+    tools: &Tools,
+) -> Result<Run> {
+    let dir = workspace_root().join("target/bench/runs").join(format!(
+        "{}-{}-{round}",
+        scenario.name,
+        config.name()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let twin = Twin::start(&bins.twin, scenario)?;
+    let tracer = Tracer::start(config, bins, tools, twin.proc.pid(), &dir)?;
+
+    let report_path = dir.join("load.json");
+    let mut cmd = Command::new(&bins.loadgen);
+    cmd.args(["--target", &twin.addr])
+        .args(["--peers", &scenario.peers.to_string()])
+        .args(["--mix", scenario.mix])
+        .args(["--in-flight", &scenario.in_flight.to_string()])
+        .args(["--duration", &plan.duration.as_secs_f64().to_string()])
+        .arg("--json")
+        .arg(&report_path);
+    if let Some(size) = scenario.block_size {
+        // The block of the asked size, not the twin's 4,000,000-byte one.
+        let (hash, _) = twin
+            .blocks
+            .iter()
+            .min_by_key(|(_, s)| s.abs_diff(size))
+            .expect("the twin serves two blocks");
+        cmd.args(["--block", hash]);
+    }
+    let mut load = Proc::spawn("peerlog-loadgen", cmd, Stream::Stderr)?;
+    load.wait_for_line(|l| l.contains("window started"), Duration::from_secs(120))?;
+    let started = Instant::now();
+    let target_cpu0 = cpu_seconds(twin.proc.pid())?;
+    let tracer_cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
+    load.wait_for_line(
+        |l| l.contains("window ended"),
+        plan.duration + Duration::from_secs(60),
+    )?;
+    let window_secs = started.elapsed().as_secs_f64();
+    let target_cpu_secs = cpu_seconds(twin.proc.pid())? - target_cpu0;
+    let tracer_cpu_secs = match (&tracer, tracer_cpu0) {
+        (Some(t), Some(before)) => Some(cpu_seconds(t.pid())? - before),
+        _ => None,
+    };
+    let status = load.wait(Duration::from_secs(60))?;
+    if !status.success() {
+        bail!("peerlog-loadgen failed ({status}):\n{}", load.text());
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(&report_path)
+            .with_context(|| format!("reading {}", report_path.display()))?,
+    )?;
+    let number = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    let messages = (number("messages_sent") + number("messages_received")) as u64;
+    let errors = &report["errors"];
+    let load_errors = [
+        "connect",
+        "unanswered",
+        "notfound",
+        "disconnected",
+        "protocol",
+    ]
+    .iter()
+    .map(|k| errors[k].as_u64().unwrap_or(0))
+    .sum();
+
+    let tracer = match (tracer, tracer_cpu_secs) {
+        (Some(t), Some(cpu)) => Some(t.stop(cpu, window_secs)?),
+        _ => None,
+    };
+    twin.stop()?;
+    // Captures of the block scenario run to gigabytes; the figures are kept
+    // in the results.
+    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+
+    Ok(Run {
+        scenario: scenario.name.into(),
+        config: config.name().into(),
+        round,
+        window_secs,
+        answered_per_sec: number("answered_per_sec"),
+        messages,
+        answer_p99_us: report["latency"]["p99_us"].as_u64().unwrap_or(0),
+        load_errors,
+        target_cpu_secs,
+        target_cpu_us_per_msg: if messages > 0 {
+            1e6 * target_cpu_secs / messages as f64
+        } else {
+            0.0
+        },
+        tracer,
+        load: report,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------
+
+/// One line of the table: a configuration in a scenario, over its rounds.
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: String,
+    scenario_title: String,
+    config: String,
+    label: String,
+    /// Why there are no figures, when there are none.
+    unavailable: Option<String>,
+    runs: usize,
+    answered_per_sec: f64,
+    /// Throughput relative to untraced in the same round: mean, min, max.
+    throughput_ratio: Option<(f64, f64, f64)>,
+    target_cpu_us_per_msg: f64,
+    answer_p99_us: u64,
+    load_errors: u64,
+    tracer_cpu_percent: Option<f64>,
+    tracer_peak_rss_mib: Option<f64>,
+    tracer_rss_anon_mib: Option<f64>,
+    events_lost: Option<u64>,
+    /// Runs in which the tracer saw fewer messages than the load generator
+    /// exchanged in the window alone (it should see more: handshakes too).
+    runs_missing_events: usize,
+    /// Median over the rounds of the p50, and the worst p99.
+    latency_p50_us: Option<u64>,
+    latency_p99_us: Option<u64>,
+}
+
+fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = values
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for scenario in &plan.scenarios {
+        let of = |config: Config| -> Vec<&Run> {
+            runs.iter()
+                .filter(|r| r.scenario == scenario.name && r.config == config.name())
+                .collect()
+        };
+        let untraced: BTreeMap<usize, f64> = of(Config::Untraced)
+            .iter()
+            .map(|r| (r.round, r.answered_per_sec))
+            .collect();
+        for config in Config::ALL {
+            let these = of(config);
+            let ratios: Vec<f64> = these
+                .iter()
+                .filter_map(|r| {
+                    let base = untraced.get(&r.round)?;
+                    (*base > 0.0).then(|| r.answered_per_sec / base)
+                })
+                .collect();
+            let tracers: Vec<&TracerRun> = these.iter().filter_map(|r| r.tracer.as_ref()).collect();
+            let traced = !tracers.is_empty();
+            let mut p50s: Vec<u64> = tracers.iter().filter_map(|t| t.latency_p50_us).collect();
+            p50s.sort_unstable();
+            rows.push(Row {
+                scenario: scenario.name.into(),
+                scenario_title: scenario.title.into(),
+                config: config.name().into(),
+                label: tools.label(config),
+                unavailable: tools.unavailable(config),
+                runs: these.len(),
+                answered_per_sec: mean(these.iter().map(|r| r.answered_per_sec)),
+                throughput_ratio: (!ratios.is_empty()).then(|| {
+                    (
+                        mean(ratios.iter().copied()),
+                        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                        ratios.iter().copied().fold(0.0, f64::max),
+                    )
+                }),
+                target_cpu_us_per_msg: mean(these.iter().map(|r| r.target_cpu_us_per_msg)),
+                answer_p99_us: mean(these.iter().map(|r| r.answer_p99_us as f64)) as u64,
+                load_errors: these.iter().map(|r| r.load_errors).sum(),
+                tracer_cpu_percent: traced.then(|| mean(tracers.iter().map(|t| t.cpu_percent))),
+                tracer_peak_rss_mib: traced
+                    .then(|| tracers.iter().map(|t| t.peak_rss_mib).fold(0.0, f64::max)),
+                tracer_rss_anon_mib: traced
+                    .then(|| tracers.iter().map(|t| t.rss_anon_mib).fold(0.0, f64::max)),
+                events_lost: traced.then(|| tracers.iter().map(|t| t.events_lost).sum()),
+                runs_missing_events: these
+                    .iter()
+                    .filter(|r| {
+                        r.tracer
+                            .as_ref()
+                            .is_some_and(|t| t.events_seen + t.events_lost < r.messages)
+                    })
+                    .count(),
+                latency_p50_us: p50s.get(p50s.len() / 2).copied(),
+                latency_p99_us: tracers.iter().filter_map(|t| t.latency_p99_us).max(),
+            });
+        }
+    }
+    rows
+}
+
+/// One of the issue's targets, judged on this run.
+#[derive(Debug, Serialize)]
+struct TargetCheck {
+    target: String,
+    /// None when this run could not measure it.
+    met: Option<bool>,
+    detail: String,
+}
+
+fn find<'a>(rows: &'a [Row], scenario: &str, config: Config) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.scenario == scenario && r.config == config.name() && r.runs > 0)
+}
+
+fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
+    let saturating: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.saturating()).collect();
+    let ratio = |s: &str, c: Config| {
+        find(rows, s, c)
+            .and_then(|r| r.throughput_ratio)
+            .map(|r| r.0)
+    };
+    let all = |checks: &[Option<bool>]| -> Option<bool> {
+        checks
+            .iter()
+            .copied()
+            .collect::<Option<Vec<bool>>>()
+            .map(|v| v.iter().all(|&b| b))
+    };
+
+    let mut checks = Vec::new();
+
+    let per: Vec<(String, Option<f64>)> = saturating
+        .iter()
+        .map(|s| (s.name.to_string(), ratio(s.name, Config::Capture)))
+        .collect();
+    checks.push(TargetCheck {
+        target: "full capture keeps ≥ 0.95 of untraced throughput".into(),
+        met: all(&per
+            .iter()
+            .map(|(_, r)| r.map(|r| r >= 0.95))
+            .collect::<Vec<_>>()),
+        detail: per
+            .iter()
+            .map(|(s, r)| format!("{s}: {}", r.map_or("n/a".into(), |r| format!("{r:.3}"))))
+            .collect::<Vec<_>>()
+            .join(", "),
+    });
+
+    let per: Vec<(String, Option<f64>, Option<f64>)> = saturating
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_string(),
+                ratio(s.name, Config::Capture),
+                ratio(s.name, Config::Bpftrace),
+            )
+        })
+        .collect();
+    checks.push(TargetCheck {
+        target: "full capture beats the bpftrace reference on throughput".into(),
+        met: all(&per
+            .iter()
+            .map(|(_, c, b)| Some(c.as_ref()? > b.as_ref()?))
+            .collect::<Vec<_>>()),
+        detail: per
+            .iter()
+            .map(|(s, c, b)| {
+                let f = |v: &Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3}"));
+                format!("{s}: {} vs {}", f(c), f(b))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    });
+
+    let peerlog_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.runs > 0
+                && Config::ALL
+                    .iter()
+                    .any(|c| c.is_peerlog() && c.name() == r.config)
+        })
+        .collect();
+    let lost: Vec<String> = peerlog_rows
+        .iter()
+        .filter(|r| r.events_lost.unwrap_or(0) > 0)
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r.scenario,
+                r.config,
+                r.events_lost.unwrap_or(0)
+            )
+        })
+        .collect();
+    let flood: Vec<String> = peerlog_rows
+        .iter()
+        .filter(|r| r.scenario == "ping-flood")
+        .map(|r| format!("{} at {:.0} answered/s", r.config, r.answered_per_sec))
+        .collect();
+    checks.push(TargetCheck {
+        target: "zero events lost at the highest rate the node sustains".into(),
+        met: (!peerlog_rows.is_empty()).then_some(lost.is_empty()),
+        detail: if lost.is_empty() {
+            format!(
+                "none lost in any peerlog run; ping flood: {}",
+                flood.join(", ")
+            )
+        } else {
+            format!("lost: {}", lost.join(", "))
+        },
+    });
+
+    let idle: Vec<&&Row> = peerlog_rows
+        .iter()
+        .filter(|r| r.scenario == "idle")
+        .collect();
+    let rss = idle
+        .iter()
+        .filter_map(|r| r.tracer_peak_rss_mib)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    checks.push(TargetCheck {
+        target: "peerlog peak RSS < 64 MiB with 125 peers".into(),
+        met: rss.map(|r| r < 64.0),
+        detail: idle
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {:.1} MiB, of which heap {:.1} MiB",
+                    r.config,
+                    r.tracer_peak_rss_mib.unwrap_or(0.0),
+                    r.tracer_rss_anon_mib.unwrap_or(0.0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    });
+
+    let worst = peerlog_rows
+        .iter()
+        .filter_map(|r| Some((r.latency_p99_us?, *r)))
+        .max_by_key(|(p99, _)| *p99);
+    checks.push(TargetCheck {
+        target: "p99 event latency < 10 ms".into(),
+        met: worst.map(|(p99, _)| p99 < 10_000),
+        detail: worst.map_or("not measured".into(), |(p99, r)| {
+            format!("worst p99: {} ({} {})", micros(p99), r.scenario, r.config)
+        }),
+    });
+    checks
+}
+
+fn micros(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+/// The table, in Markdown (readable as text too).
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| scenario | configuration | answered/s | vs untraced (min–max) | node CPU per msg | answer p99 | tracer CPU | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut last = "";
+    for r in rows {
+        let scenario = if r.scenario == last {
+            ""
+        } else {
+            r.scenario_title.as_str()
+        };
+        last = &r.scenario;
+        if let Some(why) = &r.unavailable {
+            t += &format!("| {scenario} | {} | {why} | | | | | | | |\n", r.label);
+            continue;
+        }
+        if r.runs == 0 {
+            t += &format!(
+                "| {scenario} | {} | no successful run | | | | | | | |\n",
+                r.label
+            );
+            continue;
+        }
+        let dash = || "–".to_string();
+        let ratio = r
+            .throughput_ratio
+            .map_or_else(dash, |(m, lo, hi)| format!("{m:.3} ({lo:.2}–{hi:.2})"));
+        let mut answered = format!("{:.0}", r.answered_per_sec);
+        if r.load_errors > 0 {
+            answered += &format!(" ({} errors)", r.load_errors);
+        }
+        let mut lost = r.events_lost.map_or_else(dash, |l| l.to_string());
+        if r.runs_missing_events > 0 {
+            lost += &format!(" (saw too few messages in {} runs)", r.runs_missing_events);
+        }
+        let latency = match (r.latency_p50_us, r.latency_p99_us) {
+            (Some(p50), Some(p99)) => format!("{} / {}", micros(p50), micros(p99)),
+            _ if r.tracer_cpu_percent.is_some() => "not measured".into(),
+            _ => dash(),
+        };
+        t += &format!(
+            "| {scenario} | {} | {answered} | {ratio} | {:.1} µs | {} | {} | {} | {lost} | {latency} |\n",
+            r.label,
+            r.target_cpu_us_per_msg,
+            micros(r.answer_p99_us),
+            r.tracer_cpu_percent.map_or_else(dash, |c| format!("{c:.1} %")),
+            match (r.tracer_peak_rss_mib, r.tracer_rss_anon_mib) {
+                (Some(peak), Some(anon)) => format!("{peak:.1} MiB ({anon:.1})"),
+                _ => dash(),
+            },
+        );
+    }
+    t
+}
+
+fn targets_text(checks: &[TargetCheck]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            let verdict = match c.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
+            };
+            format!("- {}: {verdict} ({})\n", c.target, c.detail)
+        })
+        .collect()
+}
+
+/// The machine the bench ran on.
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    kernel: String,
+    memory_gib: f64,
+    /// 1, 5 and 15 minute load averages when the bench started: other work
+    /// on the machine shows here.
+    load_average_at_start: String,
+}
+
+impl Machine {
+    fn describe() -> Machine {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let meminfo = read("/proc/meminfo");
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let loadavg = read("/proc/loadavg");
+        Machine {
+            cpus: thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            memory_gib: mem_kib / (1024.0 * 1024.0),
+            load_average_at_start: loadavg
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Everything saved as JSON.
+#[derive(Serialize)]
+struct Results<'a> {
+    mode: &'static str,
+    date: String,
+    commit: String,
+    machine: Machine,
+    rounds: usize,
+    duration_secs: f64,
+    total_secs: f64,
+    tools: &'a Tools,
+    rows: Vec<Row>,
+    targets: Vec<TargetCheck>,
+    failures: Vec<String>,
+    runs: Vec<Run>,
+}
+
+fn markdown(results: &Results) -> String {
+    let m = &results.machine;
+    format!(
+        "# Benchmarks\n\
+         \n\
+         What tracing a node with peerlog costs it, side by side with the bpftrace\n\
+         reference, measured by `cargo xtask bench` (about 12 minutes; `cargo xtask\n\
+         bench --smoke` is the seconds-long version CI runs). This file is written by\n\
+         that command: the figures below are its latest full run.\n\
+         \n\
+         ## Latest run\n\
+         \n\
+         {date}, commit {commit}; {rounds} rounds of {duration} s per configuration\n\
+         and scenario, {total:.0} s in all.\n\
+         \n\
+         Machine: {cpus} CPUs ({model}), {mem:.1} GiB, Linux {kernel}; load average\n\
+         {load} at the start. The machine is shared with other builds: the node, the\n\
+         tracer and the load generator share its two cores, so absolute figures move\n\
+         between runs; the ratios of the same round are what compares.\n\
+         \n\
+         {table}\n\
+         Targets:\n\
+         \n\
+         {targets}\n\
+         ## What is measured\n\
+         \n\
+         - **Node**: the twin node (`tests/twin/twin.cpp`), started fresh for every\n\
+           run. It has bitcoind's tracepoints, semaphores and `b-net`/`b-msghand`\n\
+           threads; its message handling is far cheaper than bitcoind's, so the\n\
+           tracing overhead relative to its work is an upper bound of what bitcoind\n\
+           would see.\n\
+         - **Load**: `peerlog-loadgen` (`tests/src/loadgen.rs`, on peerlog's P2P client):\n\
+           ping flood (8 peers × 8 pings in flight), transaction relay (32 peers × 4\n\
+           `inv` in flight, each answered by the node's `getdata`, then sent the `tx`),\n\
+           block serving (4 peers × 2 `getdata` in flight for a {block_size}-byte block; the\n\
+           twin's `-blocksize=1000000`), and 125 idle peers pinging once a second.\n\
+           The first three are closed loops: they run as fast as the node answers,\n\
+           so tracing overhead shows as lost throughput.\n\
+         - **Configurations**, interleaved in each round (their order rotates):\n\
+           untraced; `peerlog trace` counting only (no payload copied); `peerlog trace\n\
+           --capture DIR` (every payload to disk); capture with the statistics log and\n\
+           99 Hz sampling when `peerlog trace --help` lists `--stats-log`/`--flamegraph`\n\
+           (otherwise reported as not available yet); Debian's bpftrace running\n\
+           `xtask/bench/log_p2p_traffic.bt`, the equivalent of Bitcoin Core's\n\
+           `contrib/tracing/log_p2p_traffic.bt` (one text line per message, no\n\
+           payload), with `-o FILE`. bpftrace raises the twin's USDT semaphores\n\
+           itself (with `-p PID`); every run checks that it saw at least the messages\n\
+           of the window.\n\
+         - **Columns**: *answered/s*, requests the node answered per second over the\n\
+           window; *vs untraced*, that throughput over the untraced run of the same\n\
+           round (mean, min–max over the rounds); *node CPU per msg*, the node's\n\
+           user+system CPU time (`/proc/PID/stat`) over the window divided by the P2P\n\
+           messages exchanged in it; *answer p99*, the load generator's answer\n\
+           latency; *tracer CPU*, the tracer's CPU time over the window as a share of\n\
+           one core; *tracer peak RSS*, `VmHWM` before it stops; *events lost*, as\n\
+           the tracer reports them (peerlog's summary, bpftrace's `Lost N events`);\n\
+           *event latency*, peerlog's kernel-to-userspace latency per message\n\
+           (CLOCK_MONOTONIC at handling minus the tracepoint's timestamp: median of\n\
+           the rounds' p50, worst p99).\n\
+         - Raw figures of every run: `target/bench/results.json`.\n",
+        date = results.date,
+        commit = results.commit,
+        rounds = results.rounds,
+        duration = results.duration_secs,
+        total = results.total_secs,
+        cpus = m.cpus,
+        model = m.cpu_model,
+        mem = m.memory_gib,
+        kernel = m.kernel,
+        load = m.load_average_at_start,
+        table = table(&results.rows),
+        targets = targets_text(&results.targets),
+        block_size = results
+            .runs
+            .iter()
+            .find(|r| r.scenario == "blocks")
+            .and_then(|r| {
+                let bytes = r.load["bytes_received"].as_f64()?;
+                let blocks = r.load["requests_answered"].as_f64()?;
+                (blocks > 0.0).then(|| format!("~{:.0}", bytes / blocks))
+            })
+            .unwrap_or_else(|| "~1,000,000".into()),
+    )
+}
+
+/// Runs the bench; `smoke` runs it once, briefly, and leaves the docs alone.
+pub fn run(smoke: bool) -> Result<()> {
+    let plan = Plan::new(smoke);
+    mount_tracefs();
+    let bins = build()?;
+    let tools = Tools::detect(&bins)?;
+    let machine = Machine::describe();
+    let started = Instant::now();
+    let configs: Vec<Config> = Config::ALL
+        .into_iter()
+        .filter(|&c| match tools.unavailable(c) {
+            Some(why) => {
+                eprintln!("bench: {}: {why}", tools.label(c));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let total = plan.scenarios.len() * plan.rounds * configs.len();
+    eprintln!(
+        "bench: {total} runs of {} s ({} scenarios × {} rounds × {} configurations) on {} CPUs, load average {}",
+        plan.duration.as_secs_f64(),
+        plan.scenarios.len(),
+        plan.rounds,
+        configs.len(),
+        machine.cpus,
+        machine.load_average_at_start
+    );
+
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for scenario in &plan.scenarios {
+        for round in 0..plan.rounds {
+            // Rotating the order spreads drift over every configuration.
+            let mut order = configs.clone();
+            order.rotate_left(round % configs.len());
+            for config in order {
+                let n = runs.len() + failures.len() + 1;
+                match run_one(&plan, scenario, config, round, &bins, &tools) {
+                    Ok(run) => {
+                        let tracer = run.tracer.as_ref().map_or(String::new(), |t| {
+                            format!(
+                                ", tracer {:.1} % CPU, {:.1} MiB, {} events, {} lost",
+                                t.cpu_percent, t.peak_rss_mib, t.events_seen, t.events_lost
+                            )
+                        });
+                        eprintln!(
+                            "bench: [{n}/{total}] {} · {} · round {}: {:.0} answered/s, node {:.1} µs CPU/msg{tracer}",
+                            scenario.name,
+                            config.name(),
+                            round + 1,
+                            run.answered_per_sec,
+                            run.target_cpu_us_per_msg
+                        );
+                        runs.push(run);
+                    }
+                    Err(e) => {
+                        let msg = format!(
+                            "{} · {} · round {}: {e:#}",
+                            scenario.name,
+                            config.name(),
+                            round + 1
+                        );
+                        eprintln!("bench: [{n}/{total}] FAILED {msg}");
+                        failures.push(msg);
+                    }
+                }
+            }
+        }
+    }
+
+    let rows = rows(&plan, &tools, &runs);
+    let targets = check_targets(&plan, &rows);
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let results = Results {
+        mode: if smoke { "smoke" } else { "full" },
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        commit: format!(
+            "{}{}",
+            command_output("git", &["rev-parse", "--short", "HEAD"]),
+            if dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        ),
+        machine,
+        rounds: plan.rounds,
+        duration_secs: plan.duration.as_secs_f64(),
+        total_secs: started.elapsed().as_secs_f64(),
+        tools: &tools,
+        rows,
+        targets,
+        failures,
+        runs,
+    };
+
+    println!("\n{}", table(&results.rows));
+    println!(
+        "Targets{}:\n{}",
+        if smoke {
+            " (smoke run: 1 s per configuration, not meaningful)"
+        } else {
+            ""
+        },
+        targets_text(&results.targets)
+    );
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let json_path = dir.join(if smoke { "smoke.json" } else { "results.json" });
+    fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("bench: results in {}", json_path.display());
+    if !smoke {
+        let doc = workspace_root().join("docs/benchmarks.md");
+        fs::write(&doc, markdown(&results))
+            .with_context(|| format!("writing {}", doc.display()))?;
+        println!("bench: table and machine written to {}", doc.display());
+    }
+    println!("bench: {:.0} s in all", results.total_secs);
+    if !results.failures.is_empty() {
+        return Err(anyhow!(
+            "{} of {total} runs failed:\n{}",
+            results.failures.len(),
+            results.failures.join("\n")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peerlog_summary() {
+        let stderr = "peerlog: attached to pid 1 (twin, /x): 7 probe sites of 7 tracepoints (semaphores raised by the kernel)\n\
+                      peerlog: stopped (interrupted)\n  peers seen:       2\n  received:         21 messages, 4406219 bytes\n\
+                      \x20 sent:             18 messages, 4420153 bytes\n  capture records:  39\n\
+                      \x20 event latency:    p50 120 µs, p99 9100 µs\n  events lost:      3 (ring_full_chunk=3)\n";
+        assert_eq!(
+            PeerlogSummary::parse(stderr).unwrap(),
+            PeerlogSummary {
+                received: 21,
+                sent: 18,
+                events_lost: 3,
+                latency_us: Some((120, 9100)),
+            }
+        );
+        let without_latency = stderr.replace("  event latency:    p50 120 µs, p99 9100 µs\n", "");
+        assert_eq!(
+            PeerlogSummary::parse(&without_latency).unwrap().latency_us,
+            None
+        );
+        assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
+    }
+
+    #[test]
+    fn counts_bpftrace_losses() {
+        assert_eq!(
+            bpftrace_lost("recv ping\nLost 12 events\nsent pong\nLost 3 events\n"),
+            15
+        );
+        assert_eq!(bpftrace_lost("recv ping\n"), 0);
+    }
+
+    #[test]
+    fn reads_own_cpu_and_rss() {
+        let pid = std::process::id() as i32;
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        let (peak, anon) = memory_mib(pid).unwrap();
+        assert!(peak >= anon && anon > 0.0);
+    }
+}
