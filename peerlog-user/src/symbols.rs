@@ -38,13 +38,18 @@ pub struct FunctionSymbols {
 /// `install_dir` is the binary's directory as seen through `/proc/PID/root`,
 /// where `.gnu_debuglink` files are looked for; `debug_file` is the user's
 /// `--debug-file`.
-pub fn resolve(data: &[u8], install_dir: Option<&Path>, debug_file: Option<&Path>) -> Result<FunctionSymbols> {
+pub fn resolve(
+    data: &[u8],
+    install_dir: Option<&Path>,
+    debug_file: Option<&Path>,
+) -> Result<FunctionSymbols> {
     let binary = object::File::parse(data).context("parsing the binary for symbols")?;
     let build_id = binary.build_id().ok().flatten().map(<[u8]>::to_vec);
     let mut result = FunctionSymbols::default();
 
     if let Some(path) = debug_file {
-        let bytes = fs::read(path).with_context(|| format!("reading --debug-file {}", path.display()))?;
+        let bytes =
+            fs::read(path).with_context(|| format!("reading --debug-file {}", path.display()))?;
         let debug = object::File::parse(&*bytes)
             .with_context(|| format!("--debug-file {} is not an ELF file", path.display()))?;
         if let (Some(want), Ok(Some(have))) = (&build_id, debug.build_id()) {
@@ -67,8 +72,12 @@ pub fn resolve(data: &[u8], install_dir: Option<&Path>, debug_file: Option<&Path
     }
     for candidate in candidates(&binary, build_id.as_deref(), install_dir) {
         result.searched.push(candidate.clone());
-        let Ok(bytes) = fs::read(&candidate) else { continue };
-        let Ok(debug) = object::File::parse(&*bytes) else { continue };
+        let Ok(bytes) = fs::read(&candidate) else {
+            continue;
+        };
+        let Ok(debug) = object::File::parse(&*bytes) else {
+            continue;
+        };
         let matches = match (&build_id, debug.build_id()) {
             (Some(want), Ok(Some(have))) => want.as_slice() == have,
             // Without build-ids, trust the debuglink's name (its CRC is over
@@ -76,7 +85,10 @@ pub fn resolve(data: &[u8], install_dir: Option<&Path>, debug_file: Option<&Path
             _ => true,
         };
         if matches {
-            let mut from_debug = FunctionSymbols { searched: result.searched.clone(), ..Default::default() };
+            let mut from_debug = FunctionSymbols {
+                searched: result.searched.clone(),
+                ..Default::default()
+            };
             fill(&mut from_debug, &binary, &debug, &candidate);
             if from_debug.found.len() > result.found.len() {
                 result = from_debug;
@@ -92,7 +104,12 @@ pub fn resolve(data: &[u8], install_dir: Option<&Path>, debug_file: Option<&Path
 /// Looks every traced function up in `symbols`, translating addresses with
 /// `binary`'s program headers (a debug file keeps the addresses, not the
 /// file layout).
-fn fill(result: &mut FunctionSymbols, binary: &object::File<'_>, symbols: &object::File<'_>, source: &Path) {
+fn fill(
+    result: &mut FunctionSymbols,
+    binary: &object::File<'_>,
+    symbols: &object::File<'_>,
+    source: &Path,
+) {
     result.found.clear();
     result.missing.clear();
     for function in TracedFunction::ALL {
@@ -114,18 +131,27 @@ fn fill(result: &mut FunctionSymbols, binary: &object::File<'_>, symbols: &objec
 /// segment containing it.
 fn file_offset(binary: &object::File<'_>, address: u64) -> Option<u64> {
     binary.segments().find_map(|seg| {
-        let executable = matches!(seg.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0);
+        let executable =
+            matches!(seg.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0);
         let (offset, _) = seg.file_range();
         (executable && address >= seg.address() && address < seg.address() + seg.size())
             .then(|| address - seg.address() + offset)
     })
 }
 
-fn candidates(binary: &object::File<'_>, build_id: Option<&[u8]>, install_dir: Option<&Path>) -> Vec<PathBuf> {
+fn candidates(
+    binary: &object::File<'_>,
+    build_id: Option<&[u8]>,
+    install_dir: Option<&Path>,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(id) = build_id.filter(|id| id.len() > 1) {
         let hex = hex(id);
-        out.push(PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..])));
+        out.push(PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        )));
     }
     if let Some(name) = debuglink(binary) {
         if let Some(dir) = install_dir {

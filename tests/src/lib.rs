@@ -199,7 +199,10 @@ impl Node {
         };
         // A fresh regtest node is in initial block download and ignores
         // transactions until it has a recent block: mine one.
-        node.bitcoin_cli(rpc_port, &["-rpcwait", "generatetodescriptor", "1", "raw(51)"])?;
+        node.bitcoin_cli(
+            rpc_port,
+            &["-rpcwait", "generatetodescriptor", "1", "raw(51)"],
+        )?;
         Ok(node)
     }
 
@@ -215,7 +218,10 @@ impl Node {
             .output()
             .with_context(|| format!("running {} (it must sit next to bitcoind)", cli.display()))?;
         if !out.status.success() {
-            bail!("bitcoin-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "bitcoin-cli {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -326,6 +332,11 @@ impl Tracer {
                 );
             }
         }
+    }
+
+    /// Process id of peerlog itself.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// Sends SIGINT and waits for the summary.

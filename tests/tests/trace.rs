@@ -24,9 +24,25 @@ fn main() {
     }
     type Test = fn() -> Result<()>;
     // (name, test, needs eBPF, needs a real bitcoind)
-    let tests: [(&str, Test, bool, bool); 11] = [
-        ("mempool_events_are_attributed_to_the_relaying_peer", mempool_events_are_attributed_to_the_relaying_peer, true, false),
-        ("stripped_binary_uses_its_debug_file", stripped_binary_uses_its_debug_file, true, false),
+    let tests: [(&str, Test, bool, bool); 12] = [
+        (
+            "ring_overflow_is_counted_never_silent",
+            ring_overflow_is_counted_never_silent,
+            true,
+            false,
+        ),
+        (
+            "mempool_events_are_attributed_to_the_relaying_peer",
+            mempool_events_are_attributed_to_the_relaying_peer,
+            true,
+            false,
+        ),
+        (
+            "stripped_binary_uses_its_debug_file",
+            stripped_binary_uses_its_debug_file,
+            true,
+            false,
+        ),
         ("capture_is_byte_exact", capture_is_byte_exact, true, false),
         (
             "capture_matches_bitcoind_own_capture",
@@ -438,7 +454,10 @@ fn peer_id_of(events: &[serde_json::Value], local: std::net::SocketAddr) -> Resu
 
 fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = fs::read_to_string(path)?;
-    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+    Ok(text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 /// `mempool:added`/`rejected` fire on b-msghand inside
@@ -454,11 +473,15 @@ fn mempool_events_are_attributed_to_the_relaying_peer() -> Result<()> {
     let mut quiet = connect(&node)?;
     let mut relay = connect(&node)?;
     sync(&mut quiet, 1)?;
-    let txs: Vec<_> = (100..104).map(|i| peerlog::p2p::test_transaction(i, 1)).collect();
+    let txs: Vec<_> = (100..104)
+        .map(|i| peerlog::p2p::test_transaction(i, 1))
+        .collect();
     for tx in &txs {
         relay.send(&bitcoin::p2p::message::NetworkMessage::Tx(tx.clone()))?;
     }
-    relay.send(&bitcoin::p2p::message::NetworkMessage::Tx(peerlog::p2p::invalid_test_transaction(9)))?;
+    relay.send(&bitcoin::p2p::message::NetworkMessage::Tx(
+        peerlog::p2p::invalid_test_transaction(9),
+    ))?;
     sync(&mut relay, 2)?;
     sync(&mut quiet, 2)?;
     let out = tracer.stop()?;
@@ -468,15 +491,31 @@ fn mempool_events_are_attributed_to_the_relaying_peer() -> Result<()> {
     let mempool: Vec<_> = events.iter().filter(|e| e["event"] == "mempool").collect();
     let added: Vec<_> = mempool.iter().filter(|e| e["kind"] == "added").collect();
     let rejected: Vec<_> = mempool.iter().filter(|e| e["kind"] == "rejected").collect();
-    ensure!(added.len() == txs.len(), "{} added events for {} txs: {mempool:?}", added.len(), txs.len());
+    ensure!(
+        added.len() == txs.len(),
+        "{} added events for {} txs: {mempool:?}",
+        added.len(),
+        txs.len()
+    );
     ensure!(rejected.len() == 1, "rejected: {rejected:?}");
     for e in added.iter().chain(&rejected) {
-        ensure!(e["peer_id"] == relay_id, "attributed to {} instead of peer {relay_id}: {e}", e["peer_id"]);
+        ensure!(
+            e["peer_id"] == relay_id,
+            "attributed to {} instead of peer {relay_id}: {e}",
+            e["peer_id"]
+        );
     }
-    ensure!(rejected[0]["reason"] == "bad-txns-vout-empty", "{}", rejected[0]);
+    ensure!(
+        rejected[0]["reason"] == "bad-txns-vout-empty",
+        "{}",
+        rejected[0]
+    );
     let txids: Vec<String> = txs.iter().map(|t| t.compute_txid().to_string()).collect();
     for e in &added {
-        ensure!(txids.iter().any(|t| e["txid"] == t.as_str()), "unknown txid in {e}");
+        ensure!(
+            txids.iter().any(|t| e["txid"] == t.as_str()),
+            "unknown txid in {e}"
+        );
     }
     node.stop()?;
     Ok(())
@@ -503,10 +542,85 @@ fn stripped_binary_uses_its_debug_file() -> Result<()> {
     ensure!(out.stderr.contains("5 functions timed"), "{}", out.stderr);
     // A debug file of another build is refused with a clear error.
     let e = Command::new(peerlog_bin()?)
-        .args(["trace", "--pid", &node.pid().to_string(), "--debug-file", "/bin/sh"])
+        .args([
+            "trace",
+            "--pid",
+            &node.pid().to_string(),
+            "--debug-file",
+            "/bin/sh",
+        ])
         .output()?;
     let stderr = String::from_utf8_lossy(&e.stderr);
-    ensure!(!e.status.success() && stderr.contains("another build"), "{stderr}");
+    ensure!(
+        !e.status.success() && stderr.contains("another build"),
+        "{stderr}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// With the consumer paused, a small ring buffer overflows: the losses are
+/// counted by cause and reported, the message that lost chunks is reported
+/// and not written, and every record in the capture is whole.
+fn ring_overflow_is_counted_never_silent() -> Result<()> {
+    let node = Node::start()?;
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            capture.to_str().unwrap(),
+            "--ring-size",
+            "4",
+            "--no-accounting",
+        ],
+    )?;
+    let mut a = connect(&node)?;
+    sync(&mut a, 1)?;
+    // SAFETY: pausing our own child; resumed below.
+    unsafe { libc::kill(tracer.pid(), libc::SIGSTOP) };
+    let big = vec![0x42u8; MAX_MESSAGE];
+    for _ in 0..3 {
+        a.send_raw("peerlogbig", &big)?;
+    }
+    sync(&mut a, 2)?;
+    unsafe { libc::kill(tracer.pid(), libc::SIGCONT) };
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("ring_full"),
+        "the overflow is not reported by cause:\n{}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("only"),
+        "the incomplete message is not reported:\n{}",
+        out.stderr
+    );
+    let files = read_capture(&capture)?;
+    let big_records: Vec<_> = files
+        .iter()
+        .flat_map(|f| &f.records)
+        .filter(|r| r.msg_type == "peerlogbig")
+        .collect();
+    ensure!(
+        big_records.len() < 3,
+        "all three messages fit a 4 MiB ring?"
+    );
+    for r in big_records {
+        ensure!(
+            r.payload == big,
+            "a short or wrong peerlogbig record was written"
+        );
+    }
+    for f in &files {
+        ensure!(
+            f.truncated.is_none(),
+            "{} ends in a cut record",
+            f.path.display()
+        );
+    }
     node.stop()?;
     Ok(())
 }
