@@ -24,8 +24,8 @@ use aya_ebpf::{
 use peerlog_common::{
     BlockConnectedEvent, CallEvent, CallFrame, ConfigKey, ConnectionEvent, ConnectionEventKind,
     Direction, LossCause, MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent,
-    PayloadChunk, RecordHeader, RecordKind, ThreadContext, ThreadCpu, TracedFunction,
-    UsdtArgKind, UsdtSpec, ABI_VERSION, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
+    PayloadChunk, RecordHeader, RecordKind, ThreadContext, ThreadCpu, TracedFunction, UsdtArgKind,
+    UsdtSpec, ABI_VERSION, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
     FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER,
     MAX_PEERS, MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
     MSG_TYPE_STATS, ONCPU_UNKNOWN, PEER_POLICY_SKIP_PAYLOAD,
@@ -208,18 +208,11 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         return;
     };
     let event = entry.as_mut_ptr();
-    let mut args = [0u64; 6];
-    for (i, slot) in args.iter_mut().enumerate() {
-        match read_arg(ctx, spec, i) {
-            Ok(v) => *slot = v,
-            Err(()) => {
-                count_loss(LossCause::ArgReadFailed);
-                entry.discard(0);
-                return;
-            }
-        }
-    }
-    let [peer_id, addr, conn_type, msg_type, size, data] = args;
+    let Some([peer_id, addr, conn_type, msg_type, size, data]) = read_args::<6>(ctx, spec) else {
+        count_loss(LossCause::ArgReadFailed);
+        entry.discard(0);
+        return;
+    };
 
     // SAFETY: `event` points to the reserved, exclusively owned record.
     let ev = unsafe { &mut *event };
@@ -270,7 +263,9 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
 #[inline(always)]
 fn payload_wanted(peer_id: i64, msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
     // SAFETY: values are plain bytes written by userspace.
-    let type_bits = unsafe { MSG_TYPE_FILTER.get(msg_type) }.copied().unwrap_or(0);
+    let type_bits = unsafe { MSG_TYPE_FILTER.get(msg_type) }
+        .copied()
+        .unwrap_or(0);
     if type_bits & MSG_TYPE_STATS != 0 && config(ConfigKey::StatsPayloads) != 0 {
         return true;
     }
@@ -397,18 +392,11 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         count_loss(LossCause::RingFullOther);
         return;
     };
-    let mut args = [0u64; 5];
-    for (i, slot) in args.iter_mut().enumerate() {
-        match read_arg(ctx, spec, i) {
-            Ok(v) => *slot = v,
-            Err(()) => {
-                count_loss(LossCause::ArgReadFailed);
-                entry.discard(0);
-                return;
-            }
-        }
-    }
-    let [peer_id, addr, conn_type, network, value] = args;
+    let Some([peer_id, addr, conn_type, network, value]) = read_args::<5>(ctx, spec) else {
+        count_loss(LossCause::ArgReadFailed);
+        entry.discard(0);
+        return;
+    };
     // SAFETY: the reserved record is exclusively ours until submit/discard.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header = record_header(RecordKind::Connection, tid, ktime_ns);
@@ -452,7 +440,7 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
     let Some(tid) = target_thread() else { return 0 };
     let Some(spec) = spec_for(&ctx) else { return 0 };
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
-    let (Ok(peer_id), Ok(reason)) = (read_arg(&ctx, spec, 0), read_arg(&ctx, spec, 1)) else {
+    let Some([peer_id, reason]) = read_args::<2>(&ctx, spec) else {
         count_loss(LossCause::ArgReadFailed);
         return 0;
     };
@@ -477,7 +465,9 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
 /// certainly that peer's (see [`CNODE_PEER`]).
 #[inline(always)]
 fn learn_cnode(tid: u32, peer_id: i64, direction: Direction) {
-    let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) else { return };
+    let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) else {
+        return;
+    };
     // SAFETY: a map value of this thread, written only by this thread.
     let context = unsafe { &mut *context };
     let owner = match direction {
@@ -521,7 +511,15 @@ fn oncpu_now(tid: u32, now: u64) -> u64 {
         }
         None => {
             // Not seen switching in since peerlog attached: it is running now.
-            let _ = THREAD_CPU.insert(&tid, &ThreadCpu { total_ns: 0, since_ns: now, running: 1 }, 0);
+            let _ = THREAD_CPU.insert(
+                &tid,
+                &ThreadCpu {
+                    total_ns: 0,
+                    since_ns: now,
+                    running: 1,
+                },
+                0,
+            );
             0
         }
     }
@@ -567,7 +565,15 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             cpu.running = 1;
         }
         None => {
-            let _ = THREAD_CPU.insert(&next_tid, &ThreadCpu { total_ns: 0, since_ns: now, running: 1 }, 0);
+            let _ = THREAD_CPU.insert(
+                &next_tid,
+                &ThreadCpu {
+                    total_ns: 0,
+                    since_ns: now,
+                    running: 1,
+                },
+                0,
+            );
         }
     }
     0
@@ -610,10 +616,17 @@ pub fn call_entry(ctx: ProbeContext) -> u32 {
         return_addr,
     };
     let _ = CALL_FRAMES.insert(&frame_key(tid, function), &frame, 0);
-    if function == TracedFunction::ProcessMessages as u8 || function == TracedFunction::SendMessages as u8 {
+    if function == TracedFunction::ProcessMessages as u8
+        || function == TracedFunction::SendMessages as u8
+    {
         // SAFETY: plain value read.
         let peer_id = unsafe { CNODE_PEER.get(&cnode) }.copied().unwrap_or(-1);
-        let context = ThreadContext { cnode, peer_id, function, _pad: [0; 7] };
+        let context = ThreadContext {
+            cnode,
+            peer_id,
+            function,
+            _pad: [0; 7],
+        };
         let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
     }
     0
@@ -632,11 +645,13 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = CALL_FRAMES.remove(&key);
-    let is_handler =
-        function == TracedFunction::ProcessMessages as u8 || function == TracedFunction::SendMessages as u8;
+    let is_handler = function == TracedFunction::ProcessMessages as u8
+        || function == TracedFunction::SendMessages as u8;
     // A message tracepoint during the call may have taught the peer id.
     // SAFETY: plain value read.
-    let peer_id = unsafe { CNODE_PEER.get(&frame.cnode) }.copied().unwrap_or(-1);
+    let peer_id = unsafe { CNODE_PEER.get(&frame.cnode) }
+        .copied()
+        .unwrap_or(-1);
     if is_handler {
         let _ = THREAD_CONTEXT.remove(&tid);
     }
@@ -672,18 +687,12 @@ fn read_hash(ptr: u64, dst: &mut [u8; 32]) -> Result<(), ()> {
     unsafe { bpf_probe_read_user_buf(ptr as *const u8, dst) }.map_err(|_| ())
 }
 
-/// Reads the first `N` USDT arguments, counting a failure.
+/// Reads the first `N` USDT arguments; the caller counts a failure.
 #[inline(always)]
 fn read_args<const N: usize>(ctx: &ProbeContext, spec: &UsdtSpec) -> Option<[u64; N]> {
     let mut args = [0u64; N];
     for (i, slot) in args.iter_mut().enumerate() {
-        match read_arg(ctx, spec, i) {
-            Ok(v) => *slot = v,
-            Err(()) => {
-                count_loss(LossCause::ArgReadFailed);
-                return None;
-            }
-        }
+        *slot = read_arg(ctx, spec, i).ok()?;
     }
     Some(args)
 }
@@ -761,7 +770,8 @@ fn handle_mempool(ctx: &ProbeContext, kind: MempoolEventKind) {
                 ev.other_vsize = other_vsize as i64;
                 ev.other_fee = other_fee as i64;
                 ev.other_is_txid = is_txid as u8;
-                read_hash(txid, &mut ev.txid).is_ok() && read_hash(other, &mut ev.other_txid).is_ok()
+                read_hash(txid, &mut ev.txid).is_ok()
+                    && read_hash(other, &mut ev.other_txid).is_ok()
             },
         ),
         MempoolEventKind::Rejected => read_args::<2>(ctx, spec).is_some_and(|[txid, reason]| {
@@ -783,7 +793,9 @@ pub fn block_connected(ctx: ProbeContext) -> u32 {
     let Some(tid) = target_thread() else { return 0 };
     let Some(spec) = spec_for(&ctx) else { return 0 };
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
-    let Some([hash, height, tx_count, inputs, sigops, duration]) = read_args::<6>(&ctx, spec) else {
+    let Some([hash, height, tx_count, inputs, sigops, duration]) = read_args::<6>(&ctx, spec)
+    else {
+        count_loss(LossCause::ArgReadFailed);
         return 0;
     };
     let Some(mut entry) = EVENTS.reserve::<BlockConnectedEvent>(0) else {

@@ -100,6 +100,23 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
+/// Starts `peerlog trace --capture <tempdir>/capture EXTRA...` on `node`;
+/// the temporary directory lives as long as the returned guard.
+fn trace_to_capture(
+    node: &Node,
+    extra: &[&str],
+) -> Result<(tempfile::TempDir, std::path::PathBuf, Tracer)> {
+    let dir = tempfile::tempdir()?;
+    let capture = dir.path().join("capture");
+    let mut args = vec![
+        "--capture",
+        capture.to_str().context("temp dir path is not UTF-8")?,
+    ];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start(node.pid(), &args)?;
+    Ok((dir, capture, tracer))
+}
+
 /// Zero events lost, as the summary reports it.
 fn assert_no_loss(stderr: &str) -> Result<()> {
     ensure!(
@@ -193,9 +210,7 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     let core_dir = node
         .core_capture_dir()
         .context("BITCOIND is not a real bitcoind")?;
-    let dir = tempfile::tempdir()?;
-    let capture = dir.path().join("capture");
-    let tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
     standard_traffic(&node, &mut a)?;
     drop(a);
@@ -300,17 +315,7 @@ fn peer_and_msg_type_filters() -> Result<()> {
 
 fn per_connection_layout() -> Result<()> {
     let node = Node::start()?;
-    let dir = tempfile::tempdir()?;
-    let capture = dir.path().join("capture");
-    let tracer = Tracer::start(
-        node.pid(),
-        &[
-            "--capture",
-            capture.to_str().unwrap(),
-            "--capture-layout",
-            "per-connection",
-        ],
-    )?;
+    let (_dir, capture, tracer) = trace_to_capture(&node, &["--capture-layout", "per-connection"])?;
     let mut a = connect(&node)?;
     sync(&mut a, 1)?;
     // A pong we sent during the first round trip (to the node's own ping) is
@@ -338,9 +343,7 @@ fn per_connection_layout() -> Result<()> {
 
 fn target_exit_stops_trace() -> Result<()> {
     let node = Node::start()?;
-    let dir = tempfile::tempdir()?;
-    let capture = dir.path().join("capture");
-    let mut tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let (_dir, capture, mut tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
     sync(&mut a, 1)?;
     // A pong we sent during the first round trip (to the node's own ping) is
@@ -418,9 +421,7 @@ fn disk_full_keeps_records_intact() -> Result<()> {
 
 fn probes_without_semaphores() -> Result<()> {
     let node = Node::start_twin(Path::new(TWIN_NO_SEMAPHORES), &[])?;
-    let dir = tempfile::tempdir()?;
-    let capture = dir.path().join("capture");
-    let tracer = Tracer::start(node.pid(), &["--capture", capture.to_str().unwrap()])?;
+    let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
     sync(&mut a, 1)?;
     // A pong we sent during the first round trip (to the node's own ping) is
@@ -564,18 +565,8 @@ fn stripped_binary_uses_its_debug_file() -> Result<()> {
 /// and not written, and every record in the capture is whole.
 fn ring_overflow_is_counted_never_silent() -> Result<()> {
     let node = Node::start()?;
-    let dir = tempfile::tempdir()?;
-    let capture = dir.path().join("capture");
-    let tracer = Tracer::start(
-        node.pid(),
-        &[
-            "--capture",
-            capture.to_str().unwrap(),
-            "--ring-size",
-            "4",
-            "--no-accounting",
-        ],
-    )?;
+    let (_dir, capture, tracer) =
+        trace_to_capture(&node, &["--ring-size", "4", "--no-accounting"])?;
     let mut a = connect(&node)?;
     sync(&mut a, 1)?;
     // SAFETY: pausing our own child; resumed below.
