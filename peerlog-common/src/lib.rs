@@ -363,10 +363,14 @@ pub struct CallFrame {
 }
 
 /// On-CPU bookkeeping of one thread of the target, kept by `sched_switch`.
+///
+/// The scheduler's own `se.sum_exec_runtime` is exact at every switch and,
+/// unlike a wall clock, leaves out time the hypervisor stole from the vCPU;
+/// only the slice running now is measured with `bpf_ktime_get_ns()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadCpu {
-    /// On-CPU nanoseconds accumulated up to the last switch-out.
+    /// The thread's `se.sum_exec_runtime` at its last switch.
     pub total_ns: u64,
     /// `bpf_ktime_get_ns()` at the last switch-in.
     pub since_ns: u64,
@@ -553,6 +557,14 @@ pub enum ConfigKey {
     /// Non-zero: copy the payloads of the message types marked
     /// [`MSG_TYPE_STATS`] whatever the capture settings (statistics parse them).
     StatsPayloads = 5,
+    /// Byte offset of `thread.fsbase` (the user thread pointer on x86-64) in
+    /// `task_struct`, from its BTF; 0 when unknown. CPU sampling copies a
+    /// thread's stack only up to its thread pointer: glibc (and musl) put
+    /// the thread's control block at the top of its stack, above every frame.
+    TaskFsbaseOffset = 6,
+    /// Byte offset of `se.sum_exec_runtime` in `task_struct`; 0 disables
+    /// on-CPU accounting.
+    TaskSumExecOffset = 7,
 }
 
 /// Bit of a message type filter map value: capture selects this type.

@@ -13,8 +13,9 @@ mod profile;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated::bpf_get_attach_cookie,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        generated::bpf_get_attach_cookie,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -496,86 +497,81 @@ fn processing_peer(tid: u32) -> i64 {
 /// the thread itself, so it is on a CPU right now.
 #[inline(always)]
 fn oncpu_now(tid: u32, now: u64) -> u64 {
-    if config(ConfigKey::TaskPidOffset) == 0 {
+    let sum_off = config(ConfigKey::TaskSumExecOffset);
+    if sum_off == 0 {
         return ONCPU_UNKNOWN;
     }
     match THREAD_CPU.get_ptr(&tid) {
-        // SAFETY: plain value read.
         Some(cpu) => {
+            // SAFETY: plain value read.
             let cpu = unsafe { &*cpu };
-            if cpu.running != 0 {
-                cpu.total_ns + now.saturating_sub(cpu.since_ns)
-            } else {
-                cpu.total_ns
-            }
+            cpu.total_ns + now.saturating_sub(cpu.since_ns)
         }
         None => {
-            // Not seen switching in since peerlog attached: it is running now.
-            let _ = THREAD_CPU.insert(
-                &tid,
-                &ThreadCpu {
-                    total_ns: 0,
-                    since_ns: now,
-                    running: 1,
-                },
-                0,
-            );
-            0
+            // Not seen switching in since peerlog attached: start from the
+            // scheduler's count (stale by at most the time since its last
+            // update; every later switch makes it exact).
+            let task = unsafe { bpf_get_current_task() };
+            // SAFETY: kernel memory at an offset from the kernel's own BTF.
+            let Ok(total_ns) = (unsafe { bpf_probe_read_kernel((task + sum_off) as *const u64) })
+            else {
+                return ONCPU_UNKNOWN;
+            };
+            let cpu = ThreadCpu {
+                total_ns,
+                since_ns: now,
+                running: 1,
+            };
+            let _ = THREAD_CPU.insert(&tid, &cpu, 0);
+            total_ns
         }
     }
 }
 
 /// Keeps [`THREAD_CPU`] for the target's threads: `sched_switch(preempt,
-/// prev, next)` runs on the CPU that switches, in `prev`'s context.
+/// prev, next)` runs on the CPU that switches, in `prev`'s context, after the
+/// scheduler brought `prev`'s `sum_exec_runtime` up to date.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let target = config(ConfigKey::TargetTgid) as u32;
     let pid_off = config(ConfigKey::TaskPidOffset);
     let tgid_off = config(ConfigKey::TaskTgidOffset);
-    if target == 0 || pid_off == 0 {
+    let sum_off = config(ConfigKey::TaskSumExecOffset);
+    if target == 0 || pid_off == 0 || sum_off == 0 {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == target {
-        if let Some(cpu) = THREAD_CPU.get_ptr_mut(&(pid_tgid as u32)) {
-            // SAFETY: only this thread's switches touch its entry.
-            let cpu = unsafe { &mut *cpu };
-            if cpu.running != 0 {
-                cpu.total_ns += now.saturating_sub(cpu.since_ns);
-                cpu.running = 0;
-            }
+        let prev: u64 = ctx.arg(1);
+        // SAFETY: kernel memory at an offset from the kernel's own BTF.
+        if let Ok(total_ns) = unsafe { bpf_probe_read_kernel((prev + sum_off) as *const u64) } {
+            let cpu = ThreadCpu {
+                total_ns,
+                since_ns: now,
+                running: 0,
+            };
+            let _ = THREAD_CPU.insert(&(pid_tgid as u32), &cpu, 0);
         }
     }
     let next: u64 = ctx.arg(2);
-    // SAFETY: reads of kernel memory at offsets from the kernel's own BTF.
+    // SAFETY: as above.
     let next_tgid = unsafe { bpf_probe_read_kernel((next + tgid_off) as *const i32) };
     if next_tgid != Ok(target as i32) {
         return 0;
     }
-    let Ok(next_tid) = (unsafe { bpf_probe_read_kernel((next + pid_off) as *const i32) }) else {
+    // SAFETY: as above.
+    let next_tid = unsafe { bpf_probe_read_kernel((next + pid_off) as *const i32) };
+    let total_ns = unsafe { bpf_probe_read_kernel((next + sum_off) as *const u64) };
+    let (Ok(next_tid), Ok(total_ns)) = (next_tid, total_ns) else {
         return 0;
     };
-    let next_tid = next_tid as u32;
-    match THREAD_CPU.get_ptr_mut(&next_tid) {
-        Some(cpu) => {
-            // SAFETY: as above.
-            let cpu = unsafe { &mut *cpu };
-            cpu.since_ns = now;
-            cpu.running = 1;
-        }
-        None => {
-            let _ = THREAD_CPU.insert(
-                &next_tid,
-                &ThreadCpu {
-                    total_ns: 0,
-                    since_ns: now,
-                    running: 1,
-                },
-                0,
-            );
-        }
-    }
+    let cpu = ThreadCpu {
+        total_ns,
+        since_ns: now,
+        running: 1,
+    };
+    let _ = THREAD_CPU.insert(&(next_tid as u32), &cpu, 0);
     0
 }
 

@@ -15,17 +15,19 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs,
+        },
     },
     macros::{map, perf_event},
     maps::Array,
     programs::PerfEventContext,
 };
 use peerlog_common::{
-    ConfigKey, CpuSample, LossCause, RecordKind, SampleCall, TracedFunction,
-    SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT, SAMPLE_STACK_LEN, TRACED_FUNCTIONS,
+    ConfigKey, CpuSample, LossCause, RecordKind, SampleCall, TracedFunction, SAMPLE_FLAG_IN_KERNEL,
+    SAMPLE_NO_CONTEXT, SAMPLE_STACK_LEN, TRACED_FUNCTIONS,
 };
 
 use crate::{config, count_loss, record_header, CALL_FRAMES, EVENTS, THREAD_CONTEXT};
@@ -113,7 +115,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let stack_len = if rsp == 0 {
         0
     } else {
-        copy_stack(rsp, &mut buffer.stack)
+        copy_stack(rsp, stack_bound(rsp), &mut buffer.stack)
     };
     buffer.sample.stack_len = stack_len as u32;
 
@@ -164,11 +166,37 @@ fn calls_in_progress(tid: u32) -> [SampleCall; TRACED_FUNCTIONS] {
     calls
 }
 
-/// Copies the user stack from `rsp` upwards into `stack`, a page at a time,
-/// until the buffer is full or the next page cannot be read (the end of the
-/// thread's stack mapping). Returns the bytes copied.
+/// How many stack bytes above `rsp` can hold frames: up to the thread
+/// pointer, where glibc keeps the thread's control block at the top of its
+/// stack. Memory above it belongs to something else (often a readable heap
+/// mapping), so copying it would only cost time. The main thread's control
+/// block is not on its stack; there the copy runs to the end of the stack
+/// mapping, or the buffer.
 #[inline(always)]
-fn copy_stack(rsp: u64, stack: &mut [u8; SAMPLE_STACK_LEN]) -> usize {
+fn stack_bound(rsp: u64) -> usize {
+    let offset = config(ConfigKey::TaskFsbaseOffset);
+    if offset == 0 {
+        return SAMPLE_STACK_LEN;
+    }
+    // SAFETY: a helper without arguments; the task is only read through
+    // bpf_probe_read_kernel, which copes with any address.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let fsbase = task.wrapping_add(offset as usize) as *const u64;
+    let Ok(fsbase) = (unsafe { bpf_probe_read_kernel(fsbase) }) else {
+        return SAMPLE_STACK_LEN;
+    };
+    match fsbase.checked_sub(rsp) {
+        Some(distance) if distance < SAMPLE_STACK_LEN as u64 => distance as usize,
+        _ => SAMPLE_STACK_LEN,
+    }
+}
+
+/// Copies the user stack from `rsp` upwards into `stack`, a page at a time,
+/// until at least `bound` bytes are in, the buffer is full, or the next page
+/// cannot be read (the end of the thread's stack mapping). Returns the bytes
+/// copied.
+#[inline(always)]
+fn copy_stack(rsp: u64, bound: usize, stack: &mut [u8; SAMPLE_STACK_LEN]) -> usize {
     let dst = stack.as_mut_ptr();
     // Up to the first page boundary: 1 to PAGE bytes.
     let first = PAGE - (rsp as usize & (PAGE - 1));
@@ -177,9 +205,9 @@ fn copy_stack(rsp: u64, stack: &mut [u8; SAMPLE_STACK_LEN]) -> usize {
     }
     let mut copied = first;
     for _ in 1..SAMPLE_STACK_LEN / PAGE {
-        // Written so that the verifier sees `copied + PAGE` stay within the
-        // buffer.
-        if copied > SAMPLE_STACK_LEN - PAGE {
+        // The second test is for the verifier: `copied + PAGE` stays within
+        // the buffer.
+        if copied >= bound || copied > SAMPLE_STACK_LEN - PAGE {
             break;
         }
         if !read_user(dst.wrapping_add(copied), PAGE, rsp + copied as u64) {

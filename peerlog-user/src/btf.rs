@@ -20,13 +20,19 @@ pub struct TaskOffsets {
     pub pid: u32,
     /// `tgid` (the process id).
     pub tgid: u32,
+    /// `se.sum_exec_runtime`: nanoseconds the task ran, as the scheduler
+    /// accounts it (without time the hypervisor stole from the vCPU).
+    pub sum_exec_runtime: u32,
 }
 
 /// Reads the offsets from the running kernel's BTF.
 pub fn task_offsets() -> Result<TaskOffsets> {
     let path = Path::new("/sys/kernel/btf/vmlinux");
     let data = fs::read(path).with_context(|| {
-        format!("reading {} (a kernel built with CONFIG_DEBUG_INFO_BTF is needed for on-CPU time)", path.display())
+        format!(
+            "reading {} (a kernel built with CONFIG_DEBUG_INFO_BTF is needed for on-CPU time)",
+            path.display()
+        )
     })?;
     task_offsets_from(&data)
 }
@@ -34,17 +40,26 @@ pub fn task_offsets() -> Result<TaskOffsets> {
 /// Reads the offsets from raw BTF bytes.
 pub fn task_offsets_from(data: &[u8]) -> Result<TaskOffsets> {
     let btf = Btf::parse(data)?;
-    let members = btf
-        .struct_members("task_struct")?
-        .context("no struct task_struct in the kernel's BTF")?;
-    let find = |name: &str| {
-        members
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, bits)| bits / 8)
-            .with_context(|| format!("task_struct has no member {name}"))
-    };
-    Ok(TaskOffsets { pid: find("pid")?, tgid: find("tgid")? })
+    Ok(TaskOffsets {
+        pid: btf.member_offset("task_struct", "pid")?,
+        tgid: btf.member_offset("task_struct", "tgid")?,
+        sum_exec_runtime: btf.member_offset("task_struct", "se")?
+            + btf.member_offset("sched_entity", "sum_exec_runtime")?,
+    })
+}
+
+/// Byte offset of `thread.fsbase` in `task_struct` (x86-64): where the
+/// kernel keeps a thread's user thread pointer.
+pub fn thread_fsbase_offset() -> Result<u32> {
+    let data = fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    thread_fsbase_offset_from(&data)
+}
+
+/// [`thread_fsbase_offset`] from raw BTF bytes.
+pub fn thread_fsbase_offset_from(data: &[u8]) -> Result<u32> {
+    let btf = Btf::parse(data)?;
+    Ok(btf.member_offset("task_struct", "thread")?
+        + btf.member_offset("thread_struct", "fsbase")?)
 }
 
 struct Btf<'a> {
@@ -67,15 +82,29 @@ impl<'a> Btf<'a> {
         let (type_off, type_len) = (field(8)? as usize, field(12)? as usize);
         let (str_off, str_len) = (field(16)? as usize, field(20)? as usize);
         let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len).context("BTF section out of bounds")
+            data.get(hdr_len + off..hdr_len + off + len)
+                .context("BTF section out of bounds")
         };
-        Ok(Self { types: section(type_off, type_len)?, strings: section(str_off, str_len)? })
+        Ok(Self {
+            types: section(type_off, type_len)?,
+            strings: section(str_off, str_len)?,
+        })
     }
 
     fn string(&self, off: u32) -> &str {
         let rest = self.strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Byte offset of member `name` in struct `structure`.
+    fn member_offset(&self, structure: &str, name: &str) -> Result<u32> {
+        self.struct_members(structure)?
+            .with_context(|| format!("no struct {structure} in the kernel's BTF"))?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, bits)| bits / 8)
+            .with_context(|| format!("{structure} has no member {name}"))
     }
 
     /// Members (name, bit offset) of the first struct called `name`.
@@ -98,7 +127,14 @@ impl<'a> Btf<'a> {
                         let offset = u32_at(self.types, m + 8).unwrap_or(0);
                         // With kind_flag the low 24 bits are the bit offset
                         // and the high 8 the bitfield size.
-                        (name, if kind_flag { offset & 0xff_ffff } else { offset })
+                        (
+                            name,
+                            if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
+                        )
                     })
                     .collect();
                 return Ok(Some(members));
@@ -112,16 +148,16 @@ impl<'a> Btf<'a> {
 /// Bytes that follow `struct btf_type` for a kind (see the kernel's btf.rst).
 fn kind_body_len(kind: u32, vlen: usize) -> Result<usize> {
     Ok(match kind {
-        1 => 4,                // INT
+        1 => 4,                                      // INT
         2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // PTR FWD TYPEDEF VOLATILE CONST RESTRICT FUNC FLOAT TYPE_TAG
-        3 => 12,               // ARRAY
-        4 | 5 => 12 * vlen,    // STRUCT UNION
-        6 => 8 * vlen,         // ENUM
-        13 => 8 * vlen,        // FUNC_PROTO
-        14 => 4,               // VAR
-        15 => 12 * vlen,       // DATASEC
-        17 => 4,               // DECL_TAG
-        19 => 12 * vlen,       // ENUM64
+        3 => 12,                                     // ARRAY
+        4 | 5 => 12 * vlen,                          // STRUCT UNION
+        6 => 8 * vlen,                               // ENUM
+        13 => 8 * vlen,                              // FUNC_PROTO
+        14 => 4,                                     // VAR
+        15 => 12 * vlen,                             // DATASEC
+        17 => 4,                                     // DECL_TAG
+        19 => 12 * vlen,                             // ENUM64
         k => bail!("unknown BTF kind {k}"),
     })
 }
@@ -139,6 +175,14 @@ mod tests {
         // pid_t pid; pid_t tgid; are adjacent in every kernel since 2.6.
         assert_eq!(offsets.tgid, offsets.pid + 4);
         assert!(offsets.pid > 0);
+    }
+
+    #[test]
+    fn finds_the_thread_pointer_in_this_kernel() {
+        let data = fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+        let fsbase = thread_fsbase_offset_from(&data).unwrap();
+        // `thread` is near the end of task_struct, after pid and tgid.
+        assert!(fsbase > task_offsets_from(&data).unwrap().tgid);
     }
 
     #[test]

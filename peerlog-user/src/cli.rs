@@ -136,6 +136,11 @@ pub struct TraceArgs {
 
 impl TraceArgs {
     fn into_options(self) -> anyhow::Result<TraceOptions> {
+        let stdout = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
+        if stdout(&self.jsonl) && stdout(&self.stats.stats_log) {
+            // Two writers would interleave their lines.
+            anyhow::bail!("--jsonl and --stats-log cannot both write to stdout");
+        }
         if !self.ring_size.is_power_of_two() || !(4..=1024).contains(&self.ring_size) {
             anyhow::bail!("--ring-size must be a power of two between 4 and 1024 MiB");
         }

@@ -60,30 +60,10 @@ pub struct ConvertArgs {
 /// Runs `peerlog convert`.
 pub fn run(args: ConvertArgs) -> Result<()> {
     let timeline = args.select.load()?;
-    let what = match args.to {
-        Format::Pcapng => {
-            let summary = with_output(&args.out, |out| {
-                pcapng::write_pcapng(&timeline, args.network.into(), out)
-            })?;
-            format!(
-                "{} messages of {} connections as {} packets",
-                summary.messages, summary.connections, summary.packets
-            )
-        }
-        Format::Jsonl => {
-            with_output(&args.out, |out| {
-                write_jsonl(&timeline, out).map_err(Into::into)
-            })?;
-            format!("{} messages as JSON lines", timeline.messages.len())
-        }
-        Format::Core => {
-            write_core(&timeline, &args.out, args.capture_layout)?;
-            format!(
-                "{} messages of {} peers as capture files",
-                timeline.messages.len(),
-                timeline.peers.len()
-            )
-        }
+    let what = match convert(&args, &timeline) {
+        // `peerlog convert ... -  | head` is not an error.
+        Err(e) if is_broken_pipe(&e) => return Ok(()),
+        other => other?,
     };
     eprintln!("peerlog: wrote {what} to {}", args.out.display());
     if args.to == Format::Pcapng
@@ -95,6 +75,44 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `error` comes from writing to a pipe whose reader is gone.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes the output; returns what was written, for the closing message.
+fn convert(args: &ConvertArgs, timeline: &Timeline) -> Result<String> {
+    Ok(match args.to {
+        Format::Pcapng => {
+            let summary = with_output(&args.out, |out| {
+                pcapng::write_pcapng(timeline, args.network.into(), out)
+            })?;
+            format!(
+                "{} messages of {} connections as {} packets",
+                summary.messages, summary.connections, summary.packets
+            )
+        }
+        Format::Jsonl => {
+            with_output(&args.out, |out| {
+                write_jsonl(timeline, out).map_err(Into::into)
+            })?;
+            format!("{} messages as JSON lines", timeline.messages.len())
+        }
+        Format::Core => {
+            write_core(timeline, &args.out, args.capture_layout)?;
+            format!(
+                "{} messages of {} peers as capture files",
+                timeline.messages.len(),
+                timeline.peers.len()
+            )
+        }
+    })
 }
 
 /// Runs `write` on a buffered OUT: stdout for `-`, else the file (created or

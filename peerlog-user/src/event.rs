@@ -448,10 +448,7 @@ impl Decoder {
                 }));
             }
             Some(RecordKind::CpuSample) => {
-                out.push(Event::CpuSample(decode_cpu_sample(
-                    header,
-                    record,
-                )?));
+                out.push(Event::CpuSample(decode_cpu_sample(header, record)?));
             }
             None => return Err(DecodeError::UnknownKind(header.kind)),
         }
@@ -628,6 +625,82 @@ mod tests {
         ));
         assert!(matches!(
             d.push(&[0u8; 3], &mut out),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    fn cpu_sample(stack: &[u8], stack_len: u32, function: u8) -> Vec<u8> {
+        let mut calls = [peerlog_common::SampleCall::default(); peerlog_common::TRACED_FUNCTIONS];
+        // ProcessMessages entered first, ProcessMessage inside it.
+        calls[0] = peerlog_common::SampleCall {
+            start_ktime_ns: 100,
+            return_addr: 0x1111,
+        };
+        calls[2] = peerlog_common::SampleCall {
+            start_ktime_ns: 200,
+            return_addr: 0x2222,
+        };
+        let mut v = bytes_of(&peerlog_common::CpuSample {
+            header: header(RecordKind::CpuSample, 9, 555),
+            rip: 0x401000,
+            rsp: 0x7ff000,
+            rbp: 0,
+            cnode: 0xc0de,
+            peer_id: 4,
+            calls,
+            stack_len,
+            function,
+            flags: peerlog_common::SAMPLE_FLAG_IN_KERNEL,
+            _pad: [0; 2],
+            thread_name: fixed::<16>("b-msghand"),
+        });
+        v.extend_from_slice(stack);
+        v
+    }
+
+    #[test]
+    fn cpu_samples_carry_stack_context_and_probe_returns() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let stack: Vec<u8> = (0..64).collect();
+        d.push(
+            &cpu_sample(&stack, 64, TracedFunction::ProcessMessages as u8),
+            &mut out,
+        )
+        .unwrap();
+        let [Event::CpuSample(s)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (s.tid, s.ktime_ns, s.rip, s.rsp),
+            (9, 555, 0x401000, 0x7ff000)
+        );
+        assert_eq!(s.thread_name, "b-msghand");
+        assert!(s.in_kernel);
+        assert_eq!(s.stack, stack);
+        // Innermost call first.
+        assert_eq!(s.probe_returns, vec![0x2222, 0x1111]);
+        assert_eq!(
+            s.context,
+            Some(PeerContext {
+                function: TracedFunction::ProcessMessages,
+                cnode: 0xc0de,
+                peer_id: Some(4),
+            })
+        );
+
+        out.clear();
+        d.push(
+            &cpu_sample(&[], 0, peerlog_common::SAMPLE_NO_CONTEXT),
+            &mut out,
+        )
+        .unwrap();
+        assert!(
+            matches!(&out[0], Event::CpuSample(s) if s.context.is_none() && s.stack.is_empty())
+        );
+        // A record that announces more stack than it carries is refused.
+        assert!(matches!(
+            d.push(&cpu_sample(&stack, 65, 0), &mut out),
             Err(DecodeError::Short { .. })
         ));
     }

@@ -19,8 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, TracedFunction, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
-    MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD,
+    ConfigKey, LossCause, TracedFunction, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
+    PEER_POLICY_SKIP_PAYLOAD,
 };
 use serde::Serialize;
 
@@ -98,7 +98,10 @@ impl Coverage {
             ));
         }
         if !self.missing_tracepoints.is_empty() {
-            parts.push(format!("tracepoints absent: {}", self.missing_tracepoints.join(", ")));
+            parts.push(format!(
+                "tracepoints absent: {}",
+                self.missing_tracepoints.join(", ")
+            ));
         }
         match &self.oncpu_missing {
             None if !self.functions.is_empty() => parts.push("on-CPU time measured".into()),
@@ -160,7 +163,9 @@ impl Probes {
         // Sampling assembles each sample in a buffer per CPU; without
         // sampling, one unused slot is enough.
         let sample_buffers = match opts.sample_rate {
-            Some(_) => aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32,
+            Some(_) => {
+                aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32
+            }
             None => 1,
         };
         let mut ebpf = EbpfLoader::new()
@@ -191,7 +196,10 @@ impl Probes {
                 if target.sites(provider, name).next().is_some() {
                     probes.attach_usdt(&pmu, target, provider, name, program, &mut cookie)?;
                 } else {
-                    probes.coverage.missing_tracepoints.push(format!("{provider}:{name}"));
+                    probes
+                        .coverage
+                        .missing_tracepoints
+                        .push(format!("{provider}:{name}"));
                 }
             }
             probes.attach_functions(&pmu, target, opts.debug_file.as_deref())?;
@@ -212,6 +220,15 @@ impl Probes {
     /// target's threads. One event per CPU rather than per thread, so
     /// threads that bitcoind starts later are sampled too.
     fn sample_cpus(&mut self, hz: u32) -> Result<()> {
+        match btf::thread_fsbase_offset() {
+            Ok(offset) => {
+                let mut config: Array<_, u64> =
+                    Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+                config.set(ConfigKey::TaskFsbaseOffset as u32, u64::from(offset), 0)?;
+            }
+            // Samples then carry the most stack bytes: same stacks, more copying.
+            Err(e) => log::info!("sampled stacks are not bounded by the thread pointer: {e:#}"),
+        }
         let program: &mut PerfEvent = self
             .ebpf
             .program_mut("cpu_sample")
@@ -272,7 +289,10 @@ impl Probes {
                     },
                 )
                 .with_context(|| {
-                    format!("attaching to {provider}:{name} at file offset {:#x} of {target}", site.file_offset)
+                    format!(
+                        "attaching to {provider}:{name} at file offset {:#x} of {target}",
+                        site.file_offset
+                    )
                 })?;
             self.links.push(link);
             *cookie += 1;
@@ -297,12 +317,18 @@ impl Probes {
     }
 
     /// Entry and return probes on the functions that do the work for a peer.
-    fn attach_functions(&mut self, pmu: &UprobePmu, target: &Target, debug_file: Option<&Path>) -> Result<()> {
-        let data = fs::read(&target.exe).with_context(|| format!("reading {target} for symbols"))?;
-        let install_dir = target
-            .exe_display
-            .parent()
-            .map(|dir| Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir)));
+    fn attach_functions(
+        &mut self,
+        pmu: &UprobePmu,
+        target: &Target,
+        debug_file: Option<&Path>,
+    ) -> Result<()> {
+        let data =
+            fs::read(&target.exe).with_context(|| format!("reading {target} for symbols"))?;
+        let install_dir = target.exe_display.parent().map(|dir| {
+            Path::new(&format!("/proc/{}/root", target.pid))
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+        });
         let symbols = symbols::resolve(&data, install_dir.as_deref(), debug_file)?;
         drop(data);
         let entry = self.load_uprobe("call_entry")?;
@@ -321,7 +347,12 @@ impl Probes {
                             retprobe,
                         },
                     )
-                    .with_context(|| format!("attaching to {} at {offset:#x} of {target}", function.name()))?;
+                    .with_context(|| {
+                        format!(
+                            "attaching to {} at {offset:#x} of {target}",
+                            function.name()
+                        )
+                    })?;
                 self.links.push(link);
             }
             self.coverage.functions.push(function.name());
@@ -333,14 +364,21 @@ impl Probes {
                 if symbols.searched.is_empty() {
                     "nothing: the binary has no build-id or debuglink".to_string()
                 } else {
-                    symbols.searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    symbols
+                        .searched
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )
         } else {
             "not in the symbol table".to_string()
         };
         for function in &symbols.missing {
-            self.coverage.missing_functions.push((function.name(), why.clone()));
+            self.coverage
+                .missing_functions
+                .push((function.name(), why.clone()));
         }
         self.coverage.symbols_from = symbols.source;
         Ok(())
@@ -354,10 +392,20 @@ impl Probes {
             .program_mut("sched_switch")
             .context("eBPF program sched_switch missing from the object")?
             .try_into()?;
-        program.load().context("the kernel refused the sched_switch program")?;
-        program.attach("sched_switch").context("attaching to the sched_switch raw tracepoint")?;
-        let mut config: Array<_, u64> = Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+        program
+            .load()
+            .context("the kernel refused the sched_switch program")?;
+        program
+            .attach("sched_switch")
+            .context("attaching to the sched_switch raw tracepoint")?;
+        let mut config: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
         config.set(ConfigKey::TaskTgidOffset as u32, u64::from(offsets.tgid), 0)?;
+        config.set(
+            ConfigKey::TaskSumExecOffset as u32,
+            u64::from(offsets.sum_exec_runtime),
+            0,
+        )?;
         // Last: a non-zero pid offset switches the accounting on.
         config.set(ConfigKey::TaskPidOffset as u32, u64::from(offsets.pid), 0)?;
         Ok(())
@@ -454,17 +502,26 @@ impl KernelControl {
 
     /// Restricts capture to these message types (empty: all types).
     pub fn set_msg_types(&mut self, types: &[String]) -> Result<()> {
-        self.capture_types = types.iter().map(|t| msg_type_key(t)).collect::<Result<_>>()?;
+        self.capture_types = types
+            .iter()
+            .map(|t| msg_type_key(t))
+            .collect::<Result<_>>()?;
         self.write_type_filter()
     }
 
     /// Copies the payloads of these message types whether or not capture
     /// wants them, for statistics that parse them (empty: none).
     pub fn set_stats_types(&mut self, types: &[&str]) -> Result<()> {
-        self.stats_types = types.iter().map(|t| msg_type_key(t)).collect::<Result<_>>()?;
+        self.stats_types = types
+            .iter()
+            .map(|t| msg_type_key(t))
+            .collect::<Result<_>>()?;
         self.write_type_filter()?;
-        self.config
-            .set(ConfigKey::StatsPayloads as u32, u64::from(!self.stats_types.is_empty()), 0)?;
+        self.config.set(
+            ConfigKey::StatsPayloads as u32,
+            u64::from(!self.stats_types.is_empty()),
+            0,
+        )?;
         Ok(())
     }
 
@@ -472,7 +529,8 @@ impl KernelControl {
     fn write_type_filter(&mut self) -> Result<()> {
         // Switch capture filtering off while entries change, so no message
         // sees a half-written set (it errs towards copying, never losing).
-        self.config.set(ConfigKey::MsgTypeFilterActive as u32, 0, 0)?;
+        self.config
+            .set(ConfigKey::MsgTypeFilterActive as u32, 0, 0)?;
         let old: Vec<_> = self.msg_type_filter.keys().filter_map(|k| k.ok()).collect();
         for key in old {
             self.msg_type_filter.remove(&key)?;
@@ -487,8 +545,11 @@ impl KernelControl {
         for (key, bits) in entries {
             self.msg_type_filter.insert(key, bits, 0)?;
         }
-        self.config
-            .set(ConfigKey::MsgTypeFilterActive as u32, u64::from(!self.capture_types.is_empty()), 0)?;
+        self.config.set(
+            ConfigKey::MsgTypeFilterActive as u32,
+            u64::from(!self.capture_types.is_empty()),
+            0,
+        )?;
         Ok(())
     }
 
@@ -496,7 +557,11 @@ impl KernelControl {
     pub fn set_peer_payloads(&mut self, id: i64, copy: bool) -> Result<()> {
         if copy {
             match self.peer_policy.remove(&id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                // aya reports a missing key as the syscall's ENOENT.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e.into()),
             }
         } else {

@@ -253,6 +253,7 @@ impl Servers {
             RpcSocket::Off => None,
             RpcSocket::Path(path) => Some((path.clone(), bind(path, false)?)),
             RpcSocket::Default => {
+                remove_dead_sockets();
                 let path = default_socket(pid);
                 match bind(&path, true) {
                     Ok(listener) => Some((path, listener)),
@@ -306,6 +307,19 @@ impl Drop for Servers {
         }
         if let Some(path) = &self.socket {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes the sockets in [`SOCKET_DIR`] that nobody listens on: left by
+/// traces that were killed (SIGKILL) before they could remove them.
+fn remove_dead_sockets() {
+    let Ok(dir) = std::fs::read_dir(SOCKET_DIR) else {
+        return;
+    };
+    for path in dir.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_some_and(|x| x == "sock") && StdUnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -640,7 +654,8 @@ fn strings(params: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The peerlog tracing this bitcoind pid (socket /run/peerlog/PID.sock).
-    /// Without --pid or --socket, the only socket in /run/peerlog.
+    /// Without --pid or --socket: the only running trace with a socket in
+    /// /run/peerlog.
     #[arg(long, conflicts_with = "socket")]
     pub pid: Option<i32>,
 
@@ -664,10 +679,12 @@ fn ctl_socket(args: &CtlArgs) -> Result<PathBuf> {
     if let Some(pid) = args.pid {
         return Ok(default_socket(pid));
     }
+    // Only sockets a running peerlog answers on: a killed one leaves its file.
     let sockets: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
         .map(|dir| {
             dir.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .filter(|p| StdUnixStream::connect(p).is_ok())
                 .collect()
         })
         .unwrap_or_default();

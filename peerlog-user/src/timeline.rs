@@ -20,7 +20,7 @@ use std::vec;
 use anyhow::{Context, Result};
 
 use crate::capture::{read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord};
-use crate::filter::{PeerFilter, PeerSelector, CONNECTION_TYPES};
+use crate::filter::{PeerFilter, PeerSelector};
 use crate::pcapng;
 use crate::peer::PeerIdentity;
 
@@ -193,7 +193,7 @@ impl From<NetworkArg> for bitcoin::Network {
 fn warn_about_filters(terms: &[PeerFilter]) {
     for term in terms {
         if let PeerFilter::ConnType(t) = term {
-            if t != "inbound" && CONNECTION_TYPES.contains(&t.as_str()) {
+            if t != "inbound" {
                 eprintln!(
                     "peerlog: warning: captures do not record the kind of outbound connection, \
                      so --peer {t} selects nothing; use --peer outbound"

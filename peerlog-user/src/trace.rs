@@ -19,8 +19,8 @@ use crate::{
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     clock::WallClock,
     event::{Decoder, Event, Message},
-    flamegraph::{CpuProfile, ProfileReport},
     filter::PeerSelector,
+    flamegraph::{CpuProfile, ProfileReport},
     jsonl::JsonlSink,
     peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes},
@@ -256,14 +256,18 @@ impl Tracer {
             return;
         };
         let selected = self.selector.matches(&peer.identity());
+        // A new peer starts selected, as the kernel treats it; `setcapture`
+        // may select one it had not.
+        let changed = peer.selected != selected;
         if let Some(p) = self.peers.get_mut(id) {
             p.selected = selected;
         }
-        // Also when selected: `setcapture` may select a peer it had not.
-        if let Err(e) = self.control.set_peer_payloads(id, selected) {
-            // Payloads of this peer keep being copied (or not) as before;
-            // what is written still follows the selection.
-            log::warn!("could not set the kernel capture policy of peer {id}: {e}");
+        if changed {
+            if let Err(e) = self.control.set_peer_payloads(id, selected) {
+                // Payloads of this peer keep being copied (or not) as
+                // before; what is written still follows the selection.
+                log::warn!("could not set the kernel capture policy of peer {id}: {e}");
+            }
         }
     }
 
@@ -277,8 +281,14 @@ impl Tracer {
                     .into_iter()
                     .map(|(cause, n)| (cause.name().to_string(), n))
                     .chain([
-                        ("incomplete_messages".into(), self.summary.incomplete_messages),
-                        ("undecodable_records".into(), self.summary.undecodable_records),
+                        (
+                            "incomplete_messages".into(),
+                            self.summary.incomplete_messages,
+                        ),
+                        (
+                            "undecodable_records".into(),
+                            self.summary.undecodable_records,
+                        ),
                     ])
                     .collect();
                 self.status.capture = self.capture_state();
@@ -294,14 +304,22 @@ impl Tracer {
             enabled: self.capture_enabled,
             directory: self.sinks.capture.as_ref().map(|c| c.root().to_path_buf()),
             jsonl_payloads: self.payload_in_jsonl,
-            peers: self.selector.terms().iter().map(ToString::to_string).collect(),
+            peers: self
+                .selector
+                .terms()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             msg_types: self.msg_types.clone(),
         }
     }
 
     /// `setcapture`: switches the capture and changes which peers and
     /// message types it takes, in the kernel and here.
-    fn set_capture(&mut self, change: rpc::CaptureChange) -> Result<serde_json::Value, rpc::RpcError> {
+    fn set_capture(
+        &mut self,
+        change: rpc::CaptureChange,
+    ) -> Result<serde_json::Value, rpc::RpcError> {
         let internal = |e: anyhow::Error| rpc::RpcError::internal(format!("{e:#}"));
         let writable = self.sinks.capture.is_some() || self.payload_in_jsonl;
         if change.enabled == Some(true) && !writable {
@@ -315,7 +333,12 @@ impl Tracer {
         }
         if let Some(terms) = change.peers {
             self.selector = PeerSelector::new(terms);
-            let open: Vec<i64> = self.peers.iter().filter(|p| !p.closed).map(|p| p.id).collect();
+            let open: Vec<i64> = self
+                .peers
+                .iter()
+                .filter(|p| !p.closed)
+                .map(|p| p.id)
+                .collect();
             for id in open {
                 self.select_peer(id);
             }
@@ -392,7 +415,7 @@ impl Tracer {
             Event::BlockConnected(b) => report = self.attributed_selected(b.peer_id),
             Event::CpuSample(sample) => {
                 if let Some(profile) = &mut self.sinks.flamegraph {
-                    profile.add(sample);
+                    profile.add(sample.clone());
                 }
                 report = false;
             }
@@ -512,6 +535,10 @@ fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
 }
 
 async fn run_async(opts: TraceOptions) -> Result<Summary> {
+    // Handle SIGINT/SIGTERM from the start: whoever sees "attached" may stop
+    // us at once, and must get a flushed capture and a summary, not a kill.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Capabilities::current()?.require_tracing()?;
     let target = Target::open(opts.pid)?;
     target.require_net_tracepoints()?;
@@ -599,8 +626,6 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         eprintln!("peerlog: control RPC on {}", socket.display());
     }
 
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let exited = pidfd(target.pid);
     let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
     let stats_on = tracer.report.interval().is_some();
@@ -693,7 +718,10 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     tracer.summary.kernel_losses = losses.read();
     let profile_result = match tracer.sinks.flamegraph.take() {
         Some(profile) => profile
-            .finish(&tracer.peers, tracer.summary.lost(LossCause::RingFullSample))
+            .finish(
+                &tracer.peers,
+                tracer.summary.lost(LossCause::RingFullSample),
+            )
             .map(|report| tracer.summary.cpu_profile = Some(report)),
         None => Ok(()),
     };

@@ -40,7 +40,11 @@ fn main() {
     type Test = fn() -> Result<()>;
     // (name, test, needs eBPF)
     let tests: [(&str, Test, bool); 4] = [
-        ("burning_peer_owns_the_burn", burning_peer_owns_the_burn, true),
+        (
+            "burning_peer_owns_the_burn",
+            burning_peer_owns_the_burn,
+            true,
+        ),
         (
             "stripped_binary_gets_names_from_debug_file",
             stripped_binary_gets_names_from_debug_file,
@@ -51,7 +55,11 @@ fn main() {
             flamegraph_subcommand_merges_and_filters,
             false,
         ),
-        ("bad_sample_rates_are_refused", bad_sample_rates_are_refused, false),
+        (
+            "bad_sample_rates_are_refused",
+            bad_sample_rates_are_refused,
+            false,
+        ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
@@ -98,7 +106,9 @@ fn peer_stacks(dir: &Path, local: SocketAddr) -> Result<(PathBuf, FoldedStacks)>
         bail!(
             "expected one flamegraph for {local} in {}, found {found:?} among {:?}",
             dir.display(),
-            fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Vec<_>>()
+            fs::read_dir(dir)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Vec<_>>()
         );
     };
     ensure!(
@@ -121,7 +131,7 @@ fn top_stacks(stacks: &FoldedStacks, n: usize) -> String {
             Some((count.parse().ok()?, stack.to_string()))
         })
         .collect();
-    lines.sort_by(|a, b| b.0.cmp(&a.0));
+    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
     lines
         .iter()
         .take(n)
@@ -182,7 +192,12 @@ fn burn_run(binary: &Path, extra_args: &[&str]) -> Result<BurnRun> {
     let node = Node::start_twin(binary, &[])?;
     let dir = tempfile::tempdir()?;
     let flame = dir.path().join("flame");
-    let mut args = vec!["--flamegraph", flame.to_str().unwrap(), "--sample-rate", TEST_RATE];
+    let mut args = vec![
+        "--flamegraph",
+        flame.to_str().unwrap(),
+        "--sample-rate",
+        TEST_RATE,
+    ];
     args.extend_from_slice(extra_args);
     let tracer = Tracer::start(node.pid(), &args)?;
     let mut burner = connect(&node)?;
@@ -198,7 +213,9 @@ fn burn_run(binary: &Path, extra_args: &[&str]) -> Result<BurnRun> {
     thread::scope(|s| -> Result<()> {
         let blocks = s.spawn(|| send_blocks(&node, &mut bystander, work));
         send_burns(&mut burner, work)?;
-        blocks.join().map_err(|_| anyhow!("block sender panicked"))?
+        blocks
+            .join()
+            .map_err(|_| anyhow!("block sender panicked"))?
     })?;
     drop(burner);
     drop(bystander);
@@ -252,7 +269,8 @@ fn burning_peer_owns_the_burn() -> Result<()> {
 
     let (path, burner) = peer_stacks(dir, run.burner)?;
     let msghand = burner.count_where(|f| f[0] == "b-msghand");
-    let burning = burner.count_where(|f| f[0] == "b-msghand" && calls(f, PROCESS_MESSAGES, HOT_FUNCTION));
+    let burning =
+        burner.count_where(|f| f[0] == "b-msghand" && calls(f, PROCESS_MESSAGES, HOT_FUNCTION));
     ensure!(
         msghand >= 100,
         "{}: only {msghand} b-msghand samples",
@@ -313,7 +331,10 @@ fn hot_path_names(run: &BurnRun) -> Result<Vec<String>> {
         let (stack, _) = line.rsplit_once(' ').unwrap();
         let frames: Vec<&str> = stack.split(';').collect();
         if calls(&frames, PROCESS_MESSAGES, HOT_FUNCTION) {
-            let from = frames.iter().position(|f| f.contains(PROCESS_MESSAGES)).unwrap();
+            let from = frames
+                .iter()
+                .position(|f| f.contains(PROCESS_MESSAGES))
+                .unwrap();
             for f in &frames[from..] {
                 if !names.iter().any(|n| n == f) {
                     names.push(f.to_string());
@@ -384,8 +405,22 @@ fn flamegraph_subcommand_merges_and_filters() -> Result<()> {
         merged.to_str().unwrap(),
     );
 
-    let out = peerlog(&["flamegraph", a_s, b_s, "-o", svg_s, "--folded", merged_s, "--peer", "3"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = peerlog(&[
+        "flamegraph",
+        a_s,
+        b_s,
+        "-o",
+        svg_s,
+        "--folded",
+        merged_s,
+        "--peer",
+        "3",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         fs::read_to_string(&merged)?
             == "b-msghand;peer=3 127.0.0.1:5000;clone3;ProcessMessages;TwinBurnCpu 100\n",
@@ -396,13 +431,67 @@ fn flamegraph_subcommand_merges_and_filters() -> Result<()> {
     ensure!(text.contains("TwinBurnCpu") && !text.contains("DeserializeBlock"));
     ensure!(text.contains("100 of 122 samples"), "subtitle missing");
 
-    let out = peerlog(&["flamegraph", a_s, b_s, "--folded", merged_s, "-o", svg_s, "--thread", "b-scriptch"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = peerlog(&[
+        "flamegraph",
+        a_s,
+        b_s,
+        "--folded",
+        merged_s,
+        "-o",
+        svg_s,
+        "--thread",
+        "b-scriptch",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(fs::read_to_string(&merged)? == "b-scriptch.1;clone3;CheckInputScripts 5\n");
 
-    let out = peerlog(&["flamegraph", a_s, b_s, "--folded", merged_s, "-o", svg_s, "--function", "Deserialize"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = peerlog(&[
+        "flamegraph",
+        a_s,
+        b_s,
+        "--folded",
+        merged_s,
+        "-o",
+        svg_s,
+        "--function",
+        "Deserialize",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(fs::read_to_string(&merged)?.lines().count() == 1);
+
+    // The README's example, on the stacks this repository carries.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/flamegraph/all.folded"
+    );
+    let out = peerlog(&[
+        "flamegraph",
+        fixture,
+        "--peer",
+        "1",
+        "-o",
+        svg_s,
+        "--folded",
+        merged_s,
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer1 = FoldedStacks::parse(&fs::read_to_string(&merged)?, "peer 1")?;
+    ensure!(
+        peer1.total() > 0 && peer1.count_where(|f| f[1].starts_with("peer=1 ")) == peer1.total()
+    );
+    ensure!(fs::read_to_string(&svg)?.contains("DeserializeBlock"));
 
     // SVG on standard output.
     let out = peerlog(&["flamegraph", a_s])?;
@@ -423,12 +512,26 @@ fn flamegraph_subcommand_merges_and_filters() -> Result<()> {
 /// before anything is attached.
 fn bad_sample_rates_are_refused() -> Result<()> {
     for rate in ["0", "1001"] {
-        let out = peerlog(&["trace", "--pid", "1", "--flamegraph", "/nonexistent", "--sample-rate", rate])?;
+        let out = peerlog(&[
+            "trace",
+            "--pid",
+            "1",
+            "--flamegraph",
+            "/nonexistent",
+            "--sample-rate",
+            rate,
+        ])?;
         let err = String::from_utf8_lossy(&out.stderr);
-        ensure!(!out.status.success() && err.contains("--sample-rate"), "rate {rate}: {err}");
+        ensure!(
+            !out.status.success() && err.contains("--sample-rate"),
+            "rate {rate}: {err}"
+        );
     }
     let out = peerlog(&["trace", "--pid", "1", "--sample-rate", "99"])?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("--flamegraph"), "{err}");
+    ensure!(
+        !out.status.success() && err.contains("--flamegraph"),
+        "{err}"
+    );
     Ok(())
 }

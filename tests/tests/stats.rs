@@ -9,7 +9,8 @@
 //! within stated tolerances: the CPU time peerlog attributes to peers in
 //! `ProcessMessages`/`SendMessages` is at most the `b-msghand` thread's own
 //! CPU time as the kernel counts it (`/proc/PID/task/TID/stat` and
-//! `schedstat`), and under load at least 90% of it.
+//! `schedstat`; plus 1% and 2 ms for the edges of the measuring windows), and
+//! under load at least 90% of it.
 //!
 //! Tests that cannot run here (no root, no uprobes, or a real bitcoind where
 //! the twin's deterministic behaviour is needed) are reported as ignored,
@@ -373,6 +374,7 @@ fn peer_figures_are_exact() -> Result<()> {
     // The CPU burner: twinburn messages, between two readings of the
     // b-msghand thread's CPU time and of peerlog's node figures.
     thread::sleep(Duration::from_millis(300));
+    let status0 = ctl(&t.socket, "getstatus", "{}")?;
     let before = ctl(&t.socket, "getnodestats", "{}")?;
     let (sched0, stat0) = msghand_cpu(node.pid())?;
     for _ in 0..4 {
@@ -382,6 +384,7 @@ fn peer_figures_are_exact() -> Result<()> {
     let (sched1, stat1) = msghand_cpu(node.pid())?;
     thread::sleep(Duration::from_millis(300));
     let after = ctl(&t.socket, "getnodestats", "{}")?;
+    let status1 = ctl(&t.socket, "getstatus", "{}")?;
 
     // Everything each client sent was processed (the pong barrier), and
     // everything the node sent arrived (a quiet drain).
@@ -483,18 +486,33 @@ fn peer_figures_are_exact() -> Result<()> {
     let attributed = msghand_ns(&after) - msghand_ns(&before);
     let (sched, stat) = (sched1 - sched0, stat1 - stat0);
     // Tolerances: schedstat is exact to the ns, stat to the clock tick; the
-    // readings bracket the burn, peerlog's cover it (and the barrier pings).
+    // /proc readings bracket the burn, peerlog's snapshots cover it and the
+    // 300 ms after; getstatus takes both at one instant. Above the thread's
+    // time: 1% + 2 ms. peerlog counts on-CPU time with the scheduler's own
+    // sum_exec_runtime, so time the hypervisor steals is left out, as in /proc.
+    // SAFETY: trivial libc call.
     let tick = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let window =
+        |key: &str| u(&status1["msghand_thread"][key]) - u(&status0["msghand_thread"][key]);
+    let (own_thread, own_attributed) = (
+        window("thread_cpu_ns"),
+        window("processmessages_sendmessages_cpu_ns"),
+    );
     eprintln!(
         "burn: peerlog {attributed} ns in ProcessMessages/SendMessages, b-msghand {sched} ns \
-         (schedstat), {stat} ns (stat)"
+         (schedstat), {stat} ns (stat); at one instant (getstatus): {own_attributed} of \
+         {own_thread} ns"
+    );
+    let above = |thread: u64| thread + thread / 100 + 2_000_000;
+    ensure!(
+        attributed <= above(sched)
+            && attributed <= above(stat + 2 * tick)
+            && own_attributed <= above(own_thread),
+        "peerlog attributes more CPU ({attributed} ns, {own_attributed} ns) than b-msghand used \
+         ({sched} ns, stat {stat} ns, {own_thread} ns)"
     );
     ensure!(
-        attributed <= sched + sched / 100 + 2_000_000 && attributed <= stat + 2 * tick,
-        "peerlog attributes more CPU ({attributed} ns) than b-msghand used ({sched} ns, stat {stat} ns)"
-    );
-    ensure!(
-        attributed * 10 >= sched * 9 && attributed * 10 + 2 * tick * 10 >= stat * 9,
+        attributed * 10 >= sched * 9 && (attributed + 2 * tick) * 10 >= stat * 9 && own_attributed * 10 >= own_thread * 9,
         "under load peerlog attributes only {attributed} ns of b-msghand's {sched} ns (stat {stat} ns)"
     );
     ensure!(
@@ -613,6 +631,9 @@ fn closed_peers_are_reported_once() -> Result<()> {
     let before = scrape(t.metrics, "/metrics")?;
     let a_label = format!("peer_id=\"{a_id}\"");
     ensure!(before.contains(&a_label), "peer {a_id} not in the metrics");
+    a.drain(Duration::from_millis(300))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a_transcript = a.take_transcript();
     drop(a);
     // Let the close arrive, then two stats intervals pass.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -632,6 +653,13 @@ fn closed_peers_are_reported_once() -> Result<()> {
         );
         thread::sleep(Duration::from_millis(100));
     }
+    // The final figures are the whole connection, as the client saw it.
+    let peers = ctl(
+        &t.socket,
+        "getpeerstats",
+        &format!("{{\"peers\": [\"id={a_id}\"]}}"),
+    )?;
+    assert_traffic_matches(&peers[0], &a_transcript, "the closed peer")?;
     let final_scrape = scrape(t.metrics, "/metrics")?;
     ensure!(
         sample(&final_scrape, "peerlog_peer_closed", &[&a_label]) == Some(1.0),

@@ -226,10 +226,28 @@ fn build() -> Result<Binaries> {
             _ => {}
         }
     }
+    let built = [
+        peerlog.context("cargo did not report the peerlog binary")?,
+        loadgen.context("cargo did not report the peerlog-loadgen binary")?,
+        twin.context("cargo did not report the tests crate's build script (the twin)")?,
+    ];
+    // Copies, so that a build running meanwhile (the tests build the twin
+    // too) cannot swap a binary under a run: uprobes are placed by file.
+    let dir = workspace_root().join("target/bench/bin");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let [peerlog, loadgen, twin] = built.map(|path| {
+        let copy = dir.join(path.file_name().expect("a binary has a file name"));
+        // Unlinked first: a binary still running from an earlier bench keeps
+        // its (unlinked) file instead of failing the copy with "text busy".
+        let _ = fs::remove_file(&copy);
+        fs::copy(&path, &copy)
+            .map(|_| copy)
+            .with_context(|| format!("copying {}", path.display()))
+    });
     Ok(Binaries {
-        peerlog: peerlog.context("cargo did not report the peerlog binary")?,
-        loadgen: loadgen.context("cargo did not report the peerlog-loadgen binary")?,
-        twin: twin.context("cargo did not report the tests crate's build script (the twin)")?,
+        peerlog: peerlog?,
+        loadgen: loadgen?,
+        twin: twin?,
     })
 }
 
@@ -620,7 +638,9 @@ impl Tracer {
         Ok(Some(Tracer {
             proc,
             bpftrace_output: None,
-            command: format!("peerlog trace --pid PID {}", peerlog_args.join(" ")),
+            // The run's directory as DIR: the command as a reader would type it.
+            command: format!("peerlog trace --pid PID {}", peerlog_args.join(" "))
+                .replace(&path_arg(dir)?, "DIR"),
             attached,
         }))
     }
@@ -789,6 +809,8 @@ struct Run {
     target_cpu_us_per_msg: f64,
     /// The tracer's figures, if traced.
     tracer: Option<TracerRun>,
+    /// Size of the blocks requested, bytes (block serving only).
+    block_size: Option<usize>,
     /// The load generator's full report.
     load: serde_json::Value,
 }
@@ -821,13 +843,15 @@ fn run_one(
         .args(["--duration", &plan.duration.as_secs_f64().to_string()])
         .arg("--json")
         .arg(&report_path);
-    if let Some(size) = scenario.block_size {
-        // The block of the asked size, not the twin's 4,000,000-byte one.
-        let (hash, _) = twin
-            .blocks
+    // The block of the asked size, not the twin's 4,000,000-byte one.
+    let block = scenario.block_size.map(|size| {
+        twin.blocks
             .iter()
             .min_by_key(|(_, s)| s.abs_diff(size))
-            .expect("the twin serves two blocks");
+            .cloned()
+            .expect("the twin serves two blocks")
+    });
+    if let Some((hash, _)) = &block {
         cmd.args(["--block", hash]);
     }
     let mut load = Proc::spawn("peerlog-loadgen", cmd, Stream::Stderr)?;
@@ -892,6 +916,7 @@ fn run_one(
             0.0
         },
         tracer,
+        block_size: block.map(|(_, size)| size),
         load: report,
     })
 }
@@ -911,7 +936,7 @@ struct Row {
     unavailable: Option<String>,
     runs: usize,
     answered_per_sec: f64,
-    /// Throughput relative to untraced in the same round: mean, min, max.
+    /// Throughput relative to untraced in the same round: median, min, max.
     throughput_ratio: Option<(f64, f64, f64)>,
     target_cpu_us_per_msg: f64,
     answer_p99_us: u64,
@@ -928,14 +953,15 @@ struct Row {
     latency_p99_us: Option<u64>,
 }
 
-fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
-    let (sum, n) = values
-        .into_iter()
-        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    if n == 0 {
-        0.0
-    } else {
-        sum / n as f64
+/// The median: with a few rounds on a shared machine, one disturbed round
+/// moves a mean but not the median.
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -971,18 +997,18 @@ fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
                 label: tools.label(config),
                 unavailable: tools.unavailable(config),
                 runs: these.len(),
-                answered_per_sec: mean(these.iter().map(|r| r.answered_per_sec)),
+                answered_per_sec: median(these.iter().map(|r| r.answered_per_sec)),
                 throughput_ratio: (!ratios.is_empty()).then(|| {
                     (
-                        mean(ratios.iter().copied()),
+                        median(ratios.iter().copied()),
                         ratios.iter().copied().fold(f64::INFINITY, f64::min),
                         ratios.iter().copied().fold(0.0, f64::max),
                     )
                 }),
-                target_cpu_us_per_msg: mean(these.iter().map(|r| r.target_cpu_us_per_msg)),
-                answer_p99_us: mean(these.iter().map(|r| r.answer_p99_us as f64)) as u64,
+                target_cpu_us_per_msg: median(these.iter().map(|r| r.target_cpu_us_per_msg)),
+                answer_p99_us: median(these.iter().map(|r| r.answer_p99_us as f64)) as u64,
                 load_errors: these.iter().map(|r| r.load_errors).sum(),
-                tracer_cpu_percent: traced.then(|| mean(tracers.iter().map(|t| t.cpu_percent))),
+                tracer_cpu_percent: traced.then(|| median(tracers.iter().map(|t| t.cpu_percent))),
                 tracer_peak_rss_mib: traced
                     .then(|| tracers.iter().map(|t| t.peak_rss_mib).fold(0.0, f64::max)),
                 tracer_rss_anon_mib: traced
@@ -1167,7 +1193,7 @@ fn micros(us: u64) -> String {
 /// The table, in Markdown (readable as text too).
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| scenario | configuration | answered/s | vs untraced (min–max) | node CPU per msg | answer p99 | tracer CPU | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
+        "| scenario | configuration | answered/s | vs untraced, median (min–max) | node CPU per msg | answer p99 | tracer CPU | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut last = "";
@@ -1304,89 +1330,128 @@ struct Results<'a> {
     runs: Vec<Run>,
 }
 
+/// The text of `docs/benchmarks.md`; `{name}` marks what [`markdown`] fills in.
+const DOC_TEMPLATE: &str = r#"# Benchmarks
+
+What tracing a node with peerlog costs it, side by side with the bpftrace
+reference, measured by `cargo xtask bench` (about 10 minutes on two cores,
+plus the release build; `cargo xtask bench --smoke` is the one-minute version
+CI runs). That command writes this file: the figures below are its latest
+full run.
+
+## Latest run
+
+{date}, commit {commit}; {rounds} rounds of {duration} s per configuration
+and scenario, {total} s in all.
+
+Machine: {machine}; load average {load} when the bench started. The machine
+was shared with other builds, and the node, the tracer and the load generator
+share its cores, so absolute figures move between runs; compare ratios within
+a round.
+
+{table}
+Targets:
+
+{targets}{failures}
+## What is measured
+
+**Node.** The twin node (`tests/twin/twin.cpp`), started fresh for every run.
+It has bitcoind's tracepoints, semaphores and `b-net`/`b-msghand` threads; its
+message handling is far cheaper than bitcoind's, so tracing overhead relative
+to its work is larger than bitcoind would see.
+
+**Load.** `peerlog-loadgen` (`tests/src/loadgen.rs`, on peerlog's P2P client):
+ping flood (8 peers × 8 pings in flight), transaction relay (32 peers × 4
+`inv` in flight, each answered by the node's `getdata`, then sent the `tx`),
+block serving (4 peers × 2 `getdata` in flight for a {block_size}-byte block,
+the twin's `-blocksize=1000000`), and 125 idle peers pinging once a second.
+The first three are closed loops: they run as fast as the node answers, so
+tracing overhead shows as lost throughput.
+
+**Configurations**, interleaved in each round (their order rotates): untraced,
+then
+
+{commands}
+Counting and capture trace the net:* tracepoints only (`--no-accounting`), as
+the bpftrace reference does; the third is peerlog with everything on: its
+per-peer accounting probes (on by default), the stats log and 99 Hz sampling.
+`xtask/bench/log_p2p_traffic.bt` is the equivalent of Bitcoin Core's
+`contrib/tracing/log_p2p_traffic.bt` (one text line per message, no payload),
+run by Debian's bpftrace with its output in a file. bpftrace raises the twin's
+USDT semaphores itself (with `-p PID`); every run checks that it saw at least
+the messages of the window.
+
+**Columns.** *answered/s*: requests the node answered per second over the
+window. *vs untraced*: that throughput over the untraced run's of the same
+round. *node CPU per msg*: the node's user+system CPU time (`/proc/PID/stat`)
+over the window, divided by the P2P messages exchanged in it. *answer p99*:
+the load generator's answer latency. *tracer CPU*: the tracer's CPU time over
+the window, as a share of one core. *tracer peak RSS*: `VmHWM` before it
+stops, and in parentheses its heap (`RssAnon` at the end of the load);
+peerlog's peak RSS includes its kernel ring buffer, whose data pages are
+mapped twice (so that records never wrap): 128 MiB of RSS for the default
+`--ring-size 64`. *events lost*: as the tracer reports them (peerlog's
+summary, bpftrace's `Lost N events`). *event latency*: peerlog's
+kernel-to-userspace latency per message (CLOCK_MONOTONIC when peerlog handles
+it minus the tracepoint's timestamp); bpftrace has no equivalent.
+
+Figures are medians over the rounds (the ratio with its range), except peak
+RSS (the largest), events lost (the sum) and event latency (the median p50,
+the worst p99). Every run's figures: `target/bench/results.json`.
+"#;
+
 fn markdown(results: &Results) -> String {
     let m = &results.machine;
-    format!(
-        "# Benchmarks\n\
-         \n\
-         What tracing a node with peerlog costs it, side by side with the bpftrace\n\
-         reference, measured by `cargo xtask bench` (about 12 minutes; `cargo xtask\n\
-         bench --smoke` is the seconds-long version CI runs). This file is written by\n\
-         that command: the figures below are its latest full run.\n\
-         \n\
-         ## Latest run\n\
-         \n\
-         {date}, commit {commit}; {rounds} rounds of {duration} s per configuration\n\
-         and scenario, {total:.0} s in all.\n\
-         \n\
-         Machine: {cpus} CPUs ({model}), {mem:.1} GiB, Linux {kernel}; load average\n\
-         {load} at the start. The machine is shared with other builds: the node, the\n\
-         tracer and the load generator share its two cores, so absolute figures move\n\
-         between runs; the ratios of the same round are what compares.\n\
-         \n\
-         {table}\n\
-         Targets:\n\
-         \n\
-         {targets}\n\
-         ## What is measured\n\
-         \n\
-         - **Node**: the twin node (`tests/twin/twin.cpp`), started fresh for every\n\
-           run. It has bitcoind's tracepoints, semaphores and `b-net`/`b-msghand`\n\
-           threads; its message handling is far cheaper than bitcoind's, so the\n\
-           tracing overhead relative to its work is an upper bound of what bitcoind\n\
-           would see.\n\
-         - **Load**: `peerlog-loadgen` (`tests/src/loadgen.rs`, on peerlog's P2P client):\n\
-           ping flood (8 peers × 8 pings in flight), transaction relay (32 peers × 4\n\
-           `inv` in flight, each answered by the node's `getdata`, then sent the `tx`),\n\
-           block serving (4 peers × 2 `getdata` in flight for a {block_size}-byte block; the\n\
-           twin's `-blocksize=1000000`), and 125 idle peers pinging once a second.\n\
-           The first three are closed loops: they run as fast as the node answers,\n\
-           so tracing overhead shows as lost throughput.\n\
-         - **Configurations**, interleaved in each round (their order rotates):\n\
-           untraced; `peerlog trace` counting only (no payload copied); `peerlog trace\n\
-           --capture DIR` (every payload to disk); capture with the statistics log and\n\
-           99 Hz sampling when `peerlog trace --help` lists `--stats-log`/`--flamegraph`\n\
-           (otherwise reported as not available yet); Debian's bpftrace running\n\
-           `xtask/bench/log_p2p_traffic.bt`, the equivalent of Bitcoin Core's\n\
-           `contrib/tracing/log_p2p_traffic.bt` (one text line per message, no\n\
-           payload), with `-o FILE`. bpftrace raises the twin's USDT semaphores\n\
-           itself (with `-p PID`); every run checks that it saw at least the messages\n\
-           of the window.\n\
-         - **Columns**: *answered/s*, requests the node answered per second over the\n\
-           window; *vs untraced*, that throughput over the untraced run of the same\n\
-           round (mean, min–max over the rounds); *node CPU per msg*, the node's\n\
-           user+system CPU time (`/proc/PID/stat`) over the window divided by the P2P\n\
-           messages exchanged in it; *answer p99*, the load generator's answer\n\
-           latency; *tracer CPU*, the tracer's CPU time over the window as a share of\n\
-           one core; *tracer peak RSS*, `VmHWM` before it stops; *events lost*, as\n\
-           the tracer reports them (peerlog's summary, bpftrace's `Lost N events`);\n\
-           *event latency*, peerlog's kernel-to-userspace latency per message\n\
-           (CLOCK_MONOTONIC at handling minus the tracepoint's timestamp: median of\n\
-           the rounds' p50, worst p99).\n\
-         - Raw figures of every run: `target/bench/results.json`.\n",
-        date = results.date,
-        commit = results.commit,
-        rounds = results.rounds,
-        duration = results.duration_secs,
-        total = results.total_secs,
-        cpus = m.cpus,
-        model = m.cpu_model,
-        mem = m.memory_gib,
-        kernel = m.kernel,
-        load = m.load_average_at_start,
-        table = table(&results.rows),
-        targets = targets_text(&results.targets),
-        block_size = results
-            .runs
+    // The exact command of each tracer configuration, from the runs.
+    let commands: String = Config::ALL
+        .into_iter()
+        .filter_map(|config| {
+            let run = results.runs.iter().find(|r| r.config == config.name())?;
+            let tracer = run.tracer.as_ref()?;
+            Some(format!(
+                "- {}: `{}`\n",
+                results.tools.label(config),
+                tracer.command
+            ))
+        })
+        .collect();
+    let failures = if results.failures.is_empty() {
+        String::new()
+    } else {
+        let list: String = results
+            .failures
             .iter()
-            .find(|r| r.scenario == "blocks")
-            .and_then(|r| {
-                let bytes = r.load["bytes_received"].as_f64()?;
-                let blocks = r.load["requests_answered"].as_f64()?;
-                (blocks > 0.0).then(|| format!("~{:.0}", bytes / blocks))
-            })
-            .unwrap_or_else(|| "~1,000,000".into()),
-    )
+            .map(|f| format!("- {}\n", f.replace('\n', " ")))
+            .collect();
+        format!("\nFailed runs:\n\n{list}")
+    };
+    let block_size = results
+        .runs
+        .iter()
+        .find_map(|r| r.block_size)
+        .map_or("~1,000,000".into(), |b| b.to_string());
+    let machine = format!(
+        "{} CPUs ({}), {:.1} GiB, Linux {}",
+        m.cpus, m.cpu_model, m.memory_gib, m.kernel
+    );
+    [
+        ("{date}", results.date.clone()),
+        ("{commit}", results.commit.clone()),
+        ("{rounds}", results.rounds.to_string()),
+        ("{duration}", results.duration_secs.to_string()),
+        ("{total}", format!("{:.0}", results.total_secs)),
+        ("{machine}", machine),
+        ("{load}", m.load_average_at_start.clone()),
+        ("{table}", table(&results.rows)),
+        ("{targets}", targets_text(&results.targets)),
+        ("{failures}", failures),
+        ("{block_size}", block_size),
+        ("{commands}", commands),
+    ]
+    .iter()
+    .fold(DOC_TEMPLATE.to_string(), |doc, (key, value)| {
+        doc.replace(key, value)
+    })
 }
 
 /// Runs the bench; `smoke` runs it once, briefly, and leaves the docs alone.
@@ -1545,6 +1610,33 @@ mod tests {
             None
         );
         assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
+    }
+
+    #[test]
+    fn fills_every_placeholder_of_the_doc() {
+        let tools = Tools {
+            bpftrace: Ok("bpftrace v0.17.0".into()),
+            stats_options: vec![],
+            no_accounting: true,
+        };
+        let results = Results {
+            mode: "full",
+            date: "2026-01-01 00:00 UTC".into(),
+            commit: "0000000".into(),
+            machine: Machine::describe(),
+            rounds: 3,
+            duration_secs: 6.0,
+            total_secs: 500.0,
+            tools: &tools,
+            rows: rows(&Plan::new(false), &tools, &[]),
+            targets: vec![],
+            failures: vec!["relay · bpftrace · round 1: boom\nmore".into()],
+            runs: vec![],
+        };
+        let doc = markdown(&results);
+        assert!(!doc.contains('{'), "{doc}");
+        assert!(doc.contains("not available yet"));
+        assert!(doc.contains("- relay · bpftrace · round 1: boom more"));
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl FoldedStacks {
 
     /// These stacks under extra root frames (thread, peer).
     pub fn with_root(&self, root: &[&str]) -> Self {
-        let prefix: String = root.iter().map(|f| format!("{};", f.replace(';', ":"))).collect();
+        let prefix: String = root
+            .iter()
+            .map(|f| format!("{};", f.replace(';', ":")))
+            .collect();
         Self {
             counts: self
                 .counts
@@ -85,11 +88,14 @@ impl FoldedStacks {
                 continue;
             }
             let Some((stack, count)) = line.rsplit_once(' ') else {
-                bail!("{origin}:{}: not a collapsed stack (no sample count)", i + 1);
+                bail!(
+                    "{origin}:{}: not a collapsed stack (no sample count)",
+                    i + 1
+                );
             };
-            let count: u64 = count.parse().with_context(|| {
-                format!("{origin}:{}: bad sample count {count:?}", i + 1)
-            })?;
+            let count: u64 = count
+                .parse()
+                .with_context(|| format!("{origin}:{}: bad sample count {count:?}", i + 1))?;
             *stacks.counts.entry(stack.to_string()).or_default() += count;
         }
         Ok(stacks)
@@ -162,7 +168,15 @@ mod tests {
     #[test]
     fn round_trip_merge_and_filter() {
         let mut a = FoldedStacks::new();
-        a.add(&["b-msghand", &peer_frame(3, "127.0.0.1:18444"), "clone3", "TwinBurnCpu"], 5);
+        a.add(
+            &[
+                "b-msghand",
+                &peer_frame(3, "127.0.0.1:18444"),
+                "clone3",
+                "TwinBurnCpu",
+            ],
+            5,
+        );
         a.add(&["b-net", "clone3", "poll"], 2);
         a.add(&["b-net", "clone3", "poll"], 1);
         let mut text = Vec::new();
@@ -205,6 +219,8 @@ mod tests {
         a.render_svg("twin (pid 1)", "3 samples", &mut svg).unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.contains("twin (pid 1)") && svg.contains("TwinBurnCpu"));
-        assert!(FoldedStacks::new().render_svg("t", "s", Vec::new()).is_err());
+        assert!(FoldedStacks::new()
+            .render_svg("t", "s", Vec::new())
+            .is_err());
     }
 }

@@ -19,6 +19,8 @@ use std::{
     fs::{self, File},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
+    sync::mpsc::{self, SyncSender},
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -90,6 +92,10 @@ impl SampleCounts {
 }
 
 /// The CPU profile of a running trace: a sink for [`CpuSample`] events.
+///
+/// Walking and naming stacks takes time (the first lookup in a module parses
+/// its DWARF), so it happens on a thread of its own: the trace loop only
+/// queues samples and never falls behind the ring buffer because of them.
 pub struct CpuProfile {
     dir: PathBuf,
     pid: i32,
@@ -98,10 +104,28 @@ pub struct CpuProfile {
     sample_rate: u32,
     started: Instant,
     stopped: Option<Instant>,
+    queue: SyncSender<CpuSample>,
+    worker: JoinHandle<Counted>,
+    /// Samples dropped because the worker was [`SAMPLE_QUEUE`] behind.
+    dropped: u64,
+}
+
+/// Samples waiting for the worker at most; beyond, samples are dropped and
+/// counted as lost rather than hold up the trace loop or grow without bound.
+const SAMPLE_QUEUE: usize = 1024;
+
+/// The worker's state: what walks and names stacks, and what it counted.
+struct Profiler {
     walker: StackWalker,
     symbols: Symbols,
     /// Modules seen by `symbols`, to teach it the directories of new ones.
     modules_known: usize,
+    counted: Counted,
+}
+
+/// The samples counted, by thread name and peer.
+#[derive(Default)]
+struct Counted {
     tallies: HashMap<(String, Served), Tally>,
     /// `CNode*` → peer id, from samples that carried both.
     cnode_peers: HashMap<u64, i64>,
@@ -118,7 +142,7 @@ pub struct ProfileReport {
     pub duration: Duration,
     /// All samples.
     pub counts: SampleCounts,
-    /// Samples lost in the kernel (ring buffer full).
+    /// Samples lost: the ring buffer was full, or peerlog fell behind.
     pub lost: u64,
     /// Samples by peer id, for the peers that have a flamegraph.
     pub peers: BTreeMap<i64, SampleCounts>,
@@ -170,14 +194,38 @@ fn file_safe(addr: &str) -> String {
 impl CpuProfile {
     /// A profile of `target` written to `dir` (created if missing);
     /// `debug_file` is the executable's `--debug-file`.
-    pub fn new(target: &Target, dir: &Path, sample_rate: u32, debug_file: Option<&Path>) -> Result<Self> {
+    pub fn new(
+        target: &Target,
+        dir: &Path,
+        sample_rate: u32,
+        debug_file: Option<&Path>,
+    ) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         if let Some(debug) = debug_file {
             symbolize::check_debug_file(&target.exe, debug)?;
         }
         let walker = StackWalker::new(target.pid, debug_file)?;
-        let mut symbols = Symbols::new(debug_file, executable_symtab(target, debug_file));
-        symbols.learn_module_dirs(walker.modules());
+        let symtab = executable_symtab(target, debug_file);
+        let debug_file = debug_file.map(Path::to_path_buf);
+        let (queue, samples) = mpsc::sync_channel(SAMPLE_QUEUE);
+        let worker = thread::Builder::new()
+            .name("peerlog-stacks".into())
+            .spawn(move || {
+                // blazesym's symbolizer stays on the thread that made it.
+                let mut symbols = Symbols::new(debug_file.as_deref(), symtab);
+                symbols.learn_module_dirs(walker.modules());
+                let mut profiler = Profiler {
+                    modules_known: walker.modules().len(),
+                    walker,
+                    symbols,
+                    counted: Counted::default(),
+                };
+                for sample in samples {
+                    profiler.add(&sample);
+                }
+                profiler.counted
+            })
+            .context("starting the stack walking thread")?;
         Ok(Self {
             dir: dir.to_path_buf(),
             pid: target.pid,
@@ -186,11 +234,9 @@ impl CpuProfile {
             sample_rate,
             started: Instant::now(),
             stopped: None,
-            modules_known: walker.modules().len(),
-            walker,
-            symbols,
-            tallies: HashMap::new(),
-            cnode_peers: HashMap::new(),
+            queue,
+            worker,
+            dropped: 0,
         })
     }
 
@@ -207,14 +253,67 @@ impl CpuProfile {
         self.stopped = Some(Instant::now());
     }
 
+    /// Hands one sample to the worker.
+    pub fn add(&mut self, sample: CpuSample) {
+        if self.queue.try_send(sample).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    /// Writes the collapsed stacks and flamegraphs: `all.*` and one pair per
+    /// peer, named with the addresses of `peers`; `lost` is the kernel's
+    /// count of samples it could not deliver.
+    pub fn finish(self, peers: &PeerTable, lost: u64) -> Result<ProfileReport> {
+        let duration = self
+            .stopped
+            .unwrap_or_else(Instant::now)
+            .duration_since(self.started);
+        drop(self.queue);
+        if self.dropped > 0 {
+            log::warn!(
+                "{} CPU samples dropped: walking stacks fell {SAMPLE_QUEUE} samples behind",
+                self.dropped
+            );
+        }
+        let counted = self
+            .worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stack walking thread panicked"))?;
+        let written = Written {
+            dir: &self.dir,
+            pid: self.pid,
+            comm: &self.comm,
+            binary: &self.binary,
+            sample_rate: self.sample_rate,
+            duration,
+            lost: lost + self.dropped,
+        };
+        written.write(&counted, peers)
+    }
+}
+
+/// What the output files say about the trace.
+struct Written<'a> {
+    dir: &'a Path,
+    pid: i32,
+    comm: &'a str,
+    binary: &'a Path,
+    sample_rate: u32,
+    duration: Duration,
+    lost: u64,
+}
+
+impl Profiler {
     /// Walks, names and counts one sample.
-    pub fn add(&mut self, sample: &CpuSample) {
+    fn add(&mut self, sample: &CpuSample) {
         let walked = self.walker.walk(sample);
         if self.walker.modules().len() != self.modules_known {
             self.modules_known = self.walker.modules().len();
             self.symbols.learn_module_dirs(self.walker.modules());
         }
-        let names = self.symbols.stack_names(&walked.frames, self.walker.modules());
+        let names = self
+            .symbols
+            .stack_names(&walked.frames, self.walker.modules());
         let mut frames: Vec<&str> = Vec::with_capacity(names.len() + 2);
         if !walked.reached_thread_entry {
             frames.push(INCOMPLETE_FRAME);
@@ -227,7 +326,7 @@ impl CpuProfile {
             None => Served::Nobody,
             Some(c) => match c.peer_id {
                 Some(id) => {
-                    self.cnode_peers.insert(c.cnode, id);
+                    self.counted.cnode_peers.insert(c.cnode, id);
                     Served::Peer(id)
                 }
                 None => Served::CNode(c.cnode),
@@ -238,28 +337,25 @@ impl CpuProfile {
         } else {
             sample.thread_name.clone()
         };
-        let tally = self.tallies.entry((thread, served)).or_default();
+        let tally = self.counted.tallies.entry((thread, served)).or_default();
         tally.stacks.add(&frames, 1);
         tally.samples += 1;
         tally.complete += u64::from(walked.reached_thread_entry);
     }
+}
 
-    /// Writes the collapsed stacks and flamegraphs: `all.*` and one pair per
-    /// peer, named with the addresses of `peers`; `lost` is the kernel's
-    /// count of samples it could not deliver.
-    pub fn finish(self, peers: &PeerTable, lost: u64) -> Result<ProfileReport> {
-        let duration = self
-            .stopped
-            .unwrap_or_else(Instant::now)
-            .duration_since(self.started);
+impl Written<'_> {
+    /// `all.*` and one pair per peer, named with the addresses of `peers`.
+    fn write(&self, counted: &Counted, peers: &PeerTable) -> Result<ProfileReport> {
+        let (duration, lost) = (self.duration, self.lost);
         let mut all = FoldedStacks::new();
         let mut all_counts = SampleCounts::default();
         let mut by_peer: BTreeMap<i64, (FoldedStacks, SampleCounts)> = BTreeMap::new();
         let mut unknown_peer_samples = 0;
-        let mut keys: Vec<_> = self.tallies.keys().cloned().collect();
+        let mut keys: Vec<_> = counted.tallies.keys().cloned().collect();
         keys.sort();
         for key in keys {
-            let tally = &self.tallies[&key];
+            let tally = &counted.tallies[&key];
             let (thread, served) = key;
             let counts = SampleCounts {
                 samples: tally.samples,
@@ -269,7 +365,7 @@ impl CpuProfile {
             // A CNode seen before its peer id was learned belongs to the peer
             // the kernel tied it to later in the trace.
             let served = match served {
-                Served::CNode(cnode) => self
+                Served::CNode(cnode) => counted
                     .cnode_peers
                     .get(&cnode)
                     .map_or(served, |&id| Served::Peer(id)),
@@ -331,7 +427,7 @@ impl CpuProfile {
             self.write_pair(&name, stacks, &title, &subtitle(*counts))?;
         }
         Ok(ProfileReport {
-            dir: self.dir.clone(),
+            dir: self.dir.to_path_buf(),
             sample_rate: self.sample_rate,
             duration,
             counts: all_counts,
@@ -342,7 +438,13 @@ impl CpuProfile {
     }
 
     /// `NAME.folded` and, when there is a sample to draw, `NAME.svg`.
-    fn write_pair(&self, name: &str, stacks: &FoldedStacks, title: &str, subtitle: &str) -> Result<()> {
+    fn write_pair(
+        &self,
+        name: &str,
+        stacks: &FoldedStacks,
+        title: &str,
+        subtitle: &str,
+    ) -> Result<()> {
         let folded = self.dir.join(format!("{name}.folded"));
         write_file(&folded, |w| Ok(stacks.write_to(w)?))?;
         if !stacks.is_empty() {
@@ -357,10 +459,9 @@ impl CpuProfile {
 /// found by the same rules as the uprobes' symbols (build-id, debug link).
 fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
     let data = fs::read(&target.exe).ok()?;
-    let install_dir = target
-        .exe_display
-        .parent()
-        .map(|dir| Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir)));
+    let install_dir = target.exe_display.parent().map(|dir| {
+        Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir))
+    });
     let found = crate::symbols::resolve(&data, install_dir.as_deref(), debug_file).ok()?;
     // `source` names the binary's own .symtab with a description, not a path.
     found.source.filter(|p| p.is_file())
@@ -417,7 +518,10 @@ impl FlamegraphArgs {
         let thread = frames.first().copied().unwrap_or("");
         let thread_ok = self.threads.is_empty()
             || self.threads.iter().any(|t| {
-                thread == t || thread.strip_prefix(t.as_str()).is_some_and(|r| r.starts_with('.'))
+                thread == t
+                    || thread
+                        .strip_prefix(t.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
             });
         let peer_ok = self.peers.is_empty()
             || frames
@@ -425,16 +529,13 @@ impl FlamegraphArgs {
                 .and_then(|f| peer_of_frame(f))
                 .is_some_and(|id| self.peers.contains(&id));
         let function_ok = self.functions.is_empty()
-            || self
-                .functions
-                .iter()
-                .any(|name| {
-                    frames
-                        .iter()
-                        .skip(1)
-                        .filter(|f| !f.starts_with(folded::PEER_FRAME_PREFIX))
-                        .any(|f| f.contains(name.as_str()))
-                });
+            || self.functions.iter().any(|name| {
+                frames
+                    .iter()
+                    .skip(1)
+                    .filter(|f| !f.starts_with(folded::PEER_FRAME_PREFIX))
+                    .any(|f| f.contains(name.as_str()))
+            });
         thread_ok && peer_ok && function_ok
     }
 
@@ -477,7 +578,12 @@ impl FlamegraphArgs {
             let names: Vec<String> = self
                 .inputs
                 .iter()
-                .map(|p| p.file_name().unwrap_or(p.as_os_str()).to_string_lossy().into_owned())
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or(p.as_os_str())
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect();
             format!("peerlog flamegraph: {}", names.join(" + "))
         });
@@ -512,7 +618,13 @@ mod tests {
 
     #[test]
     fn filters_select_peer_thread_and_function() {
-        let burn = ["b-msghand", "peer=3 127.0.0.1:1", "clone3", "ProcessMessages", "TwinBurnCpu"];
+        let burn = [
+            "b-msghand",
+            "peer=3 127.0.0.1:1",
+            "clone3",
+            "ProcessMessages",
+            "TwinBurnCpu",
+        ];
         let net = ["b-net", "clone3", "CConnman::SocketHandler", "poll"];
         let script = ["b-scriptch.2", "clone3", "CheckInputScripts"];
         assert!(args(&[], &[], &[]).keeps(&burn));
@@ -527,7 +639,10 @@ mod tests {
         assert!(!args(&[], &[], &["TwinBurn"]).keeps(&net));
         // The thread frame is not a function.
         assert!(!args(&[], &[], &["b-net"]).keeps(&net));
-        assert_eq!(args(&[3], &["b-msghand"], &["X"]).filters(), "peer 3, thread b-msghand, function X");
+        assert_eq!(
+            args(&[3], &["b-msghand"], &["X"]).filters(),
+            "peer 3, thread b-msghand, function X"
+        );
     }
 
     #[test]

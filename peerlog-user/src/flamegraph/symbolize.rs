@@ -145,11 +145,7 @@ impl Symbols {
                 self.names.insert(address, name);
             }
         }
-        frames
-            .iter()
-            .rev()
-            .map(|a| self.names[a].clone())
-            .collect()
+        frames.iter().rev().map(|a| self.names[a].clone()).collect()
     }
 
     fn symbolize_in(&self, module: &LoadedModule, addrs: &[u64]) -> Vec<Rc<[String]>> {
@@ -266,10 +262,15 @@ mod tests {
             "(anonymous namespace)::PeerManagerImpl::ProcessMessages"
         );
         assert_eq!(
-            frame_name("(anonymous namespace)::PeerManagerImpl::SendMessages(CNode*) [clone .cold]"),
+            frame_name(
+                "(anonymous namespace)::PeerManagerImpl::SendMessages(CNode*) [clone .cold]"
+            ),
             "(anonymous namespace)::PeerManagerImpl::SendMessages"
         );
-        assert_eq!(frame_name("CConnman::SocketSendData(CNode&) const"), "CConnman::SocketSendData");
+        assert_eq!(
+            frame_name("CConnman::SocketSendData(CNode&) const"),
+            "CConnman::SocketSendData"
+        );
         assert_eq!(
             frame_name("std::function<void ()>::operator()() const"),
             "std::function<void ()>::operator()"

@@ -188,7 +188,8 @@ fn unwind_sections<'a, R: object::ReadRef<'a>>(
         })
         .collect();
     let (start, offset) = first_exec;
-    let bias = load_bias(start, offset, &exec_segments).or_else(|| load_bias(start, offset, &segments))?;
+    let bias =
+        load_bias(start, offset, &exec_segments).or_else(|| load_bias(start, offset, &segments))?;
     let range = |name: &str| {
         elf.section_by_name(name)
             .map(|s| s.address()..s.address() + s.size())
@@ -349,7 +350,8 @@ impl StackWalker {
         }
 
         let path = PathBuf::from(first_exec.path.trim_end_matches(" (deleted)"));
-        let through_root = PathBuf::from(format!("/proc/{}/root", self.pid)).join(path.strip_prefix("/").unwrap_or(&path));
+        let through_root = PathBuf::from(format!("/proc/{}/root", self.pid))
+            .join(path.strip_prefix("/").unwrap_or(&path));
         let same_file = std::fs::metadata(&through_root).is_ok_and(|m| {
             m.ino() == first_exec.inode
                 && (libc::major(m.dev()), libc::minor(m.dev())) == first_exec.device
@@ -367,7 +369,8 @@ impl StackWalker {
             .map(|m| (m.dev(), m.ino()))
             .is_some_and(|id| Some(id) == self.executable);
 
-        let file = File::open(&readable).with_context(|| format!("opening {}", readable.display()))?;
+        let file =
+            File::open(&readable).with_context(|| format!("opening {}", readable.display()))?;
         let cache = object::ReadCache::new(file);
         let elf = object::File::parse(&cache)
             .with_context(|| format!("{} is not an ELF file", readable.display()))?;
@@ -375,10 +378,14 @@ impl StackWalker {
             (Some(debug), true) => File::open(debug).ok().map(object::ReadCache::new),
             _ => None,
         };
-        let debug = debug_cache.as_ref().and_then(|c| object::File::parse(c).ok());
-        let Some(sections) =
-            unwind_sections(&elf, (first_exec.range.start, first_exec.offset), debug.as_ref())
-        else {
+        let debug = debug_cache
+            .as_ref()
+            .and_then(|c| object::File::parse(c).ok());
+        let Some(sections) = unwind_sections(
+            &elf,
+            (first_exec.range.start, first_exec.offset),
+            debug.as_ref(),
+        ) else {
             return Ok(None);
         };
         let name = path
@@ -418,7 +425,9 @@ impl StackWalker {
         let base = sample.rsp;
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = addr.checked_sub(base).ok_or(())? as usize;
-            let bytes = stack.get(offset..offset.checked_add(8).ok_or(())?).ok_or(())?;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         // Return probes put their trampoline where the return address was;
@@ -435,7 +444,11 @@ impl StackWalker {
                 .unwind_frame(address, &mut regs, &mut self.cache, &mut read_stack)
             {
                 Ok(Some(mut return_address)) => {
-                    if self.uprobes.as_ref().is_some_and(|r| r.contains(&return_address)) {
+                    if self
+                        .uprobes
+                        .as_ref()
+                        .is_some_and(|r| r.contains(&return_address))
+                    {
                         match returns.next() {
                             Some(real) => return_address = real,
                             None => break,

@@ -865,11 +865,6 @@ impl Collector {
         self.peers.values()
     }
 
-    /// Threads seen running `ProcessMessages`/`SendMessages`.
-    pub fn msghand_threads(&self) -> impl Iterator<Item = u32> + '_ {
-        self.msghand_threads.iter().copied()
-    }
-
     /// Accounts one event.
     pub fn handle(&mut self, event: &Event) {
         match event {
@@ -968,8 +963,7 @@ impl Collector {
             return;
         };
         let mut relay = TxRelay::default();
-        let mut ping = PingFigures::new(false);
-        let mut latency = None;
+        let (mut pings_sent, mut pings_recv, mut rtt, mut latency) = (0, 0, None, None);
         match facts {
             Facts::Inventory { tx_hashes } => {
                 let n = tx_hashes.len() as u64;
@@ -1004,16 +998,16 @@ impl Collector {
             },
             Facts::Ping(nonce) => match direction {
                 Outbound => {
-                    ping.pings_sent = 1;
+                    pings_sent = 1;
                     if peer.pending_pings.len() < PENDING_PINGS_MAX {
                         peer.pending_pings.insert(nonce, ktime_ns);
                     }
                 }
-                Inbound => ping.pings_recv = 1,
+                Inbound => pings_recv = 1,
             },
             Facts::Pong(nonce) => {
                 if direction == Inbound {
-                    ping.last_rtt_ns = peer
+                    rtt = peer
                         .pending_pings
                         .remove(&nonce)
                         .map(|sent| ktime_ns.saturating_sub(sent));
@@ -1026,9 +1020,9 @@ impl Collector {
         }
         self.both(Some(id), |f| {
             f.tx_relay.add(&relay);
-            f.ping.pings_sent += ping.pings_sent;
-            f.ping.pings_recv += ping.pings_recv;
-            if let Some(ns) = ping.last_rtt_ns {
+            f.ping.pings_sent += pings_sent;
+            f.ping.pings_recv += pings_recv;
+            if let Some(ns) = rtt {
                 f.ping.matched(ns);
             }
             if let Some(ns) = latency {
