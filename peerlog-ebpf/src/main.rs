@@ -576,7 +576,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn frame_key(tid: u32, function: u8) -> u64 {
+pub(crate) fn frame_key(tid: u32, function: u8) -> u64 {
     (u64::from(tid) << 8) | u64::from(function)
 }
 

@@ -30,7 +30,7 @@ use peerlog_common::{
     SAMPLE_NO_CONTEXT, SAMPLE_STACK_LEN, TRACED_FUNCTIONS,
 };
 
-use crate::{config, count_loss, record_header, CALL_FRAMES, EVENTS, THREAD_CONTEXT};
+use crate::{config, count_loss, frame_key, record_header, CALL_FRAMES, EVENTS, THREAD_CONTEXT};
 
 /// A sample as it is assembled before it goes into the ring buffer in one
 /// piece, header and stack together.
@@ -154,7 +154,7 @@ fn user_regs() -> Option<(u64, u64, u64)> {
 fn calls_in_progress(tid: u32) -> [SampleCall; TRACED_FUNCTIONS] {
     let mut calls = [SampleCall::default(); TRACED_FUNCTIONS];
     for (slot, function) in calls.iter_mut().zip(TracedFunction::ALL) {
-        let key = (u64::from(tid) << 8) | function as u64;
+        let key = frame_key(tid, function as u8);
         // SAFETY: plain data written by the entry probes.
         if let Some(frame) = unsafe { CALL_FRAMES.get(&key) } {
             *slot = SampleCall {

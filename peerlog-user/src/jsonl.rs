@@ -61,8 +61,9 @@ impl JsonlSink {
         self.with_payload = on;
     }
 
-    /// Writes one event. Function calls are not written: they come by the
-    /// thousand per second and are summarised in the statistics instead.
+    /// Writes one event. Function calls and CPU samples are not written:
+    /// they come by the thousand per second and are summarised in the
+    /// statistics and the flamegraphs instead.
     pub fn write(&mut self, event: &Event, clock: &WallClock) -> io::Result<()> {
         let value = match event {
             Event::Call(_) | Event::CpuSample(_) => return Ok(()),
