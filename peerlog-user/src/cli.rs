@@ -115,8 +115,10 @@ pub struct TraceArgs {
     pub debug_file: Option<PathBuf>,
 
     /// Size of the kernel ring buffer in MiB (a power of two). Larger rides
-    /// out longer bursts; a 4,000,000-byte message needs 4.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    /// out longer bursts; a 4,000,000-byte message needs 4. peerlog's
+    /// resident memory includes twice this (the kernel maps the ring's pages
+    /// twice so records never wrap).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub ring_size: u32,
 
     /// Write CPU flamegraphs to DIR: all.svg (every thread), one

