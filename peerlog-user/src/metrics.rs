@@ -162,6 +162,21 @@ impl Exposition {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
+    /// A family with one sample per row (peer, or the node without labels).
+    fn per_row(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: &[(String, &Figures)],
+        value: impl Fn(&Figures) -> f64,
+    ) {
+        self.family(name, kind, help);
+        for (labels, f) in rows {
+            self.sample(name, labels, value(f));
+        }
+    }
+
     fn sample(&mut self, name: &str, labels: &str, value: f64) {
         if labels.is_empty() {
             let _ = writeln!(self.out, "{name} {value}");
@@ -484,30 +499,20 @@ fn render_text(
         }
     }
     if cov.mempool {
-        e.family(
+        e.per_row(
             "peerlog_txs_accepted_total",
             "counter",
             "Transactions accepted to the mempool while processing the peer's messages",
+            &rows,
+            |f| f.mempool.accepted as f64,
         );
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_txs_accepted_total",
-                labels,
-                f.mempool.accepted as f64,
-            );
-        }
-        e.family(
+        e.per_row(
             "peerlog_txs_rejected_total",
             "counter",
             "Transactions rejected while processing the peer's messages",
+            &rows,
+            |f| f.mempool.rejected as f64,
         );
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_txs_rejected_total",
-                labels,
-                f.mempool.rejected as f64,
-            );
-        }
         e.family(
             "peerlog_node_txs_rejected_by_reason_total",
             "counter",
@@ -517,52 +522,30 @@ fn render_text(
             let l = format!("reason=\"{}\"", label_value(reason));
             e.sample("peerlog_node_txs_rejected_by_reason_total", &l, *n as f64);
         }
-        e.family(
+        e.per_row(
             "peerlog_txs_replacements_total",
             "counter",
             "Mempool transactions the peer's transactions replaced",
+            &rows,
+            |f| f.mempool.replacements as f64,
         );
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_txs_replacements_total",
-                labels,
-                f.mempool.replacements as f64,
-            );
-        }
-        e.family(
+        e.per_row(
             "peerlog_mempool_vsize_vbytes",
             "gauge",
             "Virtual size of the peer's transactions still in the mempool",
+            &rows,
+            |f| f.mempool.in_mempool_vsize as f64,
         );
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_mempool_vsize_vbytes",
-                labels,
-                f.mempool.in_mempool_vsize as f64,
-            );
-        }
-        e.family(
+        e.per_row(
             "peerlog_mempool_txs",
             "gauge",
             "The peer's transactions still in the mempool",
+            &rows,
+            |f| f.mempool.in_mempool_txs as f64,
         );
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_mempool_txs",
-                labels,
-                f.mempool.in_mempool_txs as f64,
-            );
-        }
     }
     if cov.block_connected {
-        e.family("peerlog_new_blocks_total", "counter", "New blocks the peer served first (connected while processing its block, cmpctblock or blocktxn)");
-        for (labels, f) in &rows {
-            e.sample(
-                "peerlog_new_blocks_total",
-                labels,
-                f.blocks.new_blocks as f64,
-            );
-        }
+        e.per_row("peerlog_new_blocks_total", "counter", "New blocks the peer served first (connected while processing its block, cmpctblock or blocktxn)", &rows, |f| f.blocks.new_blocks as f64);
     }
     if cov.has(TracedFunction::ProcessMessages)
         && cov.has(TracedFunction::SendMessages)
@@ -583,14 +566,13 @@ fn render_text(
             e.sample("peerlog_msghand_cpu_share", &peer_labels(p), share);
         }
     }
-    e.family(
+    e.per_row(
         "peerlog_misbehaving_total",
         "counter",
         "net:misbehaving_connection reports",
+        &rows,
+        |f| f.misbehaving as f64,
     );
-    for (labels, f) in &rows {
-        e.sample("peerlog_misbehaving_total", labels, f.misbehaving as f64);
-    }
     e.out
 }
 
