@@ -162,6 +162,8 @@ pub struct MessageEvent {
 }
 
 /// A slice of a message payload: this header, then `len` payload bytes.
+/// Its `header.ktime_ns` is when the slice was copied; the last chunk's is
+/// the moment the tracepoint handed the message over.
 ///
 /// The record is `size_of::<PayloadChunk>() + class` bytes long, `class`
 /// being the smallest of [`CHUNK_CLASSES`] that holds `len`; bytes past

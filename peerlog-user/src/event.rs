@@ -21,7 +21,9 @@ use peerlog_common::{
 /// A P2P message seen at `net:inbound_message` or `net:outbound_message`.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// CLOCK_MONOTONIC nanoseconds when the tracepoint fired.
+    /// CLOCK_MONOTONIC nanoseconds when the tracepoint handed the message
+    /// over: when it fired, plus the payload copy for a copied payload (the
+    /// point where bitcoind stamps its own capture record).
     pub ktime_ns: u64,
     /// Thread of bitcoind that hit the tracepoint.
     pub tid: u32,
@@ -367,8 +369,11 @@ impl Decoder {
                 partial.data.extend_from_slice(&body[..len]);
                 if partial.data.len() as u64 >= partial.expected_len {
                     let Partial { message, data, .. } = partial;
+                    // The time the whole payload was handed over, as
+                    // bitcoind's own capture stamps it (see PayloadChunk).
                     out.push(Event::Message(Message {
                         payload: Some(data),
+                        ktime_ns: header.ktime_ns,
                         ..message
                     }));
                 } else {

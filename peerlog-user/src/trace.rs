@@ -190,11 +190,30 @@ impl fmt::Display for Summary {
 
 /// Runs a trace to its end and returns what it saw.
 pub fn run(opts: TraceOptions) -> Result<Summary> {
+    yield_to_the_node();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(run_async(opts))
+}
+
+/// Makes peerlog (this thread and every thread it starts) a `SCHED_BATCH`
+/// task: the scheduler then never lets its wake-ups preempt a running
+/// thread. Without it, the ring buffer's wake-up after a large message lets
+/// peerlog preempt the bitcoind thread that just hit the tracepoint, for as
+/// long as peerlog takes to handle the message (milliseconds for 4 MB), on a
+/// machine with few free cores. peerlog is a throughput consumer, not a
+/// latency-critical one.
+fn yield_to_the_node() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on this thread with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        log::debug!(
+            "could not switch to SCHED_BATCH: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// Where events go after the peer table.

@@ -241,8 +241,12 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
             let skew = o.time_micros.abs_diff(t.time_micros);
             ensure!(
                 skew <= 1000,
-                "{} record {i}: {skew} µs from bitcoind's time",
-                f.path.display()
+                "{} record {i} ({}, {} bytes): {skew} µs from bitcoind's time (peerlog {}, bitcoind {})",
+                f.path.display(),
+                o.msg_type,
+                o.payload.len(),
+                o.time_micros,
+                t.time_micros
             );
         }
     }
