@@ -117,6 +117,17 @@ fn trace_to_capture(
     Ok((dir, capture, tracer))
 }
 
+/// Connects to `node`, makes two ping round trips and closes: returns the
+/// client's address and its transcript, all of which the node has processed
+/// (a pong we sent during the first round trip, to the node's own ping, is
+/// processed once the second round trip is back).
+fn ping_and_close(node: &Node) -> Result<(std::net::SocketAddr, peerlog::p2p::Transcript)> {
+    let mut a = connect(node)?;
+    sync(&mut a, 1)?;
+    sync(&mut a, 2)?;
+    Ok((a.local_addr(), a.take_transcript()))
+}
+
 /// Zero events lost, as the summary reports it.
 fn assert_no_loss(stderr: &str) -> Result<()> {
     ensure!(
@@ -320,14 +331,7 @@ fn peer_and_msg_type_filters() -> Result<()> {
 fn per_connection_layout() -> Result<()> {
     let node = Node::start()?;
     let (_dir, capture, tracer) = trace_to_capture(&node, &["--capture-layout", "per-connection"])?;
-    let mut a = connect(&node)?;
-    sync(&mut a, 1)?;
-    // A pong we sent during the first round trip (to the node's own ping) is
-    // processed once the second round trip is back.
-    sync(&mut a, 2)?;
-    let local = a.local_addr();
-    let transcript = a.take_transcript();
-    drop(a);
+    let (local, transcript) = ping_and_close(&node)?;
     thread::sleep(Duration::from_millis(300));
     let out = tracer.stop()?;
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
@@ -348,14 +352,7 @@ fn per_connection_layout() -> Result<()> {
 fn target_exit_stops_trace() -> Result<()> {
     let node = Node::start()?;
     let (_dir, capture, mut tracer) = trace_to_capture(&node, &[])?;
-    let mut a = connect(&node)?;
-    sync(&mut a, 1)?;
-    // A pong we sent during the first round trip (to the node's own ping) is
-    // processed once the second round trip is back.
-    sync(&mut a, 2)?;
-    let local = a.local_addr();
-    let transcript = a.take_transcript();
-    drop(a);
+    let (local, transcript) = ping_and_close(&node)?;
     node.stop()?;
     let out = tracer.wait()?;
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
@@ -426,14 +423,7 @@ fn disk_full_keeps_records_intact() -> Result<()> {
 fn probes_without_semaphores() -> Result<()> {
     let node = Node::start_twin(Path::new(TWIN_NO_SEMAPHORES), &[])?;
     let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
-    let mut a = connect(&node)?;
-    sync(&mut a, 1)?;
-    // A pong we sent during the first round trip (to the node's own ping) is
-    // processed once the second round trip is back.
-    sync(&mut a, 2)?;
-    let local = a.local_addr();
-    let transcript = a.take_transcript();
-    drop(a);
+    let (local, transcript) = ping_and_close(&node)?;
     thread::sleep(Duration::from_millis(300));
     let out = tracer.stop()?;
     ensure!(out.stderr.contains("no semaphores"), "{}", out.stderr);
