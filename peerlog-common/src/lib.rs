@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 3;
+pub const ABI_VERSION: u16 = 4;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -65,8 +65,8 @@ pub enum RecordKind {
     Connection = 3,
     /// A [`MisbehavingEvent`]: `net:misbehaving_connection`.
     Misbehaving = 4,
-    /// A [`CallEvent`]: one call of a [`TracedFunction`] returned.
-    Call = 5,
+    /// A [`CpuSliceEvent`]: the message handler spent a slice of CPU on a peer.
+    CpuSlice = 5,
     /// A [`MempoolEvent`]: `mempool:added`, `removed`, `replaced`, `rejected`.
     Mempool = 6,
     /// A [`BlockConnectedEvent`]: `validation:block_connected`.
@@ -84,7 +84,7 @@ impl RecordKind {
             2 => Self::PayloadChunk,
             3 => Self::Connection,
             4 => Self::Misbehaving,
-            5 => Self::Call,
+            5 => Self::CpuSlice,
             6 => Self::Mempool,
             7 => Self::BlockConnected,
             8 => Self::CpuSample,
@@ -145,6 +145,10 @@ pub struct MessageEvent {
     pub peer_id: i64,
     /// Payload size as the probe reported it.
     pub payload_size: u64,
+    /// The peer's `CNode*` in bitcoind, or 0 while unknown (see
+    /// [`ConfigKey::CNodeIdOffset`]); userspace reads the node's own
+    /// per-peer counters there.
+    pub cnode: u64,
     /// Number of [`PayloadChunk`] records that follow.
     pub chunks: u32,
     /// A [`Direction`] as `u8`.
@@ -218,6 +222,12 @@ pub struct ConnectionEvent {
     pub peer_id: i64,
     /// Connection count or connect time; see [`ConnectionEventKind`].
     pub value: u64,
+    /// `closed`: the node's final `CNode::nRecvBytes` (`getpeerinfo`'s
+    /// `bytesrecv`), or [`BYTES_UNKNOWN`].
+    pub bytes_recv: u64,
+    /// `closed`: the node's final `CNode::nSendBytes` (`bytessent`), or
+    /// [`BYTES_UNKNOWN`].
+    pub bytes_sent: u64,
     /// `Network` enum of the peer address (1 IPv4, 2 IPv6, 3 Onion, 4 I2P, 5 CJDNS).
     pub network: u32,
     /// A [`ConnectionEventKind`] as `u8`.
@@ -244,124 +254,83 @@ pub struct MisbehavingEvent {
     pub reason: [u8; REASON_LEN],
 }
 
-/// The functions of bitcoind whose calls peerlog times, per peer. The value
-/// is the BPF cookie of their uprobes and the `function` of [`CallEvent`].
+/// [`ConnectionEvent::bytes_recv`]/`bytes_sent` when the counters could not
+/// be read (no `CNode` layout, or the `CNode` was not found).
+pub const BYTES_UNKNOWN: u64 = u64::MAX;
+
+/// What opened a [`CpuSliceEvent`].
+///
+/// peerlog puts no probe on bitcoind's functions by default: a probe on
+/// `ProcessMessages`/`SendMessages` would fire for every peer on every
+/// message-handler loop iteration, and a return probe would make bitcoind
+/// call `std::terminate` when an exception unwinds through it. The message
+/// tracepoints, which fire once per message, cut the handler thread's time
+/// into slices instead, each charged to the peer of the event that opened it.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TracedFunction {
-    /// `PeerManagerImpl::ProcessMessages(CNode*, std::atomic<bool>&)`: handles
-    /// at most one message of the peer (`b-msghand`).
-    ProcessMessages = 0,
-    /// `PeerManagerImpl::SendMessages(CNode*)`: announcements, pings,
-    /// requests for the peer (`b-msghand`).
-    SendMessages = 1,
-    /// `PeerManagerImpl::ProcessMessage(CNode&, const std::string&, DataStream&,
-    /// std::chrono::microseconds, const std::atomic<bool>&)`: one message,
-    /// inside `ProcessMessages`.
-    ProcessMessage = 2,
-    /// `CNode::ReceiveMsgBytes(std::span<const unsigned char>, bool&)`:
-    /// receiving (and for BIP324, decrypting) the peer's bytes (`b-net`).
-    ReceiveMsgBytes = 3,
-    /// `CConnman::SocketSendData(CNode&) const`: sending (and encrypting) to
-    /// the peer (`b-net`, or the caller's thread for an optimistic send).
-    SocketSendData = 4,
+pub enum SliceKind {
+    /// Opened by `net:inbound_message`: the handler took one of the peer's
+    /// messages and processes it (`ProcessMessage` and what follows, its
+    /// answers included, up to the next message of another peer).
+    Processing = 0,
+    /// Opened by `net:outbound_message` to a peer other than the one being
+    /// processed: the handler works for that peer (`SendMessages`: pings,
+    /// announcements, requests; queued `getdata` answers).
+    Sending = 1,
 }
 
-/// Number of [`TracedFunction`]s.
-pub const TRACED_FUNCTIONS: usize = 5;
-
-impl TracedFunction {
-    /// Every traced function, in value order.
-    pub const ALL: [TracedFunction; TRACED_FUNCTIONS] = [
-        Self::ProcessMessages,
-        Self::SendMessages,
-        Self::ProcessMessage,
-        Self::ReceiveMsgBytes,
-        Self::SocketSendData,
-    ];
-
-    /// The function for a raw value, if it is one this ABI knows.
+impl SliceKind {
+    /// The kind for a raw byte, if it is one this ABI knows.
     pub fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(v)).copied()
+        Some(match v {
+            0 => Self::Processing,
+            1 => Self::Sending,
+            _ => return None,
+        })
     }
 
-    /// The function's name as people write it.
+    /// The kind's name in figures and flamegraph frames.
     pub fn name(self) -> &'static str {
         match self {
-            Self::ProcessMessages => "ProcessMessages",
-            Self::SendMessages => "SendMessages",
-            Self::ProcessMessage => "ProcessMessage",
-            Self::ReceiveMsgBytes => "ReceiveMsgBytes",
-            Self::SocketSendData => "SocketSendData",
-        }
-    }
-
-    /// The mangled symbol in bitcoind (GCC, libstdc++ with the C++11 ABI).
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Self::ProcessMessages => "_ZN12_GLOBAL__N_115PeerManagerImpl15ProcessMessagesEP5CNodeRSt6atomicIbE",
-            Self::SendMessages => "_ZN12_GLOBAL__N_115PeerManagerImpl12SendMessagesEP5CNode",
-            Self::ProcessMessage => "_ZN12_GLOBAL__N_115PeerManagerImpl14ProcessMessageER5CNodeRKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEER10DataStreamNSt6chrono8durationIlSt5ratioILl1ELl1000000EEEERKSt6atomicIbE",
-            Self::ReceiveMsgBytes => "_ZN5CNode15ReceiveMsgBytesESt4spanIKhLm18446744073709551615EERb",
-            Self::SocketSendData => "_ZNK8CConnman14SocketSendDataER5CNode",
+            Self::Processing => "processing",
+            Self::Sending => "sending",
         }
     }
 }
 
-/// One returned call of a [`TracedFunction`].
+/// A slice of a message-handling thread's time, charged to one peer: from a
+/// message tracepoint to the next one on the same thread.
 ///
-/// `header.ktime_ns` is the return time. On-CPU time comes from the
-/// scheduler (`sched_switch`): the time the thread actually ran between entry
-/// and return, without lock waits and preemption.
+/// A slice stays open while the thread sleeps: a lock wait inside the
+/// processing of a message must not cut it short. The work the handler does
+/// after waking up from its idle wait, before the next message event (its
+/// loop over peers without work), is so charged to the peer of the open
+/// slice: bitcoind offers no cheaper boundary.
+///
+/// `header.ktime_ns` is the end of the slice. On-CPU time comes from the
+/// scheduler's `se.sum_exec_runtime`: the time the thread actually ran,
+/// without sleeps and preemption.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct CallEvent {
-    /// Common header; `kind` is [`RecordKind::Call`].
+pub struct CpuSliceEvent {
+    /// Common header; `kind` is [`RecordKind::CpuSlice`].
     pub header: RecordHeader,
-    /// `bpf_ktime_get_ns()` at entry.
+    /// `bpf_ktime_get_ns()` when the slice opened.
     pub start_ktime_ns: u64,
-    /// Nanoseconds the thread was on a CPU during the call; [`ONCPU_UNKNOWN`]
-    /// when the scheduler hook is not attached.
+    /// Nanoseconds the thread was on a CPU during the slice; [`ONCPU_UNKNOWN`]
+    /// when the scheduler's counter could not be read.
     pub oncpu_ns: u64,
-    /// The `CNode*` the call was for.
-    pub cnode: u64,
-    /// The peer id of that `CNode`, or -1 while peerlog has not yet seen a
-    /// message tracepoint that ties the two together.
+    /// The peer the slice is charged to.
     pub peer_id: i64,
-    /// `ProcessMessage`: the message's receive time (µs since the epoch);
-    /// `ReceiveMsgBytes`: the number of bytes handed in; otherwise 0.
-    pub arg: u64,
-    /// The return value register: `ProcessMessages`: more work (bool);
-    /// `SocketSendData`: bytes sent; otherwise undefined.
-    pub ret: u64,
-    /// A [`TracedFunction`] as `u8`.
-    pub function: u8,
+    /// Nanoseconds the thread slept (blocked: lock waits, the handler's
+    /// idle wait) during the slice.
+    pub slept_ns: u64,
+    /// A [`SliceKind`] as `u8`.
+    pub slice: u8,
     /// Padding; zero.
     pub _pad: [u8; 7],
-}
-
-/// A call in progress, kept by the entry probe of a [`TracedFunction`] until
-/// its return probe, keyed by `(tid << 8) | function`.
-///
-/// `return_addr` is where the call returns to. A return probe (uretprobe)
-/// replaces that address on the stack with the kernel's trampoline in the
-/// `[uprobes]` mapping, so a stack unwinder that meets the trampoline takes
-/// the real address from here: the calls of one thread in progress, sorted
-/// by `start_ktime_ns` (latest first), match the trampolines on its stack
-/// from the innermost out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct CallFrame {
-    /// `bpf_ktime_get_ns()` at entry.
-    pub start_ktime_ns: u64,
-    /// The thread's on-CPU nanoseconds at entry ([`ONCPU_UNKNOWN`] if unmeasured).
-    pub start_oncpu_ns: u64,
-    /// The `CNode*` argument.
-    pub cnode: u64,
-    /// See [`CallEvent::arg`].
-    pub arg: u64,
-    /// The return address the call was made with (`*(u64*)rsp` at entry).
-    pub return_addr: u64,
+    /// `Processing`: the message type being processed, NUL-padded.
+    pub msg_type: [u8; MSG_TYPE_LEN],
 }
 
 /// On-CPU bookkeeping of one thread of the target, kept by `sched_switch`.
@@ -380,23 +349,36 @@ pub struct ThreadCpu {
     pub running: u64,
 }
 
-/// [`CallEvent::oncpu_ns`] when on-CPU time could not be measured.
+/// [`CpuSliceEvent::oncpu_ns`] when on-CPU time could not be measured.
 pub const ONCPU_UNKNOWN: u64 = u64::MAX;
 
-/// What a thread of bitcoind is doing for which peer, kept by the entry and
-/// return probes of `ProcessMessages`/`SendMessages`, read by every other
-/// program that attributes work to a peer (mempool events, CPU samples).
+/// What a message-handling thread of bitcoind is doing for which peer, kept
+/// by the message tracepoints (created by the thread's first
+/// `net:inbound_message`), read by every program that attributes work to a
+/// peer (mempool and block events, CPU samples).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadContext {
-    /// The `CNode*` being served.
-    pub cnode: u64,
-    /// Its peer id, or -1 if not known yet.
+    /// The peer the open slice is charged to.
     pub peer_id: i64,
-    /// A [`TracedFunction`] as `u8`: `ProcessMessages` or `SendMessages`.
-    pub function: u8,
+    /// The peer whose message the thread took last (its last
+    /// `net:inbound_message`): mempool and block events are attributed to it.
+    pub processing_peer: i64,
+    /// `bpf_ktime_get_ns()` when the open slice started.
+    pub start_ktime_ns: u64,
+    /// The thread's on-CPU nanoseconds then ([`ONCPU_UNKNOWN`] if unmeasured).
+    pub start_oncpu_ns: u64,
+    /// Nanoseconds the thread slept since the slice started, up to its last
+    /// wake-up.
+    pub slept_ns: u64,
+    /// `bpf_ktime_get_ns()` when the thread went to sleep, 0 while awake.
+    pub sleep_start_ns: u64,
+    /// The open slice's [`SliceKind`] as `u8`.
+    pub slice: u8,
     /// Padding; zero.
     pub _pad: [u8; 7],
+    /// The message type of the open `Processing` slice.
+    pub msg_type: [u8; MSG_TYPE_LEN],
 }
 
 /// Which mempool tracepoint produced a [`MempoolEvent`].
@@ -567,6 +549,20 @@ pub enum ConfigKey {
     /// Byte offset of `se.sum_exec_runtime` in `task_struct`; 0 disables
     /// on-CPU accounting.
     TaskSumExecOffset = 7,
+    /// Byte offset of `CNode::id` in bitcoind's `CNode`, from its DWARF; 0
+    /// when unknown, which leaves every `cnode` field 0. With
+    /// [`ConfigKey::CNodeAddrNameOffset`] it lets the message tracepoints
+    /// find the peer's `CNode*` among the registers: the one register `r`
+    /// with `*(r + id offset)` equal to the peer id argument and the
+    /// `std::string` data pointer at `r + m_addr_name offset` equal to the
+    /// address argument.
+    CNodeIdOffset = 8,
+    /// Byte offset of `CNode::m_addr_name` (a `std::string`, data pointer first).
+    CNodeAddrNameOffset = 9,
+    /// Byte offset of `CNode::nRecvBytes` (`uint64_t`), read at `closed_connection`.
+    CNodeRecvBytesOffset = 10,
+    /// Byte offset of `CNode::nSendBytes` (`uint64_t`), read at `closed_connection`.
+    CNodeSendBytesOffset = 11,
 }
 
 /// Bit of a message type filter map value: capture selects this type.
@@ -574,7 +570,7 @@ pub const MSG_TYPE_CAPTURE: u8 = 1;
 /// Bit of a message type filter map value: statistics parse this type.
 pub const MSG_TYPE_STATS: u8 = 2;
 /// Entries in the config array map.
-pub const CONFIG_ENTRIES: u32 = 8;
+pub const CONFIG_ENTRIES: u32 = 12;
 
 /// Entries in the message type filter map.
 pub const MAX_MSG_TYPE_FILTER: u32 = 64;
@@ -600,13 +596,16 @@ pub enum LossCause {
     PayloadReadFailed = 4,
     /// The probe's BPF cookie had no argument specification.
     MissingSpec = 5,
-    /// The ring buffer was full for a call, mempool or block event.
+    /// The ring buffer was full for a CPU slice, mempool or block event.
     RingFullAccounting = 6,
     /// The ring buffer was full for a [`CpuSample`], or its scratch slot was missing.
     RingFullSample = 7,
+    /// A map was full: a thread's context or a peer's `CNode*` could not be
+    /// kept, so that thread's slices or that peer's counters are missing.
+    MapFull = 8,
 }
 /// Entries in the loss counter array.
-pub const LOSS_CAUSES: u32 = 8;
+pub const LOSS_CAUSES: u32 = 9;
 
 impl LossCause {
     /// Every cause, in index order.
@@ -619,6 +618,7 @@ impl LossCause {
         Self::MissingSpec,
         Self::RingFullAccounting,
         Self::RingFullSample,
+        Self::MapFull,
     ];
 
     /// Short name used in summaries, JSON and metrics.
@@ -632,6 +632,7 @@ impl LossCause {
             Self::MissingSpec => "missing_spec",
             Self::RingFullAccounting => "ring_full_accounting",
             Self::RingFullSample => "ring_full_sample",
+            Self::MapFull => "map_full",
         }
     }
 }
@@ -654,23 +655,9 @@ pub const THREAD_NAME_LEN: usize = 16;
 /// with, so the stack shows the user code that made the call.
 pub const SAMPLE_FLAG_IN_KERNEL: u8 = 1 << 0;
 
-/// [`CpuSample::function`] when the thread was in neither
-/// `ProcessMessages` nor `SendMessages`.
+/// [`CpuSample::slice`] when the thread has no open slice: it is not a
+/// message-handling thread.
 pub const SAMPLE_NO_CONTEXT: u8 = u8::MAX;
-
-/// A call with a return probe in progress on the sampled thread.
-///
-/// A return probe replaces the caller's return address on the stack with the
-/// kernel's trampoline (in the `[uprobes]` mapping); the unwinder puts the
-/// real address back from here. Empty slots have `return_addr` 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SampleCall {
-    /// `bpf_ktime_get_ns()` at entry: the latest call is the innermost.
-    pub start_ktime_ns: u64,
-    /// The address the call returns to.
-    pub return_addr: u64,
-}
 
 /// One CPU sample of a thread of the target: this header, then `stack_len`
 /// bytes of its user stack starting at `rsp`.
@@ -689,17 +676,13 @@ pub struct CpuSample {
     pub rsp: u64,
     /// User frame pointer register, for the frame-pointer fallback.
     pub rbp: u64,
-    /// The `CNode*` the thread was serving ([`ThreadContext::cnode`]), or 0.
-    pub cnode: u64,
-    /// Its peer id, or -1 when unknown or outside a peer's context.
+    /// The peer the thread's open slice is charged to, or -1 outside a
+    /// message-handling thread.
     pub peer_id: i64,
-    /// Return-probe calls in progress on the thread, in no particular order.
-    pub calls: [SampleCall; TRACED_FUNCTIONS],
     /// User stack bytes that follow this header.
     pub stack_len: u32,
-    /// [`ThreadContext::function`] (`ProcessMessages` or `SendMessages` as
-    /// a [`TracedFunction`]), or [`SAMPLE_NO_CONTEXT`].
-    pub function: u8,
+    /// The open slice's [`SliceKind`] as `u8`, or [`SAMPLE_NO_CONTEXT`].
+    pub slice: u8,
     /// `SAMPLE_FLAG_*` bits.
     pub flags: u8,
     /// Padding; zero.

@@ -1,4 +1,12 @@
-//! peerlog's kernel side: eBPF programs on bitcoind's `net:*` USDT tracepoints.
+//! peerlog's kernel side: eBPF programs on bitcoind's USDT tracepoints, the
+//! scheduler and (for flamegraphs) a CPU clock.
+//!
+//! No program is attached to bitcoind's own functions: the tracepoints fire
+//! once per message or event, while a probe on `ProcessMessages` or
+//! `SendMessages` would fire for every peer on every message-handler loop
+//! iteration, and a return probe (uretprobe) replaces return addresses with a
+//! trampoline that a C++ exception cannot unwind through (`ProcessMessage`
+//! throws on malformed payloads: bitcoind would call `std::terminate`).
 //!
 //! Every program is attached by userspace once per probe site, with the site's
 //! index in [`USDT_SPECS`] as BPF cookie: the argument locations differ from
@@ -7,6 +15,7 @@
 //! does. Records go to one ring buffer, in the layouts of `peerlog-common`.
 //! Nothing is dropped silently: every failure increments a loss counter.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod profile;
@@ -17,16 +26,16 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
         generated::bpf_get_attach_cookie,
     },
-    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext},
     EbpfContext,
 };
 use peerlog_common::{
-    BlockConnectedEvent, CallEvent, CallFrame, ConfigKey, ConnectionEvent, ConnectionEventKind,
-    Direction, LossCause, MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent,
-    PayloadChunk, RecordHeader, RecordKind, ThreadContext, ThreadCpu, TracedFunction, UsdtArgKind,
-    UsdtSpec, ABI_VERSION, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
+    BlockConnectedEvent, ConfigKey, ConnectionEvent, ConnectionEventKind, CpuSliceEvent, Direction,
+    LossCause, MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk,
+    RecordHeader, RecordKind, SliceKind, ThreadContext, ThreadCpu, UsdtArgKind, UsdtSpec,
+    ABI_VERSION, BYTES_UNKNOWN, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
     FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER,
     MAX_PEERS, MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
     MSG_TYPE_STATS, ONCPU_UNKNOWN, PEER_POLICY_SKIP_PAYLOAD,
@@ -55,30 +64,20 @@ static PEER_POLICY: HashMap<i64, u8> = HashMap::with_max_entries(MAX_PEERS, 0);
 static MSG_TYPE_FILTER: HashMap<[u8; MSG_TYPE_LEN], u8> =
     HashMap::with_max_entries(MAX_MSG_TYPE_FILTER, 0);
 
-/// What each thread of the target is doing for which peer, by thread id:
-/// set on entry to `ProcessMessages`/`SendMessages`, removed on return. Read
-/// by every program that attributes work to a peer (mempool and block
-/// events, CPU samples).
+/// What each message-handling thread of the target is doing for which peer,
+/// by thread id; see [`ThreadContext`]. Created by the thread's first
+/// `net:inbound_message`, so only the threads that take peers' messages
+/// (`b-msghand`) have one.
 #[map]
 pub static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entries(1024, 0);
-
-/// Calls in progress, keyed by `(tid << 8) | function`; see [`CallFrame`].
-#[map]
-pub static CALL_FRAMES: HashMap<u64, CallFrame> = HashMap::with_max_entries(4096, 0);
 
 /// On-CPU time of the target's threads, by thread id, kept by `sched_switch`.
 /// LRU: threads that exit are forgotten without userspace's help.
 #[map]
 static THREAD_CPU: LruHashMap<u32, ThreadCpu> = LruHashMap::with_max_entries(4096, 0);
 
-/// `CNode*` → peer id, learned where the two meet: a `net:inbound_message`
-/// inside `ProcessMessages(pfrom)` is pfrom's, a `net:outbound_message`
-/// inside `SendMessages(pto)` is pto's. LRU because a freed `CNode`'s address
-/// is reused by a later peer; the mapping is then learned anew.
-#[map]
-static CNODE_PEER: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
-
-/// Peer id → `CNode*`, to forget a closed peer's `CNode` mapping.
+/// Peer id → its `CNode*` in bitcoind, found by [`find_cnode`]; removed when
+/// the connection closes (bitcoind never reuses a peer id).
 #[map]
 static PEER_CNODE: LruHashMap<i64, u64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
 
@@ -89,9 +88,17 @@ static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_CAUSES, 0);
 #[inline(always)]
 pub(crate) fn count_loss(cause: LossCause) {
     if let Some(counter) = LOSSES.get_ptr_mut(cause as u32) {
-        // SAFETY: a per-CPU slot; a preempting run on this CPU can at worst
-        // make the count one short, never corrupt memory.
-        unsafe { *counter += 1 };
+        // An atomic add (BPF_ATOMIC | BPF_ADD): uprobe programs are
+        // preemptible, and two runs on one CPU must not lose an increment to
+        // a read-modify-write race. core has no atomics for this target.
+        // SAFETY: `counter` is a valid, aligned per-CPU slot of the map.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({ptr} + 0) += {one}",
+                ptr = in(reg) counter,
+                one = in(reg) 1u64,
+            )
+        };
     }
 }
 
@@ -220,6 +227,12 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
     ev.header = record_header(RecordKind::Message, tid, ktime_ns);
     ev.message_id = ktime_ns;
     ev.peer_id = peer_id as i64;
+    ev.cnode = match direction {
+        // The sending side (`CConnman::PushMessage`) keeps the `CNode*` in a
+        // register; the receiving side has usually spilled it.
+        Direction::Outbound => find_cnode(ctx, peer_id as i64, addr),
+        Direction::Inbound => known_cnode(peer_id as i64),
+    };
     ev.payload_size = size;
     ev.direction = direction as u8;
     ev._pad = [0; 2];
@@ -251,11 +264,12 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         flags |= FLAG_PAYLOAD_SKIPPED;
         copy_len = 0;
     }
-    learn_cnode(tid, ev.peer_id, direction);
     let chunks = copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32;
     ev.flags = flags;
     ev.chunks = chunks;
+    let msg_type_copy = ev.msg_type;
     entry.submit(0);
+    next_slice(tid, ktime_ns, peer_id as i64, direction, &msg_type_copy);
 
     emit_payload(tid, ktime_ns, data, copy_len as u32);
 }
@@ -407,6 +421,17 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
     ev.header = record_header(RecordKind::Connection, tid, ktime_ns);
     ev.peer_id = peer_id as i64;
     ev.value = value;
+    ev.bytes_recv = BYTES_UNKNOWN;
+    ev.bytes_sent = BYTES_UNKNOWN;
+    if matches!(kind, ConnectionEventKind::Closed) {
+        // `CNode::CloseSocketDisconnect`: the socket is gone, so the node's
+        // byte counters are final; the `CNode` itself lives on a while.
+        let cnode = find_cnode(ctx, peer_id as i64, addr);
+        if cnode != 0 {
+            ev.bytes_recv = read_counter(cnode, ConfigKey::CNodeRecvBytesOffset);
+            ev.bytes_sent = read_counter(cnode, ConfigKey::CNodeSendBytesOffset);
+        }
+    }
     ev.network = network as u32;
     ev.event = kind as u8;
     ev._pad = [0; 2];
@@ -431,11 +456,7 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         // The id is never reused by bitcoind; free its slots.
         let peer_id = peer_id as i64;
         let _ = PEER_POLICY.remove(&peer_id);
-        // SAFETY: plain value read.
-        if let Some(cnode) = unsafe { PEER_CNODE.get(&peer_id) }.copied() {
-            let _ = CNODE_PEER.remove(&cnode);
-            let _ = PEER_CNODE.remove(&peer_id);
-        }
+        let _ = PEER_CNODE.remove(&peer_id);
     }
 }
 
@@ -466,34 +487,194 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Ties the `CNode` the thread is serving to `peer_id` when the message is
-/// certainly that peer's (see [`CNODE_PEER`]).
+/// The peer's `CNode*` if [`find_cnode`] found it before, else 0.
 #[inline(always)]
-fn learn_cnode(tid: u32, peer_id: i64, direction: Direction) {
-    let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) else {
-        return;
-    };
-    // SAFETY: a map value of this thread, written only by this thread.
-    let context = unsafe { &mut *context };
-    let owner = match direction {
-        Direction::Inbound => TracedFunction::ProcessMessages,
-        Direction::Outbound => TracedFunction::SendMessages,
-    };
-    if context.function != owner as u8 || context.peer_id == peer_id {
-        return;
-    }
-    context.peer_id = peer_id;
-    let _ = CNODE_PEER.insert(&context.cnode, &peer_id, 0);
-    let _ = PEER_CNODE.insert(&peer_id, &context.cnode, 0);
+fn known_cnode(peer_id: i64) -> u64 {
+    // SAFETY: plain value read.
+    unsafe { PEER_CNODE.get(&peer_id) }.copied().unwrap_or(0)
 }
 
-/// The peer the thread is processing a message of, or -1.
+/// The peer's `CNode*`, or 0: from [`PEER_CNODE`], else from the registers
+/// at this tracepoint. A register holds it if the peer id and the address
+/// string's data pointer that the tracepoint passed are found in bitcoind's
+/// memory at `CNode::id` and `CNode::m_addr_name` from that register: two
+/// 8-byte matches, which chance does not produce. Needs the offsets from
+/// bitcoind's DWARF ([`ConfigKey::CNodeIdOffset`]).
+#[inline(always)]
+fn find_cnode(ctx: &ProbeContext, peer_id: i64, addr_ptr: u64) -> u64 {
+    let id_off = config(ConfigKey::CNodeIdOffset);
+    let name_off = config(ConfigKey::CNodeAddrNameOffset);
+    if id_off == 0 || name_off == 0 {
+        return 0;
+    }
+    let known = known_cnode(peer_id);
+    if known != 0 {
+        return known;
+    }
+    // SAFETY: the context is the probed thread's saved registers.
+    let regs = unsafe { &*ctx.regs };
+    // Callee-saved registers first: a pointer the caller still needs after
+    // the tracepoint is kept there.
+    let candidates = [
+        regs.rbx, regs.rbp, regs.r12, regs.r13, regs.r14, regs.r15, regs.rax, regs.rcx, regs.rdx,
+        regs.rsi, regs.rdi, regs.r8, regs.r9, regs.r10, regs.r11,
+    ];
+    for r in candidates {
+        if r < 4096 {
+            continue;
+        }
+        let id = unsafe { bpf_probe_read_user(r.wrapping_add(id_off) as *const i64) };
+        if id != Ok(peer_id) {
+            continue;
+        }
+        let name = unsafe { bpf_probe_read_user(r.wrapping_add(name_off) as *const u64) };
+        if name == Ok(addr_ptr) {
+            if PEER_CNODE.insert(&peer_id, &r, 0).is_err() {
+                count_loss(LossCause::MapFull);
+            }
+            return r;
+        }
+    }
+    0
+}
+
+/// A `uint64_t` member of the `CNode` at `cnode`, at the offset under `key`;
+/// [`BYTES_UNKNOWN`] when the offset is unknown or the read fails.
+#[inline(always)]
+fn read_counter(cnode: u64, key: ConfigKey) -> u64 {
+    let off = config(key);
+    if off == 0 {
+        return BYTES_UNKNOWN;
+    }
+    // SAFETY: a read of bitcoind's memory through the checked helper.
+    unsafe { bpf_probe_read_user(cnode.wrapping_add(off) as *const u64) }.unwrap_or(BYTES_UNKNOWN)
+}
+
+/// `net:*_message` on thread `tid`: closes the thread's open CPU slice and
+/// opens the next one, charged to `peer_id`.
+///
+/// - An inbound message opens a `Processing` slice for its peer, on any
+///   thread (the first one makes the thread a message-handling thread).
+/// - An outbound message matters only on a message-handling thread. To the
+///   peer of the open slice it changes nothing (an answer, or
+///   `SendMessages` right after that peer's `ProcessMessages`). To another
+///   peer it opens a `Sending` slice (`SendMessages` for that peer), except
+///   for `cmpctblock` and `sendcmpct`, which bitcoind pushes to other peers
+///   from inside the processing of a block (`NewPoWValidBlock`, choosing
+///   high-bandwidth peers), whose work goes on after the push.
+#[inline(always)]
+fn next_slice(
+    tid: u32,
+    now: u64,
+    peer_id: i64,
+    direction: Direction,
+    msg_type: &[u8; MSG_TYPE_LEN],
+) {
+    // Set last when the accounting attaches (see `ConfigKey::TaskPidOffset`):
+    // without it (`--no-accounting`) no slice is kept.
+    if config(ConfigKey::TaskPidOffset) == 0 {
+        return;
+    }
+    let context = THREAD_CONTEXT.get_ptr_mut(&tid);
+    let kind = match direction {
+        Direction::Inbound => SliceKind::Processing,
+        Direction::Outbound => {
+            let Some(context) = context else { return };
+            // SAFETY: a map value of this thread, written only by this thread
+            // (and by sched_switch while it is switched out).
+            let c = unsafe { &*context };
+            if c.peer_id == peer_id
+                || (c.peer_id >= 0
+                    && c.slice == SliceKind::Processing as u8
+                    && is_block_relay(msg_type))
+            {
+                return;
+            }
+            SliceKind::Sending
+        }
+    };
+    let oncpu = oncpu_now(tid, now);
+    match context {
+        Some(context) => {
+            // SAFETY: as above.
+            let c = unsafe { &mut *context };
+            emit_slice(tid, c, now, oncpu);
+            c.peer_id = peer_id;
+            if kind == SliceKind::Processing {
+                c.processing_peer = peer_id;
+            }
+            c.start_ktime_ns = now;
+            c.start_oncpu_ns = oncpu;
+            c.slept_ns = 0;
+            c.sleep_start_ns = 0;
+            c.slice = kind as u8;
+            c.msg_type = if kind == SliceKind::Processing {
+                *msg_type
+            } else {
+                [0; MSG_TYPE_LEN]
+            };
+        }
+        None => {
+            let c = ThreadContext {
+                peer_id,
+                processing_peer: peer_id,
+                start_ktime_ns: now,
+                start_oncpu_ns: oncpu,
+                slept_ns: 0,
+                sleep_start_ns: 0,
+                slice: kind as u8,
+                _pad: [0; 7],
+                msg_type: *msg_type,
+            };
+            if THREAD_CONTEXT.insert(&tid, &c, 0).is_err() {
+                count_loss(LossCause::MapFull);
+            }
+        }
+    }
+}
+
+/// `cmpctblock` or `sendcmpct`, NUL-padded.
+#[inline(always)]
+fn is_block_relay(msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
+    const CMPCTBLOCK: &[u8] = b"cmpctblock\0";
+    const SENDCMPCT: &[u8] = b"sendcmpct\0";
+    msg_type[..CMPCTBLOCK.len()] == *CMPCTBLOCK || msg_type[..SENDCMPCT.len()] == *SENDCMPCT
+}
+
+/// Writes the [`CpuSliceEvent`] of the open slice of `c`, ending at `now`
+/// with the thread's on-CPU total `oncpu`.
+#[inline(always)]
+fn emit_slice(tid: u32, c: &ThreadContext, now: u64, oncpu: u64) {
+    let Some(mut entry) = EVENTS.reserve::<CpuSliceEvent>(0) else {
+        count_loss(LossCause::RingFullAccounting);
+        return;
+    };
+    let oncpu_ns = if oncpu == ONCPU_UNKNOWN || c.start_oncpu_ns == ONCPU_UNKNOWN {
+        ONCPU_UNKNOWN
+    } else {
+        oncpu.saturating_sub(c.start_oncpu_ns)
+    };
+    entry.write(CpuSliceEvent {
+        header: record_header(RecordKind::CpuSlice, tid, now),
+        start_ktime_ns: c.start_ktime_ns,
+        oncpu_ns,
+        slept_ns: c.slept_ns,
+        peer_id: c.peer_id,
+        slice: c.slice,
+        _pad: [0; 7],
+        msg_type: c.msg_type,
+    });
+    entry.submit(0);
+}
+
+/// The peer whose message the thread took last, or -1 outside a
+/// message-handling thread.
 #[inline(always)]
 fn processing_peer(tid: u32) -> i64 {
     // SAFETY: plain value read.
     match unsafe { THREAD_CONTEXT.get(&tid) } {
-        Some(c) if c.function == TracedFunction::ProcessMessages as u8 => c.peer_id,
-        _ => -1,
+        Some(c) => c.processing_peer,
+        None => -1,
     }
 }
 
@@ -547,15 +728,30 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == target {
+        let tid = pid_tgid as u32;
         let prev: u64 = ctx.arg(1);
         // SAFETY: kernel memory at an offset from the kernel's own BTF.
-        if let Ok(total_ns) = unsafe { bpf_probe_read_kernel((prev + sum_off) as *const u64) } {
+        let total_ns = unsafe { bpf_probe_read_kernel((prev + sum_off) as *const u64) };
+        if let Ok(total_ns) = total_ns {
             let cpu = ThreadCpu {
                 total_ns,
                 since_ns: now,
                 running: 0,
             };
-            let _ = THREAD_CPU.insert(&(pid_tgid as u32), &cpu, 0);
+            if THREAD_CPU.insert(&tid, &cpu, 0).is_err() {
+                count_loss(LossCause::MapFull);
+            }
+        }
+        // `preempt` false: the thread gives up its CPU itself, i.e. it goes
+        // to sleep (the message handler waiting for work, or for a lock).
+        // Its open slice stays open; the sleep is left out of its wall time.
+        let preempt: u64 = ctx.arg(0);
+        if preempt & 0xff == 0 {
+            if let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) {
+                // SAFETY: the thread's own context; it is switching out, so
+                // its probes cannot run now.
+                unsafe { (*context).sleep_start_ns = now };
+            }
         }
     }
     let next: u64 = ctx.arg(2);
@@ -575,109 +771,18 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         since_ns: now,
         running: 1,
     };
-    let _ = THREAD_CPU.insert(&(next_tid as u32), &cpu, 0);
-    0
-}
-
-#[inline(always)]
-pub(crate) fn frame_key(tid: u32, function: u8) -> u64 {
-    (u64::from(tid) << 8) | u64::from(function)
-}
-
-/// Entry of a [`TracedFunction`]; the BPF cookie says which.
-#[uprobe]
-pub fn call_entry(ctx: ProbeContext) -> u32 {
-    let Some(tid) = target_thread() else { return 0 };
-    let function = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
-    let now = unsafe { bpf_ktime_get_ns() };
-    // Where the CNode* is: `this` for CNode::ReceiveMsgBytes, the first
-    // parameter (after `this`) for the others. All registers are loaded
-    // first and the values picked after: the verifier only allows context
-    // loads at constant offsets, and branches over the offsets would let the
-    // compiler merge the loads into one through a computed pointer.
-    // SAFETY: the context is the probed thread's saved registers.
-    let regs = unsafe { &*ctx.regs };
-    let (rdi, rsi, rdx, r8) = (regs.rdi, regs.rsi, regs.rdx, regs.r8);
-    let (cnode, arg) = if function == TracedFunction::ReceiveMsgBytes as u8 {
-        (rdi, rdx)
-    } else if function == TracedFunction::ProcessMessage as u8 {
-        (rsi, r8)
-    } else {
-        (rsi, 0)
-    };
-    // At entry the return address is on top of the stack.
-    let rsp = regs.rsp;
-    let return_addr = unsafe { bpf_probe_read_user(rsp as *const u64) }.unwrap_or(0);
-    let frame = CallFrame {
-        start_ktime_ns: now,
-        start_oncpu_ns: oncpu_now(tid, now),
-        cnode,
-        arg,
-        return_addr,
-    };
-    let _ = CALL_FRAMES.insert(&frame_key(tid, function), &frame, 0);
-    if function == TracedFunction::ProcessMessages as u8
-        || function == TracedFunction::SendMessages as u8
-    {
-        // SAFETY: plain value read.
-        let peer_id = unsafe { CNODE_PEER.get(&cnode) }.copied().unwrap_or(-1);
-        let context = ThreadContext {
-            cnode,
-            peer_id,
-            function,
-            _pad: [0; 7],
-        };
-        let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
+    if THREAD_CPU.insert(&(next_tid as u32), &cpu, 0).is_err() {
+        count_loss(LossCause::MapFull);
     }
-    0
-}
-
-/// Return of a [`TracedFunction`]; writes the [`CallEvent`].
-#[uretprobe]
-pub fn call_return(ctx: RetProbeContext) -> u32 {
-    let Some(tid) = target_thread() else { return 0 };
-    let function = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = frame_key(tid, function);
-    // SAFETY: plain value read.
-    let Some(frame) = (unsafe { CALL_FRAMES.get(&key) }).copied() else {
-        // Entered before peerlog attached: nothing to time.
-        return 0;
-    };
-    let _ = CALL_FRAMES.remove(&key);
-    let is_handler = function == TracedFunction::ProcessMessages as u8
-        || function == TracedFunction::SendMessages as u8;
-    // A message tracepoint during the call may have taught the peer id.
-    // SAFETY: plain value read.
-    let peer_id = unsafe { CNODE_PEER.get(&frame.cnode) }
-        .copied()
-        .unwrap_or(-1);
-    if is_handler {
-        let _ = THREAD_CONTEXT.remove(&tid);
+    if let Some(context) = THREAD_CONTEXT.get_ptr_mut(&(next_tid as u32)) {
+        // SAFETY: the context of a thread that is not running (it is being
+        // switched in), so none of its probes can touch it now.
+        let c = unsafe { &mut *context };
+        if c.sleep_start_ns != 0 {
+            c.slept_ns += now.saturating_sub(c.sleep_start_ns);
+            c.sleep_start_ns = 0;
+        }
     }
-    let end_oncpu = oncpu_now(tid, now);
-    let oncpu_ns = if end_oncpu == ONCPU_UNKNOWN || frame.start_oncpu_ns == ONCPU_UNKNOWN {
-        ONCPU_UNKNOWN
-    } else {
-        end_oncpu.saturating_sub(frame.start_oncpu_ns)
-    };
-    let Some(mut entry) = EVENTS.reserve::<CallEvent>(0) else {
-        count_loss(LossCause::RingFullAccounting);
-        return 0;
-    };
-    let ret: u64 = ctx.ret();
-    entry.write(CallEvent {
-        header: record_header(RecordKind::Call, tid, now),
-        start_ktime_ns: frame.start_ktime_ns,
-        oncpu_ns,
-        cnode: frame.cnode,
-        peer_id,
-        arg: frame.arg,
-        ret,
-        function,
-        _pad: [0; 7],
-    });
-    entry.submit(0);
     0
 }
 

@@ -5,10 +5,9 @@
 //! bitcoind, including threads it starts after peerlog attached, without a
 //! perf event per thread. It keeps the target's threads and, for each sample,
 //! copies what a userspace unwinder needs to walk a stack built without frame
-//! pointers: the user registers, the user stack from the stack pointer
-//! upwards, and the return addresses that return probes have taken off the
-//! stack. It adds the peer the thread was serving (`THREAD_CONTEXT`) and the
-//! thread's name. The record is a [`CpuSample`] followed by the stack bytes.
+//! pointers: the user registers and the user stack from the stack pointer
+//! upwards. It adds the peer the thread's open CPU slice is charged to
+//! (`THREAD_CONTEXT`) and the thread's name. The record is a [`CpuSample`] followed by the stack bytes.
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -26,11 +25,11 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use peerlog_common::{
-    ConfigKey, CpuSample, LossCause, RecordKind, SampleCall, TracedFunction, SAMPLE_FLAG_IN_KERNEL,
-    SAMPLE_NO_CONTEXT, SAMPLE_STACK_LEN, TRACED_FUNCTIONS,
+    ConfigKey, CpuSample, LossCause, RecordKind, SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT,
+    SAMPLE_STACK_LEN,
 };
 
-use crate::{config, count_loss, frame_key, record_header, CALL_FRAMES, EVENTS, THREAD_CONTEXT};
+use crate::{config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
 
 /// A sample as it is assembled before it goes into the ring buffer in one
 /// piece, header and stack together.
@@ -95,20 +94,17 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     sample.rip = rip;
     sample.rsp = rsp;
     sample.rbp = rbp;
-    // SAFETY: plain data written by the entry probes.
+    // SAFETY: plain data written by the message tracepoints.
     match unsafe { THREAD_CONTEXT.get(&tid) } {
-        Some(context) => {
-            sample.cnode = context.cnode;
+        Some(context) if context.peer_id >= 0 => {
             sample.peer_id = context.peer_id;
-            sample.function = context.function;
+            sample.slice = context.slice;
         }
-        None => {
-            sample.cnode = 0;
+        _ => {
             sample.peer_id = -1;
-            sample.function = SAMPLE_NO_CONTEXT;
+            sample.slice = SAMPLE_NO_CONTEXT;
         }
     }
-    sample.calls = calls_in_progress(tid);
     sample.flags = flags;
     sample._pad = [0; 2];
     sample.thread_name = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -146,24 +142,6 @@ fn user_regs() -> Option<(u64, u64, u64)> {
             bpf_probe_read_kernel(&(*regs).rbp).ok()?,
         ))
     }
-}
-
-/// The return addresses that the return probes of the traced functions took
-/// off this thread's stack, from `CALL_FRAMES`.
-#[inline(always)]
-fn calls_in_progress(tid: u32) -> [SampleCall; TRACED_FUNCTIONS] {
-    let mut calls = [SampleCall::default(); TRACED_FUNCTIONS];
-    for (slot, function) in calls.iter_mut().zip(TracedFunction::ALL) {
-        let key = frame_key(tid, function as u8);
-        // SAFETY: plain data written by the entry probes.
-        if let Some(frame) = unsafe { CALL_FRAMES.get(&key) } {
-            *slot = SampleCall {
-                start_ktime_ns: frame.start_ktime_ns,
-                return_addr: frame.return_addr,
-            };
-        }
-    }
-    calls
 }
 
 /// How many stack bytes above `rsp` can hold frames: up to the thread

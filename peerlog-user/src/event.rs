@@ -12,10 +12,10 @@ use std::{collections::HashMap, mem::size_of};
 use bitcoin::hashes::Hash;
 
 use peerlog_common::{
-    BlockConnectedEvent, CallEvent, ConnectionEvent, ConnectionEventKind, Direction, MempoolEvent,
-    MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, RecordHeader, RecordKind,
-    TracedFunction, ABI_VERSION, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED,
-    ONCPU_UNKNOWN,
+    BlockConnectedEvent, ConnectionEvent, ConnectionEventKind, CpuSliceEvent, Direction,
+    MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, RecordHeader,
+    RecordKind, SliceKind, ABI_VERSION, BYTES_UNKNOWN, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED,
+    FLAG_PAYLOAD_SKIPPED, ONCPU_UNKNOWN,
 };
 
 /// A P2P message seen at `net:inbound_message` or `net:outbound_message`.
@@ -29,6 +29,8 @@ pub struct Message {
     pub tid: u32,
     /// Bitcoin Core's peer id.
     pub peer_id: i64,
+    /// The peer's `CNode*` in bitcoind, once the kernel found it.
+    pub cnode: Option<u64>,
     /// `CNode::m_addr_name`.
     pub addr: String,
     /// Connection type (`inbound`, `outbound-full-relay`, ...).
@@ -73,6 +75,9 @@ pub struct Connection {
     pub network: u32,
     /// Connection count (opened) or connect time in unix seconds (evicted, closed).
     pub value: u64,
+    /// `closed`: the node's final byte counters of the connection
+    /// (`getpeerinfo`'s `bytesrecv`, `bytessent`), when they could be read.
+    pub final_bytes: Option<(u64, u64)>,
 }
 
 /// `net:misbehaving_connection`.
@@ -86,34 +91,35 @@ pub struct Misbehaving {
     pub reason: String,
 }
 
-/// A returned call of one of the functions peerlog times.
+/// A slice of a message-handling thread's time charged to one peer (see
+/// [`SliceKind`]).
 #[derive(Debug, Clone)]
-pub struct Call {
-    /// CLOCK_MONOTONIC nanoseconds at entry.
+pub struct CpuSlice {
+    /// CLOCK_MONOTONIC nanoseconds when the slice opened.
     pub start_ktime_ns: u64,
-    /// CLOCK_MONOTONIC nanoseconds at return.
+    /// CLOCK_MONOTONIC nanoseconds when it ended.
     pub end_ktime_ns: u64,
-    /// Thread that made the call.
+    /// The thread.
     pub tid: u32,
-    /// Which function.
-    pub function: TracedFunction,
-    /// The `CNode*` it was for.
-    pub cnode: u64,
-    /// Its peer id, when the kernel had already tied the `CNode` to one.
-    pub peer_id: Option<i64>,
-    /// Nanoseconds the thread ran on a CPU during the call, when measured.
+    /// The peer charged.
+    pub peer_id: i64,
+    /// What opened the slice.
+    pub kind: SliceKind,
+    /// Nanoseconds the thread slept during the slice.
+    pub slept_ns: u64,
+    /// `Processing`: the type of the message being processed.
+    pub msg_type: String,
+    /// Nanoseconds the thread ran on a CPU during the slice, when measured.
     pub oncpu_ns: Option<u64>,
-    /// `ProcessMessage`: the message's receive time (µs since the epoch);
-    /// `ReceiveMsgBytes`: bytes handed in; otherwise 0.
-    pub arg: u64,
-    /// `ProcessMessages`: more work pending; `SocketSendData`: bytes sent.
-    pub ret: u64,
 }
 
-impl Call {
-    /// Wall-clock nanoseconds from entry to return.
+impl CpuSlice {
+    /// Wall-clock nanoseconds from start to end that the thread was awake
+    /// (running, or ready to run): its sleeps left out.
     pub fn wall_ns(&self) -> u64 {
-        self.end_ktime_ns.saturating_sub(self.start_ktime_ns)
+        self.end_ktime_ns
+            .saturating_sub(self.start_ktime_ns)
+            .saturating_sub(self.slept_ns)
     }
 }
 
@@ -182,23 +188,17 @@ pub struct CpuSample {
     pub rbp: u64,
     /// The thread's user stack from `rsp` upwards, as far as it was copied.
     pub stack: Vec<u8>,
-    /// Return addresses that return probes replaced with their trampoline on
-    /// this stack, innermost call first.
-    pub probe_returns: Vec<u64>,
-    /// The peer the thread was serving, if it was in `ProcessMessages` or
-    /// `SendMessages`.
+    /// The peer the thread's open CPU slice was charged to, if one was open.
     pub context: Option<PeerContext>,
 }
 
-/// Which peer a thread was serving when it was sampled.
+/// Which peer a thread was working for when it was sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerContext {
-    /// `ProcessMessages` or `SendMessages`.
-    pub function: TracedFunction,
-    /// The `CNode*`.
-    pub cnode: u64,
-    /// Its peer id, when the kernel had already tied the `CNode` to one.
-    pub peer_id: Option<i64>,
+    /// What opened the slice.
+    pub kind: SliceKind,
+    /// The peer id.
+    pub peer_id: i64,
 }
 
 /// One decoded event.
@@ -212,8 +212,8 @@ pub enum Event {
     Connection(Connection),
     /// A misbehaviour report.
     Misbehaving(Misbehaving),
-    /// A returned call of a traced function.
-    Call(Call),
+    /// A slice of the message handler's time, charged to a peer.
+    CpuSlice(CpuSlice),
     /// A mempool change.
     Mempool(MempoolChange),
     /// A block was connected.
@@ -311,6 +311,7 @@ impl Decoder {
                     ktime_ns: header.ktime_ns,
                     tid: header.tid,
                     peer_id: ev.peer_id,
+                    cnode: (ev.cnode != 0).then_some(ev.cnode),
                     addr: c_string(&ev.addr),
                     conn_type: c_string(&ev.conn_type),
                     msg_type: c_string(&ev.msg_type),
@@ -393,6 +394,8 @@ impl Decoder {
                     conn_type: c_string(&ev.conn_type),
                     network: ev.network,
                     value: ev.value,
+                    final_bytes: (ev.bytes_recv != BYTES_UNKNOWN && ev.bytes_sent != BYTES_UNKNOWN)
+                        .then_some((ev.bytes_recv, ev.bytes_sent)),
                 }));
             }
             Some(RecordKind::Misbehaving) => {
@@ -403,20 +406,19 @@ impl Decoder {
                     reason: c_string(&ev.reason),
                 }));
             }
-            Some(RecordKind::Call) => {
-                let ev: CallEvent = read(record, header.kind)?;
-                let function = TracedFunction::from_u8(ev.function)
-                    .ok_or(DecodeError::UnknownKind(header.kind))?;
-                out.push(Event::Call(Call {
+            Some(RecordKind::CpuSlice) => {
+                let ev: CpuSliceEvent = read(record, header.kind)?;
+                let kind =
+                    SliceKind::from_u8(ev.slice).ok_or(DecodeError::UnknownKind(header.kind))?;
+                out.push(Event::CpuSlice(CpuSlice {
                     start_ktime_ns: ev.start_ktime_ns,
                     end_ktime_ns: header.ktime_ns,
                     tid: header.tid,
-                    function,
-                    cnode: ev.cnode,
-                    peer_id: known_peer(ev.peer_id),
+                    peer_id: ev.peer_id,
+                    kind,
+                    slept_ns: ev.slept_ns,
+                    msg_type: c_string(&ev.msg_type),
                     oncpu_ns: (ev.oncpu_ns != ONCPU_UNKNOWN).then_some(ev.oncpu_ns),
-                    arg: ev.arg,
-                    ret: ev.ret,
                 }));
             }
             Some(RecordKind::Mempool) => {
@@ -481,8 +483,6 @@ fn decode_cpu_sample(header: RecordHeader, record: &[u8]) -> Result<CpuSample, D
             kind: header.kind,
             len: record.len(),
         })?;
-    let mut calls: Vec<_> = ev.calls.iter().filter(|c| c.return_addr != 0).collect();
-    calls.sort_by_key(|c| std::cmp::Reverse(c.start_ktime_ns));
     Ok(CpuSample {
         ktime_ns: header.ktime_ns,
         tid: header.tid,
@@ -492,12 +492,12 @@ fn decode_cpu_sample(header: RecordHeader, record: &[u8]) -> Result<CpuSample, D
         rsp: ev.rsp,
         rbp: ev.rbp,
         stack: stack.to_vec(),
-        probe_returns: calls.iter().map(|c| c.return_addr).collect(),
-        context: TracedFunction::from_u8(ev.function).map(|function| PeerContext {
-            function,
-            cnode: ev.cnode,
-            peer_id: known_peer(ev.peer_id),
-        }),
+        context: SliceKind::from_u8(ev.slice)
+            .filter(|_| ev.peer_id >= 0)
+            .map(|kind| PeerContext {
+                kind,
+                peer_id: ev.peer_id,
+            }),
     })
 }
 
@@ -545,6 +545,7 @@ mod tests {
             message_id: id,
             peer_id: 7,
             payload_size: size,
+            cnode: 0,
             chunks,
             direction: Direction::Inbound as u8,
             flags,
@@ -634,27 +635,15 @@ mod tests {
         ));
     }
 
-    fn cpu_sample(stack: &[u8], stack_len: u32, function: u8) -> Vec<u8> {
-        let mut calls = [peerlog_common::SampleCall::default(); peerlog_common::TRACED_FUNCTIONS];
-        // ProcessMessages entered first, ProcessMessage inside it.
-        calls[0] = peerlog_common::SampleCall {
-            start_ktime_ns: 100,
-            return_addr: 0x1111,
-        };
-        calls[2] = peerlog_common::SampleCall {
-            start_ktime_ns: 200,
-            return_addr: 0x2222,
-        };
+    fn cpu_sample(stack: &[u8], stack_len: u32, slice: u8) -> Vec<u8> {
         let mut v = bytes_of(&peerlog_common::CpuSample {
             header: header(RecordKind::CpuSample, 9, 555),
             rip: 0x401000,
             rsp: 0x7ff000,
             rbp: 0,
-            cnode: 0xc0de,
             peer_id: 4,
-            calls,
             stack_len,
-            function,
+            slice,
             flags: peerlog_common::SAMPLE_FLAG_IN_KERNEL,
             _pad: [0; 2],
             thread_name: fixed::<16>("b-msghand"),
@@ -664,12 +653,12 @@ mod tests {
     }
 
     #[test]
-    fn cpu_samples_carry_stack_context_and_probe_returns() {
+    fn cpu_samples_carry_stack_and_context() {
         let mut d = Decoder::new();
         let mut out = Vec::new();
         let stack: Vec<u8> = (0..64).collect();
         d.push(
-            &cpu_sample(&stack, 64, TracedFunction::ProcessMessages as u8),
+            &cpu_sample(&stack, 64, SliceKind::Processing as u8),
             &mut out,
         )
         .unwrap();
@@ -683,14 +672,11 @@ mod tests {
         assert_eq!(s.thread_name, "b-msghand");
         assert!(s.in_kernel);
         assert_eq!(s.stack, stack);
-        // Innermost call first.
-        assert_eq!(s.probe_returns, vec![0x2222, 0x1111]);
         assert_eq!(
             s.context,
             Some(PeerContext {
-                function: TracedFunction::ProcessMessages,
-                cnode: 0xc0de,
-                peer_id: Some(4),
+                kind: SliceKind::Processing,
+                peer_id: 4,
             })
         );
 
@@ -708,5 +694,52 @@ mod tests {
             d.push(&cpu_sample(&stack, 65, 0), &mut out),
             Err(DecodeError::Short { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_slices_decode_with_their_peer_and_type() {
+        let mut msg_type = [0u8; peerlog_common::MSG_TYPE_LEN];
+        msg_type[..4].copy_from_slice(b"ping");
+        let ev = CpuSliceEvent {
+            header: RecordHeader {
+                abi: ABI_VERSION,
+                kind: RecordKind::CpuSlice as u16,
+                tid: 3,
+                ktime_ns: 5_000,
+            },
+            start_ktime_ns: 1_000,
+            oncpu_ns: 2_500,
+            slept_ns: 1_000,
+            peer_id: 8,
+            slice: SliceKind::Processing as u8,
+            _pad: [0; 7],
+            msg_type,
+        };
+        // SAFETY: test helper over plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const CpuSliceEvent).cast::<u8>(),
+                size_of::<CpuSliceEvent>(),
+            )
+        };
+        let mut out = Vec::new();
+        Decoder::new().push(bytes, &mut out).unwrap();
+        let [Event::CpuSlice(s)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        // 4 µs from start to end, 1 µs of it asleep.
+        assert_eq!(
+            (s.peer_id, s.tid, s.wall_ns(), s.oncpu_ns),
+            (8, 3, 3_000, Some(2_500))
+        );
+        assert_eq!(
+            (s.kind, s.msg_type.as_str()),
+            (SliceKind::Processing, "ping")
+        );
     }
 }

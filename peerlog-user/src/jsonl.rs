@@ -66,7 +66,7 @@ impl JsonlSink {
     /// statistics and the flamegraphs instead.
     pub fn write(&mut self, event: &Event, clock: &WallClock) -> io::Result<()> {
         let value = match event {
-            Event::Call(_) | Event::CpuSample(_) => return Ok(()),
+            Event::CpuSlice(_) | Event::CpuSample(_) => return Ok(()),
             Event::Mempool(m) => mempool(m, clock),
             Event::BlockConnected(b) => block_connected(b, clock),
             Event::Message(m) => self.message(m, clock),
@@ -204,6 +204,7 @@ mod tests {
             ktime_ns: 1,
             tid: 1,
             peer_id: 3,
+            cnode: None,
             addr: "127.0.0.1:1".into(),
             conn_type: "inbound".into(),
             msg_type: "ping".into(),

@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use peerlog_common::TracedFunction;
+use peerlog_common::SliceKind;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -28,7 +28,7 @@ use crate::{
     filter::PeerFilter,
     peer::Network,
     rpc::{self, Query, ReportQuery, Request, TraceStatus},
-    stats::{self, Collector, Figures, Hist, PeerStats, Sink, StatsFilter, TimedCalls},
+    stats::{self, Collector, Figures, Hist, PeerStats, Sink, Slices, StatsFilter},
 };
 
 /// Peers exported at most per scrape; Bitcoin Core allows 125 connections by default.
@@ -203,11 +203,11 @@ impl Exposition {
     }
 }
 
-fn timed_calls(f: &Figures, function: TracedFunction) -> &TimedCalls {
-    if function == TracedFunction::SendMessages {
-        &f.send_messages
-    } else {
-        &f.process_messages
+/// The message handler's slices of one kind: `processing` or `sending`.
+fn slices(f: &Figures, kind: SliceKind) -> &Slices {
+    match kind {
+        SliceKind::Processing => &f.processing,
+        SliceKind::Sending => &f.sending,
     }
 }
 
@@ -243,15 +243,20 @@ fn render_text(
     let cov = c.coverage();
 
     e.family(
-        "peerlog_probe_attached",
+        "peerlog_figures_measured",
         "gauge",
-        "1 when the uprobes of this bitcoind function are attached, 0 when its figures are missing",
+        "1 when this group of figures is measured, 0 when its figures are missing",
     );
-    for f in TracedFunction::ALL {
+    for (figures, on) in [
+        ("cpu_slices", cov.slices),
+        ("node_counters", cov.node_counters),
+        ("mempool", cov.mempool),
+        ("blocks", cov.block_connected),
+    ] {
         e.sample(
-            "peerlog_probe_attached",
-            &format!("function=\"{}\"", f.name()),
-            if cov.has(f) { 1.0 } else { 0.0 },
+            "peerlog_figures_measured",
+            &format!("figures=\"{figures}\""),
+            if on { 1.0 } else { 0.0 },
         );
     }
     e.family(
@@ -356,106 +361,74 @@ fn render_text(
         }
     }
 
-    let functions = [
-        (TracedFunction::ProcessMessages, "ProcessMessages"),
-        (TracedFunction::SendMessages, "SendMessages"),
-        (TracedFunction::ReceiveMsgBytes, "ReceiveMsgBytes"),
-        (TracedFunction::SocketSendData, "SocketSendData"),
-    ];
-    let totals = |f: &Figures, func: TracedFunction| match func {
-        TracedFunction::ProcessMessages => f.process_messages.totals,
-        TracedFunction::SendMessages => f.send_messages.totals,
-        TracedFunction::ReceiveMsgBytes => f.receive_msg_bytes.totals,
-        // b-net's calls; the optimistic sends on b-msghand are inside ProcessMessages/SendMessages.
-        _ => f.socket_send_data.totals,
-    };
-    let attached: Vec<_> = functions.iter().filter(|(f, _)| cov.has(*f)).collect();
-    if !attached.is_empty() {
+    if cov.slices {
+        let kinds = [SliceKind::Processing, SliceKind::Sending];
         e.family(
-            "peerlog_calls_total",
+            "peerlog_msghand_slices_total",
             "counter",
-            "Returned calls of bitcoind functions for the peer (SocketSendData: outside b-msghand)",
+            "Slices of b-msghand's time charged to the peer: processing its messages, or sending to it",
         );
         for (labels, f) in &rows {
-            for (func, name) in &attached {
-                let l = with(labels, &format!("function=\"{name}\""));
-                e.sample("peerlog_calls_total", &l, totals(f, *func).calls as f64);
-            }
-        }
-        e.family(
-            "peerlog_wall_seconds_total",
-            "counter",
-            "Wall time in bitcoind functions for the peer",
-        );
-        for (labels, f) in &rows {
-            for (func, name) in &attached {
-                let l = with(labels, &format!("function=\"{name}\""));
+            for kind in kinds {
+                let l = with(labels, &format!("slice=\"{}\"", kind.name()));
                 e.sample(
-                    "peerlog_wall_seconds_total",
+                    "peerlog_msghand_slices_total",
                     &l,
-                    totals(f, *func).wall_ns as f64 / 1e9,
+                    slices(f, kind).totals.slices as f64,
                 );
             }
         }
-        if cov.oncpu {
-            e.family(
-                "peerlog_cpu_seconds_total",
-                "counter",
-                "On-CPU time in bitcoind functions for the peer",
-            );
-            for (labels, f) in &rows {
-                for (func, name) in &attached {
-                    let l = with(labels, &format!("function=\"{name}\""));
-                    e.sample(
-                        "peerlog_cpu_seconds_total",
-                        &l,
-                        totals(f, *func).cpu_ns as f64 / 1e9,
-                    );
-                }
-            }
-        }
-    }
-    if cov.has(TracedFunction::ReceiveMsgBytes) || cov.has(TracedFunction::SocketSendData) {
-        e.family("peerlog_net_bytes_total", "counter", "Bytes received (ReceiveMsgBytes) and sent (SocketSendData), transport framing included");
-        for (labels, f) in &rows {
-            if cov.has(TracedFunction::ReceiveMsgBytes) {
-                let l = with(labels, "direction=\"recv\"");
-                e.sample(
-                    "peerlog_net_bytes_total",
-                    &l,
-                    f.receive_msg_bytes.bytes as f64,
-                );
-            }
-            if cov.has(TracedFunction::SocketSendData) {
-                let l = with(labels, "direction=\"sent\"");
-                let sent = f.socket_send_data.bytes + f.socket_send_data_msghand.bytes;
-                e.sample("peerlog_net_bytes_total", &l, sent as f64);
-            }
-        }
-    }
-    let timed = [
-        (TracedFunction::ProcessMessages, "processmessages"),
-        (TracedFunction::SendMessages, "sendmessages"),
-    ];
-    for (func, stem) in timed.iter().filter(|(f, _)| cov.has(*f)) {
-        let name = format!("peerlog_{stem}_call_wall_seconds");
         e.family(
-            &name,
-            "summary",
-            &format!("Wall time per {} call", func.name()),
+            "peerlog_msghand_wall_seconds_total",
+            "counter",
+            "Wall time of b-msghand's slices charged to the peer",
         );
         for (labels, f) in &rows {
-            e.summary_seconds(&name, labels, &timed_calls(f, *func).wall_ns_per_call);
+            for kind in kinds {
+                let l = with(labels, &format!("slice=\"{}\"", kind.name()));
+                let ns = slices(f, kind).totals.wall_ns;
+                e.sample("peerlog_msghand_wall_seconds_total", &l, ns as f64 / 1e9);
+            }
         }
-        if cov.oncpu {
-            let name = format!("peerlog_{stem}_call_cpu_seconds");
+        e.family(
+            "peerlog_msghand_cpu_seconds_total",
+            "counter",
+            "On-CPU time of b-msghand's slices charged to the peer",
+        );
+        for (labels, f) in &rows {
+            for kind in kinds {
+                let l = with(labels, &format!("slice=\"{}\"", kind.name()));
+                let ns = slices(f, kind).totals.cpu_ns;
+                e.sample("peerlog_msghand_cpu_seconds_total", &l, ns as f64 / 1e9);
+            }
+        }
+        for kind in kinds {
+            let name = format!("peerlog_{}_slice_cpu_seconds", kind.name());
             e.family(
                 &name,
                 "summary",
-                &format!("On-CPU time per {} call", func.name()),
+                &format!("On-CPU time per {} slice", kind.name()),
             );
             for (labels, f) in &rows {
-                e.summary_seconds(&name, labels, &timed_calls(f, *func).cpu_ns_per_call);
+                e.summary_seconds(&name, labels, &slices(f, kind).cpu_ns_per_slice);
+            }
+        }
+    }
+    if cov.node_counters {
+        e.family(
+            "peerlog_net_bytes_total",
+            "counter",
+            "bitcoind's own byte counters of the connection (getpeerinfo's bytesrecv, bytessent), transport framing included",
+        );
+        let bytes = peers
+            .iter()
+            .map(|p| (peer_labels(p), c.node_bytes(p)))
+            .chain(std::iter::once((String::new(), Some(c.node_bytes_total()))));
+        for (labels, b) in bytes {
+            let Some(b) = b else { continue };
+            for (dir, n) in [("recv", b.recv), ("sent", b.sent)] {
+                let l = with(&labels, &format!("direction=\"{dir}\""));
+                e.sample("peerlog_net_bytes_total", &l, n as f64);
             }
         }
     }
@@ -547,15 +520,12 @@ fn render_text(
     if cov.block_connected {
         e.per_row("peerlog_new_blocks_total", "counter", "New blocks the peer served first (connected while processing its block, cmpctblock or blocktxn)", &rows, |f| f.blocks.new_blocks as f64);
     }
-    if cov.has(TracedFunction::ProcessMessages)
-        && cov.has(TracedFunction::SendMessages)
-        && cov.oncpu
-    {
+    if cov.slices {
         let all = c.total().msghand_cpu_ns();
         e.family(
             "peerlog_msghand_cpu_share",
             "gauge",
-            "The peer's share of the b-msghand CPU time spent in ProcessMessages/SendMessages",
+            "The peer's share of the b-msghand CPU time charged to peers",
         );
         for p in peers {
             let share = if all > 0 {

@@ -1,11 +1,7 @@
 //! Loading peerlog's eBPF object and attaching its programs to a target, and
 //! the controls userspace keeps over the programs while they run.
 
-use std::{
-    fs, io,
-    os::fd::AsFd,
-    path::{Path, PathBuf},
-};
+use std::{io, os::fd::AsFd, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -19,14 +15,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, TracedFunction, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
+    ConfigKey, LossCause, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
     PEER_POLICY_SKIP_PAYLOAD,
 };
 use serde::Serialize;
 
 use crate::{
     attach::{ProbeLink, UprobePmu, UprobeTarget},
-    btf, symbols,
+    btf, debuginfo,
+    layout::CNodeLayout,
     target::{Target, NET_TRACEPOINTS},
 };
 
@@ -49,10 +46,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJEC
 pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_size: u32,
-    /// Attach the resource-tracking probes (functions, mempool, validation,
-    /// scheduler) besides the `net:*` tracepoints.
+    /// Attach the resource-tracking probes (mempool, validation, scheduler)
+    /// and keep per-peer CPU slices, besides the `net:*` tracepoints.
     pub accounting: bool,
-    /// Separate debug file with bitcoind's symbols (`--debug-file`).
+    /// Separate debug file with bitcoind's DWARF (`--debug-file`).
     pub debug_file: Option<PathBuf>,
     /// Sample every thread of the target this many times a second per CPU
     /// (for flamegraphs); None: no sampling.
@@ -67,35 +64,38 @@ pub struct Coverage {
     pub tracepoints: Vec<String>,
     /// Accounting tracepoints the binary lacks.
     pub missing_tracepoints: Vec<String>,
-    /// Functions timed by uprobes.
-    pub functions: Vec<&'static str>,
-    /// Functions that could not be timed, and why.
-    pub missing_functions: Vec<(&'static str, String)>,
-    /// Where the function symbols came from.
-    pub symbols_from: Option<PathBuf>,
-    /// Why on-CPU time is not measured; None when it is.
+    /// Whether the accounting is on: the kernel cuts the message-handling
+    /// threads' time into per-peer slices.
+    pub slices: bool,
+    /// Why on-CPU time (and so the slices) is not measured; None when it is.
     pub oncpu_missing: Option<String>,
+    /// Where bitcoind's `CNode` members are, from its DWARF.
+    #[serde(skip)]
+    pub cnode_layout: Option<CNodeLayout>,
+    /// The file the layout came from.
+    pub debug_info: Option<PathBuf>,
+    /// Why the layout (and so `bytesrecv`/`bytessent`) is missing.
+    pub cnode_layout_missing: Option<String>,
 }
 
 impl Coverage {
-    /// One line for the operator: what is timed and what is missing, and why.
+    /// One line for the operator: what is measured and what is missing, and why.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if !self.functions.is_empty() {
-            let from = self
-                .symbols_from
-                .as_ref()
-                .map(|p| format!(" (symbols from {})", p.display()))
-                .unwrap_or_default();
-            parts.push(format!("{} functions timed{from}", self.functions.len()));
+        match &self.oncpu_missing {
+            None if self.slices => {
+                parts.push("per-peer CPU from the message tracepoints, on-CPU time measured".into())
+            }
+            None => {}
+            Some(why) => parts.push(format!("per-peer CPU NOT measured: {why}")),
         }
-        if !self.missing_functions.is_empty() {
-            let names: Vec<_> = self.missing_functions.iter().map(|(n, _)| *n).collect();
-            parts.push(format!(
-                "NOT timed: {} ({}): per-peer CPU figures are missing",
-                names.join(", "),
-                self.missing_functions[0].1
-            ));
+        match (&self.debug_info, &self.cnode_layout_missing) {
+            (Some(from), None) => parts.push(format!(
+                "bitcoind's byte counters read from its CNodes (layout from {})",
+                from.display()
+            )),
+            (_, Some(why)) => parts.push(format!("bytesrecv/bytessent NOT measured: {why}")),
+            (None, None) => {}
         }
         if !self.missing_tracepoints.is_empty() {
             parts.push(format!(
@@ -103,17 +103,7 @@ impl Coverage {
                 self.missing_tracepoints.join(", ")
             ));
         }
-        match &self.oncpu_missing {
-            None if !self.functions.is_empty() => parts.push("on-CPU time measured".into()),
-            None => {}
-            Some(why) => parts.push(format!("on-CPU time NOT measured: {why}")),
-        }
         parts.join("; ")
-    }
-
-    /// Whether `function` is timed.
-    pub fn has_function(&self, function: TracedFunction) -> bool {
-        self.functions.contains(&function.name())
     }
 }
 
@@ -202,10 +192,13 @@ impl Probes {
                         .push(format!("{provider}:{name}"));
                 }
             }
-            probes.attach_functions(&pmu, target, opts.debug_file.as_deref())?;
-            if let Err(e) = probes.attach_scheduler() {
-                log::warn!("on-CPU time is not measured: {e:#}");
-                probes.coverage.oncpu_missing = Some(format!("{e:#}"));
+            probes.read_cnode_layout(target, opts.debug_file.as_deref())?;
+            match probes.attach_scheduler() {
+                Ok(()) => probes.coverage.slices = true,
+                Err(e) => {
+                    log::warn!("on-CPU time is not measured: {e:#}");
+                    probes.coverage.oncpu_missing = Some(format!("{e:#}"));
+                }
             }
         }
         probes.sites = probes.links.len();
@@ -316,71 +309,44 @@ impl Probes {
         Ok(program.fd()?.as_fd().try_clone_to_owned()?)
     }
 
-    /// Entry and return probes on the functions that do the work for a peer.
-    fn attach_functions(
+    /// Finds bitcoind's `CNode` layout in its DWARF and hands the offsets
+    /// to the kernel, which then finds each peer's `CNode` and reads its
+    /// final byte counters. Only a `--debug-file` that does not fit is an
+    /// error; otherwise what is missing is noted in the coverage.
+    fn read_cnode_layout(
         &mut self,
-        pmu: &UprobePmu,
         target: &Target,
-        debug_file: Option<&Path>,
+        debug_file: Option<&std::path::Path>,
     ) -> Result<()> {
-        let data =
-            fs::read(&target.exe).with_context(|| format!("reading {target} for symbols"))?;
         let install_dir = target.exe_display.parent().map(|dir| {
-            Path::new(&format!("/proc/{}/root", target.pid))
+            std::path::Path::new(&format!("/proc/{}/root", target.pid))
                 .join(dir.strip_prefix("/").unwrap_or(dir))
         });
-        let symbols = symbols::resolve(&data, install_dir.as_deref(), debug_file)?;
-        drop(data);
-        let entry = self.load_uprobe("call_entry")?;
-        let exit = self.load_uprobe("call_return")?;
-        for (function, offset) in &symbols.found {
-            for (program, retprobe) in [(&entry, false), (&exit, true)] {
-                let link = pmu
-                    .attach(
-                        program.as_fd(),
-                        &UprobeTarget {
-                            binary: &target.exe,
-                            file_offset: *offset,
-                            semaphore_file_offset: None,
-                            pid: target.pid,
-                            cookie: *function as u64,
-                            retprobe,
-                        },
-                    )
-                    .with_context(|| {
-                        format!(
-                            "attaching to {} at {offset:#x} of {target}",
-                            function.name()
-                        )
-                    })?;
-                self.links.push(link);
-            }
-            self.coverage.functions.push(function.name());
-        }
-        let why = if symbols.found.is_empty() {
-            format!(
-                "no symbols: the binary is stripped and no debug file was found (looked at {}); \
-                 give one with --debug-file",
-                if symbols.searched.is_empty() {
-                    "nothing: the binary has no build-id or debuglink".to_string()
-                } else {
-                    symbols
-                        .searched
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            )
-        } else {
-            "not in the symbol table".to_string()
+        let found = debuginfo::find(&target.exe, install_dir.as_deref(), debug_file)?;
+        let Some(source) = found.source.clone() else {
+            self.coverage.cnode_layout_missing = Some(found.missing_reason());
+            return Ok(());
         };
-        for function in &symbols.missing {
-            self.coverage
-                .missing_functions
-                .push((function.name(), why.clone()));
+        self.coverage.debug_info = Some(source.clone());
+        let layout = match CNodeLayout::from_dwarf(&source) {
+            Ok(layout) => layout,
+            Err(e) => {
+                self.coverage.cnode_layout_missing = Some(format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        let mut config: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+        for (key, offset) in [
+            (ConfigKey::CNodeRecvBytesOffset, layout.recv_bytes),
+            (ConfigKey::CNodeSendBytesOffset, layout.send_bytes),
+            (ConfigKey::CNodeAddrNameOffset, layout.addr_name),
+            // Last: a non-zero id offset switches the CNode search on.
+            (ConfigKey::CNodeIdOffset, layout.id),
+        ] {
+            config.set(key as u32, offset, 0)?;
         }
-        self.coverage.symbols_from = symbols.source;
+        self.coverage.cnode_layout = Some(layout);
         Ok(())
     }
 

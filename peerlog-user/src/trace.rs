@@ -22,6 +22,7 @@ use crate::{
     filter::PeerSelector,
     flamegraph::{CpuProfile, ProfileReport},
     jsonl::JsonlSink,
+    layout::CounterReader,
     peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes},
     rpc, stats,
@@ -429,7 +430,7 @@ impl Tracer {
                 peer.misbehaving += 1;
                 report = peer.selected;
             }
-            Event::Call(_) => report = false,
+            Event::CpuSlice(_) => report = false,
             Event::Mempool(m) => report = self.attributed_selected(m.peer_id),
             Event::BlockConnected(b) => report = self.attributed_selected(b.peer_id),
             Event::CpuSample(sample) => {
@@ -593,6 +594,10 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         target.pid,
         clock,
         (&probes.coverage).into(),
+        probes
+            .coverage
+            .cnode_layout
+            .map(|layout| CounterReader::new(target.pid as u32, layout)),
     )?;
     // Listening before saying "attached", so whoever waits for that can connect.
     let mut servers = rpc::Servers::start(&opts.stats, target.pid)?;

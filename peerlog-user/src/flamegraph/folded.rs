@@ -23,12 +23,6 @@ pub fn peer_frame(peer_id: i64, addr: &str) -> String {
     }
 }
 
-/// The frame for a peer whose id the kernel had not learned: only its
-/// `CNode` address is known.
-pub fn unknown_peer_frame(cnode: u64) -> String {
-    format!("{PEER_FRAME_PREFIX}? CNode {cnode:#x}")
-}
-
 /// The peer id of a peer frame.
 pub fn peer_of_frame(frame: &str) -> Option<i64> {
     let rest = frame.strip_prefix(PEER_FRAME_PREFIX)?;
@@ -207,7 +201,7 @@ mod tests {
     fn peer_frames() {
         assert_eq!(peer_of_frame("peer=12 [::1]:8333"), Some(12));
         assert_eq!(peer_of_frame("peer=12"), Some(12));
-        assert_eq!(peer_of_frame(&unknown_peer_frame(0x55aa)), None);
+        assert_eq!(peer_of_frame("peer=? CNode 0x55aa"), None);
         assert_eq!(peer_of_frame("clone3"), None);
     }
 

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{event::CpuSample, peer::PeerTable, target::Target};
-use folded::{peer_frame, peer_of_frame, unknown_peer_frame, FoldedStacks};
+use folded::{peer_frame, peer_of_frame, FoldedStacks};
 use symbolize::Symbols;
 use unwind::StackWalker;
 
@@ -50,12 +50,11 @@ pub const KERNEL_FRAME: &str = "[kernel]";
 /// Whom a sampled thread was working for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Served {
-    /// Not in a peer's `ProcessMessages`/`SendMessages`.
+    /// No open CPU slice: not the message handler, or it slept since its
+    /// last message event.
     Nobody,
-    /// Peer with this id.
+    /// Peer with this id: the one the thread's open slice is charged to.
     Peer(i64),
-    /// A `CNode` whose peer id the kernel had not learned yet.
-    CNode(u64),
 }
 
 /// The samples of one thread name for one [`Served`].
@@ -127,8 +126,6 @@ struct Profiler {
 #[derive(Default)]
 struct Counted {
     tallies: HashMap<(String, Served), Tally>,
-    /// `CNode*` → peer id, from samples that carried both.
-    cnode_peers: HashMap<u64, i64>,
 }
 
 /// What a profile wrote, for the trace summary.
@@ -146,8 +143,6 @@ pub struct ProfileReport {
     pub lost: u64,
     /// Samples by peer id, for the peers that have a flamegraph.
     pub peers: BTreeMap<i64, SampleCounts>,
-    /// Samples in a peer's context whose peer id stayed unknown.
-    pub unknown_peer_samples: u64,
 }
 
 impl std::fmt::Display for ProfileReport {
@@ -167,15 +162,7 @@ impl std::fmt::Display for ProfileReport {
             self.dir.display(),
             self.peers.len(),
             if self.peers.len() == 1 { "" } else { "s" }
-        )?;
-        if self.unknown_peer_samples > 0 {
-            write!(
-                f,
-                " ({} samples of peers whose id was never learned are in all.svg only)",
-                self.unknown_peer_samples
-            )?;
-        }
-        Ok(())
+        )
     }
 }
 
@@ -324,13 +311,7 @@ impl Profiler {
         }
         let served = match sample.context {
             None => Served::Nobody,
-            Some(c) => match c.peer_id {
-                Some(id) => {
-                    self.counted.cnode_peers.insert(c.cnode, id);
-                    Served::Peer(id)
-                }
-                None => Served::CNode(c.cnode),
-            },
+            Some(c) => Served::Peer(c.peer_id),
         };
         let thread = if sample.thread_name.is_empty() {
             format!("[thread {}]", sample.tid)
@@ -351,7 +332,6 @@ impl Written<'_> {
         let mut all = FoldedStacks::new();
         let mut all_counts = SampleCounts::default();
         let mut by_peer: BTreeMap<i64, (FoldedStacks, SampleCounts)> = BTreeMap::new();
-        let mut unknown_peer_samples = 0;
         let mut keys: Vec<_> = counted.tallies.keys().cloned().collect();
         keys.sort();
         for key in keys {
@@ -362,25 +342,12 @@ impl Written<'_> {
                 complete: tally.complete,
             };
             all_counts.add(counts);
-            // A CNode seen before its peer id was learned belongs to the peer
-            // the kernel tied it to later in the trace.
-            let served = match served {
-                Served::CNode(cnode) => counted
-                    .cnode_peers
-                    .get(&cnode)
-                    .map_or(served, |&id| Served::Peer(id)),
-                other => other,
-            };
             let label = match served {
                 Served::Nobody => None,
                 Served::Peer(id) => Some(peer_frame(
                     id,
                     peers.get(id).map(|p| p.addr.as_str()).unwrap_or(""),
                 )),
-                Served::CNode(cnode) => {
-                    unknown_peer_samples += tally.samples;
-                    Some(unknown_peer_frame(cnode))
-                }
             };
             let mut root = vec![thread.as_str()];
             root.extend(label.as_deref());
@@ -433,7 +400,6 @@ impl Written<'_> {
             counts: all_counts,
             lost,
             peers: by_peer.into_iter().map(|(id, (_, c))| (id, c)).collect(),
-            unknown_peer_samples,
         })
     }
 
@@ -455,16 +421,15 @@ impl Written<'_> {
     }
 }
 
-/// The file with the symbol table of a stripped executable: its debug file,
-/// found by the same rules as the uprobes' symbols (build-id, debug link).
+/// The file with the symbols and DWARF of a stripped executable: its debug
+/// file, found by the same rules as the `CNode` layout (build-id, debug link).
 fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
-    let data = fs::read(&target.exe).ok()?;
     let install_dir = target.exe_display.parent().map(|dir| {
         Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir))
     });
-    let found = crate::symbols::resolve(&data, install_dir.as_deref(), debug_file).ok()?;
-    // `source` names the binary's own .symtab with a description, not a path.
-    found.source.filter(|p| p.is_file())
+    crate::debuginfo::find(&target.exe, install_dir.as_deref(), debug_file)
+        .ok()?
+        .source
 }
 
 fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {

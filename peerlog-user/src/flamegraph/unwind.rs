@@ -31,8 +31,7 @@ use crate::event::CpuSample;
 const MAX_FRAMES: usize = 512;
 
 /// How often the module list may be re-read when an address falls outside
-/// every known module: a library loaded after peerlog attached, or the
-/// `[uprobes]` page, which the kernel maps at the first probe hit. Short,
+/// every known module (a library loaded after peerlog attached). Short,
 /// because every sample until then walks into a dead end.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -98,9 +97,6 @@ pub struct StackWalker {
     modules: Vec<LoadedModule>,
     unwinder: UnwinderX86_64<Vec<u8>>,
     cache: CacheX86_64,
-    /// The `[uprobes]` page: return probes make calls return through a
-    /// trampoline there.
-    uprobes: Option<Range<u64>>,
     last_refresh: Instant,
 }
 
@@ -237,7 +233,6 @@ impl StackWalker {
             modules: Vec::new(),
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
-            uprobes: None,
             last_refresh: Instant::now(),
         };
         walker
@@ -262,10 +257,6 @@ impl StackWalker {
         self.last_refresh = Instant::now();
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))?;
         let mappings = parse_maps(&maps);
-        self.uprobes = mappings
-            .iter()
-            .find(|m| m.path == "[uprobes]")
-            .map(|m| m.range.clone());
 
         // Group file mappings by inode; the vDSO is its own group.
         let mut groups: Vec<Vec<&Mapping>> = Vec::new();
@@ -406,10 +397,9 @@ impl StackWalker {
     /// Walks the stack of one sample.
     pub fn walk(&mut self, sample: &CpuSample) -> WalkedStack {
         let walked = self.walk_once(sample);
-        // An address outside every module may be a library loaded or the
-        // return probes' trampoline page mapped since the last look at the
-        // maps: look again (not more often than REFRESH_INTERVAL) and walk
-        // once more.
+        // An address outside every module may be in a library loaded since
+        // the last look at the maps: look again (not more often than
+        // REFRESH_INTERVAL) and walk once more.
         let unknown = walked.frames.iter().any(|&a| self.module_of(a).is_none());
         if unknown && self.last_refresh.elapsed() >= REFRESH_INTERVAL {
             if let Err(e) = self.refresh() {
@@ -430,9 +420,6 @@ impl StackWalker {
                 .ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
-        // Return probes put their trampoline where the return address was;
-        // the real addresses come with the sample, innermost call first.
-        let mut returns = sample.probe_returns.iter().copied();
         let mut regs = UnwindRegsX86_64::new(sample.rip, sample.rsp, sample.rbp);
         let mut address = FrameAddress::from_instruction_pointer(sample.rip);
         let mut frames = Vec::new();
@@ -443,17 +430,7 @@ impl StackWalker {
                 .unwinder
                 .unwind_frame(address, &mut regs, &mut self.cache, &mut read_stack)
             {
-                Ok(Some(mut return_address)) => {
-                    if self
-                        .uprobes
-                        .as_ref()
-                        .is_some_and(|r| r.contains(&return_address))
-                    {
-                        match returns.next() {
-                            Some(real) => return_address = real,
-                            None => break,
-                        }
-                    }
+                Ok(Some(return_address)) => {
                     match FrameAddress::from_return_address(return_address) {
                         Some(next) => address = next,
                         None => break,

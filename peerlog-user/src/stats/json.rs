@@ -4,10 +4,9 @@
 //!
 //! Figures the attached probes cannot give are `null`, never `0`.
 
-use peerlog_common::TracedFunction::{self, *};
 use serde_json::{json, Map, Value};
 
-use super::{Collector, Coverage, Figures, MsgTypeFigures, PeerStats};
+use super::{Collector, Coverage, Figures, MsgTypeFigures, NodeBytes, PeerStats};
 use crate::{
     filter::{PeerFilter, PeerSelector},
     peer::{Network, Traffic},
@@ -44,15 +43,11 @@ impl StatsFilter {
 }
 
 impl Coverage {
-    /// `{"functions": {"ProcessMessages": true, ...}, "oncpu": ..., ...}`.
+    /// `{"cpu_slices": true, "node_counters": ..., ...}`.
     pub fn to_json(&self) -> Value {
-        let functions: Map<String, Value> = TracedFunction::ALL
-            .iter()
-            .map(|f| (f.name().to_string(), json!(self.has(*f))))
-            .collect();
         json!({
-            "functions": functions,
-            "oncpu": self.oncpu,
+            "cpu_slices": self.slices,
+            "node_counters": self.node_counters,
             "mempool": self.mempool,
             "block_connected": self.block_connected,
             "notes": self.notes,
@@ -82,14 +77,16 @@ impl Collector {
         out.insert("evicted".into(), json!(p.evicted));
         let f = &p.figures;
         let cov = &self.coverage;
-        let share = (cov.has(ProcessMessages) && cov.has(SendMessages) && cov.oncpu)
+        let share = cov
+            .slices
             .then(|| {
                 let all = self.total.msghand_cpu_ns();
                 (all > 0).then(|| f.msghand_cpu_ns() as f64 / all as f64)
             })
             .flatten();
         out.insert("msghand_cpu_share".into(), json!(share));
-        self.figures_json(f, filter, &mut out);
+        let bytes = cov.node_counters.then(|| self.node_bytes(p)).flatten();
+        self.figures_json(f, bytes, filter, &mut out);
         let per_msg = |key: &str| f.per_msg.get(key).cloned().unwrap_or_default();
         let (cmpct, getblocktxn, blocktxn) = (
             per_msg("cmpctblock"),
@@ -124,8 +121,9 @@ impl Collector {
             "peers_closed_kept".into(),
             json!(self.peers().count() - connected),
         );
-        self.figures_json(&self.total, filter, &mut out);
-        let has_pm = self.coverage.has(ProcessMessage);
+        let bytes = self.coverage.node_counters.then(|| self.node_bytes_total());
+        self.figures_json(&self.total, bytes, filter, &mut out);
+        let has_slices = self.coverage.slices;
         let msg_types: Map<String, Value> = self
             .total
             .per_msg
@@ -136,16 +134,14 @@ impl Collector {
                 let direction = |t: &crate::peer::Traffic, h: Option<&super::Hist>| {
                     json!({"msgs": t.msgs, "bytes": t.bytes, "payload_size": h})
                 };
-                let pm = has_pm.then(|| {
+                let processing = has_slices.then(|| {
                     json!({
-                        "calls": m.process_message.totals.calls,
-                        "wall_ns": m.process_message.totals.wall_ns,
-                        "cpu_ns": m.process_message.totals.cpu_ns,
-                        "calls_without_cpu": m.process_message.totals.calls_without_cpu,
-                        "queue_ns": m.process_message.queue_ns,
-                        "wall_ns_per_call": hists.map(|h| &h.wall),
-                        "cpu_ns_per_call": hists.map(|h| &h.cpu),
-                        "queue_ns_per_msg": hists.map(|h| &h.queue),
+                        "slices": m.processing.slices,
+                        "wall_ns": m.processing.wall_ns,
+                        "cpu_ns": m.processing.cpu_ns,
+                        "slices_without_cpu": m.processing.slices_without_cpu,
+                        "wall_ns_per_slice": hists.map(|h| &h.wall),
+                        "cpu_ns_per_slice": hists.map(|h| &h.cpu),
                     })
                 });
                 (
@@ -153,7 +149,7 @@ impl Collector {
                     json!({
                         "recv": direction(&m.recv, hists.map(|h| &h.payload_recv)),
                         "sent": direction(&m.sent, hists.map(|h| &h.payload_sent)),
-                        "processmessage": pm,
+                        "processing": processing,
                     }),
                 )
             })
@@ -164,9 +160,14 @@ impl Collector {
     }
 
     /// The figures a peer and the node have in common.
-    fn figures_json(&self, f: &Figures, filter: &StatsFilter, out: &mut Map<String, Value>) {
+    fn figures_json(
+        &self,
+        f: &Figures,
+        bytes: Option<NodeBytes>,
+        filter: &StatsFilter,
+        out: &mut Map<String, Value>,
+    ) {
         let cov = &self.coverage;
-        let any_call = !cov.functions.is_empty();
         // Types seen in that direction: `verack` has a count and zero bytes.
         let per_msg = |pick: &dyn Fn(&MsgTypeFigures) -> Traffic, bytes: bool| {
             f.per_msg
@@ -180,18 +181,8 @@ impl Collector {
         };
         let fields = [
             ("misbehaving", json!(f.misbehaving)),
-            (
-                "bytesrecv",
-                json!(cov
-                    .has(ReceiveMsgBytes)
-                    .then_some(f.receive_msg_bytes.bytes)),
-            ),
-            (
-                "bytessent",
-                json!(cov
-                    .has(SocketSendData)
-                    .then_some(f.socket_send_data.bytes + f.socket_send_data_msghand.bytes)),
-            ),
+            ("bytesrecv", json!(bytes.map(|b| b.recv))),
+            ("bytessent", json!(bytes.map(|b| b.sent))),
             ("msgsrecv", json!(f.recv.msgs)),
             ("msgssent", json!(f.sent.msgs)),
             ("payloadrecv", json!(f.recv.bytes)),
@@ -214,38 +205,16 @@ impl Collector {
             ),
             ("payload_recv_size", json!(f.payload_recv)),
             ("payload_sent_size", json!(f.payload_sent)),
-            ("cpu_ns", json!((any_call && cov.oncpu).then(|| f.cpu_ns()))),
+            ("cpu_ns", json!(cov.slices.then(|| f.msghand_cpu_ns()))),
+            ("processing", json!(cov.slices.then_some(&f.processing))),
+            ("sending", json!(cov.slices.then_some(&f.sending))),
             (
-                "processmessages",
-                json!(cov.has(ProcessMessages).then_some(&f.process_messages)),
-            ),
-            (
-                "sendmessages",
-                json!(cov.has(SendMessages).then_some(&f.send_messages)),
-            ),
-            (
-                "receivemsgbytes",
-                json!(cov.has(ReceiveMsgBytes).then_some(f.receive_msg_bytes)),
-            ),
-            (
-                "socketsenddata",
-                json!(cov.has(SocketSendData).then_some(f.socket_send_data)),
-            ),
-            (
-                "socketsenddata_msghand",
-                json!(cov
-                    .has(SocketSendData)
-                    .then_some(f.socket_send_data_msghand)),
-            ),
-            (
-                "processmessage_per_msg",
-                json!(cov.has(ProcessMessage).then(|| {
+                "processing_per_msg",
+                json!(cov.slices.then(|| {
                     f.per_msg
                         .iter()
-                        .filter(|(key, m)| {
-                            filter.shows_msg_type(key) && m.process_message.totals.calls > 0
-                        })
-                        .map(|(key, m)| (key.to_string(), json!(m.process_message)))
+                        .filter(|(key, m)| filter.shows_msg_type(key) && m.processing.slices > 0)
+                        .map(|(key, m)| (key.to_string(), json!(m.processing)))
                         .collect::<Map<String, Value>>()
                 })),
             ),

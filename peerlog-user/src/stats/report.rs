@@ -18,6 +18,7 @@ use crate::{
     clock::WallClock,
     event::Event,
     filter::PeerFilter,
+    layout::CounterReader,
     metrics,
     rpc::{self, ReportQuery, RpcError, RpcSocket, TraceStatus},
 };
@@ -169,12 +170,15 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Opens the outputs for a trace of `pid` that starts now.
+    /// Opens the outputs for a trace of `pid` that starts now; `counters`
+    /// reads bitcoind's per-connection byte counters, when its `CNode`
+    /// layout is known.
     pub fn new(
         options: StatsOptions,
         pid: i32,
         clock: WallClock,
         coverage: Coverage,
+        counters: Option<CounterReader>,
     ) -> Result<Self> {
         let started = SystemTime::now();
         let stats_log = match &options.stats_log {
@@ -207,7 +211,13 @@ impl Reporter {
             })
         });
         Ok(Self {
-            collector: Collector::new(clock, coverage, hdr_log.is_some(), sinks),
+            collector: {
+                let collector = Collector::new(clock, coverage, hdr_log.is_some(), sinks);
+                match counters {
+                    Some(reader) => collector.with_counters(reader),
+                    None => collector,
+                }
+            },
             options,
             pid,
             started,
@@ -239,8 +249,8 @@ impl Reporter {
     }
 
     /// The `b-msghand` thread's CPU time since tracing started next to what
-    /// peerlog attributed to peers in `ProcessMessages`/`SendMessages`;
-    /// null when the thread is not found by name.
+    /// peerlog attributed to peers in CPU slices; null when the thread is not
+    /// found by name.
     pub fn msghand_json(&self) -> Value {
         let Some(base) = self.msghand else {
             return Value::Null;
@@ -252,7 +262,7 @@ impl Reporter {
         json!({
             "tid": base.tid,
             "thread_cpu_ns": thread_ns,
-            "processmessages_sendmessages_cpu_ns": attributed,
+            "attributed_cpu_ns": attributed,
             "covered_share": thread_ns.filter(|&t| t > 0).map(|t| attributed as f64 / t as f64),
         })
     }

@@ -1,0 +1,357 @@
+//! bitcoind's `CNode` as its DWARF describes it, and reading the node's own
+//! per-peer counters out of a running bitcoind.
+//!
+//! `getpeerinfo`'s `bytesrecv` and `bytessent` are `CNode::nRecvBytes` and
+//! `CNode::nSendBytes`, counted by bitcoind at the socket, transport framing
+//! and the BIP324 handshake included. Rather than probe every socket call
+//! (`CNode::ReceiveMsgBytes`, `CConnman::SocketSendData`: two more uprobe
+//! hits per message, each costing the node microseconds), peerlog reads those
+//! members where bitcoind keeps them: the kernel finds each peer's `CNode*`
+//! at the message tracepoints (see `peerlog-ebpf`), and peerlog reads the
+//! counters with `process_vm_readv` when it reports, and in the kernel at
+//! `net:closed_connection` for the final figures.
+//!
+//! Member offsets differ between Bitcoin Core versions and builds, so they
+//! come from the DWARF of the binary or of its debug file, with each
+//! member's size checked against the type DWARF gives it. Compressed debug
+//! sections (Bitcoin Core's release debug files use zlib) are decompressed
+//! one compilation unit at a time: the `CNode` definition is usually in the
+//! first unit, and a 200 MB `.debug_info` never has to be held in memory.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    io::{self, Read},
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use gimli::{AttributeValue, EndianSlice, LittleEndian, UnitOffset};
+use object::{CompressionFormat, Object, ObjectSection};
+
+use crate::debuginfo::Mapped;
+
+/// Where the members peerlog reads sit in bitcoind's `CNode`, in bytes from
+/// the start of the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CNodeLayout {
+    /// `const NodeId id` (8 bytes).
+    pub id: u64,
+    /// `const std::string m_addr_name` (its data pointer comes first).
+    pub addr_name: u64,
+    /// `uint64_t nRecvBytes`.
+    pub recv_bytes: u64,
+    /// `uint64_t nSendBytes`.
+    pub send_bytes: u64,
+}
+
+/// The members looked for: name and the size DWARF must give its type.
+const MEMBERS: [(&str, u64); 4] = [
+    ("id", 8),
+    ("m_addr_name", 32),
+    ("nRecvBytes", 8),
+    ("nSendBytes", 8),
+];
+
+impl CNodeLayout {
+    /// Reads the layout from the DWARF of `path` (bitcoind itself, or its
+    /// debug file).
+    pub fn from_dwarf(path: &Path) -> Result<Self> {
+        let map = Mapped::open(path)?;
+        let elf = object::File::parse(map.bytes())
+            .with_context(|| format!("{} is not an ELF file", path.display()))?;
+        let section = |name: &str| -> Result<Cow<'_, [u8]>> {
+            match elf.section_by_name(name) {
+                Some(s) => {
+                    decompressed(&s).with_context(|| format!("{name} of {}", path.display()))
+                }
+                None => Ok(Cow::Borrowed(&[][..])),
+            }
+        };
+        let info = elf
+            .section_by_name(".debug_info")
+            .with_context(|| format!("{} has no DWARF (.debug_info)", path.display()))?;
+        let abbrev = section(".debug_abbrev")?;
+        let strings = section(".debug_str")?;
+        let line_strings = section(".debug_line_str")?;
+        let compressed = info.compressed_data()?;
+        let mut units: Box<dyn Read> = match compressed.format {
+            CompressionFormat::None => Box::new(compressed.data),
+            CompressionFormat::Zlib => Box::new(flate2::read::ZlibDecoder::new(compressed.data)),
+            other => bail!(
+                ".debug_info of {} is compressed as {other:?}, which peerlog cannot read",
+                path.display()
+            ),
+        };
+        let mut unit = Vec::new();
+        while next_unit(&mut units, &mut unit)? {
+            let sections = Sections {
+                abbrev: &abbrev,
+                strings: &strings,
+                line_strings: &line_strings,
+            };
+            if let Some(layout) = find_in_unit(&unit, &sections)
+                .with_context(|| format!("reading the DWARF of {}", path.display()))?
+            {
+                return Ok(layout);
+            }
+        }
+        bail!(
+            "the DWARF of {} has no definition of CNode with members {}",
+            path.display(),
+            MEMBERS.map(|(name, _)| name).join(", ")
+        )
+    }
+}
+
+/// A section's bytes, decompressed if it is compressed (zlib only: what
+/// `objcopy --compress-debug-sections` and Bitcoin Core's builds use).
+fn decompressed<'a>(section: &object::Section<'a, '_>) -> Result<Cow<'a, [u8]>> {
+    let data = section.compressed_data()?;
+    match data.format {
+        CompressionFormat::None => Ok(Cow::Borrowed(data.data)),
+        CompressionFormat::Zlib => {
+            let mut out = Vec::with_capacity(data.uncompressed_size as usize);
+            flate2::read::ZlibDecoder::new(data.data).read_to_end(&mut out)?;
+            Ok(Cow::Owned(out))
+        }
+        other => bail!("compressed as {other:?}, which peerlog cannot read"),
+    }
+}
+
+/// Reads the next compilation unit, its length field included, into `unit`;
+/// false at the end of the section.
+fn next_unit(input: &mut dyn Read, unit: &mut Vec<u8>) -> Result<bool> {
+    let mut len32 = [0u8; 4];
+    match input.read_exact(&mut len32) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    unit.clear();
+    unit.extend_from_slice(&len32);
+    let len = match u32::from_le_bytes(len32) {
+        0xffff_ffff => {
+            let mut len64 = [0u8; 8];
+            input.read_exact(&mut len64)?;
+            unit.extend_from_slice(&len64);
+            u64::from_le_bytes(len64)
+        }
+        n if n >= 0xffff_fff0 => bail!("a reserved unit length {n:#x} in .debug_info"),
+        n => u64::from(n),
+    };
+    let start = unit.len();
+    input.take(len).read_to_end(unit)?;
+    if (unit.len() - start) as u64 != len {
+        bail!(".debug_info ends inside a unit");
+    }
+    Ok(true)
+}
+
+struct Sections<'a> {
+    abbrev: &'a [u8],
+    strings: &'a [u8],
+    line_strings: &'a [u8],
+}
+
+type Slice<'a> = EndianSlice<'a, LittleEndian>;
+
+/// A DIE's string attribute, if it has one peerlog can read: inline, or in
+/// `.debug_str`/`.debug_line_str` (what GCC and LLVM emit without split DWARF).
+fn attr_str<'a>(
+    entry: &gimli::DebuggingInformationEntry<Slice<'a>>,
+    name: gimli::DwAt,
+    sections: &Sections<'a>,
+) -> Result<Option<Slice<'a>>> {
+    Ok(match entry.attr_value(name) {
+        Some(AttributeValue::String(s)) => Some(s),
+        Some(AttributeValue::DebugStrRef(offset)) => {
+            Some(gimli::DebugStr::new(sections.strings, LittleEndian).get_str(offset)?)
+        }
+        Some(AttributeValue::DebugLineStrRef(offset)) => {
+            Some(gimli::DebugLineStr::new(sections.line_strings, LittleEndian).get_str(offset)?)
+        }
+        _ => None,
+    })
+}
+
+/// The `CNode` layout if this unit defines `CNode` with every member of
+/// [`MEMBERS`] at the expected size.
+///
+/// Works on the unit's DIEs alone (no line programs, no sections but the
+/// abbreviations and strings): that is all a layout needs.
+fn find_in_unit<'a>(unit_bytes: &'a [u8], sections: &Sections<'a>) -> Result<Option<CNodeLayout>> {
+    let debug_info = gimli::DebugInfo::new(unit_bytes, LittleEndian);
+    let Some(header) = debug_info.units().next()? else {
+        return Ok(None);
+    };
+    let abbrevs = header.abbreviations(&gimli::DebugAbbrev::new(sections.abbrev, LittleEndian))?;
+    let mut cursor = header.entries(&abbrevs);
+    // Depth of the CNode definition being read, and its members so far.
+    let mut cnode_depth = None;
+    let mut members: HashMap<Vec<u8>, (u64, Option<UnitOffset>)> = HashMap::new();
+    while let Some(entry) = cursor.next_dfs()? {
+        let depth = entry.depth();
+        if let Some(d) = cnode_depth {
+            if depth <= d {
+                break;
+            }
+            if depth == d + 1 && entry.tag() == gimli::DW_TAG_member {
+                let (Some(name), Some(offset)) = (
+                    attr_str(entry, gimli::DW_AT_name, sections)?,
+                    entry
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .and_then(|v| v.udata_value()),
+                ) else {
+                    continue;
+                };
+                let ty = match entry.attr_value(gimli::DW_AT_type) {
+                    Some(AttributeValue::UnitRef(r)) => Some(r),
+                    _ => None,
+                };
+                members.insert(name.slice().to_vec(), (offset, ty));
+            }
+            continue;
+        }
+        let is_class = matches!(
+            entry.tag(),
+            gimli::DW_TAG_class_type | gimli::DW_TAG_structure_type
+        );
+        if !is_class
+            || entry.attr_value(gimli::DW_AT_declaration).is_some()
+            || entry.attr_value(gimli::DW_AT_byte_size).is_none()
+        {
+            continue;
+        }
+        if attr_str(entry, gimli::DW_AT_name, sections)?.is_some_and(|n| n.slice() == b"CNode") {
+            cnode_depth = Some(depth);
+        }
+    }
+    if cnode_depth.is_none() {
+        return Ok(None);
+    }
+    let mut offsets = [0u64; MEMBERS.len()];
+    for (slot, (name, size)) in offsets.iter_mut().zip(MEMBERS) {
+        let Some(&(offset, ty)) = members.get(name.as_bytes()) else {
+            bail!("bitcoind's CNode has no member {name}: a Bitcoin Core version peerlog does not know");
+        };
+        let found = ty
+            .map(|t| type_size(&header, &abbrevs, t))
+            .transpose()?
+            .flatten();
+        if found != Some(size) {
+            bail!(
+                "CNode::{name} is {} in this bitcoind's DWARF, peerlog expects {size} bytes",
+                found.map_or("of unknown size".to_string(), |s| format!("{s} bytes"))
+            );
+        }
+        *slot = offset;
+    }
+    let [id, addr_name, recv_bytes, send_bytes] = offsets;
+    Ok(Some(CNodeLayout {
+        id,
+        addr_name,
+        recv_bytes,
+        send_bytes,
+    }))
+}
+
+/// The byte size of the type at `offset`, through typedefs and qualifiers.
+fn type_size(
+    header: &gimli::UnitHeader<Slice<'_>>,
+    abbrevs: &gimli::Abbreviations,
+    mut offset: UnitOffset,
+) -> Result<Option<u64>> {
+    // A chain of typedefs and qualifiers is short; the bound stops a cycle.
+    for _ in 0..16 {
+        let entry = header.entry(abbrevs, offset)?;
+        if let Some(size) = entry
+            .attr_value(gimli::DW_AT_byte_size)
+            .and_then(|v| v.udata_value())
+        {
+            return Ok(Some(size));
+        }
+        match entry.attr_value(gimli::DW_AT_type) {
+            Some(AttributeValue::UnitRef(next)) => offset = next,
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a live bitcoind's per-peer counters out of its memory.
+#[derive(Debug, Clone, Copy)]
+pub struct CounterReader {
+    pid: u32,
+    layout: CNodeLayout,
+}
+
+impl CounterReader {
+    /// A reader of process `pid`'s `CNode`s laid out as `layout`.
+    pub fn new(pid: u32, layout: CNodeLayout) -> Self {
+        Self { pid, layout }
+    }
+
+    /// `(nRecvBytes, nSendBytes)` of the `CNode` at `cnode`, if it is still
+    /// peer `peer_id`'s: its `id` is read along and must match, so a `CNode`
+    /// freed and reused in between gives nothing rather than another peer's
+    /// figures.
+    pub fn bytes(&self, cnode: u64, peer_id: i64) -> Option<(u64, u64)> {
+        let id = self.read_u64(cnode + self.layout.id)?;
+        let recv = self.read_u64(cnode + self.layout.recv_bytes)?;
+        let sent = self.read_u64(cnode + self.layout.send_bytes)?;
+        // Checked again after the counters: the peer may have gone meanwhile.
+        let again = self.read_u64(cnode + self.layout.id)?;
+        (id as i64 == peer_id && again == id).then_some((recv, sent))
+    }
+
+    fn read_u64(&self, address: u64) -> Option<u64> {
+        let mut value = [0u8; 8];
+        let local = libc::iovec {
+            iov_base: value.as_mut_ptr().cast(),
+            iov_len: value.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: address as *mut libc::c_void,
+            iov_len: value.len(),
+        };
+        // SAFETY: one local buffer of the stated length; the kernel checks
+        // the remote address and reads, never writes, the other process.
+        let n =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        (n == value.len() as isize).then(|| u64::from_le_bytes(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_without_cnode_says_so() {
+        let exe = std::env::current_exe().unwrap();
+        let err = CNodeLayout::from_dwarf(&exe).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("no definition of CNode") || text.contains("no DWARF"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counters_are_read_only_for_the_right_id() {
+        // A fake CNode in this process: id at 0, m_addr_name at 8, counters at 40 and 48.
+        let node: [u64; 7] = [42, 0, 0, 0, 0, 1234, 5678];
+        let layout = CNodeLayout {
+            id: 0,
+            addr_name: 8,
+            recv_bytes: 40,
+            send_bytes: 48,
+        };
+        let reader = CounterReader::new(std::process::id(), layout);
+        let at = node.as_ptr() as u64;
+        assert_eq!(reader.bytes(at, 42), Some((1234, 5678)));
+        assert_eq!(reader.bytes(at, 41), None);
+        assert_eq!(reader.bytes(8, 42), None);
+    }
+}
