@@ -89,6 +89,8 @@ pub struct Node {
     pub blocks: Vec<(String, usize)>,
     /// For a real bitcoind: its data directory (with `-capturemessages`).
     datadir: Option<tempfile::TempDir>,
+    /// For a real bitcoind: its RPC port.
+    rpc_port: Option<u16>,
     /// Which binary runs.
     pub binary: PathBuf,
 }
@@ -149,6 +151,7 @@ impl Node {
             p2p_addr: p2p_addr.unwrap(),
             blocks,
             datadir: None,
+            rpc_port: None,
             binary: binary.to_path_buf(),
         })
     }
@@ -195,21 +198,21 @@ impl Node {
             p2p_addr,
             blocks: Vec::new(),
             datadir: Some(datadir),
+            rpc_port: Some(rpc_port),
             binary: binary.to_path_buf(),
         };
         // A fresh regtest node is in initial block download and ignores
         // transactions until it has a recent block: mine one.
-        node.bitcoin_cli(
-            rpc_port,
-            &["-rpcwait", "generatetodescriptor", "1", "raw(51)"],
-        )?;
+        node.bitcoin_cli(&["-rpcwait", "generatetodescriptor", "1", "raw(51)"])?;
         Ok(node)
     }
 
-    /// Runs `bitcoin-cli` (next to the bitcoind binary) against this node.
-    fn bitcoin_cli(&self, rpc_port: u16, args: &[&str]) -> Result<String> {
+    /// Runs `bitcoin-cli` (next to the bitcoind binary) against this node;
+    /// its standard output. Only for a real bitcoind.
+    pub fn bitcoin_cli(&self, args: &[&str]) -> Result<String> {
         let cli = self.binary.with_file_name("bitcoin-cli");
         let datadir = self.datadir.as_ref().context("not a bitcoind")?;
+        let rpc_port = self.rpc_port.context("not a bitcoind")?;
         let out = Command::new(&cli)
             .arg("-regtest")
             .arg(format!("-datadir={}", datadir.path().display()))

@@ -50,10 +50,24 @@ fn main() {
              the twinburn message, a stripped copy) are ignored: BITCOIND is set"
         );
     }
+    if !bitcoind {
+        eprintln!(
+            "stats tests that compare with bitcoind's own getpeerinfo over v1 and v2 (BIP324) \
+             connections are ignored: they need a real bitcoind (BITCOIND=/path/to/bitcoind)"
+        );
+    }
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF, needs the twin)
-    let tests: [(&str, Test, bool, bool); 5] = [
+    // (name, test, needs eBPF, needs the twin); tests named in REAL_NODE
+    // need a real bitcoind instead.
+    const REAL_NODE: [&str; 1] = ["bytes_match_getpeerinfo_v1_and_v2"];
+    let tests: [(&str, Test, bool, bool); 6] = [
         ("peer_figures_are_exact", peer_figures_are_exact, true, true),
+        (
+            "bytes_match_getpeerinfo_v1_and_v2",
+            bytes_match_getpeerinfo_v1_and_v2,
+            true,
+            false,
+        ),
         (
             "closed_peers_are_reported_once",
             closed_peers_are_reported_once,
@@ -85,7 +99,11 @@ fn main() {
             Trial::test(name, move || {
                 f().map_err(|e| Failed::from(format!("{e:#}")))
             })
-            .with_ignored_flag((ebpf && no_ebpf.is_some()) || (twin && bitcoind))
+            .with_ignored_flag(
+                (ebpf && no_ebpf.is_some())
+                    || (twin && bitcoind)
+                    || (REAL_NODE.contains(&name) && !bitcoind),
+            )
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();
@@ -628,6 +646,105 @@ fn peer_figures_are_exact() -> Result<()> {
         "payload_recv_bytes.hlog counts {counted} messages, the node figures {}",
         last["node"]["msgsrecv"]
     );
+    node.stop()?;
+    Ok(())
+}
+
+/// `bytesrecv`/`bytessent` equal bitcoind's own `getpeerinfo` for a v1 peer
+/// (peerlog's P2P client) and a v2 peer (a second bitcoind, BIP324, whose
+/// key exchange and garbage count too), read while both are quiet.
+fn bytes_match_getpeerinfo_v1_and_v2() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let other = Node::start()?;
+    other.bitcoin_cli(&["addnode", &node.p2p_addr.to_string(), "onetry"])?;
+    let mut v1 = connect(&node)?;
+    sync(&mut v1, 1)?;
+    let by_addr = |info: &Value| -> BTreeMap<String, (u64, u64, String)> {
+        info.as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["addr"].as_str().unwrap_or_default().to_string(),
+                    (
+                        u(&p["bytesrecv"]),
+                        u(&p["bytessent"]),
+                        p["transport_protocol_type"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Between two equal readings of getpeerinfo nothing moved, so
+        // peerlog's reading in between must be the same.
+        let before = by_addr(&serde_json::from_str(&node.bitcoin_cli(&["getpeerinfo"])?)?);
+        let stats = ctl(&t.socket, "getpeerstats", "{}")?;
+        let after = by_addr(&serde_json::from_str(&node.bitcoin_cli(&["getpeerinfo"])?)?);
+        let transports: Vec<&str> = after.values().map(|(_, _, t)| t.as_str()).collect();
+        if before == after && transports.contains(&"v1") && transports.contains(&"v2") {
+            for (addr, (recv, sent, transport)) in &after {
+                let peer = stats
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["addr"] == addr.as_str())
+                    .with_context(|| format!("no peer {addr} in {stats:#}"))?;
+                ensure!(
+                    (u(&peer["bytesrecv"]), u(&peer["bytessent"])) == (*recv, *sent),
+                    "{transport} peer {addr}: peerlog says bytesrecv {} bytessent {}, \
+                     getpeerinfo {recv} {sent}",
+                    peer["bytesrecv"],
+                    peer["bytessent"]
+                );
+            }
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no quiet moment with a v1 and a v2 peer within 60 s: {after:?}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    // The v2 peer leaves: its final counters stay with it.
+    let last = by_addr(&serde_json::from_str(&node.bitcoin_cli(&["getpeerinfo"])?)?);
+    other.stop()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = ctl(&t.socket, "getpeerstats", "{}")?;
+        let closed: Vec<&Value> = stats
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["closed"] == true)
+            .collect();
+        if let Some(p) = closed.first() {
+            let addr = p["addr"].as_str().unwrap_or_default();
+            let (recv, sent, _) = last
+                .get(addr)
+                .context("closed peer unknown to getpeerinfo")?;
+            // The last getpeerinfo was read before the shutdown's own bytes.
+            ensure!(
+                u(&p["bytesrecv"]) >= *recv && u(&p["bytessent"]) >= *sent,
+                "closed v2 peer {addr}: final {} / {}, earlier getpeerinfo {recv} / {sent}",
+                p["bytesrecv"],
+                p["bytessent"]
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the v2 peer never closed: {stats:#}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    drop(v1);
+    t.stop()?;
     node.stop()?;
     Ok(())
 }
