@@ -164,7 +164,7 @@ impl HdrLog {
     }
 
     /// Writes one interval histogram of `figure` (a file name stem, e.g.
-    /// `processmessages_cpu_ns`, whose suffix names the unit).
+    /// `processing_cpu_ns`, whose suffix names the unit).
     pub fn write(
         &mut self,
         figure: &'static str,
