@@ -1404,7 +1404,6 @@ private:
     int m_listen_sock = -1;
     uint16_t m_listen_port = 0;
     int m_wake_fd = -1; // eventfd that breaks b-net out of poll()
-    std::vector<unsigned char> m_recv_buf = std::vector<unsigned char>(0x10000);
 
     mutable std::mutex m_nodes_mutex;
     std::vector<std::shared_ptr<CNode>> m_nodes;
@@ -1739,7 +1738,12 @@ TWIN_PROBED void CConnman::SocketHandler()
     if (fds[1].revents & POLLIN) AcceptConnection();
 }
 
-void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>& nodes, const std::vector<pollfd>& fds)
+// Kept out of line, like bitcoind's (which its caller does not inline
+// either), so that its 64 KiB receive buffer is a stack frame of its own
+// between SocketHandler and ReceiveMsgBytes: a stack walker that copies too
+// little of b-net's stack loses the frames above it, as with bitcoind.
+__attribute__((noinline)) void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>& nodes,
+                                                                const std::vector<pollfd>& fds)
 {
     for (size_t i = 0; i < nodes.size(); ++i) {
         if (interruptNet) return;
@@ -1755,17 +1759,19 @@ void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>&
             if (was_paused && !pnode->fPauseSend) WakeMessageHandler();
         }
         if (rev & (POLLIN | POLLERR | POLLHUP)) {
+            // typical socket buffer is 8K-64K
+            uint8_t pchBuf[0x10000];
             ssize_t nBytes;
             int err = 0;
             {
                 std::lock_guard lock(pnode->m_sock_mutex);
                 if (pnode->m_sock < 0) continue;
-                nBytes = ::recv(pnode->m_sock, m_recv_buf.data(), m_recv_buf.size(), MSG_DONTWAIT);
+                nBytes = ::recv(pnode->m_sock, pchBuf, sizeof(pchBuf), MSG_DONTWAIT);
                 if (nBytes < 0) err = errno;
             }
             if (nBytes > 0) {
                 bool notify = false;
-                if (!pnode->ReceiveMsgBytes({m_recv_buf.data(), size_t(nBytes)}, notify)) {
+                if (!pnode->ReceiveMsgBytes({pchBuf, size_t(nBytes)}, notify)) {
                     LogDebug("receiving message bytes failed, disconnecting peer=%lld\n", (long long)pnode->GetId());
                     pnode->CloseSocketDisconnect();
                 }
