@@ -9,7 +9,8 @@
 //! catches the exception in `ProcessMessages`; a tracer's return probe on
 //! `ProcessMessage` turns that into `std::terminate`. The twin throws where
 //! bitcoind does, so this test catches that on the twin as well as on a real
-//! bitcoind (`BITCOIND=/path/to/bitcoind`).
+//! bitcoind (`BITCOIND=/path/to/bitcoind`), which is sent the messages over
+//! BIP324 v2 connections too.
 //!
 //! A node may close a connection over a message (Bitcoin Core does over a
 //! `getcfilters` it does not serve); the peer then goes on over a new one,
@@ -21,15 +22,32 @@
 //! with the reason printed.
 
 use std::{
-    collections::BTreeMap, fs, net::SocketAddr, path::Path, process::Command, sync::Arc, thread,
+    collections::BTreeMap,
+    fs,
+    io::{self, BufReader},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    sync::Arc,
+    thread,
     time::Duration,
 };
 
 use anyhow::{anyhow, ensure, Context, Result};
+use bip324::{
+    io::{Payload, Protocol, ProtocolError},
+    PacketType, Role,
+};
+use bitcoin::{
+    consensus::serialize,
+    p2p::{message_network::VersionMessage, Address, ServiceFlags},
+};
 use libtest_mimic::{Arguments, Failed, Trial};
-use peerlog::p2p::{HandshakeOptions, Peer};
+use peerlog::p2p::{self, HandshakeOptions, Peer};
 use peerlog_tests::{
-    connect, ebpf_unavailable, malformed, peerlog_bin, read_capture, Node, Tracer, NETWORK,
+    connect, ebpf_unavailable,
+    malformed::{self, Reply},
+    peerlog_bin, read_capture, Node, Tracer, NETWORK,
 };
 use serde_json::Value;
 
@@ -42,10 +60,27 @@ fn main() {
     if let Some(why) = &skip {
         eprintln!("robustness tests that load eBPF are IGNORED: {why}");
     }
-    let trials = vec![Trial::test("malformed_messages_v1", || {
-        malformed_messages_v1().map_err(|e| Failed::from(format!("{e:#}")))
-    })
-    .with_ignored_flag(skip.is_some())];
+    let no_bitcoind = std::env::var_os("BITCOIND").is_none_or(|v| v.is_empty());
+    if no_bitcoind {
+        eprintln!(
+            "malformed_messages_v2 is IGNORED: the twin speaks v1 only; set BITCOIND=/path/to/bitcoind to run it"
+        );
+    }
+    type Test = fn() -> Result<()>;
+    // (name, test, needs a real bitcoind)
+    let tests: [(&str, Test, bool); 2] = [
+        ("malformed_messages_v1", malformed_messages_v1, false),
+        ("malformed_messages_v2", malformed_messages_v2, true),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f, bitcoind)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+            .with_ignored_flag(skip.is_some() || (bitcoind && no_bitcoind))
+        })
+        .collect();
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -95,6 +130,250 @@ fn malformed_messages_v1() -> Result<()> {
     let node = Node::start()?;
     let addr = node.p2p_addr;
     malformed_messages(node, move || connect_v1(addr))
+}
+
+/// The same over BIP324 v2 connections, which a real bitcoind accepts
+/// (`-v2transport=1` is its default): the messages reach `ProcessMessage`
+/// the same way, and peerlog's capture must not care about the transport.
+fn malformed_messages_v2() -> Result<()> {
+    let node = Node::start()?;
+    ensure!(
+        node.is_bitcoind(),
+        "BITCOIND is not set: the twin speaks v1 only"
+    );
+    let addr = node.p2p_addr;
+    malformed_messages(node, move || V2Peer::connect(addr))
+}
+
+/// A BIP324 (v2 transport) connection: just enough client to complete the
+/// version handshake, send any message and ping.
+struct V2Peer {
+    protocol: Protocol<BufReader<TcpStream>, TcpStream>,
+    node: SocketAddr,
+    local: SocketAddr,
+    sent: Vec<(String, Vec<u8>)>,
+}
+
+/// Whether an I/O error means the node closed the connection.
+fn io_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Whether a v2 error means the node closed the connection.
+fn v2_closed(e: &ProtocolError) -> bool {
+    matches!(e, ProtocolError::Io(e, _) if io_closed(e))
+}
+
+impl V2Peer {
+    /// Connects and completes the BIP324 key exchange (not the version
+    /// handshake).
+    fn connect(node: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&node, Duration::from_secs(10))
+            .with_context(|| format!("connecting to {node}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let local = stream.local_addr()?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let protocol = Protocol::new(
+            NETWORK.magic().to_bytes(),
+            Role::Initiator,
+            None,
+            None,
+            reader,
+            stream,
+        )
+        .map_err(|e| anyhow!("BIP324 handshake with {node}: {e}"))?;
+        Ok(Self {
+            protocol,
+            node,
+            local,
+            sent: Vec::new(),
+        })
+    }
+
+    /// The next message the node sent, (type, payload); None once it has
+    /// closed the connection.
+    fn recv(&mut self) -> Result<Option<(String, Vec<u8>)>> {
+        loop {
+            let packet = match self.protocol.read() {
+                Ok(p) => p,
+                Err(e) if v2_closed(&e) => return Ok(None),
+                Err(e) => return Err(anyhow!("reading from {}: {e}", self.node)),
+            };
+            if packet.packet_type() == PacketType::Decoy {
+                continue;
+            }
+            // BIP324: a short message id, or 0 and a NUL-padded 12-byte type.
+            let contents = packet.contents();
+            let (&id, rest) = contents.split_first().context("empty v2 message")?;
+            let (msg_type, payload) = if id == 0 {
+                ensure!(rest.len() >= 12, "v2 message type cut short");
+                let name = &rest[..12];
+                let end = name.iter().position(|&b| b == 0).unwrap_or(12);
+                (
+                    String::from_utf8_lossy(&name[..end]).into_owned(),
+                    &rest[12..],
+                )
+            } else {
+                let name = V2_MESSAGE_IDS
+                    .get(usize::from(id))
+                    .with_context(|| format!("unknown v2 message id {id}"))?;
+                (name.to_string(), rest)
+            };
+            return Ok(Some((msg_type, payload.to_vec())));
+        }
+    }
+
+    /// Answers the node's ping with its nonce (BIP 31), as any peer must.
+    fn answer_ping(&mut self, ping: &[u8]) -> Result<Reply> {
+        if ping.len() != 8 {
+            return Ok(Reply::Answered);
+        }
+        self.send_or_closed("pong", ping)
+    }
+
+    /// Sends a message; [`Reply::Closed`] if the node has closed the
+    /// connection.
+    fn send_or_closed(&mut self, msg_type: &str, payload: &[u8]) -> Result<Reply> {
+        match malformed::Wire::send_raw(self, msg_type, payload) {
+            Ok(()) => Ok(Reply::Answered),
+            Err(e) if io_closed(&e) => Ok(Reply::Closed),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("sending {msg_type}"))),
+        }
+    }
+}
+
+/// BIP324's short message ids (Bitcoin Core's `V2_MESSAGE_IDS`); 0 means the
+/// type follows in full.
+const V2_MESSAGE_IDS: [&str; 29] = [
+    "",
+    "addr",
+    "block",
+    "blocktxn",
+    "cmpctblock",
+    "feefilter",
+    "filteradd",
+    "filterclear",
+    "filterload",
+    "getblocks",
+    "getblocktxn",
+    "getdata",
+    "getheaders",
+    "headers",
+    "inv",
+    "mempool",
+    "merkleblock",
+    "notfound",
+    "ping",
+    "pong",
+    "sendcmpct",
+    "tx",
+    "getcfilters",
+    "cfilter",
+    "getcfheaders",
+    "cfheaders",
+    "getcfcheckpt",
+    "cfcheckpt",
+    "addrv2",
+];
+
+impl malformed::Wire for V2Peer {
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Always the long encoding, which bitcoind accepts for every type.
+    fn send_raw(&mut self, msg_type: &str, payload: &[u8]) -> io::Result<()> {
+        let mut contents = vec![0u8; 13];
+        contents[1..1 + msg_type.len()].copy_from_slice(msg_type.as_bytes());
+        contents.extend_from_slice(payload);
+        self.protocol
+            .write(&Payload::genuine(contents))
+            .map_err(|e| match e {
+                ProtocolError::Io(e, _) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
+        self.sent.push((msg_type.to_string(), payload.to_vec()));
+        Ok(())
+    }
+
+    fn handshake(&mut self) -> Result<Reply> {
+        let services = ServiceFlags::NETWORK | ServiceFlags::WITNESS;
+        let version = VersionMessage {
+            version: p2p::PROTOCOL_VERSION,
+            services,
+            timestamp: (p2p::now_micros() / 1_000_000) as i64,
+            receiver: Address::new(&self.node, ServiceFlags::NONE),
+            sender: Address::new(&self.local, services),
+            nonce: p2p::now_micros() ^ u64::from(self.local.port()),
+            user_agent: p2p::user_agent(),
+            start_height: 0,
+            relay: true,
+        };
+        if self.send_or_closed("version", &serialize(&version))? == Reply::Closed {
+            return Ok(Reply::Closed);
+        }
+        let (mut version_seen, mut verack_seen) = (false, false);
+        while !(version_seen && verack_seen) {
+            let Some((msg_type, payload)) = self.recv()? else {
+                return Ok(Reply::Closed);
+            };
+            match msg_type.as_str() {
+                "version" if !version_seen => {
+                    version_seen = true;
+                    for msg_type in ["wtxidrelay", "sendaddrv2", "verack"] {
+                        if self.send_or_closed(msg_type, &[])? == Reply::Closed {
+                            return Ok(Reply::Closed);
+                        }
+                    }
+                }
+                "verack" => verack_seen = true,
+                "ping" => {
+                    if let Reply::Closed = self.answer_ping(&payload)? {
+                        return Ok(Reply::Closed);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Reply::Answered)
+    }
+
+    fn ping(&mut self, nonce: u64) -> Result<Reply> {
+        let nonce = nonce.to_le_bytes();
+        if self.send_or_closed("ping", &nonce)? == Reply::Closed {
+            return Ok(Reply::Closed);
+        }
+        loop {
+            let Some((msg_type, payload)) = self.recv()? else {
+                return Ok(Reply::Closed);
+            };
+            match msg_type.as_str() {
+                "pong" if payload == nonce => return Ok(Reply::Answered),
+                "ping" => {
+                    if let Reply::Closed = self.answer_ping(&payload)? {
+                        return Ok(Reply::Closed);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn sent_count(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn into_sent(self) -> Vec<(String, Vec<u8>)> {
+        self.sent
+    }
 }
 
 /// Traces `node` with every feature on while [`PEERS`] peers, connected by
