@@ -5,6 +5,7 @@
 
 pub mod fixture;
 pub mod loadgen;
+pub mod malformed;
 
 use std::{
     env,

@@ -16,7 +16,11 @@
 //     "which thread / which function" questions have bitcoind's answers;
 //   * the P2P v1 wire protocol on loopback, with just enough node behaviour
 //     (handshake, ping, inv/getdata, tx, block, ...) that every probe fires
-//     for a real reason.
+//     for a real reason;
+//   * payloads read where net_processing.cpp reads them, with the same
+//     errors: for every message type bitcoind deserializes (default
+//     options), a malformed payload throws std::ios_base::failure out of
+//     ProcessMessage, caught in ProcessMessages, as in bitcoind.
 //
 // Class, function and member names follow Bitcoin Core (src/net.cpp,
 // src/net_processing.cpp, src/validation.cpp, src/txmempool.cpp) so a reader
@@ -348,8 +352,10 @@ static void SerString(Bytes& v, const std::string& s)
 }
 
 // A received payload plus a read cursor. Reading past the end throws
-// std::ios_base::failure, as bitcoind's DataStream does; ProcessMessages
-// catches what a handler does not.
+// std::ios_base::failure, as bitcoind's DataStream does. As in bitcoind, no
+// message handler catches it: it leaves ProcessMessage and is caught in
+// ProcessMessages, so a malformed payload unwinds through ProcessMessage's
+// frame (which a tracer's return probe must survive).
 class DataStream
 {
 public:
@@ -442,6 +448,9 @@ static constexpr size_t MAX_GETDATA_SZ = 1000;
 static constexpr size_t MAX_ADDR_TO_SEND = 1000;
 static constexpr size_t MAX_HEADERS_RESULTS = 2000;
 static constexpr size_t MAX_LOCATOR_SZ = 101;
+static constexpr size_t MAX_ADDRV2_SIZE = 512;  // netaddress.h: longest BIP155 address accepted
+static constexpr size_t SHORTTXIDS_LENGTH = 6;  // blockencodings.h
+static constexpr int MAX_BLOCKS_TO_ANNOUNCE_GETBLOCKS = 500;  // the nLimit of bitcoind's getblocks handler
 static constexpr size_t MAX_SUBVERSION_LENGTH = 256;
 static constexpr uint64_t CMPCTBLOCKS_VERSION = 2;
 static constexpr auto PING_INTERVAL = std::chrono::minutes{2};
@@ -450,6 +459,7 @@ using CAmount = int64_t;
 static constexpr CAmount COIN = 100000000;
 static constexpr CAmount MAX_MONEY = 21000000 * COIN;
 static constexpr CAmount DEFAULT_MIN_RELAY_TX_FEE = 1000; // sat/kvB, what we announce in feefilter
+static bool MoneyRange(CAmount v) { return v >= 0 && v <= MAX_MONEY; }
 
 enum ServiceFlags : uint64_t {
     NODE_NONE = 0,
@@ -482,6 +492,12 @@ inline constexpr const char* FEEFILTER = "feefilter";
 inline constexpr const char* SENDCMPCT = "sendcmpct";
 inline constexpr const char* WTXIDRELAY = "wtxidrelay";
 inline constexpr const char* SENDTXRCNCL = "sendtxrcncl";
+inline constexpr const char* CMPCTBLOCK = "cmpctblock";
+inline constexpr const char* GETBLOCKTXN = "getblocktxn";
+inline constexpr const char* BLOCKTXN = "blocktxn";
+inline constexpr const char* GETCFILTERS = "getcfilters";
+inline constexpr const char* GETCFHEADERS = "getcfheaders";
+inline constexpr const char* GETCFCHECKPT = "getcfcheckpt";
 // Twin-only: burn CPU inside ProcessMessage, for per-peer CPU profiling tests.
 inline constexpr const char* TWINBURN = "twinburn";
 } // namespace NetMsgType
@@ -528,6 +544,53 @@ static Bytes SerInvVector(std::span<const CInv> v)
         SerBytes(b, inv.hash);
     }
     return b;
+}
+
+// CBlockLocator (primitives/block.h): a version field nobody reads, then
+// the hashes.
+static std::vector<uint256> ReadLocator(DataStream& s)
+{
+    s.ignore(4);
+    const uint64_t n = s.ReadCompactSize();
+    std::vector<uint256> v;
+    v.reserve(std::min<uint64_t>(n, s.size() / 32));
+    for (uint64_t i = 0; i < n; ++i) v.push_back(s.ReadHash());
+    return v;
+}
+
+// BlockTransactionsRequest::indexes (blockencodings.h DifferenceFormatter):
+// each CompactSize is the gap to the previous index, and every index must
+// fit the uint16_t it is stored in.
+static std::vector<uint16_t> ReadDifferentialIndexes(DataStream& s)
+{
+    const uint64_t n = s.ReadCompactSize();
+    std::vector<uint16_t> v;
+    v.reserve(std::min<uint64_t>(n, s.size()));
+    uint64_t shift = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+        const uint64_t gap = s.ReadCompactSize();
+        shift += gap;
+        if (shift < gap || shift > 0xffff) throw std::ios_base::failure("differential value overflow");
+        v.push_back(uint16_t(shift++));
+    }
+    return v;
+}
+
+// CNetAddr::UnserializeV2Stream (netaddress.h): a BIP155 network id, then a
+// length-prefixed address whose length must match a known network's; an
+// unknown network's address is skipped.
+static void IgnoreAddrV2(DataStream& s)
+{
+    const uint8_t bip155_net = s.ReadU8();
+    const uint64_t address_size = s.ReadCompactSize();
+    if (address_size > MAX_ADDRV2_SIZE) throw std::ios_base::failure("Address too long");
+    static constexpr std::pair<uint8_t, size_t> KNOWN_SIZES[] = {
+        {1, 4}, {2, 16}, {4, 32}, {5, 32}, {6, 16}, // IPv4, IPv6, TORv3, I2P, CJDNS
+    };
+    for (const auto& [net, size] : KNOWN_SIZES) {
+        if (net == bip155_net && size != address_size) throw std::ios_base::failure("BIP155 address with wrong length");
+    }
+    s.ignore(address_size);
 }
 
 // ===========================================================================
@@ -1404,7 +1467,6 @@ private:
     int m_listen_sock = -1;
     uint16_t m_listen_port = 0;
     int m_wake_fd = -1; // eventfd that breaks b-net out of poll()
-    std::vector<unsigned char> m_recv_buf = std::vector<unsigned char>(0x10000);
 
     mutable std::mutex m_nodes_mutex;
     std::vector<std::shared_ptr<CNode>> m_nodes;
@@ -1739,7 +1801,12 @@ TWIN_PROBED void CConnman::SocketHandler()
     if (fds[1].revents & POLLIN) AcceptConnection();
 }
 
-void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>& nodes, const std::vector<pollfd>& fds)
+// Kept out of line, like bitcoind's (which its caller does not inline
+// either), so that its 64 KiB receive buffer is a stack frame of its own
+// between SocketHandler and ReceiveMsgBytes: a stack walker that copies too
+// little of b-net's stack loses the frames above it, as with bitcoind.
+__attribute__((noinline)) void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>& nodes,
+                                                                const std::vector<pollfd>& fds)
 {
     for (size_t i = 0; i < nodes.size(); ++i) {
         if (interruptNet) return;
@@ -1755,17 +1822,19 @@ void CConnman::SocketHandlerConnected(const std::vector<std::shared_ptr<CNode>>&
             if (was_paused && !pnode->fPauseSend) WakeMessageHandler();
         }
         if (rev & (POLLIN | POLLERR | POLLHUP)) {
+            // typical socket buffer is 8K-64K
+            uint8_t pchBuf[0x10000];
             ssize_t nBytes;
             int err = 0;
             {
                 std::lock_guard lock(pnode->m_sock_mutex);
                 if (pnode->m_sock < 0) continue;
-                nBytes = ::recv(pnode->m_sock, m_recv_buf.data(), m_recv_buf.size(), MSG_DONTWAIT);
+                nBytes = ::recv(pnode->m_sock, pchBuf, sizeof(pchBuf), MSG_DONTWAIT);
                 if (nBytes < 0) err = errno;
             }
             if (nBytes > 0) {
                 bool notify = false;
-                if (!pnode->ReceiveMsgBytes({m_recv_buf.data(), size_t(nBytes)}, notify)) {
+                if (!pnode->ReceiveMsgBytes({pchBuf, size_t(nBytes)}, notify)) {
                     LogDebug("receiving message bytes failed, disconnecting peer=%lld\n", (long long)pnode->GetId());
                     pnode->CloseSocketDisconnect();
                 }
@@ -2223,6 +2292,9 @@ TWIN_PROBED bool PeerManagerImpl::ProcessMessages(CNode* pfrom, std::atomic<bool
     } catch (const std::exception& e) {
         LogDebug("ProcessMessages(%s, %u bytes): Exception '%s' caught\n",
                  SanitizeString(msg.m_type).c_str(), msg.m_message_size, e.what());
+    } catch (...) {
+        LogDebug("ProcessMessages(%s, %u bytes): Unknown exception caught\n",
+                 SanitizeString(msg.m_type).c_str(), msg.m_message_size);
     }
     return fMoreWork;
 }
@@ -2370,8 +2442,7 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
             vRecv.ignore(4); // nTime
             if (v2) {
                 vRecv.ReadCompactSize(false); // services
-                vRecv.ignore(1);              // network id
-                vRecv.ignore(vRecv.ReadCompactSize());
+                IgnoreAddrV2(vRecv);
             } else {
                 vRecv.ignore(8 + 16); // services, IPv6-mapped address
             }
@@ -2419,13 +2490,53 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
         return;
     }
 
-    if (msg_type == NetMsgType::GETBLOCKS) return;
+    if (msg_type == NetMsgType::GETBLOCKS) {
+        const std::vector<uint256> locator = ReadLocator(vRecv);
+        const uint256 hash_stop = vRecv.ReadHash();
+        if (locator.size() > MAX_LOCATOR_SZ) {
+            LogDebug("getblocks locator size %zu > %zu, disconnecting peer=%lld\n",
+                     locator.size(), MAX_LOCATOR_SZ, (long long)pfrom.GetId());
+            pfrom.fDisconnect = true;
+            return;
+        }
+        // The blocks after the fork point are announced, hash_stop excluded.
+        // An empty locator means "from the start" here (a getheaders with
+        // one asks for hash_stop alone); the zero hash matches no block.
+        const auto blocks = m_chainman.BlocksAfterLocator(locator.empty() ? std::vector<uint256>{uint256{}} : locator,
+                                                          hash_stop);
+        int nLimit = MAX_BLOCKS_TO_ANNOUNCE_GETBLOCKS;
+        for (const auto& b : blocks) {
+            if (b->hash == hash_stop || nLimit-- <= 0) break;
+            peer->m_inv_to_send.push_back(CInv{MSG_BLOCK, b->hash});
+        }
+        return;
+    }
+
+    if (msg_type == NetMsgType::GETBLOCKTXN) {
+        const uint256 blockhash = vRecv.ReadHash();
+        const std::vector<uint16_t> indexes = ReadDifferentialIndexes(vRecv);
+        const auto block = m_chainman.LookupBlock(blockhash);
+        if (!block) {
+            LogDebug("Peer %lld sent us a getblocktxn for a block we don't have\n", (long long)pfrom.GetId());
+            return;
+        }
+        // SendBlockTransactions(): the transactions asked for, with witness.
+        Bytes p;
+        SerBytes(p, blockhash);
+        SerCompactSize(p, indexes.size());
+        for (const uint16_t index : indexes) {
+            if (index >= block->vtx.size()) {
+                Misbehaving(*peer, "getblocktxn with out-of-bounds tx indices");
+                return;
+            }
+            SerBytes(p, block->vtx[index]->ser_with_witness);
+        }
+        MakeAndPushMessage(pfrom, NetMsgType::BLOCKTXN, std::move(p));
+        return;
+    }
 
     if (msg_type == NetMsgType::GETHEADERS) {
-        vRecv.ignore(4); // version
-        const uint64_t n = vRecv.ReadCompactSize();
-        std::vector<uint256> locator;
-        for (uint64_t i = 0; i < n; ++i) locator.push_back(vRecv.ReadHash());
+        const std::vector<uint256> locator = ReadLocator(vRecv);
         const uint256 hash_stop = vRecv.ReadHash();
         if (locator.size() > MAX_LOCATOR_SZ) {
             LogDebug("getheaders locator size %zu > %zu, disconnecting peer=%lld\n",
@@ -2445,19 +2556,48 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
     }
 
     if (msg_type == NetMsgType::TX) {
-        CTransactionRef ptx;
-        try {
-            ptx = DeserializeTransaction(vRecv);
-        } catch (const std::ios_base::failure& e) {
-            // bitcoind only logs the exception; the twin makes it observable.
-            LogDebug("malformed tx from peer=%lld: %s\n", (long long)pfrom.GetId(), e.what());
-            Misbehaving(*peer, "malformed tx");
-            return;
-        }
+        const CTransactionRef ptx = DeserializeTransaction(vRecv);
         peer->AddKnown(ptx->txid);
         peer->AddKnown(ptx->wtxid);
         AcceptToMemoryPool(m_mempool, ptx);
         return;
+    }
+
+    if (msg_type == NetMsgType::CMPCTBLOCK) {
+        // CBlockHeaderAndShortTxIDs (blockencodings.h).
+        vRecv.ignore(80); // header
+        vRecv.ignore(8);  // nonce
+        const uint64_t n_short = vRecv.ReadCompactSize();
+        for (uint64_t i = 0; i < n_short; ++i) vRecv.ignore(SHORTTXIDS_LENGTH);
+        const uint64_t n_prefilled = vRecv.ReadCompactSize();
+        for (uint64_t i = 0; i < n_prefilled; ++i) {
+            if (vRecv.ReadCompactSize() > 0xffff) throw std::ios_base::failure("CompactSize exceeds limit of type");
+            DeserializeTransaction(vRecv);
+        }
+        if (n_short + n_prefilled > 0xffff) throw std::ios_base::failure("indexes overflowed 16 bits");
+        return; // the twin does not reconstruct compact blocks
+    }
+
+    if (msg_type == NetMsgType::BLOCKTXN) {
+        // BlockTransactions (blockencodings.h).
+        vRecv.ignore(32); // blockhash
+        const uint64_t n = vRecv.ReadCompactSize();
+        for (uint64_t i = 0; i < n; ++i) DeserializeTransaction(vRecv);
+        return; // no compact block is ever in flight: bitcoind ignores these too
+    }
+
+    if (msg_type == NetMsgType::HEADERS) {
+        // bitcoind reads the count alone first, so as not to deserialize 2000 full blocks.
+        const uint64_t nCount = vRecv.ReadCompactSize();
+        if (nCount > MAX_HEADERS_RESULTS) {
+            Misbehaving(*peer, "headers message size = " + std::to_string(nCount));
+            return;
+        }
+        for (uint64_t n = 0; n < nCount; ++n) {
+            vRecv.ignore(80);        // the header
+            vRecv.ReadCompactSize(); // tx count, assumed 0
+        }
+        return; // no headers sync in the twin
     }
 
     if (msg_type == NetMsgType::BLOCK) {
@@ -2466,8 +2606,6 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
         m_chainman.ProcessNewBlock(pblock);
         return;
     }
-
-    if (msg_type == NetMsgType::HEADERS) return; // no headers sync in the twin
 
     if (msg_type == NetMsgType::PING) {
         if (pfrom.GetCommonVersion() > BIP0031_VERSION) {
@@ -2498,13 +2636,30 @@ TWIN_PROBED void PeerManagerImpl::ProcessMessage(CNode& pfrom, const std::string
     }
 
     if (msg_type == NetMsgType::FEEFILTER) {
-        peer->m_fee_filter_received = CAmount(vRecv.ReadLE64());
+        const CAmount newFeeFilter = CAmount(vRecv.ReadLE64());
+        if (MoneyRange(newFeeFilter)) peer->m_fee_filter_received = newFeeFilter;
         return;
     }
 
-    if (msg_type == NetMsgType::GETADDR || msg_type == NetMsgType::NOTFOUND || msg_type == NetMsgType::MEMPOOL) {
+    // BIP157 requests: read, then refused, since the twin (like bitcoind
+    // without -peerblockfilters) does not offer NODE_COMPACT_FILTERS.
+    if (msg_type == NetMsgType::GETCFILTERS || msg_type == NetMsgType::GETCFHEADERS ||
+        msg_type == NetMsgType::GETCFCHECKPT) {
+        const uint8_t filter_type = vRecv.ReadU8();
+        if (msg_type != NetMsgType::GETCFCHECKPT) vRecv.ignore(4); // start_height
+        vRecv.ignore(32);                                         // stop_hash
+        LogDebug("peer requested unsupported block filter type: %d, disconnecting peer=%lld\n",
+                 filter_type, (long long)pfrom.GetId());
+        pfrom.fDisconnect = true;
         return;
     }
+
+    if (msg_type == NetMsgType::NOTFOUND) {
+        ReadInvVector(vRecv); // the twin tracks no downloads to cancel
+        return;
+    }
+
+    if (msg_type == NetMsgType::GETADDR || msg_type == NetMsgType::MEMPOOL) return;
 
     if (msg_type == NetMsgType::TWINBURN) {
         TwinBurnCpu(vRecv.ReadLE32());
