@@ -67,7 +67,9 @@ impl Target {
                 anyhow::anyhow!("cannot read {}: {e}", exe.display())
             }
         })?;
-        let bytes = fs::read(&exe).with_context(|| {
+        // Mapped, not read: a bitcoind built with debug info is over 200 MB,
+        // of which the probe notes are a few pages.
+        let mapped = crate::debuginfo::Mapped::open(&exe).with_context(|| {
             format!(
                 "cannot read the executable of pid {pid} ({})",
                 exe_display.display()
@@ -75,7 +77,7 @@ impl Target {
         })?;
         // One unusable probe (say, an operand form a compiler invents) must
         // not stop tracing of the others; it is reported if peerlog needs it.
-        let (probes, unusable) = usdt::read_probes_lenient(&bytes).map_err(|e| {
+        let (probes, unusable) = usdt::read_probes_lenient(mapped.bytes()).map_err(|e| {
             anyhow::anyhow!(
                 "pid {pid} ({comm}, {}) cannot be traced: {e}",
                 exe_display.display()
