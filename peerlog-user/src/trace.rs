@@ -528,7 +528,7 @@ fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
             opts.payload_in_jsonl,
         )),
         Some(path) => {
-            let file = std::fs::File::create(path)
+            let file = crate::private_fs::create_file(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Some(JsonlSink::new(
                 Box::new(BufWriter::new(file)),

@@ -3,7 +3,6 @@
 //! statistics output, and the `b-msghand` thread's own CPU time.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     net::SocketAddr,
     path::PathBuf,
@@ -182,7 +181,7 @@ impl Reporter {
                 Box::new(io::stdout()) as Box<dyn Write + Send>
             )),
             Some(path) => {
-                let file = File::create(path)
+                let file = crate::private_fs::create_file(path)
                     .with_context(|| format!("cannot create the stats log {}", path.display()))?;
                 Some(BufWriter::new(Box::new(file) as Box<dyn Write + Send>))
             }
