@@ -46,8 +46,9 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Peers listed in the text output (the top talkers); all are in --json.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    /// Peers listed in the text output (the top talkers, 0 to 1000000); all
+    /// are in --json.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::cli::number_in(0, 1_000_000, ""))]
     pub top: usize,
 }
 
