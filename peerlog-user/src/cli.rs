@@ -355,5 +355,38 @@ mod tests {
         assert_eq!(opts.duration, Some(Duration::from_millis(500)));
         assert_eq!(opts.ring_size, 1024 << 20);
         assert_eq!(opts.stats.interval, Duration::from_millis(100));
+
+        // Every other numeric flag: the parsed value must have its field's
+        // type (clap checks that only when the value is taken out).
+        for args in [
+            &[
+                "trace",
+                "--pid",
+                "1",
+                "--flamegraph",
+                "d",
+                "--sample-rate",
+                "1000",
+            ][..],
+            &["stats", "cap", "--top", "1000000"],
+            &["show", "cap", "--since", "253402300799", "--until", "0"],
+            &["convert", "cap", "--to", "jsonl", "-", "--since", "1"],
+            &[
+                "replay", "cap", "--to", "h:1", "--wait", "0", "--speed", "0.001",
+            ],
+            &["ctl", "--pid", "2147483647", "getstatus"],
+            &[
+                "flamegraph",
+                "a.folded",
+                "--peer",
+                "0",
+                "--peer",
+                "9223372036854775807",
+            ],
+        ] {
+            if let Err(e) = parse(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     target: String,
     /// Concurrent peers (one connection and one thread each), 1 to 10000.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = number_in(1, 10_000, ""))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = number_in(1usize, 10_000, ""))]
     peers: usize,
     /// `ping-flood`, `relay` (inv → getdata → tx), `getheaders`, `blocks`
     /// (getdata block), `idle` (a ping a second), or weights such as
@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, value_name = "MSGS_PER_SEC_PER_PEER", value_parser = parse_rate)]
     rate: Option<f64>,
     /// Most unanswered requests per peer, 1 to 100000.
-    #[arg(long, default_value_t = 8, value_name = "K", value_parser = number_in(1, 100_000, ""))]
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = number_in(1usize, 100_000, ""))]
     in_flight: usize,
     /// How long to send, once every peer is connected (0.001 to 86400).
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = seconds_in(0.001, 86_400.0))]
