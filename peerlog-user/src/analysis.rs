@@ -46,8 +46,9 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Peers listed in the text output (the top talkers); all are in --json.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    /// Peers listed in the text output (the top talkers, 0 to 1000000); all
+    /// are in --json.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::cli::number_in(0usize, 1_000_000, ""))]
     pub top: usize,
 }
 
@@ -671,36 +672,44 @@ pub fn draw_chart(series: &RateSeries, path: &Path) -> Result<()> {
         .max(1.0);
     let span = (series.recv.len() as f64 * bucket_secs).max(bucket_secs);
 
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("messages per second", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..span, 0f64..peak * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc(format!(
-            "seconds since the first message (buckets of {bucket_secs:.3} s)"
-        ))
-        .y_desc("messages/s")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(recv, &BLUE))?
-        .label("received by bitcoind")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(sent, &RED))?
-        .label("sent by bitcoind")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    // Drawn into memory, then written to a private file (plotters would
+    // create the file with the umask's mode).
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("messages per second", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..span, 0f64..peak * 1.1)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!(
+                "seconds since the first message (buckets of {bucket_secs:.3} s)"
+            ))
+            .y_desc("messages/s")
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(recv, &BLUE))?
+            .label("received by bitcoind")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(sent, &RED))?
+            .label("sent by bitcoind")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    let mut file = crate::private_fs::create_file(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, svg.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -29,9 +29,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use crate::private_fs::{self, Dir};
 
 /// Size of the message type field (Bitcoin Core's `CMessageHeader::MESSAGE_TYPE_SIZE`).
 pub const MESSAGE_TYPE_SIZE: usize = 12;
@@ -52,6 +54,8 @@ const MAX_PROTOCOL_MESSAGE_LENGTH: usize = 4_000_000;
 const RECV_FILE_NAME: &str = "msgs_recv.dat";
 /// File of the messages bitcoind sent to the peer.
 const SENT_FILE_NAME: &str = "msgs_sent.dat";
+/// The files of a peer, indexed by `usize::from(inbound)`.
+const FILE_NAMES: [&str; 2] = [SENT_FILE_NAME, RECV_FILE_NAME];
 
 /// A file's buffer is written out once it holds this much: large enough that
 /// thousands of small messages (`inv`, `ping`) share one `write(2)`.
@@ -517,12 +521,14 @@ impl DatFile for File {
     }
 }
 
-/// Opens (creating) a capture file for appending; returns it and its length.
-type OpenDatFile = dyn Fn(&Path) -> io::Result<(Box<dyn DatFile>, u64)> + Send + Sync;
+/// Opens (creating) the capture file of this name in this directory for
+/// appending; returns it and its length.
+type OpenDatFile = dyn Fn(&Dir, &str) -> io::Result<(Box<dyn DatFile>, u64)> + Send + Sync;
 
-/// Opens a real capture file in append mode, like bitcoind's `fopen(path, "ab")`.
-fn open_dat_file(path: &Path) -> io::Result<(Box<dyn DatFile>, u64)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+/// Opens a real capture file in append mode, like bitcoind's `fopen(path,
+/// "ab")`, but mode 0600 when created and never through a symlink.
+fn open_dat_file(dir: &Dir, name: &str) -> io::Result<(Box<dyn DatFile>, u64)> {
+    let file = dir.append_file(name)?;
     let len = file.metadata()?.len();
     Ok((Box::new(file), len))
 }
@@ -562,6 +568,7 @@ impl DatFileState {
 
 /// The two files of one peer directory (Core) or connection (PerConnection).
 struct PeerFiles {
+    /// The directory, relative to the root.
     dir: PathBuf,
     /// Indexed by `usize::from(inbound)`: 0 = sent, 1 = recv.
     files: [DatFileState; 2],
@@ -614,6 +621,13 @@ impl WriteFailure {
 /// not on a record boundary (a writer killed mid-record) is appended to as
 /// it is: its damaged record stays the last readable point for strict
 /// readers, and nothing already in it is changed further.
+///
+/// **Private, never through a symlink.** Directories are created mode 0700
+/// and files 0600 ([`private_fs`]). Below the root, which the caller names,
+/// every directory and file is opened relative to its parent without
+/// following symlinks: a symlink (or a FIFO, device, or hard link) planted
+/// in the place of a peer's directory or capture file is refused with
+/// [`CaptureError::Open`] naming it, and nothing is written through it.
 ///
 /// **Open files.** At most 256 files are kept open; the least recently used
 /// one is flushed and closed to make room, and reopened in append mode when
@@ -671,14 +685,21 @@ impl CaptureWriter {
                 ),
             ));
         }
-        fs::create_dir_all(root).map_err(|e| root_error("cannot be created", e))?;
+        private_fs::create_dir_all(root).map_err(|e| root_error("cannot be created", e))?;
         // Permission bits do not tell the whole story (read-only mounts, root
-        // bypassing modes, full disks): create, write and remove a file.
-        let probe = root.join(format!(".peerlog-write-test-{}", std::process::id()));
-        let written = File::create(&probe).and_then(|mut f| f.write_all(b"peerlog"));
-        let removed = fs::remove_file(&probe);
-        written.map_err(|e| root_error("is not writable", e))?;
-        removed.map_err(|e| root_error("is not writable (cannot remove a test file)", e))?;
+        // bypassing modes, full disks): create, write and remove a file. Its
+        // name is random and it is created exclusively (O_EXCL), so nothing
+        // planted under a name guessed in advance is followed or truncated.
+        let mut probe = tempfile::Builder::new()
+            .prefix(".peerlog-write-test-")
+            .tempfile_in(root)
+            .map_err(|e| root_error("is not writable", e))?;
+        probe
+            .write_all(b"peerlog")
+            .map_err(|e| root_error("is not writable", e))?;
+        probe
+            .close()
+            .map_err(|e| root_error("is not writable (cannot remove a test file)", e))?;
         Ok(Self {
             root: root.to_path_buf(),
             layout,
@@ -836,28 +857,31 @@ impl CaptureWriter {
     ) -> Result<(), CaptureError> {
         let (root, layout) = (&self.root, self.layout);
         let peer = self.peers.entry(key.clone()).or_insert_with(|| {
-            let mut dir = root.join(peer_dir_name(addr));
+            let mut dir = PathBuf::from(peer_dir_name(addr));
             if layout == CaptureLayout::PerConnection {
                 dir.push(connection_dir_name(connection));
             }
-            let sent = DatFileState::new(dir.join(SENT_FILE_NAME));
-            let recv = DatFileState::new(dir.join(RECV_FILE_NAME));
-            PeerFiles {
-                dir,
-                files: [sent, recv],
-            }
+            let files = FILE_NAMES.map(|name| DatFileState::new(root.join(&dir).join(name)));
+            PeerFiles { dir, files }
         });
         // Every time, not once: the directory may have been removed while
-        // the file was closed, and reopening is rare enough.
-        if let Err(source) = fs::create_dir_all(&peer.dir) {
-            self.stats.records_dropped += 1;
-            return Err(CaptureError::Open {
-                path: peer.dir.clone(),
-                source,
-            });
-        }
+        // the file was closed, and reopening is rare enough. The root is
+        // the user's; below it nothing is followed through a symlink.
+        let dir = private_fs::create_dir_all(root)
+            .and_then(|()| Dir::open(root))
+            .and_then(|root| root.subdirs(&peer.dir));
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(source) => {
+                self.stats.records_dropped += 1;
+                return Err(CaptureError::Open {
+                    path: root.join(&peer.dir),
+                    source,
+                });
+            }
+        };
         let file = &mut peer.files[slot];
-        match (self.open_dat_file)(&file.path) {
+        match (self.open_dat_file)(&dir, FILE_NAMES[slot]) {
             Ok((handle, len)) => {
                 file.handle = Some(handle);
                 file.durable_len = len;
@@ -1797,6 +1821,119 @@ mod tests {
         assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
     }
 
+    /// Modes of everything under `root`, by path relative to it.
+    fn modes_below(root: &Path) -> Vec<(PathBuf, bool, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    todo.push(path.clone());
+                }
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.push((rel, meta.is_dir(), meta.permissions().mode() & 0o7777));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn capture_files_and_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        for layout in [CaptureLayout::Core, CaptureLayout::PerConnection] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("new").join("capture");
+            crate::private_fs::tests::with_umask(0o002, || {
+                let mut writer = CaptureWriter::new(&root, layout).unwrap();
+                writer
+                    .append("192.0.2.1:8333", (3, 1_700_000_000), true, &ping())
+                    .unwrap();
+                writer
+                    .append("192.0.2.1:8333", (3, 1_700_000_000), false, &verack())
+                    .unwrap();
+                writer.flush().unwrap();
+            });
+            for dir in [root.parent().unwrap(), &root] {
+                let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+                assert_eq!(mode, 0o700, "{}", dir.display());
+            }
+            let modes = modes_below(&root);
+            assert_eq!(modes.iter().filter(|(_, dir, _)| !dir).count(), 2);
+            for (path, dir, mode) in modes {
+                let want = if dir { 0o700 } else { 0o600 };
+                assert_eq!(mode, want, "{layout:?} {}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn planted_symlinks_are_refused_never_written_through() {
+        for layout in [CaptureLayout::Core, CaptureLayout::PerConnection] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("capture");
+            let victim_dir = tmp.path().join("victim-dir");
+            let victim = tmp.path().join("victim");
+            fs::create_dir_all(root.join("192.0.2.2_8333")).unwrap();
+            fs::create_dir(&victim_dir).unwrap();
+            fs::write(&victim, b"precious").unwrap();
+            // In place of a peer's directory, and of a capture file (in the
+            // per-connection layout, of the connection's directory).
+            let planted_dir = root.join("192.0.2.1_8333");
+            std::os::unix::fs::symlink(&victim_dir, &planted_dir).unwrap();
+            let planted_file = match layout {
+                CaptureLayout::Core => root.join("192.0.2.2_8333").join(RECV_FILE_NAME),
+                CaptureLayout::PerConnection => root.join("192.0.2.2_8333").join("peer3-50"),
+            };
+            std::os::unix::fs::symlink(&victim, &planted_file).unwrap();
+
+            let mut writer = CaptureWriter::new(&root, layout).unwrap();
+            for (addr, planted) in [
+                ("192.0.2.1:8333", &planted_dir),
+                ("192.0.2.2:8333", &planted_file),
+            ] {
+                let err = writer.append(addr, (3, 50), true, &ping()).unwrap_err();
+                assert!(matches!(err, CaptureError::Open { .. }), "{err:?}");
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&format!(
+                        "refusing {}: it is a symbolic link",
+                        planted.display()
+                    )),
+                    "{layout:?}: {msg}"
+                );
+            }
+            writer.flush().unwrap();
+            drop(writer);
+            assert_eq!(fs::read(&victim).unwrap(), b"precious");
+            assert_eq!(fs::read_dir(&victim_dir).unwrap().count(), 0);
+            assert!(fs::symlink_metadata(&planted_dir).unwrap().is_symlink());
+            assert!(fs::symlink_metadata(&planted_file).unwrap().is_symlink());
+        }
+    }
+
+    #[test]
+    fn write_probe_does_not_follow_a_planted_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("capture");
+        fs::create_dir(&root).unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        // The name the probe used to have: predictable from peerlog's pid.
+        let planted = root.join(format!(".peerlog-write-test-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        CaptureWriter::new(&root, CaptureLayout::Core).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&planted).unwrap().is_symlink());
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            1,
+            "the probe stays behind"
+        );
+    }
+
     #[test]
     fn open_files_are_capped() {
         let dir = tempfile::tempdir().unwrap();
@@ -1881,8 +2018,8 @@ mod tests {
     fn failing_writer(root: &Path, budget: u64, fail_set_len: bool) -> CaptureWriter {
         let budget = Arc::new(AtomicU64::new(budget));
         let fail_set_len = Arc::new(AtomicBool::new(fail_set_len));
-        let opener = move |path: &Path| -> io::Result<(Box<dyn DatFile>, u64)> {
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let opener = move |dir: &Dir, name: &str| -> io::Result<(Box<dyn DatFile>, u64)> {
+            let file = dir.append_file(name)?;
             let len = file.metadata()?.len();
             Ok((
                 Box::new(FailingFile {

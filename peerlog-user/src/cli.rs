@@ -58,8 +58,9 @@ pub enum Command {
 /// Arguments of `peerlog trace`.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// Process id of bitcoind, e.g. `--pid $(pidof bitcoind)`.
-    #[arg(long)]
+    /// Process id of bitcoind, e.g. `--pid $(pidof bitcoind)`; the id of
+    /// one of its threads stands for the process.
+    #[arg(long, value_parser = number_in(1, i32::MAX, ""))]
     pub pid: i32,
 
     /// Write every message of the selected peers, full payload, to DIR in
@@ -98,9 +99,9 @@ pub struct TraceArgs {
     #[arg(long = "msg-type", value_name = "TYPE")]
     pub msg_types: Vec<String>,
 
-    /// Stop after SECS seconds.
-    #[arg(long, value_name = "SECS")]
-    pub duration: Option<f64>,
+    /// Stop after SECS seconds (0.001 to 31536000, a year).
+    #[arg(long, value_name = "SECS", value_parser = seconds_in(0.001, MAX_DURATION_SECS))]
+    pub duration: Option<Duration>,
 
     /// Trace only the net:* tracepoints: no function timing, mempool, block
     /// or on-CPU accounting (their uprobes cost bitcoind a little CPU).
@@ -114,11 +115,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub debug_file: Option<PathBuf>,
 
-    /// Size of the kernel ring buffer in MiB (a power of two). Larger rides
-    /// out longer bursts; a 4,000,000-byte message needs 4. peerlog's
-    /// resident memory includes twice this (the kernel maps the ring's pages
-    /// twice so records never wrap).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Size of the kernel ring buffer in MiB (a power of two, 4 to 1024).
+    /// Larger rides out longer bursts; a 4,000,000-byte message needs 4.
+    /// peerlog's resident memory includes twice this (the kernel maps the
+    /// ring's pages twice so records never wrap).
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Write CPU flamegraphs to DIR: all.svg (every thread), one
@@ -128,7 +129,13 @@ pub struct TraceArgs {
     pub flamegraph: Option<PathBuf>,
 
     /// CPU samples per second per CPU for --flamegraph (1 to 1000).
-    #[arg(long, default_value_t = crate::flamegraph::DEFAULT_SAMPLE_RATE, value_name = "HZ", requires = "flamegraph")]
+    #[arg(
+        long,
+        default_value_t = crate::flamegraph::DEFAULT_SAMPLE_RATE,
+        value_name = "HZ",
+        requires = "flamegraph",
+        value_parser = number_in(1, crate::flamegraph::MAX_SAMPLE_RATE, " Hz")
+    )]
     pub sample_rate: u32,
 
     /// Statistics outputs and the control RPC.
@@ -142,21 +149,6 @@ impl TraceArgs {
         if stdout(&self.jsonl) && stdout(&self.stats.stats_log) {
             // Two writers would interleave their lines.
             anyhow::bail!("--jsonl and --stats-log cannot both write to stdout");
-        }
-        if !self.ring_size.is_power_of_two() || !(4..=1024).contains(&self.ring_size) {
-            anyhow::bail!("--ring-size must be a power of two between 4 and 1024 MiB");
-        }
-        let duration = match self.duration {
-            Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
-            Some(d) => anyhow::bail!("--duration must be a positive number of seconds, not {d}"),
-            None => None,
-        };
-        if !(1..=crate::flamegraph::MAX_SAMPLE_RATE).contains(&self.sample_rate) {
-            anyhow::bail!(
-                "--sample-rate must be between 1 and {} Hz, not {}",
-                crate::flamegraph::MAX_SAMPLE_RATE,
-                self.sample_rate
-            );
         }
         if self.flamegraph.is_some() && self.no_accounting {
             log::warn!(
@@ -175,7 +167,7 @@ impl TraceArgs {
             payload_in_jsonl: self.payload,
             peers: PeerSelector::new(self.peers),
             msg_types: self.msg_types,
-            duration,
+            duration: self.duration,
             ring_size: self.ring_size << 20,
             accounting: !self.no_accounting,
             debug_file: self.debug_file,
@@ -183,6 +175,47 @@ impl TraceArgs {
             flamegraph: self.flamegraph,
             sample_rate: self.sample_rate,
         })
+    }
+}
+
+/// Longest `--duration`: a year (longer traces are stopped by hand).
+pub const MAX_DURATION_SECS: f64 = 31_536_000.0;
+
+/// A clap value parser for a number from `min` to `max`, inclusive. Every
+/// numeric flag has one, so that an absurd value is a usage error naming
+/// the range rather than a panic or an overflow later; `unit` (e.g.
+/// `" seconds"`) follows the range in the error.
+pub fn number_in<T>(
+    min: T,
+    max: T,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text: &str| match text.trim().parse::<T>() {
+        // NaN is neither >= nor <= anything: refused too.
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!("expected a number from {min} to {max}{unit}")),
+    }
+}
+
+/// A clap value parser for a number of seconds from `min` to `max`.
+pub fn seconds_in(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let number = number_in(min, max, " seconds");
+    // Within the range, from_secs_f64 cannot overflow (it panics beyond
+    // u64::MAX seconds).
+    move |text: &str| number(text).map(Duration::from_secs_f64)
+}
+
+/// Parses `--ring-size`: MiB, a power of two from 4 to 1024.
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && (4..=1024).contains(&n) => Ok(n),
+        _ => Err("expected a power of two from 4 to 1024 (MiB)".into()),
     }
 }
 
@@ -213,6 +246,147 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("peerlog: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("peerlog").chain(args.iter().copied()))
+    }
+
+    /// Every numeric flag of every subcommand refuses absurd values while
+    /// parsing, saying which range it accepts, instead of panicking later.
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_range() {
+        let trace = ["trace", "--pid", "1"];
+        let with = |base: &[&'static str], more: &[&'static str]| -> Vec<&'static str> {
+            base.iter().chain(more).copied().collect()
+        };
+        let cap = ["show", "cap"];
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["trace", "--pid", "0"], "from 1 to 2147483647"),
+            (vec!["trace", "--pid=-3"], "from 1 to 2147483647"),
+            (
+                with(&trace, &["--duration", "1e30"]),
+                "from 0.001 to 31536000",
+            ),
+            (with(&trace, &["--duration", "0"]), "from 0.001 to 31536000"),
+            (
+                with(&trace, &["--duration", "NaN"]),
+                "from 0.001 to 31536000",
+            ),
+            (
+                with(&trace, &["--stats-interval", "1e30"]),
+                "from 0.1 to 86400",
+            ),
+            (with(&trace, &["--stats-interval=-1"]), "from 0.1 to 86400"),
+            (
+                with(&trace, &["--ring-size", "3"]),
+                "power of two from 4 to 1024",
+            ),
+            (
+                with(&trace, &["--ring-size", "4096"]),
+                "power of two from 4 to 1024",
+            ),
+            (
+                with(&trace, &["--flamegraph", "d", "--sample-rate", "0"]),
+                "from 1 to 1000",
+            ),
+            (with(&cap, &["--since", "1e30"]), "from 0 to 253402300799"),
+            (with(&cap, &["--until=-1"]), "from 0 to 253402300799"),
+            (
+                vec!["stats", "cap", "--top", "99999999999"],
+                "from 0 to 1000000",
+            ),
+            (
+                vec!["replay", "cap", "--to", "127.0.0.1:1", "--wait", "1e30"],
+                "from 0 to 3600",
+            ),
+            (
+                vec!["replay", "cap", "--to", "127.0.0.1:1", "--wait=-1"],
+                "from 0 to 3600",
+            ),
+            (
+                vec!["replay", "cap", "--to", "127.0.0.1:1", "--speed", "1e-300"],
+                "from 0.001 to 1000000",
+            ),
+            (
+                vec!["ctl", "--pid", "0", "getstatus"],
+                "from 1 to 2147483647",
+            ),
+            (vec!["flamegraph", "a.folded", "--peer=-1"], "from 0 to"),
+        ];
+        for (args, range) in cases {
+            let err = match parse(&args) {
+                Ok(cli) => panic!("{args:?} accepted: {cli:?}"),
+                Err(e) => e,
+            };
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains(range), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn numbers_in_range_are_taken() {
+        let cli = parse(&[
+            "trace",
+            "--pid",
+            "2147483647",
+            "--duration",
+            "0.5",
+            "--stats-interval",
+            "0.1",
+            "--ring-size",
+            "1024",
+        ])
+        .unwrap();
+        let Command::Trace(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        let opts = args.into_options().unwrap();
+        assert_eq!(opts.duration, Some(Duration::from_millis(500)));
+        assert_eq!(opts.ring_size, 1024 << 20);
+        assert_eq!(opts.stats.interval, Duration::from_millis(100));
+
+        // Every other numeric flag: the parsed value must have its field's
+        // type (clap checks that only when the value is taken out).
+        for args in [
+            &[
+                "trace",
+                "--pid",
+                "1",
+                "--flamegraph",
+                "d",
+                "--sample-rate",
+                "1000",
+            ][..],
+            &["stats", "cap", "--top", "1000000"],
+            &["show", "cap", "--since", "253402300799", "--until", "0"],
+            &["convert", "cap", "--to", "jsonl", "-", "--since", "1"],
+            &[
+                "replay", "cap", "--to", "h:1", "--wait", "0", "--speed", "0.001",
+            ],
+            &["ctl", "--pid", "2147483647", "getstatus"],
+            &[
+                "flamegraph",
+                "a.folded",
+                "--peer",
+                "0",
+                "--peer",
+                "9223372036854775807",
+            ],
+        ] {
+            if let Err(e) = parse(args) {
+                panic!("{args:?}: {e}");
+            }
         }
     }
 }

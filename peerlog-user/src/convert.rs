@@ -5,7 +5,7 @@
 //! `convert --to core` also turns a pcapng file back into capture files, and
 //! merges a per-connection capture into bitcoind's layout.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -124,7 +124,8 @@ fn with_output<T>(out: &Path, write: impl FnOnce(&mut dyn Write) -> Result<T>) -
         stdout.flush()?;
         return Ok(result);
     }
-    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file = crate::private_fs::create_file(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
     let mut file = BufWriter::new(file);
     let result = write(&mut file).with_context(|| format!("writing {}", out.display()))?;
     file.flush()

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod p2p;
 pub mod pcapng;
 pub mod peer;
+pub mod private_fs;
 pub mod probes;
 pub mod replay;
 pub mod rpc;

@@ -52,17 +52,17 @@ pub enum Speed {
     Max,
 }
 
-/// Parses `--speed`: a positive number or `max`.
+/// Slowest `--speed`: a thousand times slower than captured.
+const MIN_SPEED: f64 = 0.001;
+/// Fastest `--speed` factor; `max` is faster still.
+const MAX_SPEED: f64 = 1_000_000.0;
+
+/// Parses `--speed`: a number from 0.001 to 1000000, or `max`.
 pub fn parse_speed(text: &str) -> Result<Speed, String> {
     if text == "max" {
         return Ok(Speed::Max);
     }
-    match text.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 => Ok(Speed::Factor(f)),
-        _ => Err(format!(
-            "bad speed {text:?}: expected a positive number or `max`"
-        )),
-    }
+    crate::cli::number_in(MIN_SPEED, MAX_SPEED, " (or `max`)")(text).map(Speed::Factor)
 }
 
 /// Arguments of `peerlog replay`.
@@ -97,9 +97,10 @@ pub struct ReplayArgs {
     pub capture_dir: Option<PathBuf>,
 
     /// After the last message, listen until the node has been quiet this
-    /// long (bitcoind may take 2 s to request announced transactions).
-    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
-    pub wait: f64,
+    /// long, 0 to 3600 (bitcoind may take 2 s to request announced
+    /// transactions).
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::cli::seconds_in(0.0, 3600.0))]
+    pub wait: Duration,
 
     /// Print the report as JSON.
     #[arg(long)]
@@ -271,6 +272,30 @@ fn plan<'a>(received: &[&'a CaptureMessage]) -> (Vec<&'a CaptureMessage>, BTreeM
 
 /// Listens until `deadline`, answering pings; returns an error only if the
 /// connection is gone or broken.
+/// When each message is due, from `start`: its time after the first
+/// message's, divided by `factor`. Fails, naming the message, when that is
+/// further ahead than the clock can count.
+fn schedule(start: Instant, times_micros: &[u64], factor: f64) -> Result<Vec<Instant>> {
+    let first = times_micros.first().copied().unwrap_or(0);
+    times_micros
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let offset = t.saturating_sub(first) as f64 / 1e6 / factor;
+            Duration::try_from_secs_f64(offset)
+                .ok()
+                .and_then(|d| start.checked_add(d))
+                .with_context(|| {
+                    format!(
+                        "message {} of the replay is due {offset:e} s after the first at \
+                         --speed {factor}: too far ahead to wait for",
+                        i + 1
+                    )
+                })
+        })
+        .collect()
+}
+
 fn listen_until(peer: &mut Peer, deadline: Instant) -> Result<(), P2pError> {
     let wait = deadline.saturating_duration_since(Instant::now());
     if wait.is_zero() {
@@ -290,9 +315,6 @@ fn listen_until(peer: &mut Peer, deadline: Instant) -> Result<(), P2pError> {
 
 /// Replays as `args` say; the report says what happened.
 pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
-    if !(args.wait.is_finite() && args.wait >= 0.0) {
-        bail!("--wait must be a number of seconds, not {}", args.wait);
-    }
     let node = destination(&args.to, args.allow_remote)?;
     let timeline = args.select.load()?;
     match timeline.peers.len() {
@@ -334,13 +356,16 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
 
     let mut outcome = Outcome::Connected;
     let mut replayed = 0;
-    let schedule_start = Instant::now();
-    let first_time = to_send.first().map_or(0, |m| m.record.time_micros);
-    for m in &to_send {
+    let times: Vec<u64> = to_send.iter().map(|m| m.record.time_micros).collect();
+    // Before the first message: a schedule that cannot be kept is refused
+    // before anything is sent.
+    let due = match args.speed {
+        Speed::Factor(factor) => schedule(Instant::now(), &times, factor)?,
+        Speed::Max => Vec::new(),
+    };
+    for (i, m) in to_send.iter().enumerate() {
         let record = &m.record;
-        if let Speed::Factor(factor) = args.speed {
-            let offset = (record.time_micros.saturating_sub(first_time)) as f64 / 1e6 / factor;
-            let due = schedule_start + Duration::from_secs_f64(offset);
+        if let Some(&due) = due.get(i) {
             if let Err(e) = listen_until(&mut peer, due) {
                 outcome = Outcome::stopped(&to_send[..replayed], &e);
                 break;
@@ -362,7 +387,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
     if matches!(outcome, Outcome::Connected) {
         let done = peer
             .ping(barrier_nonce)
-            .and_then(|_| peer.drain(Duration::from_secs_f64(args.wait)).map(drop));
+            .and_then(|_| peer.drain(args.wait).map(drop));
         if let Err(e) = done {
             outcome = Outcome::stopped(&to_send[..replayed], &e);
         }
@@ -543,5 +568,24 @@ mod tests {
         assert!(
             parse_speed("0").is_err() && parse_speed("-1").is_err() && parse_speed("fast").is_err()
         );
+        for absurd in ["1e-300", "1e300", "inf", "NaN"] {
+            let e = parse_speed(absurd).unwrap_err();
+            assert!(e.contains("from 0.001 to 1000000"), "{absurd}: {e}");
+        }
+    }
+
+    #[test]
+    fn schedule_never_overflows() {
+        let start = Instant::now();
+        let due = schedule(start, &[5_000_000, 6_000_000, 4_000_000], 2.0).unwrap();
+        assert_eq!(due, [start, start + Duration::from_millis(500), start]);
+        // Gaps beyond what an Instant can hold are an error, not a panic.
+        for factor in [1e-300, MIN_SPEED * 1e-12] {
+            let e = schedule(start, &[0, u64::MAX], factor)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("message 2 of the replay"), "{e}");
+        }
+        assert!(schedule(start, &[0, u64::MAX], MIN_SPEED).is_ok());
     }
 }

@@ -5,7 +5,10 @@
 //! `/run/peerlog/<PID>.sock` where PID is bitcoind's (so `peerlog ctl --pid
 //! $(pidof bitcoind)` finds it), mode 0600 in a 0700 directory: only the
 //! user that runs peerlog (root) can connect. `--rpc-socket PATH` puts it
-//! elsewhere, `--no-rpc` turns it off.
+//! elsewhere, `--no-rpc` turns it off. A socket already at the path is
+//! replaced only if nobody listens on it (a killed peerlog's); anything else
+//! there (a file, a directory, a symlink, a live socket) is an error and
+//! left alone.
 //!
 //! The protocol is JSON-RPC 2.0, one request (or batch) per line, one
 //! response per line. Methods (schema in docs/stats.md):
@@ -25,7 +28,10 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::{fs::DirBuilderExt, fs::PermissionsExt, net::UnixStream as StdUnixStream},
+    os::unix::{
+        fs::{FileTypeExt, MetadataExt, PermissionsExt},
+        net::UnixStream as StdUnixStream,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,6 +48,7 @@ use tokio::{
 
 use crate::{
     filter::PeerFilter,
+    private_fs::{DIR_MODE, FILE_MODE},
     stats::{self, StatsFilter, StatsOptions},
 };
 
@@ -240,7 +247,8 @@ pub struct Servers {
     // seeing a closed channel.
     _sender: mpsc::Sender<Request>,
     tasks: Vec<JoinHandle<()>>,
-    socket: Option<PathBuf>,
+    /// The control socket and its inode, to remove it only if it is still ours.
+    socket: Option<(PathBuf, FileId)>,
 }
 
 impl Servers {
@@ -256,7 +264,7 @@ impl Servers {
                 remove_dead_sockets();
                 let path = default_socket(pid);
                 match bind(&path, true) {
-                    Ok(listener) => Some((path, listener)),
+                    Ok(bound) => Some((path, bound)),
                     Err(e) => {
                         log::warn!("control RPC off: {e:#}; pass --rpc-socket PATH (or --no-rpc)");
                         None
@@ -264,9 +272,9 @@ impl Servers {
                 }
             }
         };
-        let socket = socket.map(|(path, listener)| {
+        let socket = socket.map(|(path, (listener, id))| {
             tasks.push(tokio::spawn(serve_rpc(listener, sender.clone())));
-            path
+            (path, id)
         });
         if let Some(addr) = opts.metrics {
             let listener = std::net::TcpListener::bind(addr)
@@ -296,7 +304,7 @@ impl Servers {
 
     /// The control socket, if listening.
     pub fn socket(&self) -> Option<&Path> {
-        self.socket.as_deref()
+        self.socket.as_ref().map(|(path, _)| path.as_path())
     }
 }
 
@@ -305,8 +313,11 @@ impl Drop for Servers {
         for task in &self.tasks {
             task.abort();
         }
-        if let Some(path) = &self.socket {
-            let _ = std::fs::remove_file(path);
+        // Whatever took the socket's name meanwhile is not ours to remove.
+        if let Some((path, id)) = &self.socket {
+            if file_id(path).ok() == Some(*id) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -318,56 +329,114 @@ fn remove_dead_sockets() {
         return;
     };
     for path in dir.filter_map(|e| e.ok().map(|e| e.path())) {
-        if path.extension().is_some_and(|x| x == "sock") && StdUnixStream::connect(&path).is_err() {
-            let _ = std::fs::remove_file(&path);
+        if path.extension().is_some_and(|x| x == "sock") {
+            if let Err(e) = remove_stale_socket(&path) {
+                log::debug!("{e:#}");
+            }
         }
     }
 }
 
-/// Binds the socket at `path`, mode 0600. A socket file nobody listens on
-/// is left over from a peerlog that crashed and is replaced; one that
-/// answers belongs to a running peerlog and is an error.
-fn bind(path: &Path, create_dir: bool) -> Result<UnixListener> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if create_dir {
-        if let Some(dir) = dir {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+/// Makes way for a socket at `path`. Nothing there is fine. A socket that
+/// refuses connections is left over from a peerlog that was killed, and is
+/// removed. Anything else is not peerlog's to remove, and is an error
+/// naming it: a socket that answers (another running peerlog), a file, a
+/// directory, a symlink.
+fn remove_stale_socket(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot examine {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; peerlog does not replace it: remove it or choose \
+             another --rpc-socket PATH",
+            path.display()
+        );
     }
-    if path.exists() {
-        if StdUnixStream::connect(path).is_ok() {
-            bail!(
-                "{} is the control socket of another running peerlog",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    match StdUnixStream::connect(path) {
+        Ok(_) => bail!(
+            "{} is the control socket of another running peerlog",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display())),
+        Err(e) => bail!(
+            "cannot tell whether the socket {} is still in use ({e}); remove it if it is stale",
+            path.display()
+        ),
     }
-    // Bind under a temporary name and rename once the mode is 0600, so the
-    // socket is never reachable with the umask's permissions.
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
+}
+
+/// Makes sure the socket directory `dir` is a directory of this user's that
+/// nobody else can enter: created with mode 0700 if missing, tightened to
+/// 0700 if looser. A symlink or another user's directory is refused.
+fn private_socket_dir(dir: &Path) -> Result<()> {
+    crate::private_fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot examine {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "{} is not a directory (a symlink?); peerlog keeps its sockets in a directory of its own",
+            dir.display()
+        );
+    }
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        bail!(
+            "{} belongs to uid {}, not to peerlog's uid {euid}; peerlog keeps its sockets in a \
+             directory of its own",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Device and inode of a file (not following a symlink).
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds the socket at `path`, mode 0600; with `default_dir`, in a private
+/// [`SOCKET_DIR`]-like directory ([`private_socket_dir`]). What is at
+/// `path` already is handled by [`remove_stale_socket`]. Returns the
+/// listener and the socket file's id.
+fn bind(path: &Path, default_dir: bool) -> Result<(UnixListener, FileId)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if default_dir {
+        private_socket_dir(dir)?;
+    }
+    remove_stale_socket(path)?;
+    // Bind inside a new directory only we can enter, set the mode, and only
+    // then give the socket its name with link(2): it is never reachable
+    // with the umask's permissions, and link fails rather than replace
+    // whatever appeared at `path` meanwhile.
+    let private = tempfile::Builder::new()
+        .prefix(".peerlog-rpc-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a directory in {}", dir.display()))?;
+    let tmp = private.path().join("s");
     let listener =
         UnixListener::bind(&tmp).with_context(|| format!("cannot listen on {}", tmp.display()))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot create {}", path.display()));
-    }
-    Ok(listener)
+    let id = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(FILE_MODE))
+        .and_then(|()| std::fs::hard_link(&tmp, path))
+        .and_then(|()| file_id(&tmp))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // Dropping `private` removes the directory and the socket's first name.
+    Ok((listener, id))
 }
 
 async fn serve_rpc(listener: UnixListener, sender: mpsc::Sender<Request>) {
@@ -656,7 +725,7 @@ pub struct CtlArgs {
     /// The peerlog tracing this bitcoind pid (socket /run/peerlog/PID.sock).
     /// Without --pid or --socket: the only running trace with a socket in
     /// /run/peerlog.
-    #[arg(long, conflicts_with = "socket")]
+    #[arg(long, conflicts_with = "socket", value_parser = crate::cli::number_in(1, i32::MAX, ""))]
     pub pid: Option<i32>,
 
     /// The control socket of the peerlog to talk to (`--rpc-socket` of `peerlog trace`).
@@ -677,6 +746,8 @@ fn ctl_socket(args: &CtlArgs) -> Result<PathBuf> {
         return Ok(path.clone());
     }
     if let Some(pid) = args.pid {
+        // A thread id names its process's trace, as in `peerlog trace`.
+        let pid = crate::target::resolve_pid(pid).map_or(pid, |r| r.pid);
         return Ok(default_socket(pid));
     }
     // Only sockets a running peerlog answers on: a killed one leaves its file.
@@ -800,6 +871,68 @@ mod tests {
         assert_eq!(code("getnodestats", json!([[], []])), -32602);
         // Capture takes any message type a peer can send, not only Core's.
         assert!(parse_query("setcapture", json!({"msg_types": ["twinburn"]})).is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"precious").unwrap();
+        let dir = tmp.path().join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        for path in [&file, &dir, &link] {
+            let err = bind(path, false).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains("not a socket"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert!(dir.is_dir());
+
+        // A socket nobody listens on (its peerlog was killed) is replaced.
+        let stale = tmp.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let _listener = bind(&stale, false).unwrap();
+        assert!(StdUnixStream::connect(&stale).is_ok());
+        // Only the socket is left: no temporary name stays behind.
+        let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dir", "file", "link", "stale.sock", "victim"]);
+    }
+
+    #[tokio::test]
+    async fn socket_directory_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _listener = bind(&dir.join("1.sock"), true).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mode = std::fs::symlink_metadata(dir.join("1.sock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A symlink in place of the directory is refused.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let linked = tmp.path().join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        let err = bind(&linked.join("1.sock"), true).unwrap_err().to_string();
+        assert!(err.contains(&linked.display().to_string()), "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[tokio::test]

@@ -41,13 +41,54 @@ pub struct Target {
     pub unusable: Vec<String>,
 }
 
+/// What a pid given on the command line stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The process (thread group id).
+    pub pid: i32,
+    /// When the given pid is a thread of that process other than its main
+    /// one: the thread's id and name.
+    pub thread: Option<(i32, String)>,
+}
+
+/// Resolves `pid`, which may be a thread id (`ps -L`, `top -H` and
+/// /proc/PID/task list them; bitcoind's `b-msghand` is one), to its
+/// process: the probes and the kernel's filter work per process, so a
+/// thread id would trace nothing.
+pub fn resolve_pid(pid: i32) -> Result<Resolved> {
+    let no_process =
+        || anyhow::anyhow!("no process with pid {pid} (is bitcoind running? try `pidof bitcoind`)");
+    if pid <= 0 {
+        return Err(no_process());
+    }
+    // /proc/TID exists for every thread, though only processes are listed.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| no_process())?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .with_context(|| format!("no Tgid in /proc/{pid}/status"))?;
+    let thread = (tgid != pid).then(|| {
+        let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        (pid, name.trim_end().to_string())
+    });
+    Ok(Resolved { pid: tgid, thread })
+}
+
 impl Target {
-    /// Resolves `pid` and reads the probes of its executable.
+    /// Resolves `pid` (a process, or one of its threads: see
+    /// [`resolve_pid`], said on stderr) and reads the probes of its
+    /// executable.
     pub fn open(pid: i32) -> Result<Self> {
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        if pid <= 0 || !proc_dir.exists() {
-            bail!("no process with pid {pid} (is bitcoind running? try `pidof bitcoind`)");
+        let resolved = resolve_pid(pid)?;
+        if let Some((tid, name)) = &resolved.thread {
+            eprintln!(
+                "peerlog: pid {tid} is thread '{name}' of process {0}; tracing {0}",
+                resolved.pid
+            );
         }
+        let pid = resolved.pid;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let comm = fs::read_to_string(proc_dir.join("comm"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
@@ -206,5 +247,47 @@ impl fmt::Display for Target {
             self.comm,
             self.exe_display.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_id_resolves_to_its_process() {
+        let me = std::process::id() as i32;
+        assert_eq!(
+            resolve_pid(me).unwrap(),
+            Resolved {
+                pid: me,
+                thread: None
+            }
+        );
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("peerlog-probe".into())
+            .spawn(move || {
+                // SAFETY: gettid cannot fail.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        let tid = tid_rx.recv().unwrap();
+        let resolved = resolve_pid(tid);
+        drop(done_tx);
+        thread.join().unwrap();
+        assert_eq!(
+            resolved.unwrap(),
+            Resolved {
+                pid: me,
+                thread: Some((tid, "peerlog-probe".into()))
+            }
+        );
+        for bad in [0, -1, i32::MAX] {
+            let e = resolve_pid(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("no process with pid {bad}")), "{e}");
+        }
     }
 }

@@ -443,19 +443,25 @@ pub fn format_time(micros: u64) -> String {
     )
 }
 
+/// The last second RFC 3339 can write, 9999-12-31T23:59:59Z: the latest
+/// `--since`/`--until` in UNIX seconds too.
+const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
 /// Parses a `--since`/`--until` time into µs since the UNIX epoch: UNIX
-/// seconds with an optional fraction, an RFC 3339 date-time with `Z` or an
-/// offset (fractional seconds allowed), or a date (midnight UTC).
+/// seconds (0 to 253402300799) with an optional fraction, an RFC 3339
+/// date-time with `Z` or an offset (fractional seconds allowed), or a date
+/// (midnight UTC).
 pub fn parse_time(text: &str) -> Result<u64, String> {
     let err = || {
         format!(
-            "bad time {text:?}: expected UNIX seconds (1700000000.5), an RFC 3339 time \
-             (2023-11-14T22:13:20Z) or a date (2023-11-14)"
+            "bad time {text:?}: expected UNIX seconds from 0 to {MAX_UNIX_SECONDS} \
+             (1700000000.5), an RFC 3339 time (2023-11-14T22:13:20Z) or a date (2023-11-14)"
         )
     };
     let text = text.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 {
+        // NaN fails the range test too.
+        if !(0.0..=MAX_UNIX_SECONDS as f64).contains(&secs) {
             return Err(err());
         }
         return Ok((secs * MICROS_PER_SECOND as f64).round() as u64);
@@ -488,6 +494,9 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
             let sign = if zone.starts_with('-') { -1 } else { 1 };
             let (h, m) = zone[1..].split_once(':').ok_or_else(err)?;
             let (h, m): (i64, i64) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
+            if !(0..=23).contains(&h) || !(0..=59).contains(&m) {
+                return Err(err());
+            }
             (clock, sign * (h * 3600 + m * 60))
         } else {
             return Err(err());
@@ -646,6 +655,8 @@ mod tests {
             ("2023-11-14 21:13:20.5-01:00", 1_700_000_000_500_000),
             ("2023-11-14", 1_699_920_000_000_000),
             ("2000-02-29", 951_782_400_000_000),
+            ("253402300799", 253_402_300_799_000_000),
+            ("9999-12-31T23:59:59Z", 253_402_300_799_000_000),
         ] {
             assert_eq!(parse_time(text), Ok(micros), "{text}");
         }
@@ -656,6 +667,11 @@ mod tests {
             "2023-11-14T25:00:00Z",
             "2023-11-14T10:00",
             "-5",
+            "1e30",
+            "NaN",
+            "253402300800",
+            "2023-11-14T10:00:00+99999999999999999:00",
+            "2023-11-14T10:00:00-24:00",
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }

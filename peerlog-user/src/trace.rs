@@ -529,7 +529,7 @@ fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
             opts.payload_in_jsonl,
         )),
         Some(path) => {
-            let file = std::fs::File::create(path)
+            let file = crate::private_fs::create_file(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Some(JsonlSink::new(
                 Box::new(BufWriter::new(file)),
@@ -654,8 +654,10 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
     let stats_on = tracer.report.interval().is_some();
     let stats_period = tracer.report.interval().unwrap_or(Duration::from_secs(1));
-    let mut stats_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + stats_period, stats_period);
+    let first_stats = tokio::time::Instant::now()
+        .checked_add(stats_period)
+        .context("--stats-interval is too long")?;
+    let mut stats_tick = tokio::time::interval_at(first_stats, stats_period);
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = async {
         match opts.duration {

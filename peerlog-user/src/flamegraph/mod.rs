@@ -26,7 +26,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{event::CpuSample, peer::PeerTable, target::Target};
+use crate::{
+    event::CpuSample,
+    peer::PeerTable,
+    private_fs::{self, Dir},
+    target::Target,
+};
 use folded::{peer_frame, peer_of_frame, FoldedStacks};
 use symbolize::Symbols;
 use unwind::StackWalker;
@@ -96,7 +101,7 @@ impl SampleCounts {
 /// its DWARF), so it happens on a thread of its own: the trace loop only
 /// queues samples and never falls behind the ring buffer because of them.
 pub struct CpuProfile {
-    dir: PathBuf,
+    dir: Dir,
     pid: i32,
     comm: String,
     binary: PathBuf,
@@ -179,15 +184,18 @@ fn file_safe(addr: &str) -> String {
 }
 
 impl CpuProfile {
-    /// A profile of `target` written to `dir` (created if missing);
-    /// `debug_file` is the executable's `--debug-file`.
+    /// A profile of `target` written to `dir` (created if missing; files
+    /// 0600 and never through a symlink, see [`private_fs`]); `debug_file`
+    /// is the executable's `--debug-file`.
     pub fn new(
         target: &Target,
         dir: &Path,
         sample_rate: u32,
         debug_file: Option<&Path>,
     ) -> Result<Self> {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = private_fs::create_dir_all(dir)
+            .and_then(|()| Dir::open(dir))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         if let Some(debug) = debug_file {
             symbolize::check_debug_file(&target.exe, debug)?;
         }
@@ -214,7 +222,7 @@ impl CpuProfile {
             })
             .context("starting the stack walking thread")?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
             pid: target.pid,
             comm: target.comm.clone(),
             binary: target.exe_display.clone(),
@@ -281,7 +289,7 @@ impl CpuProfile {
 
 /// What the output files say about the trace.
 struct Written<'a> {
-    dir: &'a Path,
+    dir: &'a Dir,
     pid: i32,
     comm: &'a str,
     binary: &'a Path,
@@ -394,7 +402,7 @@ impl Written<'_> {
             self.write_pair(&name, stacks, &title, &subtitle(*counts))?;
         }
         Ok(ProfileReport {
-            dir: self.dir.to_path_buf(),
+            dir: self.dir.path().to_path_buf(),
             sample_rate: self.sample_rate,
             duration,
             counts: all_counts,
@@ -411,11 +419,19 @@ impl Written<'_> {
         title: &str,
         subtitle: &str,
     ) -> Result<()> {
-        let folded = self.dir.join(format!("{name}.folded"));
-        write_file(&folded, |w| Ok(stacks.write_to(w)?))?;
+        let folded = format!("{name}.folded");
+        write_file(
+            &self.dir.path().join(&folded),
+            self.dir.create_file(&folded),
+            |w| Ok(stacks.write_to(w)?),
+        )?;
         if !stacks.is_empty() {
-            let svg = self.dir.join(format!("{name}.svg"));
-            write_file(&svg, |w| stacks.render_svg(title, subtitle, w))?;
+            let svg = format!("{name}.svg");
+            write_file(
+                &self.dir.path().join(&svg),
+                self.dir.create_file(&svg),
+                |w| stacks.render_svg(title, subtitle, w),
+            )?;
         }
         Ok(())
     }
@@ -432,10 +448,14 @@ fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathB
         .source
 }
 
-fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let mut out = BufWriter::new(
-        File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-    );
+/// Writes through `write` into `file`, just created at `path`.
+fn write_file(
+    path: &Path,
+    file: io::Result<File>,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    let mut out =
+        BufWriter::new(file.with_context(|| format!("cannot create {}", path.display()))?);
     write(&mut out).with_context(|| format!("writing {}", path.display()))?;
     out.flush()
         .with_context(|| format!("writing {}", path.display()))
@@ -459,7 +479,7 @@ pub struct FlamegraphArgs {
 
     /// Only samples taken while the message handler served this peer
     /// (repeatable).
-    #[arg(long = "peer", value_name = "ID")]
+    #[arg(long = "peer", value_name = "ID", value_parser = crate::cli::number_in(0, i64::MAX, ""))]
     pub peers: Vec<i64>,
 
     /// Only samples of this thread (repeatable): a name such as `b-msghand`;
@@ -537,7 +557,9 @@ impl FlamegraphArgs {
             );
         }
         if let Some(path) = &self.folded {
-            write_file(path, |w| Ok(kept.write_to(w)?))?;
+            write_file(path, private_fs::create_file(path), |w| {
+                Ok(kept.write_to(w)?)
+            })?;
         }
         let title = self.title.clone().unwrap_or_else(|| {
             let names: Vec<String> = self
@@ -560,7 +582,9 @@ impl FlamegraphArgs {
             let stdout = io::stdout();
             kept.render_svg(&title, &subtitle, BufWriter::new(stdout.lock()))
         } else {
-            write_file(&self.output, |w| kept.render_svg(&title, &subtitle, w))
+            write_file(&self.output, private_fs::create_file(&self.output), |w| {
+                kept.render_svg(&title, &subtitle, w)
+            })
         }
     }
 }

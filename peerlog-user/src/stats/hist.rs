@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -18,6 +18,8 @@ use hdrhistogram::{
     Histogram,
 };
 use serde::Serialize;
+
+use crate::private_fs::{self, Dir};
 
 /// Significant decimal digits kept: values are exact to within 1%. Two
 /// digits rather than the usual three because peerlog keeps several
@@ -140,23 +142,26 @@ pub struct HistSummary {
 /// recorded values in that interval. Timestamps are seconds since the
 /// `BaseTime` in the header, the time tracing started.
 pub struct HdrLog {
-    dir: PathBuf,
+    dir: Dir,
     base: SystemTime,
     files: BTreeMap<&'static str, BufWriter<File>>,
     serializer: V2DeflateSerializer,
 }
 
 impl HdrLog {
-    /// Creates `dir` if needed; files are created when first written.
+    /// Creates `dir` if needed; files are created when first written
+    /// ([`private_fs`](crate::private_fs): 0600, never through a symlink).
     pub fn create(dir: &Path, base: SystemTime) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create the HdrHistogram log directory {}",
-                dir.display()
-            )
-        })?;
+        let dir = private_fs::create_dir_all(dir)
+            .and_then(|()| Dir::open(dir))
+            .with_context(|| {
+                format!(
+                    "cannot create the HdrHistogram log directory {}",
+                    dir.display()
+                )
+            })?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
             base,
             files: BTreeMap::new(),
             serializer: V2DeflateSerializer::new(),
@@ -173,12 +178,14 @@ impl HdrLog {
         start: SystemTime,
         length: Duration,
     ) -> Result<()> {
-        let path = self.dir.join(format!("{figure}.hlog"));
+        let name = format!("{figure}.hlog");
+        let path = self.dir.path().join(&name);
         let file = match self.files.entry(figure) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
                 let mut out = BufWriter::new(
-                    File::create(&path)
+                    self.dir
+                        .create_file(&name)
                         .with_context(|| format!("cannot create {}", path.display()))?,
                 );
                 let base = self.base;
@@ -219,7 +226,7 @@ impl HdrLog {
     pub fn flush(&mut self) -> Result<()> {
         for (figure, file) in &mut self.files {
             file.flush()
-                .with_context(|| format!("writing {}/{figure}.hlog", self.dir.display()))?;
+                .with_context(|| format!("writing {}/{figure}.hlog", self.dir.path().display()))?;
         }
         Ok(())
     }

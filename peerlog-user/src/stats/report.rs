@@ -3,7 +3,6 @@
 //! statistics output, and the `b-msghand` thread's own CPU time.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     net::SocketAddr,
     path::PathBuf,
@@ -33,9 +32,10 @@ pub struct StatsArgs {
     #[arg(long, value_name = "PATH")]
     pub stats_log: Option<PathBuf>,
 
-    /// Seconds between stats log lines and between HdrHistogram log intervals.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub stats_interval: f64,
+    /// Seconds between stats log lines and between HdrHistogram log
+    /// intervals (0.1 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::cli::seconds_in(0.1, 86_400.0))]
+    pub stats_interval: Duration,
 
     /// Write HdrHistogram interval logs to DIR, one file per figure
     /// (`payload_recv_bytes.hlog`, `processmessages_cpu_ns.hlog`, ...), each
@@ -102,14 +102,10 @@ pub fn check_msg_types(types: &[String]) -> Result<()> {
 impl StatsArgs {
     /// Checks the arguments.
     pub fn into_options(self) -> Result<StatsOptions> {
-        let secs = self.stats_interval;
-        if !(secs.is_finite() && secs >= 0.1) {
-            bail!("--stats-interval must be at least 0.1 seconds, not {secs}");
-        }
         check_msg_types(&self.stats_msg_types)?;
         Ok(StatsOptions {
             stats_log: self.stats_log,
-            interval: Duration::from_secs_f64(secs),
+            interval: self.stats_interval,
             hdr_log: self.hdr_log,
             metrics: self.metrics,
             filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
@@ -186,7 +182,7 @@ impl Reporter {
                 Box::new(io::stdout()) as Box<dyn Write + Send>
             )),
             Some(path) => {
-                let file = File::create(path)
+                let file = crate::private_fs::create_file(path)
                     .with_context(|| format!("cannot create the stats log {}", path.display()))?;
                 Some(BufWriter::new(Box::new(file) as Box<dyn Write + Send>))
             }

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use bitcoin::{BlockHash, Network};
 use clap::Parser;
+use peerlog::cli::{number_in, seconds_in};
 use peerlog_tests::loadgen::{self, LoadConfig, Mix, Report, Window};
 
 /// Drive P2P load into a node: N peers, each sending a mix of requests the
@@ -25,27 +26,27 @@ struct Args {
     /// The node's P2P address.
     #[arg(long, value_name = "HOST:PORT")]
     target: String,
-    /// Concurrent peers (one connection and one thread each).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Concurrent peers (one connection and one thread each), 1 to 10000.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = number_in(1usize, 10_000, ""))]
     peers: usize,
     /// `ping-flood`, `relay` (inv → getdata → tx), `getheaders`, `blocks`
     /// (getdata block), `idle` (a ping a second), or weights such as
     /// `ping=1,relay=4,getheaders=1,block=1`.
     #[arg(long, default_value = "ping-flood")]
     mix: Mix,
-    /// Requests per second per peer; 0 keeps --in-flight requests outstanding
-    /// at all times. Default: 1 for `idle`, 0 otherwise.
-    #[arg(long, value_name = "MSGS_PER_SEC_PER_PEER")]
+    /// Requests per second per peer, 0.001 to 1000000; 0 keeps --in-flight
+    /// requests outstanding at all times. Default: 1 for `idle`, 0 otherwise.
+    #[arg(long, value_name = "MSGS_PER_SEC_PER_PEER", value_parser = parse_rate)]
     rate: Option<f64>,
-    /// Most unanswered requests per peer.
-    #[arg(long, default_value_t = 8, value_name = "K")]
+    /// Most unanswered requests per peer, 1 to 100000.
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = number_in(1usize, 100_000, ""))]
     in_flight: usize,
-    /// How long to send, once every peer is connected.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    duration: f64,
-    /// A request unanswered for this long is an error.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    /// How long to send, once every peer is connected (0.001 to 86400).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = seconds_in(0.001, 86_400.0))]
+    duration: Duration,
+    /// A request unanswered for this long is an error (0.001 to 3600).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = seconds_in(0.001, 3600.0))]
+    timeout: Duration,
     /// A block to request (hash in the usual display hex), repeatable; they
     /// are requested in turn. Default: the genesis block.
     #[arg(long = "block", value_name = "HASH")]
@@ -68,11 +69,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn seconds(what: &str, secs: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("--{what} must be a positive number of seconds, not {secs}"))
+/// Parses `--rate`: 0, or a rate slow or fast enough to make sense (a
+/// rate near zero would wait for ever between requests).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => number_in(0.001, 1_000_000.0, " (or 0)")(text),
+    }
 }
 
 fn run(args: Args) -> Result<()> {
@@ -89,8 +92,8 @@ fn run(args: Args) -> Result<()> {
         rate: args.rate.unwrap_or_else(|| args.mix.default_rate()),
         mix: args.mix,
         max_in_flight: args.in_flight,
-        duration: seconds("duration", args.duration)?,
-        answer_timeout: seconds("timeout", args.timeout)?,
+        duration: args.duration,
+        answer_timeout: args.timeout,
         blocks: args.blocks,
     };
     // Announced on stderr so that a harness (`cargo xtask bench`) can sample
