@@ -21,6 +21,7 @@
 mod profile;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
@@ -99,6 +100,23 @@ pub(crate) fn count_loss(cause: LossCause) {
                 one = in(reg) 1u64,
             )
         };
+    }
+}
+
+/// Flags for every ring-buffer submit. A wake-up of peerlog costs the
+/// bitcoind thread that hit the tracepoint an irq_work and a task wake-up
+/// (microseconds, as much as the probe itself); peerlog reads the ring every
+/// few milliseconds anyway. So records go in silently, unless the ring is an
+/// eighth full: then peerlog is woken at once, so a burst (a 4 MB block)
+/// never waits for the next poll to make room.
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    let pending = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    if pending > size / 8 {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 
@@ -268,7 +286,7 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
     ev.flags = flags;
     ev.chunks = chunks;
     let msg_type_copy = ev.msg_type;
-    entry.submit(0);
+    entry.submit(submit_flags());
     next_slice(tid, ktime_ns, peer_id as i64, direction, &msg_type_copy);
 
     emit_payload(tid, ktime_ns, data, copy_len as u32);
@@ -372,7 +390,7 @@ fn emit_chunk<const CAP: usize>(
     // right after the tracepoint returns, i.e. after this copy, which for a
     // 4,000,000-byte payload takes milliseconds.
     record.chunk.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    entry.submit(0);
+    entry.submit(submit_flags());
     true
 }
 
@@ -451,7 +469,7 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         entry.discard(0);
         return;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     if matches!(kind, ConnectionEventKind::Closed) {
         // The id is never reused by bitcoind; free its slots.
         let peer_id = peer_id as i64;
@@ -483,7 +501,7 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
         entry.discard(0);
         return 0;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }
 
@@ -664,7 +682,7 @@ fn emit_slice(tid: u32, c: &ThreadContext, now: u64, oncpu: u64) {
         _pad: [0; 7],
         msg_type: c.msg_type,
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// The peer whose message the thread took last, or -1 outside a
@@ -884,7 +902,7 @@ fn handle_mempool(ctx: &ProbeContext, kind: MempoolEventKind) {
         }),
     };
     if ok {
-        entry.submit(0);
+        entry.submit(submit_flags());
     } else {
         count_loss(LossCause::ArgReadFailed);
         entry.discard(0);
@@ -921,7 +939,7 @@ pub fn block_connected(ctx: ProbeContext) -> u32 {
         entry.discard(0);
         return 0;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }
 

@@ -29,7 +29,7 @@ use peerlog_common::{
     SAMPLE_STACK_LEN,
 };
 
-use crate::{config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
+use crate::{config, count_loss, record_header, submit_flags, EVENTS, THREAD_CONTEXT};
 
 /// A sample as it is assembled before it goes into the ring buffer in one
 /// piece, header and stack together.
@@ -119,7 +119,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     // SAFETY: `len` is at most the size of the slot, which stays valid for
     // the whole run of the program.
     let record = unsafe { core::slice::from_raw_parts(buffer as *const _ as *const u8, len) };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, submit_flags()).is_err() {
         count_loss(LossCause::RingFullSample);
     }
     0

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use hdrhistogram::Histogram;
 use peerlog_common::{ConnectionEventKind, Direction, LossCause};
 use tokio::io::unix::AsyncFd;
@@ -506,6 +507,22 @@ impl Tracer {
     }
 }
 
+/// How often peerlog reads the ring buffer when the kernel does not wake it:
+/// the bound on the event latency of a quiet node.
+const RING_POLL_INTERVAL: Duration = Duration::from_millis(4);
+
+/// Handles every record in the ring.
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    tracer: &mut Tracer,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        tracer.handle_record(&item, events)?;
+    }
+    Ok(())
+}
+
 /// A descriptor that becomes readable when the target exits.
 fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall.
@@ -652,6 +669,11 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
 
     let exited = pidfd(target.pid);
     let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel side wakes peerlog only when the ring is filling up (a
+    // wake-up per record would cost bitcoind's thread microseconds each):
+    // the ring is read on this tick too.
+    let mut ring_tick = tokio::time::interval(RING_POLL_INTERVAL);
+    ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_on = tracer.report.interval().is_some();
     let stats_period = tracer.report.interval().unwrap_or(Duration::from_secs(1));
     let first_stats = tokio::time::Instant::now()
@@ -686,16 +708,14 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                let mut failed = None;
-                while let Some(item) = ring.next() {
-                    if let Err(e) = tracer.handle_record(&item, &mut events) {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+                let drained = drain_ring(guard.get_inner_mut(), &mut tracer, &mut events);
                 guard.clear_ready();
-                if let Some(e) = failed {
+                if let Err(e) = drained {
+                    break Err(e);
+                }
+            }
+            _ = ring_tick.tick() => {
+                if let Err(e) = drain_ring(ring.get_mut(), &mut tracer, &mut events) {
                     break Err(e);
                 }
             }
@@ -725,13 +745,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     }
     let mut drain_result = Ok(());
     if outcome.is_ok() {
-        let ring = ring.get_mut();
-        while let Some(item) = ring.next() {
-            if let Err(e) = tracer.handle_record(&item, &mut events) {
-                drain_result = Err(e);
-                break;
-            }
-        }
+        drain_result = drain_ring(ring.get_mut(), &mut tracer, &mut events);
         tracer.decoder.finish(&mut events);
         for event in events.drain(..) {
             tracer.handle(event)?;
