@@ -97,9 +97,10 @@ impl SampleCounts {
 
 /// The CPU profile of a running trace: a sink for [`CpuSample`] events.
 ///
-/// Walking and naming stacks takes time (the first lookup in a module parses
-/// its DWARF), so it happens on a thread of its own: the trace loop only
-/// queues samples and never falls behind the ring buffer because of them.
+/// Walking stacks takes time, so it happens on a thread of its own: the
+/// trace loop only queues samples and never falls behind the ring buffer
+/// because of them. Naming them waits for the end of the trace (see
+/// [`Profiler`]).
 pub struct CpuProfile {
     dir: Dir,
     pid: i32,
@@ -118,13 +119,33 @@ pub struct CpuProfile {
 /// counted as lost rather than hold up the trace loop or grow without bound.
 const SAMPLE_QUEUE: usize = 1024;
 
-/// The worker's state: what walks and names stacks, and what it counted.
+/// The worker's state: what walks stacks, and the walked stacks by thread
+/// name and peer, as addresses. They are named once, when the trace ends:
+/// naming inlined frames parses the DWARF of bitcoind (or its debug file),
+/// hundreds of megabytes that peerlog should not hold while it traces.
 struct Profiler {
     walker: StackWalker,
-    symbols: Symbols,
-    /// Modules seen by `symbols`, to teach it the directories of new ones.
-    modules_known: usize,
-    counted: Counted,
+    walked: HashMap<(String, Served), WalkedTally>,
+}
+
+/// The walked stacks of one thread name for one [`Served`], not named yet.
+#[derive(Debug, Default)]
+struct WalkedTally {
+    /// Distinct stacks and how many samples had each.
+    stacks: HashMap<RawStack, u64>,
+    samples: u64,
+    complete: u64,
+}
+
+/// A walked stack: its frames' addresses, innermost first, and how its
+/// walk ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RawStack {
+    frames: Vec<u64>,
+    /// The walk reached the thread entry.
+    complete: bool,
+    /// The sample was taken in the kernel.
+    in_kernel: bool,
 }
 
 /// The samples counted, by thread name and peer.
@@ -206,19 +227,16 @@ impl CpuProfile {
         let worker = thread::Builder::new()
             .name("peerlog-stacks".into())
             .spawn(move || {
-                // blazesym's symbolizer stays on the thread that made it.
-                let mut symbols = Symbols::new(debug_file.as_deref(), symtab);
-                symbols.learn_module_dirs(walker.modules());
                 let mut profiler = Profiler {
-                    modules_known: walker.modules().len(),
                     walker,
-                    symbols,
-                    counted: Counted::default(),
+                    walked: HashMap::new(),
                 };
                 for sample in samples {
                     profiler.add(&sample);
                 }
-                profiler.counted
+                // blazesym's symbolizer stays on the thread that made it.
+                let symbols = Symbols::new(debug_file.as_deref(), symtab);
+                profiler.name(symbols)
             })
             .context("starting the stack walking thread")?;
         Ok(Self {
@@ -299,24 +317,9 @@ struct Written<'a> {
 }
 
 impl Profiler {
-    /// Walks, names and counts one sample.
+    /// Walks and counts one sample.
     fn add(&mut self, sample: &CpuSample) {
         let walked = self.walker.walk(sample);
-        if self.walker.modules().len() != self.modules_known {
-            self.modules_known = self.walker.modules().len();
-            self.symbols.learn_module_dirs(self.walker.modules());
-        }
-        let names = self
-            .symbols
-            .stack_names(&walked.frames, self.walker.modules());
-        let mut frames: Vec<&str> = Vec::with_capacity(names.len() + 2);
-        if !walked.reached_thread_entry {
-            frames.push(INCOMPLETE_FRAME);
-        }
-        frames.extend(names.iter().flat_map(|n| n.iter().map(String::as_str)));
-        if sample.in_kernel {
-            frames.push(KERNEL_FRAME);
-        }
         let served = match sample.context {
             None => Served::Nobody,
             Some(c) => Served::Peer(c.peer_id),
@@ -326,10 +329,40 @@ impl Profiler {
         } else {
             sample.thread_name.clone()
         };
-        let tally = self.counted.tallies.entry((thread, served)).or_default();
-        tally.stacks.add(&frames, 1);
+        let tally = self.walked.entry((thread, served)).or_default();
+        let stack = RawStack {
+            frames: walked.frames,
+            complete: walked.reached_thread_entry,
+            in_kernel: sample.in_kernel,
+        };
+        *tally.stacks.entry(stack).or_default() += 1;
         tally.samples += 1;
         tally.complete += u64::from(walked.reached_thread_entry);
+    }
+
+    /// Names every walked stack.
+    fn name(self, mut symbols: Symbols) -> Counted {
+        let modules = self.walker.modules();
+        symbols.learn_module_dirs(modules);
+        let mut counted = Counted::default();
+        for (key, walked) in self.walked {
+            let tally = counted.tallies.entry(key).or_default();
+            for (stack, count) in walked.stacks {
+                let names = symbols.stack_names(&stack.frames, modules);
+                let mut frames: Vec<&str> = Vec::with_capacity(names.len() + 2);
+                if !stack.complete {
+                    frames.push(INCOMPLETE_FRAME);
+                }
+                frames.extend(names.iter().flat_map(|n| n.iter().map(String::as_str)));
+                if stack.in_kernel {
+                    frames.push(KERNEL_FRAME);
+                }
+                tally.stacks.add(&frames, count);
+            }
+            tally.samples = walked.samples;
+            tally.complete = walked.complete;
+        }
+        counted
     }
 }
 
