@@ -3,99 +3,84 @@
 //! on loopback, captures compared byte for byte with what the client sent and
 //! received.
 //!
-//! Tests that need eBPF are reported as ignored, with the reason printed,
-//! when this machine cannot load it (not root, no uprobes): never as passed.
+//! Tests that cannot run here are reported as ignored, with the reason
+//! printed, never as passed: those that need eBPF when this machine cannot
+//! load it (not root, no uprobes; a failure instead with
+//! `PEERLOG_REQUIRE_EBPF=1`), those that need the twin node when `BITCOIND`
+//! is set, the comparison with bitcoind's own capture when it is not.
 
 use std::{fs, path::Path, process::Command, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use peerlog_tests::*;
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = ebpf_unavailable();
-    if let Some(why) = &skip {
-        eprintln!("peerlog integration tests that load eBPF are IGNORED: {why}");
-    }
-    let no_bitcoind = std::env::var_os("BITCOIND").is_none_or(|v| v.is_empty());
-    if no_bitcoind {
-        eprintln!("capture_matches_bitcoind_own_capture is IGNORED: set BITCOIND=/path/to/bitcoind to run it");
-    }
+    let ebpf = ebpf_skip();
+    let bitcoind = bitcoind_only();
+    let twin_mempool = twin_only("its mempool accepts unsigned test transactions");
+    let twin_stripped = twin_only("a stripped copy with its debug file beside it");
+    let twin_no_semaphores = twin_only("a build without USDT semaphores");
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF, needs a real bitcoind)
-    let tests: [(&str, Test, bool, bool); 12] = [
+    let tests: [(&str, Test, &[&Option<Skip>]); 13] = [
         (
             "ring_overflow_is_counted_never_silent",
             ring_overflow_is_counted_never_silent,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "mempool_events_are_attributed_to_the_relaying_peer",
             mempool_events_are_attributed_to_the_relaying_peer,
-            true,
-            false,
+            &[&ebpf, &twin_mempool],
         ),
         (
             "stripped_binary_uses_its_debug_file",
             stripped_binary_uses_its_debug_file,
-            true,
-            false,
+            &[&ebpf, &twin_stripped],
         ),
-        ("capture_is_byte_exact", capture_is_byte_exact, true, false),
+        ("capture_is_byte_exact", capture_is_byte_exact, &[&ebpf]),
         (
             "capture_matches_bitcoind_own_capture",
             capture_matches_bitcoind_own_capture,
-            true,
-            true,
+            &[&ebpf, &bitcoind],
         ),
         (
             "peer_and_msg_type_filters",
             peer_and_msg_type_filters,
-            true,
-            false,
+            &[&ebpf],
         ),
-        ("per_connection_layout", per_connection_layout, true, false),
-        (
-            "target_exit_stops_trace",
-            target_exit_stops_trace,
-            true,
-            false,
-        ),
+        ("per_connection_layout", per_connection_layout, &[&ebpf]),
+        ("target_exit_stops_trace", target_exit_stops_trace, &[&ebpf]),
         (
             "disk_full_keeps_records_intact",
             disk_full_keeps_records_intact,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "probes_without_semaphores",
             probes_without_semaphores,
-            true,
-            false,
+            &[&ebpf, &twin_no_semaphores],
         ),
         (
             "missing_privileges_are_named",
             missing_privileges_are_named,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "bad_targets_get_clear_errors",
             bad_targets_get_clear_errors,
-            false,
-            false,
+            &[&ebpf],
+        ),
+        (
+            "bad_arguments_get_clear_errors",
+            bad_arguments_get_clear_errors,
+            &[],
         ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
-        .map(|(name, f, ebpf, bitcoind)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag((ebpf && skip.is_some()) || (bitcoind && no_bitcoind))
-        })
+        .map(|(name, f, skips)| trial(name, f, skips))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }
@@ -634,40 +619,46 @@ fn missing_privileges_are_named() -> Result<()> {
     Ok(())
 }
 
-/// Errors that come before anything is loaded: they need no privileges.
+/// Bad targets are named in the error: a pid without a process, a process
+/// without USDT, a capture directory that cannot be created. Finding out
+/// needs the privileges of a trace (reading other processes' binaries).
 fn bad_targets_get_clear_errors() -> Result<()> {
-    let peerlog = peerlog_bin()?;
-    let run = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&peerlog).args(args).output()?;
-        ensure!(!out.status.success(), "peerlog {args:?} succeeded");
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    if ebpf_unavailable().is_none() {
-        let e = run(&["trace", "--pid", "999999999"])?;
-        ensure!(e.contains("no process with pid 999999999"), "{e}");
-        // A process without USDT: ourselves.
-        let e = run(&["trace", "--pid", &std::process::id().to_string()])?;
-        ensure!(e.contains("without USDT"), "{e}");
-        // A capture directory that cannot be created: under a regular file.
-        let node = Node::start()?;
-        let file = tempfile::NamedTempFile::new()?;
-        let bad = file.path().join("capture");
-        let e = run(&[
-            "trace",
-            "--pid",
-            &node.pid().to_string(),
-            "--capture",
-            bad.to_str().unwrap(),
-        ])?;
-        ensure!(
-            e.contains(bad.to_str().unwrap()),
-            "error does not name the directory: {e}"
-        );
-        node.stop()?;
-    }
-    let e = run(&["trace", "--pid", "1", "--ring-size", "3"])?;
+    let e = failing_peerlog(&["trace", "--pid", "999999999"])?;
+    ensure!(e.contains("no process with pid 999999999"), "{e}");
+    // A process without USDT: ourselves.
+    let e = failing_peerlog(&["trace", "--pid", &std::process::id().to_string()])?;
+    ensure!(e.contains("without USDT"), "{e}");
+    // A capture directory that cannot be created: under a regular file.
+    let node = Node::start()?;
+    let file = tempfile::NamedTempFile::new()?;
+    let bad = file.path().join("capture");
+    let e = failing_peerlog(&[
+        "trace",
+        "--pid",
+        &node.pid().to_string(),
+        "--capture",
+        bad.to_str().unwrap(),
+    ])?;
+    ensure!(
+        e.contains(bad.to_str().unwrap()),
+        "error does not name the directory: {e}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// Bad arguments are refused before anything is loaded: no privileges needed.
+fn bad_arguments_get_clear_errors() -> Result<()> {
+    let e = failing_peerlog(&["trace", "--pid", "1", "--ring-size", "3"])?;
     ensure!(e.contains("power of two"), "{e}");
-    let e = run(&["trace", "--pid", "1", "--peer", "net=mars"])?;
+    let e = failing_peerlog(&["trace", "--pid", "1", "--peer", "net=mars"])?;
     ensure!(e.contains("mars"), "{e}");
     Ok(())
+}
+
+/// Runs peerlog, which must fail: its stderr.
+fn failing_peerlog(args: &[&str]) -> Result<String> {
+    let out = Command::new(peerlog_bin()?).args(args).output()?;
+    ensure!(!out.status.success(), "peerlog {args:?} succeeded");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
