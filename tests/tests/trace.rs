@@ -200,7 +200,8 @@ fn capture_is_byte_exact() -> Result<()> {
 
 /// With a real bitcoind, peerlog's capture must equal bitcoind's own
 /// `-capturemessages` output, message for message, byte for byte, with
-/// timestamps within a millisecond.
+/// timestamps within a millisecond: every file bitcoind wrote has its
+/// counterpart in peerlog's capture, and the other way round.
 fn capture_matches_bitcoind_own_capture() -> Result<()> {
     let node = Node::start()?;
     let core_dir = node
@@ -208,6 +209,7 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
         .context("BITCOIND is not a real bitcoind")?;
     let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
+    let local = a.local_addr().to_string();
     standard_traffic(&node, &mut a)?;
     drop(a);
     thread::sleep(Duration::from_millis(500));
@@ -216,33 +218,68 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     assert_no_loss(&out.stderr)?;
     let ours = read_capture(&capture)?;
     let theirs = read_capture(&core_dir)?;
-    for f in &ours {
-        let twin = theirs
+    ensure!(
+        theirs
             .iter()
-            .find(|t| t.peer_addr == f.peer_addr && t.direction == f.direction)
+            .any(|t| t.peer_addr.as_deref() == Some(local.as_str())),
+        "bitcoind captured nothing of our connection from {local}: {:?}",
+        theirs.iter().map(|t| &t.path).collect::<Vec<_>>()
+    );
+    for o in &ours {
+        ensure!(
+            theirs
+                .iter()
+                .any(|t| t.peer_addr == o.peer_addr && t.direction == o.direction),
+            "peerlog wrote {}, bitcoind has no capture of {:?} {}",
+            o.path.display(),
+            o.peer_addr,
+            o.direction
+        );
+    }
+    // Every connection was made after peerlog attached: bitcoind's files
+    // and peerlog's hold the same messages from the first on.
+    for t in &theirs {
+        let o = ours
+            .iter()
+            .find(|o| o.peer_addr == t.peer_addr && o.direction == t.direction)
             .with_context(|| {
                 format!(
-                    "bitcoind has no capture for {:?} {}",
-                    f.peer_addr, f.direction
+                    "bitcoind wrote {} ({} messages), peerlog has no capture of {:?} {}",
+                    t.path.display(),
+                    t.records.len(),
+                    t.peer_addr,
+                    t.direction
                 )
             })?;
-        // bitcoind's capture started before peerlog attached: compare the tail.
-        let tail = &twin.records[twin.records.len() - f.records.len()..];
-        for (i, (o, t)) in f.records.iter().zip(tail).enumerate() {
+        ensure!(
+            o.records.len() == t.records.len(),
+            "{}: {} messages, bitcoind's {}: {} ({:?} vs {:?})",
+            o.path.display(),
+            o.records.len(),
+            t.path.display(),
+            t.records.len(),
+            o.records.iter().map(|r| &r.msg_type).collect::<Vec<_>>(),
+            t.records.iter().map(|r| &r.msg_type).collect::<Vec<_>>()
+        );
+        for (i, (o_rec, t_rec)) in o.records.iter().zip(&t.records).enumerate() {
             ensure!(
-                o.msg_type == t.msg_type && o.payload == t.payload,
-                "{} record {i} differs",
-                f.path.display()
+                o_rec.msg_type == t_rec.msg_type && o_rec.payload == t_rec.payload,
+                "{} record {i} ({}, {} bytes) differs from bitcoind's ({}, {} bytes)",
+                o.path.display(),
+                o_rec.msg_type,
+                o_rec.payload.len(),
+                t_rec.msg_type,
+                t_rec.payload.len()
             );
-            let skew = o.time_micros.abs_diff(t.time_micros);
+            let skew = o_rec.time_micros.abs_diff(t_rec.time_micros);
             ensure!(
                 skew <= 1000,
                 "{} record {i} ({}, {} bytes): {skew} µs from bitcoind's time (peerlog {}, bitcoind {})",
-                f.path.display(),
-                o.msg_type,
-                o.payload.len(),
-                o.time_micros,
-                t.time_micros
+                o.path.display(),
+                o_rec.msg_type,
+                o_rec.payload.len(),
+                o_rec.time_micros,
+                t_rec.time_micros
             );
         }
     }
