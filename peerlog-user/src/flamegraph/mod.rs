@@ -455,16 +455,14 @@ impl Written<'_> {
     }
 }
 
-/// The file with the symbol table of a stripped executable: its debug file,
-/// found by the same rules as the uprobes' symbols (build-id, debug link).
+/// The file with the symbol table of the target's executable when it is
+/// stripped: its debug file, looked for in the executable's directory as
+/// the target sees it.
 fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
-    let data = fs::read(&target.exe).ok()?;
     let install_dir = target.exe_display.parent().map(|dir| {
         Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir))
     });
-    let found = crate::symbols::resolve(&data, install_dir.as_deref(), debug_file).ok()?;
-    // `source` names the binary's own .symtab with a description, not a path.
-    found.source.filter(|p| p.is_file())
+    symbolize::symtab_file(&target.exe, install_dir.as_deref(), debug_file)
 }
 
 fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
