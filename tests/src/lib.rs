@@ -505,6 +505,9 @@ pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
         p2p::invalid_test_transaction(7),
     ))?;
     sync(peer, 10)?;
+    if node.is_bitcoind() {
+        await_parent_requests(peer, &txs)?;
+    }
     for (hash, _size) in node.blocks.clone() {
         let hash: bitcoin::BlockHash = hash.parse()?;
         peer.send(&p2p::getdata_block(&[hash]))?;
@@ -517,6 +520,34 @@ pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
     sync(peer, 11)?;
     peer.drain(Duration::from_millis(300))
         .map_err(|e| anyhow!("drain: {e}"))?;
+    Ok(())
+}
+
+/// bitcoind keeps the test transactions, whose inputs it does not know, as
+/// orphans and asks the peer that sent them for their parents, 2 s later
+/// for an inbound peer (`NONPREF_PEER_TX_DELAY`). Waits until it has asked
+/// for every parent, so that its requests are in the transcript rather than
+/// in flight when a test compares the transcript with a capture.
+fn await_parent_requests(peer: &mut Peer, txs: &[bitcoin::Transaction]) -> Result<()> {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let mut parents: Vec<bitcoin::Txid> = txs
+        .iter()
+        .flat_map(|t| t.input.iter().map(|i| i.previous_output.txid))
+        .collect();
+    while !parents.is_empty() {
+        let getdata = peer
+            .recv_msg_type("getdata", Duration::from_secs(10))
+            .map_err(|e| {
+                anyhow!("waiting for bitcoind to ask for the orphans' parents {parents:?}: {e}")
+            })?;
+        let inventory: Vec<Inventory> = bitcoin::consensus::deserialize(getdata.payload())
+            .context("bitcoind's getdata does not decode")?;
+        for entry in inventory {
+            if let Inventory::Transaction(txid) | Inventory::WitnessTransaction(txid) = entry {
+                parents.retain(|p| *p != txid);
+            }
+        }
+    }
     Ok(())
 }
 
