@@ -93,14 +93,22 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// The real bitcoind of the second pass: `Ok(path)`, or `Err(why not)`.
 fn real_bitcoind() -> Result<Result<PathBuf, String>> {
-    if let Some(path) = env::var_os("BITCOIND").filter(|p| !p.is_empty()) {
+    real_bitcoind_for(env::var_os("BITCOIND"), &workspace_root())
+}
+
+/// The real bitcoind for the value of `BITCOIND` and the repository at `root`.
+fn real_bitcoind_for(
+    bitcoind: Option<std::ffi::OsString>,
+    root: &Path,
+) -> Result<Result<PathBuf, String>> {
+    if let Some(path) = bitcoind.filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
             bail!("BITCOIND={} is not a file", path.display());
         }
         return Ok(Ok(path));
     }
-    let shared = workspace_root().join(SHARED_BITCOIND);
+    let shared = root.join(SHARED_BITCOIND);
     if shared.is_file() {
         // Absolute, and without `..`: the tests start it from other directories.
         return Ok(Ok(shared
@@ -301,6 +309,35 @@ fn print_pass(pass: &Pass) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn real_bitcoind_from_env_or_beside_the_repository() {
+        let tmp = env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
+        let root = tmp.join("repo");
+        std::fs::create_dir_all(&root).unwrap();
+        // Neither: skipped, saying where it looked.
+        let why = real_bitcoind_for(None, &root).unwrap().unwrap_err();
+        assert!(why.contains("../shared/bitcoin-core/bitcoind"), "{why}");
+        assert!(real_bitcoind_for(Some("".into()), &root).unwrap().is_err());
+        // A BITCOIND that is not there is an error, not a skip.
+        assert!(real_bitcoind_for(Some(tmp.join("nothing").into()), &root).is_err());
+        // Beside the repository, resolved.
+        let shared = tmp.join("shared/bitcoin-core");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("bitcoind"), b"").unwrap();
+        let found = real_bitcoind_for(None, &root).unwrap().unwrap();
+        assert_eq!(found, shared.join("bitcoind").canonicalize().unwrap());
+        // BITCOIND wins.
+        let own = tmp.join("own-bitcoind");
+        std::fs::write(&own, b"").unwrap();
+        assert_eq!(
+            real_bitcoind_for(Some(own.clone().into()), &root)
+                .unwrap()
+                .unwrap(),
+            own
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn suites_counts_failures_and_reasons() {
