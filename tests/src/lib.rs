@@ -48,6 +48,102 @@ pub fn ebpf_unavailable() -> Option<String> {
     None
 }
 
+/// The environment variable that, set to `1` (CI sets it), turns a machine
+/// that cannot load eBPF into a failure of every test that needs eBPF: an
+/// ignored eBPF test would otherwise let a CI run pass that tested nothing.
+pub const REQUIRE_EBPF: &str = "PEERLOG_REQUIRE_EBPF";
+
+/// Why a test is not run here. It is reported as ignored, with its reason
+/// printed, unless the reason is one that must fail the run instead
+/// ([`REQUIRE_EBPF`]).
+#[derive(Debug, Clone)]
+pub struct Skip {
+    reason: String,
+    fails: bool,
+}
+
+impl Skip {
+    /// A reason to ignore a test.
+    pub fn ignore(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            fails: false,
+        }
+    }
+}
+
+/// Why the tests that load eBPF cannot run here, if they cannot; with
+/// [`REQUIRE_EBPF`]`=1` the reason fails them instead of ignoring them.
+pub fn ebpf_skip() -> Option<Skip> {
+    let reason = ebpf_unavailable()?;
+    if env::var(REQUIRE_EBPF).is_ok_and(|v| v == "1") {
+        Some(Skip {
+            reason: format!("cannot load eBPF ({reason}), and {REQUIRE_EBPF}=1 requires it"),
+            fails: true,
+        })
+    } else {
+        Some(Skip::ignore(format!("cannot load eBPF: {reason}")))
+    }
+}
+
+/// The real bitcoind the tests run against, `BITCOIND`, if set.
+pub fn bitcoind() -> Option<PathBuf> {
+    env::var_os("BITCOIND")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// For a test that needs the twin node (`why`: what of it), ignoring it
+/// when `BITCOIND` is set: that pass of the suite is the real node's, and
+/// the test already ran in the twin's.
+pub fn twin_only(why: &str) -> Option<Skip> {
+    bitcoind().map(|b| {
+        Skip::ignore(format!(
+            "BITCOIND={} is set, and this test needs the twin node: {why}",
+            b.display()
+        ))
+    })
+}
+
+/// For a test that needs a real bitcoind: ignoring it when `BITCOIND` is
+/// not set.
+pub fn bitcoind_only() -> Option<Skip> {
+    match bitcoind() {
+        Some(_) => None,
+        None => Some(Skip::ignore(
+            "needs a real bitcoind: set BITCOIND=/path/to/bitcoind",
+        )),
+    }
+}
+
+/// The libtest-mimic trial of an integration test: `test` runs unless one
+/// of `skips` says why it cannot here. Then the test is ignored and the
+/// reason printed (`IGNORED <name>: <reason>` on stderr, which `cargo xtask
+/// test` repeats in its summary), or, for a reason that must fail the run,
+/// the test fails with it.
+pub fn trial(
+    name: &'static str,
+    test: fn() -> Result<()>,
+    skips: &[&Option<Skip>],
+) -> libtest_mimic::Trial {
+    use libtest_mimic::{Failed, Trial};
+    let skips: Vec<&Skip> = skips.iter().filter_map(|s| s.as_ref()).collect();
+    if let Some(skip) = skips.iter().find(|s| s.fails) {
+        let reason = skip.reason.clone();
+        return Trial::test(name, move || Err(Failed::from(reason)));
+    }
+    let trial = Trial::test(name, move || {
+        test().map_err(|e| Failed::from(format!("{e:#}")))
+    });
+    match skips.first() {
+        Some(skip) => {
+            eprintln!("IGNORED {name}: {}", skip.reason);
+            trial.with_ignored_flag(true)
+        }
+        None => trial,
+    }
+}
+
 /// The `peerlog` binary of this build profile, built on first use so that a
 /// plain `cargo test` works too.
 pub fn peerlog_bin() -> Result<PathBuf> {
@@ -99,9 +195,9 @@ pub struct Node {
 impl Node {
     /// Starts the node the tests run against: `BITCOIND` if set, else the twin.
     pub fn start() -> Result<Self> {
-        match env::var_os("BITCOIND") {
-            Some(path) if !path.is_empty() => Self::start_bitcoind(Path::new(&path)),
-            _ => Self::start_twin(Path::new(TWIN), &[]),
+        match bitcoind() {
+            Some(path) => Self::start_bitcoind(&path),
+            None => Self::start_twin(Path::new(TWIN), &[]),
         }
     }
 
@@ -413,6 +509,9 @@ pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
         p2p::invalid_test_transaction(7),
     ))?;
     sync(peer, 10)?;
+    if node.is_bitcoind() {
+        await_parent_requests(peer, &txs)?;
+    }
     for (hash, _size) in node.blocks.clone() {
         let hash: bitcoin::BlockHash = hash.parse()?;
         peer.send(&p2p::getdata_block(&[hash]))?;
@@ -425,6 +524,34 @@ pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
     sync(peer, 11)?;
     peer.drain(Duration::from_millis(300))
         .map_err(|e| anyhow!("drain: {e}"))?;
+    Ok(())
+}
+
+/// bitcoind keeps the test transactions, whose inputs it does not know, as
+/// orphans and asks the peer that sent them for their parents, 2 s later
+/// for an inbound peer (`NONPREF_PEER_TX_DELAY`). Waits until it has asked
+/// for every parent, so that its requests are in the transcript rather than
+/// in flight when a test compares the transcript with a capture.
+fn await_parent_requests(peer: &mut Peer, txs: &[bitcoin::Transaction]) -> Result<()> {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let mut parents: Vec<bitcoin::Txid> = txs
+        .iter()
+        .flat_map(|t| t.input.iter().map(|i| i.previous_output.txid))
+        .collect();
+    while !parents.is_empty() {
+        let getdata = peer
+            .recv_msg_type("getdata", Duration::from_secs(10))
+            .map_err(|e| {
+                anyhow!("waiting for bitcoind to ask for the orphans' parents {parents:?}: {e}")
+            })?;
+        let inventory: Vec<Inventory> = bitcoin::consensus::deserialize(getdata.payload())
+            .context("bitcoind's getdata does not decode")?;
+        for entry in inventory {
+            if let Inventory::Transaction(txid) | Inventory::WitnessTransaction(txid) = entry {
+                parents.retain(|p| *p != txid);
+            }
+        }
+    }
     Ok(())
 }
 

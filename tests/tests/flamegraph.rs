@@ -9,7 +9,9 @@
 //! first peer's flamegraph must show the burn, the second's must not.
 //!
 //! Tests that need eBPF are reported as ignored, with the reason printed,
-//! when this machine cannot load it (not root, no uprobes): never as passed.
+//! when this machine cannot load it (not root, no uprobes; a failure with
+//! `PEERLOG_REQUIRE_EBPF=1`), and so are those that trace the twin when
+//! `BITCOIND` is set: never as passed.
 
 use std::{
     fs,
@@ -21,9 +23,14 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
+use object::{Object, ObjectSymbol};
 use peerlog::{
-    flamegraph::{folded::FoldedStacks, INCOMPLETE_FRAME},
+    flamegraph::{
+        folded::FoldedStacks,
+        symbolize::{executable_frame_names, INLINED_SUFFIX},
+        INCOMPLETE_FRAME,
+    },
     p2p::{self, Peer},
 };
 use peerlog_tests::*;
@@ -33,42 +40,39 @@ fn main() {
     // The tests measure where CPU time goes; on a 2-core machine, running
     // them side by side starves the very threads they sample.
     args.test_threads.get_or_insert(1);
-    let skip = ebpf_unavailable();
-    if let Some(why) = &skip {
-        eprintln!("peerlog flamegraph tests that load eBPF are IGNORED: {why}");
-    }
+    let ebpf = ebpf_skip();
+    let twin = twin_only("the twinburn message and a stripped copy with its debug file");
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF)
-    let tests: [(&str, Test, bool); 4] = [
+    let tests: [(&str, Test, &[&Option<Skip>]); 5] = [
         (
             "burning_peer_owns_the_burn",
             burning_peer_owns_the_burn,
-            true,
+            &[&ebpf, &twin],
         ),
         (
             "stripped_binary_gets_names_from_debug_file",
             stripped_binary_gets_names_from_debug_file,
-            true,
+            &[&ebpf, &twin],
+        ),
+        (
+            "stripped_binary_symbolizes_like_the_unstripped",
+            stripped_binary_symbolizes_like_the_unstripped,
+            &[],
         ),
         (
             "flamegraph_subcommand_merges_and_filters",
             flamegraph_subcommand_merges_and_filters,
-            false,
+            &[],
         ),
         (
             "bad_sample_rates_are_refused",
             bad_sample_rates_are_refused,
-            false,
+            &[],
         ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
-        .map(|(name, f, ebpf)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag(ebpf && skip.is_some())
-        })
+        .map(|(name, f, skips)| trial(name, f, skips))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }
@@ -322,59 +326,133 @@ fn burning_peer_owns_the_burn() -> Result<()> {
     Ok(())
 }
 
-/// The frames under `ProcessMessages` of the burning peer's hottest stacks.
-fn hot_path_names(run: &BurnRun) -> Result<Vec<String>> {
+/// True when some stack of the burning peer runs, named, from the thread
+/// entry to the hot function: start_thread → ThreadMessageHandler →
+/// ProcessMessages → ProcessMessage → TwinBurnCpu.
+fn burn_is_named(run: &BurnRun) -> Result<bool> {
     let (_, burner) = peer_stacks(&run.dir, run.burner)?;
-    let mut names: Vec<String> = Vec::new();
-    let text = {
-        let mut v = Vec::new();
-        burner.write_to(&mut v)?;
-        String::from_utf8(v)?
-    };
-    for line in text.lines() {
-        let (stack, _) = line.rsplit_once(' ').unwrap();
-        let frames: Vec<&str> = stack.split(';').collect();
-        if calls(&frames, PROCESS_MESSAGES, HOT_FUNCTION) {
-            let from = frames
-                .iter()
-                .position(|f| f.contains(PROCESS_MESSAGES))
-                .unwrap();
-            for f in &frames[from..] {
-                if !names.iter().any(|n| n == f) {
-                    names.push(f.to_string());
-                }
-            }
-        }
-    }
-    names.sort();
-    Ok(names)
+    Ok(burner.count_where(|f| {
+        calls(f, "start_thread", "CConnman::ThreadMessageHandler")
+            && calls(f, "CConnman::ThreadMessageHandler", PROCESS_MESSAGES)
+            && calls(f, "PeerManagerImpl::ProcessMessage", HOT_FUNCTION)
+    }) > 0)
 }
 
-/// The stripped twin (like a Bitcoin Core release binary) gets the same
-/// names as the twin with symbols: through its `.gnu_debuglink` (the debug
-/// file next to it) and through `--debug-file` when the link leads nowhere.
+/// A trace of the stripped twin (like a Bitcoin Core release binary) names
+/// its frames from the debug file: found through its `.gnu_debuglink` (the
+/// debug file next to it), and given with `--debug-file` when the link
+/// leads nowhere. That the names equal the unstripped twin's, address by
+/// address, is `stripped_binary_symbolizes_like_the_unstripped`.
 fn stripped_binary_gets_names_from_debug_file() -> Result<()> {
-    let with_symbols = hot_path_names(&burn_run(Path::new(TWIN), &[])?)?;
+    let linked = burn_run(Path::new(TWIN_STRIPPED), &[])?;
     ensure!(
-        with_symbols.iter().any(|n| n.contains(HOT_FUNCTION)),
-        "no {HOT_FUNCTION} with symbols: {with_symbols:?}"
+        burn_is_named(&linked)?,
+        "the stripped twin's burn is not named through .gnu_debuglink; top stacks:\n{}",
+        top_stacks(&peer_stacks(&linked.dir, linked.burner)?.1, 5)
     );
-
-    let linked = hot_path_names(&burn_run(Path::new(TWIN_STRIPPED), &[])?)?;
-    ensure!(
-        linked == with_symbols,
-        "stripped twin via .gnu_debuglink names {linked:?}, the twin {with_symbols:?}"
-    );
-
     // A copy of the stripped twin alone in a directory: its debug link finds
     // nothing, so only --debug-file can name it.
     let alone = tempfile::tempdir()?;
     let binary = alone.path().join("bitcoind");
     fs::copy(TWIN_STRIPPED, &binary)?;
-    let explicit = hot_path_names(&burn_run(&binary, &["--debug-file", TWIN_DEBUG])?)?;
+    let explicit = burn_run(&binary, &["--debug-file", TWIN_DEBUG])?;
     ensure!(
-        explicit == with_symbols,
-        "stripped twin with --debug-file names {explicit:?}, the twin {with_symbols:?}"
+        burn_is_named(&explicit)?,
+        "the stripped twin's burn is not named with --debug-file; top stacks:\n{}",
+        top_stacks(&peer_stacks(&explicit.dir, explicit.burner)?.1, 5)
+    );
+    Ok(())
+}
+
+/// Code addresses all over the twin's functions get the same frame names
+/// (function and inlined functions) from the stripped twin with its debug
+/// file, found through `.gnu_debuglink` or given as `--debug-file`, as
+/// from the unstripped twin; without its debug file the stripped twin's
+/// addresses stay unnamed.
+fn stripped_binary_symbolizes_like_the_unstripped() -> Result<()> {
+    let twin = fs::read(TWIN)?;
+    let elf = object::File::parse(&*twin)?;
+    // Each function's entry and every 97th byte of its code: a prime
+    // stride, so the addresses fall at every offset of 16-byte-aligned code
+    // and into the inlined code all over the functions. (Every byte would
+    // take minutes: a lookup with inlined functions costs about a
+    // millisecond.)
+    let mut addresses = Vec::new();
+    for symbol in elf.symbols() {
+        if symbol.kind() == object::SymbolKind::Text && symbol.size() > 0 {
+            let code = symbol.address()..symbol.address() + symbol.size();
+            addresses.extend(code.step_by(97));
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    ensure!(
+        addresses.len() > 1000,
+        "only {} addresses in the twin's functions",
+        addresses.len()
+    );
+    let names = |binary: &Path, debug_file: Option<&str>| {
+        executable_frame_names(binary, debug_file.map(Path::new), &addresses)
+    };
+    let unstripped = names(Path::new(TWIN), None)?;
+    let frames = |names: &[Vec<String>]| -> Vec<String> {
+        let mut all: Vec<String> = names.iter().flatten().cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    let known = frames(&unstripped);
+    for want in [
+        HOT_FUNCTION,
+        "(anonymous namespace)::PeerManagerImpl::ProcessMessages",
+        INLINED_SUFFIX,
+    ] {
+        ensure!(
+            known.iter().any(|f| f.contains(want)),
+            "no frame named {want} in the twin: {known:?}"
+        );
+    }
+    let differences = |other: &[Vec<String>]| -> Vec<String> {
+        addresses
+            .iter()
+            .zip(unstripped.iter().zip(other))
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(addr, (a, b))| format!("{addr:#x}: {a:?} vs {b:?}"))
+            .collect()
+    };
+
+    let linked = names(Path::new(TWIN_STRIPPED), None)?;
+    let diff = differences(&linked);
+    ensure!(
+        diff.is_empty(),
+        "the stripped twin via .gnu_debuglink names addresses differently from the twin (first {}):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+
+    // A copy alone in a directory: its debug link leads nowhere.
+    let alone = tempfile::tempdir()?;
+    let binary = alone.path().join("bitcoind");
+    fs::copy(TWIN_STRIPPED, &binary)?;
+    let explicit = names(&binary, Some(TWIN_DEBUG))?;
+    let diff = differences(&explicit);
+    ensure!(
+        diff.is_empty(),
+        "the stripped twin with --debug-file names addresses differently from the twin (first {}):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+    // Without it, only the few functions the binary exports have names.
+    let bare = frames(&names(&binary, None)?);
+    ensure!(
+        bare.iter().any(|f| f == "[bitcoind]")
+            && !bare.iter().any(|f| {
+                f.contains(HOT_FUNCTION)
+                    || f.contains("PeerManagerImpl")
+                    || f.ends_with(INLINED_SUFFIX)
+            }),
+        "the stripped twin without its debug file has names from somewhere: {bare:?}"
     );
     Ok(())
 }

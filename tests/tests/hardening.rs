@@ -16,15 +16,12 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use peerlog_tests::*;
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = ebpf_unavailable();
-    if let Some(why) = &skip {
-        eprintln!("peerlog integration tests that load eBPF are IGNORED: {why}");
-    }
+    let ebpf_skip = ebpf_skip();
     // A umask that lets others read: what peerlog creates must be private
     // regardless. Set once, before any test thread starts.
     // SAFETY: umask cannot fail.
@@ -67,10 +64,8 @@ fn main() {
     let trials: Vec<Trial> = tests
         .into_iter()
         .map(|(name, f, ebpf)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag(ebpf && skip.is_some())
+            let skips: &[&Option<Skip>] = if ebpf { &[&ebpf_skip] } else { &[] };
+            trial(name, f, skips)
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();

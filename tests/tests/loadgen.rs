@@ -1,13 +1,46 @@
 //! The load generator against the twin node (no eBPF, no root needed): every
 //! request kind is answered, the report adds up, the rate limit holds, and
 //! what goes unanswered is counted as an error rather than hidden.
+//!
+//! The answers they count are the twin's: when `BITCOIND` is set (the real
+//! node's pass of the suite) they are reported as ignored, with the reason.
 
 use std::{path::Path, time::Duration};
 
+use anyhow::Result;
+use libtest_mimic::{Arguments, Trial};
 use peerlog_tests::{
     loadgen::{self, LoadConfig, Report, Window},
-    Node, NETWORK, TWIN,
+    trial, twin_only, Node, Skip, NETWORK, TWIN,
 };
+
+fn main() {
+    let args = Arguments::from_args();
+    let twin = twin_only("the answers counted are the twin's (its blocks, its prompt getdata)");
+    type Test = fn() -> Result<()>;
+    let tests: [(&str, Test, &[&Option<Skip>]); 3] = [
+        (
+            "every_request_kind_is_answered",
+            every_request_kind_is_answered,
+            &[&twin],
+        ),
+        (
+            "a_rate_limited_peer_keeps_its_rate",
+            a_rate_limited_peer_keeps_its_rate,
+            &[&twin],
+        ),
+        (
+            "unknown_blocks_are_counted_as_errors",
+            unknown_blocks_are_counted_as_errors,
+            &[&twin],
+        ),
+    ];
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, f, skips)| trial(name, f, skips))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
 
 fn config(node: &Node, mix: &str, peers: usize, duration: Duration) -> LoadConfig {
     LoadConfig {
@@ -42,8 +75,7 @@ fn run(config: &LoadConfig) -> Report {
     report
 }
 
-#[test]
-fn every_request_kind_is_answered() {
+fn every_request_kind_is_answered() -> Result<()> {
     let node = Node::start_twin(Path::new(TWIN), &[]).unwrap();
     for mix in [
         "ping-flood",
@@ -75,11 +107,11 @@ fn every_request_kind_is_answered() {
         let l = &report.latency;
         assert!(l.p50_us <= l.p90_us && l.p90_us <= l.p99_us && l.p99_us <= l.max_us);
     }
-    node.stop().unwrap();
+    node.stop()?;
+    Ok(())
 }
 
-#[test]
-fn a_rate_limited_peer_keeps_its_rate() {
+fn a_rate_limited_peer_keeps_its_rate() -> Result<()> {
     let node = Node::start_twin(Path::new(TWIN), &[]).unwrap();
     // 10 peers × 5 requests/s for 2 s, staggered: 10 requests each.
     let mut c = config(&node, "idle", 10, Duration::from_secs(2));
@@ -91,11 +123,11 @@ fn a_rate_limited_peer_keeps_its_rate() {
         report.requests_sent
     );
     assert_eq!(report.errors.total(), 0, "{:?}", report.errors);
-    node.stop().unwrap();
+    node.stop()?;
+    Ok(())
 }
 
-#[test]
-fn unknown_blocks_are_counted_as_errors() {
+fn unknown_blocks_are_counted_as_errors() -> Result<()> {
     let node = Node::start_twin(Path::new(TWIN), &[]).unwrap();
     let mut c = config(&node, "blocks", 1, Duration::from_millis(500));
     c.blocks = vec![
@@ -106,5 +138,6 @@ fn unknown_blocks_are_counted_as_errors() {
     let report = run(&c);
     assert_eq!(report.requests_answered, 0);
     assert!(report.errors.notfound > 0, "{:?}", report.errors);
-    node.stop().unwrap();
+    node.stop()?;
+    Ok(())
 }

@@ -42,12 +42,12 @@ use bitcoin::{
     consensus::serialize,
     p2p::{message_network::VersionMessage, Address, ServiceFlags},
 };
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Arguments;
 use peerlog::p2p::{self, HandshakeOptions, Peer};
 use peerlog_tests::{
-    connect, ebpf_unavailable,
+    bitcoind_only, connect, ebpf_skip,
     malformed::{self, Reply},
-    peerlog_bin, read_capture, Node, Tracer, NETWORK,
+    peerlog_bin, read_capture, trial, Node, Tracer, NETWORK,
 };
 use serde_json::Value;
 
@@ -56,31 +56,17 @@ const PEERS: usize = 3;
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = ebpf_unavailable();
-    if let Some(why) = &skip {
-        eprintln!("robustness tests that load eBPF are IGNORED: {why}");
-    }
-    let no_bitcoind = std::env::var_os("BITCOIND").is_none_or(|v| v.is_empty());
-    if no_bitcoind {
-        eprintln!(
-            "malformed_messages_v2 is IGNORED: the twin speaks v1 only; set BITCOIND=/path/to/bitcoind to run it"
-        );
-    }
-    type Test = fn() -> Result<()>;
-    // (name, test, needs a real bitcoind)
-    let tests: [(&str, Test, bool); 2] = [
-        ("malformed_messages_v1", malformed_messages_v1, false),
-        ("malformed_messages_v2", malformed_messages_v2, true),
+    let ebpf = ebpf_skip();
+    // The twin speaks v1 only.
+    let real_node = bitcoind_only();
+    let trials = vec![
+        trial("malformed_messages_v1", malformed_messages_v1, &[&ebpf]),
+        trial(
+            "malformed_messages_v2",
+            malformed_messages_v2,
+            &[&ebpf, &real_node],
+        ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f, bitcoind)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag(skip.is_some() || (bitcoind && no_bitcoind))
-        })
-        .collect();
     libtest_mimic::run(&args, trials).exit();
 }
 

@@ -14,7 +14,8 @@
 //!
 //! Tests that cannot run here (no root, no uprobes, or a real bitcoind where
 //! the twin's deterministic behaviour is needed) are reported as ignored,
-//! with the reason printed.
+//! with the reason printed; with `PEERLOG_REQUIRE_EBPF=1` missing eBPF fails
+//! them.
 
 use std::{
     collections::BTreeMap,
@@ -32,79 +33,53 @@ use bitcoin::{
     absolute, block, hashes::Hash, p2p::message::NetworkMessage, transaction, Amount, Block,
     CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Witness,
 };
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use peerlog::{p2p, stats::msg_type_key};
-use peerlog_tests::{connect, ebpf_unavailable, peerlog_bin, sync, Node, Tracer, TWIN_STRIPPED};
+use peerlog_tests::{
+    bitcoind_only, connect, ebpf_skip, peerlog_bin, sync, trial, twin_only, Node, Skip, Tracer,
+    TWIN_STRIPPED,
+};
 use serde_json::Value;
 
 fn main() {
     let args = Arguments::from_args();
-    let no_ebpf = ebpf_unavailable();
-    let bitcoind = std::env::var_os("BITCOIND").is_some_and(|v| !v.is_empty());
-    if let Some(why) = &no_ebpf {
-        eprintln!("stats tests that load eBPF are ignored: {why}");
-    }
-    if bitcoind {
-        eprintln!(
-            "stats tests that need the twin node (deterministic mempool and block acceptance, \
-             the twinburn message, a stripped copy) are ignored: BITCOIND is set"
-        );
-    }
-    if !bitcoind {
-        eprintln!(
-            "stats tests that compare with bitcoind's own getpeerinfo over v1 and v2 (BIP324) \
-             connections are ignored: they need a real bitcoind (BITCOIND=/path/to/bitcoind)"
-        );
-    }
+    let ebpf = ebpf_skip();
+    let twin_exact =
+        twin_only("deterministic mempool and block acceptance and the twinburn message");
+    let twin_stripped = twin_only("a stripped copy without its debug file");
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF, needs the twin); tests named in REAL_NODE
-    // need a real bitcoind instead.
-    const REAL_NODE: [&str; 1] = ["bytes_match_getpeerinfo_v1_and_v2"];
-    let tests: [(&str, Test, bool, bool); 6] = [
-        ("peer_figures_are_exact", peer_figures_are_exact, true, true),
+    let real_node = bitcoind_only();
+    let tests: [(&str, Test, &[&Option<Skip>]); 6] = [
+        (
+            "peer_figures_are_exact",
+            peer_figures_are_exact,
+            &[&ebpf, &twin_exact],
+        ),
         (
             "bytes_match_getpeerinfo_v1_and_v2",
             bytes_match_getpeerinfo_v1_and_v2,
-            true,
-            false,
+            &[&ebpf, &real_node],
         ),
         (
             "closed_peers_are_reported_once",
             closed_peers_are_reported_once,
-            true,
-            false,
+            &[&ebpf],
         ),
-        (
-            "runtime_capture_via_rpc",
-            runtime_capture_via_rpc,
-            true,
-            false,
-        ),
+        ("runtime_capture_via_rpc", runtime_capture_via_rpc, &[&ebpf]),
         (
             "missing_probes_are_named",
             missing_probes_are_named,
-            true,
-            true,
+            &[&ebpf, &twin_stripped],
         ),
         (
             "bad_rpc_requests_get_clear_errors",
             bad_rpc_requests_get_clear_errors,
-            true,
-            false,
+            &[&ebpf],
         ),
     ];
-    let trials = tests
+    let trials: Vec<Trial> = tests
         .into_iter()
-        .map(|(name, f, ebpf, twin)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag(
-                (ebpf && no_ebpf.is_some())
-                    || (twin && bitcoind)
-                    || (REAL_NODE.contains(&name) && !bitcoind),
-            )
-        })
+        .map(|(name, f, skips)| trial(name, f, skips))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

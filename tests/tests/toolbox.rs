@@ -3,8 +3,9 @@
 //! captures of the twin node taken with `peerlog trace` (eBPF), plus the
 //! bounded fuzzer of the capture and pcapng readers.
 //!
-//! Tests that cannot run here (no eBPF, no tshark) are reported as ignored,
-//! with the reason printed, never as passed. `PEERLOG_BLESS=1` rewrites the
+//! Tests that cannot run here (no eBPF, no tshark; the twin's tests when
+//! `BITCOIND` is set) are reported as ignored, with the reason printed,
+//! never as passed; with `PEERLOG_REQUIRE_EBPF=1` missing eBPF fails them. `PEERLOG_BLESS=1` rewrites the
 //! fixture and its expected outputs (review the diff!);
 //! `PEERLOG_FUZZ_SECS=N` lets the fuzzer run for N seconds (default 10).
 
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::consensus::encode::serialize;
 use bitcoin::p2p::message::NetworkMessage;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use peerlog::{
     capture::{
         CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, Direction, MESSAGE_TYPE_SIZE,
@@ -42,105 +43,70 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let no_ebpf = ebpf_unavailable();
-    if let Some(why) = &no_ebpf {
-        eprintln!("toolbox tests that trace the twin node are IGNORED: {why}");
-    }
-    let no_tshark = tshark_unavailable();
-    if let Some(why) = &no_tshark {
-        eprintln!("toolbox tests that run tshark are IGNORED: {why}");
-    }
+    let ebpf = ebpf_skip();
+    let tshark = tshark_unavailable().map(Skip::ignore);
+    let twin =
+        twin_only("it starts twins itself, for their 4,000,000-byte block and known answers");
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF, needs tshark)
-    let tests: [(&str, Test, bool, bool); 14] = [
-        (
-            "fixture_is_reproducible",
-            fixture_is_reproducible,
-            false,
-            false,
-        ),
+    let tests: [(&str, Test, &[&Option<Skip>]); 14] = [
+        ("fixture_is_reproducible", fixture_is_reproducible, &[]),
         (
             "show_json_matches_expected",
             show_json_matches_expected,
-            false,
-            false,
+            &[],
         ),
         (
             "show_text_matches_expected",
             show_text_matches_expected,
-            false,
-            false,
+            &[],
         ),
-        (
-            "show_selects_peers_types_and_times",
-            show_selects,
-            false,
-            false,
-        ),
+        ("show_selects_peers_types_and_times", show_selects, &[]),
         (
             "truncated_and_garbage_files",
             truncated_and_garbage_files,
-            false,
-            false,
+            &[],
         ),
-        ("stats_of_the_fixture", stats_of_the_fixture, false, false),
+        ("stats_of_the_fixture", stats_of_the_fixture, &[]),
         (
             "pcapng_round_trip_of_the_fixture",
             pcapng_round_trip_of_the_fixture,
-            false,
-            false,
+            &[],
         ),
         (
             "jsonl_is_show_json_by_line",
             jsonl_is_show_json_by_line,
-            false,
-            false,
+            &[],
         ),
         (
             "tshark_decodes_the_fixture",
             tshark_decodes_the_fixture,
-            false,
-            true,
+            &[&tshark],
         ),
         (
             "replay_reports_a_disconnection",
             replay_reports_a_disconnection,
-            false,
-            false,
+            &[&twin],
         ),
         (
             "replay_refuses_remote_destinations",
             replay_refuses_remote,
-            false,
-            false,
+            &[],
         ),
         (
             "twin_capture_through_pcapng_and_tshark",
             twin_capture_through_pcapng,
-            true,
-            true,
+            &[&ebpf, &tshark, &twin],
         ),
         (
             "replay_into_the_twin_reproduces_responses",
             replay_reproduces_responses,
-            true,
-            false,
+            &[&ebpf, &twin],
         ),
-        (
-            "fuzz_capture_and_pcapng_readers",
-            fuzz_readers,
-            false,
-            false,
-        ),
+        ("fuzz_capture_and_pcapng_readers", fuzz_readers, &[]),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
-        .map(|(name, f, ebpf, tshark)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag((ebpf && no_ebpf.is_some()) || (tshark && no_tshark.is_some()))
-        })
+        .map(|(name, f, skips)| trial(name, f, skips))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

@@ -3,99 +3,84 @@
 //! on loopback, captures compared byte for byte with what the client sent and
 //! received.
 //!
-//! Tests that need eBPF are reported as ignored, with the reason printed,
-//! when this machine cannot load it (not root, no uprobes): never as passed.
+//! Tests that cannot run here are reported as ignored, with the reason
+//! printed, never as passed: those that need eBPF when this machine cannot
+//! load it (not root, no uprobes; a failure instead with
+//! `PEERLOG_REQUIRE_EBPF=1`), those that need the twin node when `BITCOIND`
+//! is set, the comparison with bitcoind's own capture when it is not.
 
 use std::{fs, path::Path, process::Command, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use peerlog_tests::*;
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = ebpf_unavailable();
-    if let Some(why) = &skip {
-        eprintln!("peerlog integration tests that load eBPF are IGNORED: {why}");
-    }
-    let no_bitcoind = std::env::var_os("BITCOIND").is_none_or(|v| v.is_empty());
-    if no_bitcoind {
-        eprintln!("capture_matches_bitcoind_own_capture is IGNORED: set BITCOIND=/path/to/bitcoind to run it");
-    }
+    let ebpf = ebpf_skip();
+    let bitcoind = bitcoind_only();
+    let twin_mempool = twin_only("its mempool accepts unsigned test transactions");
+    let twin_stripped = twin_only("a stripped copy with its debug file beside it");
+    let twin_no_semaphores = twin_only("a build without USDT semaphores");
     type Test = fn() -> Result<()>;
-    // (name, test, needs eBPF, needs a real bitcoind)
-    let tests: [(&str, Test, bool, bool); 12] = [
+    let tests: [(&str, Test, &[&Option<Skip>]); 13] = [
         (
             "ring_overflow_is_counted_never_silent",
             ring_overflow_is_counted_never_silent,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "mempool_events_are_attributed_to_the_relaying_peer",
             mempool_events_are_attributed_to_the_relaying_peer,
-            true,
-            false,
+            &[&ebpf, &twin_mempool],
         ),
         (
             "stripped_binary_uses_its_debug_file",
             stripped_binary_uses_its_debug_file,
-            true,
-            false,
+            &[&ebpf, &twin_stripped],
         ),
-        ("capture_is_byte_exact", capture_is_byte_exact, true, false),
+        ("capture_is_byte_exact", capture_is_byte_exact, &[&ebpf]),
         (
             "capture_matches_bitcoind_own_capture",
             capture_matches_bitcoind_own_capture,
-            true,
-            true,
+            &[&ebpf, &bitcoind],
         ),
         (
             "peer_and_msg_type_filters",
             peer_and_msg_type_filters,
-            true,
-            false,
+            &[&ebpf],
         ),
-        ("per_connection_layout", per_connection_layout, true, false),
-        (
-            "target_exit_stops_trace",
-            target_exit_stops_trace,
-            true,
-            false,
-        ),
+        ("per_connection_layout", per_connection_layout, &[&ebpf]),
+        ("target_exit_stops_trace", target_exit_stops_trace, &[&ebpf]),
         (
             "disk_full_keeps_records_intact",
             disk_full_keeps_records_intact,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "probes_without_semaphores",
             probes_without_semaphores,
-            true,
-            false,
+            &[&ebpf, &twin_no_semaphores],
         ),
         (
             "missing_privileges_are_named",
             missing_privileges_are_named,
-            true,
-            false,
+            &[&ebpf],
         ),
         (
             "bad_targets_get_clear_errors",
             bad_targets_get_clear_errors,
-            false,
-            false,
+            &[&ebpf],
+        ),
+        (
+            "bad_arguments_get_clear_errors",
+            bad_arguments_get_clear_errors,
+            &[],
         ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
-        .map(|(name, f, ebpf, bitcoind)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag((ebpf && skip.is_some()) || (bitcoind && no_bitcoind))
-        })
+        .map(|(name, f, skips)| trial(name, f, skips))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }
@@ -215,7 +200,8 @@ fn capture_is_byte_exact() -> Result<()> {
 
 /// With a real bitcoind, peerlog's capture must equal bitcoind's own
 /// `-capturemessages` output, message for message, byte for byte, with
-/// timestamps within a millisecond.
+/// timestamps within a millisecond: every file bitcoind wrote has its
+/// counterpart in peerlog's capture, and the other way round.
 fn capture_matches_bitcoind_own_capture() -> Result<()> {
     let node = Node::start()?;
     let core_dir = node
@@ -223,6 +209,7 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
         .context("BITCOIND is not a real bitcoind")?;
     let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
+    let local = a.local_addr().to_string();
     standard_traffic(&node, &mut a)?;
     drop(a);
     thread::sleep(Duration::from_millis(500));
@@ -231,33 +218,68 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     assert_no_loss(&out.stderr)?;
     let ours = read_capture(&capture)?;
     let theirs = read_capture(&core_dir)?;
-    for f in &ours {
-        let twin = theirs
+    ensure!(
+        theirs
             .iter()
-            .find(|t| t.peer_addr == f.peer_addr && t.direction == f.direction)
+            .any(|t| t.peer_addr.as_deref() == Some(local.as_str())),
+        "bitcoind captured nothing of our connection from {local}: {:?}",
+        theirs.iter().map(|t| &t.path).collect::<Vec<_>>()
+    );
+    for o in &ours {
+        ensure!(
+            theirs
+                .iter()
+                .any(|t| t.peer_addr == o.peer_addr && t.direction == o.direction),
+            "peerlog wrote {}, bitcoind has no capture of {:?} {}",
+            o.path.display(),
+            o.peer_addr,
+            o.direction
+        );
+    }
+    // Every connection was made after peerlog attached: bitcoind's files
+    // and peerlog's hold the same messages from the first on.
+    for t in &theirs {
+        let o = ours
+            .iter()
+            .find(|o| o.peer_addr == t.peer_addr && o.direction == t.direction)
             .with_context(|| {
                 format!(
-                    "bitcoind has no capture for {:?} {}",
-                    f.peer_addr, f.direction
+                    "bitcoind wrote {} ({} messages), peerlog has no capture of {:?} {}",
+                    t.path.display(),
+                    t.records.len(),
+                    t.peer_addr,
+                    t.direction
                 )
             })?;
-        // bitcoind's capture started before peerlog attached: compare the tail.
-        let tail = &twin.records[twin.records.len() - f.records.len()..];
-        for (i, (o, t)) in f.records.iter().zip(tail).enumerate() {
+        ensure!(
+            o.records.len() == t.records.len(),
+            "{}: {} messages, bitcoind's {}: {} ({:?} vs {:?})",
+            o.path.display(),
+            o.records.len(),
+            t.path.display(),
+            t.records.len(),
+            o.records.iter().map(|r| &r.msg_type).collect::<Vec<_>>(),
+            t.records.iter().map(|r| &r.msg_type).collect::<Vec<_>>()
+        );
+        for (i, (o_rec, t_rec)) in o.records.iter().zip(&t.records).enumerate() {
             ensure!(
-                o.msg_type == t.msg_type && o.payload == t.payload,
-                "{} record {i} differs",
-                f.path.display()
+                o_rec.msg_type == t_rec.msg_type && o_rec.payload == t_rec.payload,
+                "{} record {i} ({}, {} bytes) differs from bitcoind's ({}, {} bytes)",
+                o.path.display(),
+                o_rec.msg_type,
+                o_rec.payload.len(),
+                t_rec.msg_type,
+                t_rec.payload.len()
             );
-            let skew = o.time_micros.abs_diff(t.time_micros);
+            let skew = o_rec.time_micros.abs_diff(t_rec.time_micros);
             ensure!(
                 skew <= 1000,
                 "{} record {i} ({}, {} bytes): {skew} µs from bitcoind's time (peerlog {}, bitcoind {})",
-                f.path.display(),
-                o.msg_type,
-                o.payload.len(),
-                o.time_micros,
-                t.time_micros
+                o.path.display(),
+                o_rec.msg_type,
+                o_rec.payload.len(),
+                o_rec.time_micros,
+                t_rec.time_micros
             );
         }
     }
@@ -559,14 +581,20 @@ fn stripped_binary_uses_its_debug_file() -> Result<()> {
     Ok(())
 }
 
-/// With the consumer paused, a small ring buffer overflows: the losses are
-/// counted by cause and reported, the message that lost chunks is reported
-/// and not written, and every record in the capture is whole.
+/// With the consumer paused, a small ring buffer overflows: of three
+/// 4,000,000-byte messages the first fits the 4 MiB ring and is captured
+/// whole, the other two lose chunks and are reported as incomplete, not
+/// written. Every message missing from the capture is counted in the
+/// summary: an incomplete message (one lost chunk each, reported on
+/// stderr) or a lost message event (the small ones that may come while
+/// the ring is still full). Nothing else is lost, messages after the
+/// overflow are captured again, and every record is whole.
 fn ring_overflow_is_counted_never_silent() -> Result<()> {
     let node = Node::start()?;
     let (_dir, capture, tracer) =
         trace_to_capture(&node, &["--ring-size", "4", "--no-accounting"])?;
     let mut a = connect(&node)?;
+    let local = a.local_addr();
     sync(&mut a, 1)?;
     // SAFETY: pausing our own child; resumed below.
     unsafe { libc::kill(tracer.pid(), libc::SIGSTOP) };
@@ -576,34 +604,30 @@ fn ring_overflow_is_counted_never_silent() -> Result<()> {
     }
     sync(&mut a, 2)?;
     unsafe { libc::kill(tracer.pid(), libc::SIGCONT) };
-    let out = tracer.stop()?;
-    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
-    ensure!(
-        out.stderr.contains("ring_full"),
-        "the overflow is not reported by cause:\n{}",
-        out.stderr
-    );
-    ensure!(
-        out.stderr.contains("only"),
-        "the incomplete message is not reported:\n{}",
-        out.stderr
-    );
-    let files = read_capture(&capture)?;
-    let big_records: Vec<_> = files
+    // Once the first message is on disk, peerlog has emptied most of the
+    // ring: what follows fits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !read_capture(&capture)?
         .iter()
         .flat_map(|f| &f.records)
-        .filter(|r| r.msg_type == "peerlogbig")
-        .collect();
-    ensure!(
-        big_records.len() < 3,
-        "all three messages fit a 4 MiB ring?"
-    );
-    for r in big_records {
+        .any(|r| r.msg_type == "peerlogbig")
+    {
         ensure!(
-            r.payload == big,
-            "a short or wrong peerlogbig record was written"
+            std::time::Instant::now() < deadline,
+            "the message that fits the ring was not captured within 30 s"
         );
+        thread::sleep(Duration::from_millis(100));
     }
+    sync(&mut a, 3)?;
+    a.drain(Duration::from_millis(300))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let transcript = a.take_transcript();
+    drop(a);
+    thread::sleep(Duration::from_millis(300));
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+
+    let files = read_capture(&capture)?;
     for f in &files {
         ensure!(
             f.truncated.is_none(),
@@ -611,8 +635,118 @@ fn ring_overflow_is_counted_never_silent() -> Result<()> {
             f.path.display()
         );
     }
+    let ours = capture_of(&files, local);
+    let captured = |dir: peerlog::capture::Direction| -> Vec<&peerlog::capture::CaptureRecord> {
+        ours.iter()
+            .filter(|f| f.direction == dir)
+            .flat_map(|f| &f.records)
+            .collect()
+    };
+    let (received, sent) = (
+        captured(peerlog::capture::Direction::Recv),
+        captured(peerlog::capture::Direction::Sent),
+    );
+    let big_records: Vec<_> = received
+        .iter()
+        .filter(|r| r.msg_type == "peerlogbig")
+        .collect();
+    ensure!(
+        big_records.len() == 1 && big_records[0].payload == big,
+        "{} peerlogbig records captured ({:?} bytes); expected the one that fits the ring, whole",
+        big_records.len(),
+        big_records
+            .iter()
+            .map(|r| r.payload.len())
+            .collect::<Vec<_>>()
+    );
+    let missing_received = missing_from(&received, transcript.sent())?;
+    let missing_sent = missing_from(&sent, transcript.received())?;
+    for (list, msg_type) in [(&received, "ping"), (&sent, "pong")] {
+        ensure!(
+            list.iter()
+                .any(|r| r.msg_type == msg_type && r.payload == 3u64.to_le_bytes()),
+            "the {msg_type} after the overflow is not captured"
+        );
+    }
+
+    let losses = loss_causes(&out.stderr)?;
+    let lost = |cause: &str| losses.get(cause).copied().unwrap_or(0);
+    let reported = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" bytes: only ") && l.contains("not written"))
+        .count() as u64;
+    let big_reported = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" peerlogbig of 4000000 bytes: only "))
+        .count() as u64;
+    let missing = (missing_received + missing_sent) as u64;
+    ensure!(
+        big_reported >= 1
+            && lost("incomplete_messages") == reported
+            && lost("ring_full_chunk") == reported
+            && lost("incomplete_messages") + lost("ring_full_message") == missing
+            && losses.keys().all(|c| [
+                "incomplete_messages",
+                "ring_full_chunk",
+                "ring_full_message"
+            ]
+            .contains(&c.as_str())),
+        "{missing} messages missing from the capture ({missing_received} received, \
+         {missing_sent} sent), {reported} reported incomplete ({big_reported} of them \
+         peerlogbig); losses {losses:?}:\n{}",
+        out.stderr
+    );
     node.stop()?;
     Ok(())
+}
+
+/// How many of the client's messages (`expected`, in order) are missing
+/// from a capture, which must hold the others in the same order.
+fn missing_from<'a>(
+    captured: &[&peerlog::capture::CaptureRecord],
+    expected: impl Iterator<Item = &'a peerlog::p2p::TranscriptEntry>,
+) -> Result<usize> {
+    let expected: Vec<_> = expected.collect();
+    let mut rest = expected.iter();
+    for (i, r) in captured.iter().enumerate() {
+        ensure!(
+            rest.any(|e| e.msg_type == r.msg_type && e.payload == r.payload),
+            "captured message {i} ({}, {} bytes) is not among the client's {:?}",
+            r.msg_type,
+            r.payload.len(),
+            expected.iter().map(|e| &e.msg_type).collect::<Vec<_>>()
+        );
+    }
+    Ok(expected.len() - captured.len())
+}
+
+/// The summary's losses by cause: `events lost: N (cause=n, ...)`; checks
+/// that they add up to N.
+fn loss_causes(stderr: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events lost:"))
+        .with_context(|| format!("no summary:\n{stderr}"))?
+        .trim();
+    let (total, causes) = match line.split_once(' ') {
+        Some((total, causes)) => (total, causes.trim_matches(|c| c == '(' || c == ')')),
+        None => (line, ""),
+    };
+    let mut by_cause = std::collections::BTreeMap::new();
+    for cause in causes.split(", ").filter(|c| !c.is_empty()) {
+        let (name, n) = cause
+            .split_once('=')
+            .with_context(|| format!("loss cause {cause:?} in {line:?}"))?;
+        by_cause.insert(name.to_string(), n.parse()?);
+    }
+    let total: u64 = total.parse()?;
+    ensure!(
+        by_cause.values().sum::<u64>() == total,
+        "the causes do not add up to {total}: {line:?}"
+    );
+    Ok(by_cause)
 }
 
 fn missing_privileges_are_named() -> Result<()> {
@@ -639,40 +773,46 @@ fn missing_privileges_are_named() -> Result<()> {
     Ok(())
 }
 
-/// Errors that come before anything is loaded: they need no privileges.
+/// Bad targets are named in the error: a pid without a process, a process
+/// without USDT, a capture directory that cannot be created. Finding out
+/// needs the privileges of a trace (reading other processes' binaries).
 fn bad_targets_get_clear_errors() -> Result<()> {
-    let peerlog = peerlog_bin()?;
-    let run = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&peerlog).args(args).output()?;
-        ensure!(!out.status.success(), "peerlog {args:?} succeeded");
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    if ebpf_unavailable().is_none() {
-        let e = run(&["trace", "--pid", "999999999"])?;
-        ensure!(e.contains("no process with pid 999999999"), "{e}");
-        // A process without USDT: ourselves.
-        let e = run(&["trace", "--pid", &std::process::id().to_string()])?;
-        ensure!(e.contains("without USDT"), "{e}");
-        // A capture directory that cannot be created: under a regular file.
-        let node = Node::start()?;
-        let file = tempfile::NamedTempFile::new()?;
-        let bad = file.path().join("capture");
-        let e = run(&[
-            "trace",
-            "--pid",
-            &node.pid().to_string(),
-            "--capture",
-            bad.to_str().unwrap(),
-        ])?;
-        ensure!(
-            e.contains(bad.to_str().unwrap()),
-            "error does not name the directory: {e}"
-        );
-        node.stop()?;
-    }
-    let e = run(&["trace", "--pid", "1", "--ring-size", "3"])?;
+    let e = failing_peerlog(&["trace", "--pid", "999999999"])?;
+    ensure!(e.contains("no process with pid 999999999"), "{e}");
+    // A process without USDT: ourselves.
+    let e = failing_peerlog(&["trace", "--pid", &std::process::id().to_string()])?;
+    ensure!(e.contains("without USDT"), "{e}");
+    // A capture directory that cannot be created: under a regular file.
+    let node = Node::start()?;
+    let file = tempfile::NamedTempFile::new()?;
+    let bad = file.path().join("capture");
+    let e = failing_peerlog(&[
+        "trace",
+        "--pid",
+        &node.pid().to_string(),
+        "--capture",
+        bad.to_str().unwrap(),
+    ])?;
+    ensure!(
+        e.contains(bad.to_str().unwrap()),
+        "error does not name the directory: {e}"
+    );
+    node.stop()?;
+    Ok(())
+}
+
+/// Bad arguments are refused before anything is loaded: no privileges needed.
+fn bad_arguments_get_clear_errors() -> Result<()> {
+    let e = failing_peerlog(&["trace", "--pid", "1", "--ring-size", "3"])?;
     ensure!(e.contains("power of two"), "{e}");
-    let e = run(&["trace", "--pid", "1", "--peer", "net=mars"])?;
+    let e = failing_peerlog(&["trace", "--pid", "1", "--peer", "net=mars"])?;
     ensure!(e.contains("mars"), "{e}");
     Ok(())
+}
+
+/// Runs peerlog, which must fail: its stderr.
+fn failing_peerlog(args: &[&str]) -> Result<String> {
+    let out = Command::new(peerlog_bin()?).args(args).output()?;
+    ensure!(!out.status.success(), "peerlog {args:?} succeeded");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }

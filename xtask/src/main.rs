@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod test;
 
 /// Debian packages the build and the tests need: Debian's rustc with its
 /// precompiled BPF `core` (the eBPF build), LLVM 22 (for bpf-linker), the
@@ -28,6 +29,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "binutils",
     "bpftrace",
     "tshark", // the toolbox tests check `convert --to pcapng` with Wireshark's dissector
+    // The runtime libraries of Bitcoin Core's bitcoind, which `cargo xtask
+    // test` runs the suite against a second time.
+    "libevent-core-2.1-7",
+    "libevent-extra-2.1-7",
+    "libevent-pthreads-2.1-7",
 ];
 
 /// The bpf-linker release that links with LLVM 22.
@@ -46,7 +52,10 @@ enum Cmd {
     Setup,
     /// Set up, then build peerlog (release) and the twin node.
     Build,
-    /// Set up, then run every test (unit and integration; integration tests load eBPF and need root).
+    /// Set up, then run every test (unit and integration; integration tests
+    /// load eBPF and need root) against the twin node, then again against a
+    /// real bitcoind (BITCOIND, else ../shared/bitcoin-core/bitcoind; skipped
+    /// without either), and print a summary of every suite.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -86,9 +95,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { args } => {
             setup()?;
-            let mut all = vec!["test", "--workspace"];
-            all.extend(args.iter().map(String::as_str));
-            cargo(&all)
+            test::run(&args)
         }
         Cmd::Demo => {
             setup()?;

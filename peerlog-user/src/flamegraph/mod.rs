@@ -470,15 +470,14 @@ impl Written<'_> {
     }
 }
 
-/// The file with the symbols and DWARF of a stripped executable: its debug
-/// file, found by the same rules as the `CNode` layout (build-id, debug link).
+/// The file with the symbol table of the target's executable when it is
+/// stripped: its debug file, looked for in the executable's directory as
+/// the target sees it.
 fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
     let install_dir = target.exe_display.parent().map(|dir| {
         Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir))
     });
-    crate::debuginfo::find(&target.exe, install_dir.as_deref(), debug_file)
-        .ok()?
-        .source
+    symbolize::symtab_file(&target.exe, install_dir.as_deref(), debug_file)
 }
 
 /// Writes through `write` into `file`, just created at `path`.

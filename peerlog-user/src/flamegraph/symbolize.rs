@@ -77,6 +77,56 @@ pub fn check_debug_file(binary: &Path, debug_file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The file with the symbols and DWARF of an executable: the executable
+/// itself, or for a stripped one its debug file, found by the same rules as
+/// the `CNode` layout (build-id, debug link in `install_dir`). None when no
+/// file with DWARF is found.
+pub(crate) fn symtab_file(
+    exe: &Path,
+    install_dir: Option<&Path>,
+    debug_file: Option<&Path>,
+) -> Option<PathBuf> {
+    crate::debuginfo::find(exe, install_dir, debug_file)
+        .ok()?
+        .source
+}
+
+/// The frame names a trace of a process running `binary` gives its code at
+/// `addresses` (file addresses, as in `readelf` and the symbol tables), with
+/// the same rules for finding a stripped binary's debug file next to it or
+/// as `debug_file` (`--debug-file`). For each address: its function, then
+/// the functions inlined into it there. This is how tests compare the names
+/// of a stripped binary with those of the unstripped one, address by
+/// address, without a process and its samples.
+pub fn executable_frame_names(
+    binary: &Path,
+    debug_file: Option<&Path>,
+    addresses: &[u64],
+) -> Result<Vec<Vec<String>>> {
+    if let Some(debug) = debug_file {
+        check_debug_file(binary, debug)?;
+    }
+    let module = LoadedModule {
+        name: binary.file_name().map_or_else(
+            || binary.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        path: binary.to_path_buf(),
+        readable: Some(binary.to_path_buf()),
+        // The file's own addresses: no load bias.
+        avma: 0..u64::MAX,
+        bias: 0,
+        is_executable: true,
+    };
+    let mut symbols = Symbols::new(debug_file, symtab_file(binary, binary.parent(), debug_file));
+    symbols.learn_module_dirs(std::slice::from_ref(&module));
+    Ok(symbols
+        .symbolize_in(&module, addresses)
+        .into_iter()
+        .map(|names| names.to_vec())
+        .collect())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
