@@ -5,14 +5,20 @@
 //! several rounds, each configuration runs against a fresh twin node:
 //!
 //! 1. untraced;
-//! 2. `peerlog trace`, counting only (no payload leaves the node);
-//! 3. `peerlog trace --capture DIR`, every payload written to disk;
-//! 4. capture plus the statistics log and 99 Hz sampling, when this
-//!    `peerlog` has them (`--stats-log`, `--flamegraph`: found in
+//! 2. the floor: bpftrace with empty actions on the two message tracepoints
+//!    (`xtask/bench/empty_probe.bt`), what merely probing every message costs;
+//! 3. `peerlog trace --no-accounting`, counting only (no payload leaves the
+//!    node);
+//! 4. `peerlog trace` with its defaults (per-peer accounting on);
+//! 5. `peerlog trace --no-accounting --capture DIR`, every payload written to
+//!    disk;
+//! 6. capture plus accounting, the statistics log and 99 Hz sampling, when
+//!    this `peerlog` has them (`--stats-log`, `--flamegraph`: found in
 //!    `peerlog trace --help` at run time, reported as not available otherwise);
-//! 5. the reference: Debian's bpftrace running `xtask/bench/log_p2p_traffic.bt`
+//! 7. the reference: Debian's bpftrace running `xtask/bench/log_p2p_traffic.bt`
 //!    (the equivalent of Bitcoin Core's `contrib/tracing/log_p2p_traffic.bt`)
-//!    with its output in a file.
+//!    with its output in a file;
+//! 8. counting plus 99 Hz sampling, for what sampling alone costs.
 //!
 //! The configurations are interleaved (their order rotates every round) so
 //! that drift on the machine (other builds, thermal state) spreads over all
@@ -20,7 +26,8 @@
 //! generator's window: the node's throughput (answered requests per second),
 //! its CPU time per P2P message (`/proc/PID/stat`), the tracer's CPU time, and
 //! then the tracer's peak RSS (`VmHWM`), lost events and kernel-to-userspace
-//! event latency from its summary.
+//! event latency from its summary. Every figure is set against the untraced
+//! run and the floor of the same round.
 //!
 //! The results are printed as a table, saved as JSON in `target/bench/`, and
 //! (except with `--smoke`) written to `docs/benchmarks.md` with the machine
@@ -29,7 +36,6 @@
 //! timings.
 
 use std::{
-    collections::BTreeMap,
     env, fs,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -135,11 +141,20 @@ impl Scenario {
     }
 }
 
-/// The configurations, in the order of the issue.
+/// The configurations, in the order of the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     Untraced,
+    /// bpftrace with empty actions on the two message tracepoints: the cost
+    /// of a uprobe on every message and nothing else, which no tracer of
+    /// those tracepoints can go below (issue 12).
+    Floor,
+    /// `--no-accounting`: the net:* tracepoints only, what the bpftrace
+    /// reference traces.
     Counting,
+    /// `peerlog trace --pid PID` and nothing else: what a user running it
+    /// plainly costs the node, per-peer accounting included (issue 10).
+    Defaults,
     Capture,
     CaptureStats,
     Bpftrace,
@@ -149,9 +164,11 @@ enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 8] = [
         Config::Untraced,
+        Config::Floor,
         Config::Counting,
+        Config::Defaults,
         Config::Capture,
         Config::CaptureStats,
         Config::Bpftrace,
@@ -161,7 +178,9 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
+            Config::Floor => "floor",
             Config::Counting => "peerlog-count",
+            Config::Defaults => "peerlog-defaults",
             Config::Capture => "peerlog-capture",
             Config::CaptureStats => "peerlog-capture-stats",
             Config::Bpftrace => "bpftrace",
@@ -172,8 +191,17 @@ impl Config {
     fn is_peerlog(self) -> bool {
         matches!(
             self,
-            Config::Counting | Config::Capture | Config::CaptureStats | Config::Sampling
+            Config::Counting
+                | Config::Defaults
+                | Config::Capture
+                | Config::CaptureStats
+                | Config::Sampling
         )
+    }
+
+    /// Configurations run by bpftrace, which the smoke run tolerates failing.
+    fn is_bpftrace(self) -> bool {
+        matches!(self, Config::Floor | Config::Bpftrace)
     }
 }
 
@@ -316,7 +344,7 @@ impl Tools {
                 "not available yet: `peerlog trace --help` lists neither --stats-log nor --flamegraph"
                     .into(),
             ),
-            Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
+            Config::Floor | Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
             Config::Sampling if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") => {
                 Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
             }
@@ -338,11 +366,13 @@ impl Tools {
     fn label(&self, config: Config) -> String {
         match config {
             Config::Untraced => "untraced".into(),
-            Config::Counting => "peerlog, counting only".into(),
-            Config::Capture => "peerlog, full capture".into(),
+            Config::Floor => "floor: bpftrace, empty probes".into(),
+            Config::Counting => "peerlog --no-accounting (counting only)".into(),
+            Config::Defaults => "peerlog, defaults (accounting on)".into(),
+            Config::Capture => "peerlog --no-accounting --capture".into(),
             Config::CaptureStats => self.stats_label(),
             Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
-            Config::Sampling => "peerlog, counting + 99 Hz sampling".into(),
+            Config::Sampling => "peerlog --no-accounting, 99 Hz sampling".into(),
         }
     }
 }
@@ -635,11 +665,18 @@ impl Twin {
 struct Tracer {
     proc: Proc,
     /// bpftrace's output file; None for peerlog.
-    bpftrace_output: Option<PathBuf>,
+    bpftrace_output: Option<BpftraceOutput>,
     /// How it was started, for the results.
     command: String,
     /// What it said when it attached (peerlog: how many probe sites).
     attached: String,
+}
+
+/// Where a bpftrace run writes, and whether its script logs a line per
+/// message (the reference) or nothing (the floor).
+struct BpftraceOutput {
+    path: PathBuf,
+    logs_messages: bool,
 }
 
 /// What a tracer reported, over its whole run.
@@ -660,8 +697,9 @@ struct TracerRun {
     /// Anonymous (heap) RSS at the end of the load, MiB: the tracer's own
     /// memory, without mapped files and rings.
     rss_anon_mib: f64,
-    /// P2P messages the tracer saw (both directions).
-    events_seen: u64,
+    /// P2P messages the tracer saw (both directions); None for the floor,
+    /// which has no output.
+    events_seen: Option<u64>,
     /// Events the tracer reported lost.
     events_lost: u64,
     /// Kernel-to-userspace event latency percentiles, µs (peerlog only).
@@ -685,8 +723,14 @@ impl Tracer {
         };
         let peerlog_args: Vec<String> = match config {
             Config::Untraced => return Ok(None),
-            Config::Bpftrace => return Tracer::bpftrace(bins, pid, dir).map(Some),
+            Config::Floor => {
+                return Tracer::bpftrace("empty_probe.bt", bins, pid, dir).map(Some);
+            }
+            Config::Bpftrace => {
+                return Tracer::bpftrace("log_p2p_traffic.bt", bins, pid, dir).map(Some);
+            }
             Config::Counting => net_only().collect(),
+            Config::Defaults => Vec::new(),
             Config::Sampling => net_only()
                 .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
                 .collect(),
@@ -717,20 +761,22 @@ impl Tracer {
             bpftrace_output: None,
             // The run's directory as DIR: the command as a reader would type it.
             command: format!("peerlog trace --pid PID {}", peerlog_args.join(" "))
-                .replace(&path_arg(dir)?, "DIR"),
+                .replace(&path_arg(dir)?, "DIR")
+                .trim_end()
+                .to_string(),
             attached,
         }))
     }
 
-    fn bpftrace(bins: &Binaries, pid: i32, dir: &Path) -> Result<Tracer> {
-        let script = workspace_root().join("xtask/bench/log_p2p_traffic.bt");
+    /// bpftrace running `xtask/bench/SCRIPT` with the twin's binary as `$1`.
+    fn bpftrace(script: &str, bins: &Binaries, pid: i32, dir: &Path) -> Result<Tracer> {
         let output = dir.join("bpftrace.log");
         let mut cmd = Command::new("bpftrace");
         cmd.arg("-p")
             .arg(pid.to_string())
             .arg("-o")
             .arg(&output)
-            .arg(&script)
+            .arg(workspace_root().join("xtask/bench").join(script))
             .arg(&bins.twin);
         let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -753,8 +799,12 @@ impl Tracer {
         thread::sleep(BPFTRACE_ATTACH_GRACE);
         Ok(Tracer {
             proc,
-            bpftrace_output: Some(output),
-            command: "bpftrace -p PID -o FILE xtask/bench/log_p2p_traffic.bt TWIN".into(),
+            bpftrace_output: Some(BpftraceOutput {
+                path: output,
+                // The floor's empty probes print nothing.
+                logs_messages: script != "empty_probe.bt",
+            }),
+            command: format!("bpftrace -p PID -o FILE xtask/bench/{script} TWIN"),
             attached: "Attaching 2 probes...".into(),
         })
     }
@@ -773,19 +823,23 @@ impl Tracer {
             bail!("{} failed ({status}):\n{stderr}", self.proc.what);
         }
         let (events_seen, events_lost, latency) = match &self.bpftrace_output {
-            Some(path) => {
+            Some(BpftraceOutput {
+                path,
+                logs_messages,
+            }) => {
                 let log = fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let seen = log
-                    .lines()
-                    .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
-                    .count() as u64;
+                let seen = logs_messages.then(|| {
+                    log.lines()
+                        .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
+                        .count() as u64
+                });
                 (seen, bpftrace_lost(&log) + bpftrace_lost(&stderr), None)
             }
             None => {
                 let summary = PeerlogSummary::parse(&stderr)?;
                 (
-                    summary.received + summary.sent,
+                    Some(summary.received + summary.sent),
                     summary.events_lost,
                     summary.latency_us,
                 )
@@ -1040,7 +1094,13 @@ struct Row {
     answered_per_sec: f64,
     /// Throughput relative to untraced in the same round: median, min, max.
     throughput_ratio: Option<(f64, f64, f64)>,
+    /// Throughput relative to the floor in the same round: median, min, max.
+    floor_ratio: Option<(f64, f64, f64)>,
     target_cpu_us_per_msg: f64,
+    /// The node's CPU time per message minus the floor's in the same round,
+    /// µs, median over the rounds: what this configuration costs the node on
+    /// top of merely probing every message.
+    cpu_us_per_msg_beyond_floor: Option<f64>,
     answer_p99_us: u64,
     load_errors: u64,
     target_cpu_percent: f64,
@@ -1072,27 +1132,55 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
+/// Median, min and max, if there are any values.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    (!values.is_empty()).then(|| {
+        (
+            median(values.iter().copied()),
+            values.iter().copied().fold(f64::INFINITY, f64::min),
+            values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    })
+}
+
+/// `f(run of config, run of base)` for each round of `scenario` in which
+/// both ran: comparisons within a round, where the machine was in the same
+/// state.
+fn per_round(
+    runs: &[Run],
+    scenario: &str,
+    config: Config,
+    base: Config,
+    f: impl Fn(&Run, &Run) -> Option<f64>,
+) -> Vec<f64> {
+    let of = |c: Config| {
+        runs.iter()
+            .filter(move |r| r.scenario == scenario && r.config == c.name())
+    };
+    of(config)
+        .filter_map(|r| f(r, of(base).find(|b| b.round == r.round)?))
+        .collect()
+}
+
+/// Throughput of a run over its base's.
+fn throughput_ratio(run: &Run, base: &Run) -> Option<f64> {
+    (base.answered_per_sec > 0.0).then(|| run.answered_per_sec / base.answered_per_sec)
+}
+
+fn rows(scenarios: &[&Scenario], tools: &Tools, runs: &[Run]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for scenario in &plan.scenarios {
-        let of = |config: Config| -> Vec<&Run> {
-            runs.iter()
-                .filter(|r| r.scenario == scenario.name && r.config == config.name())
-                .collect()
-        };
-        let untraced: BTreeMap<usize, f64> = of(Config::Untraced)
-            .iter()
-            .map(|r| (r.round, r.answered_per_sec))
-            .collect();
+    for scenario in scenarios {
         for config in Config::ALL {
-            let these = of(config);
-            let ratios: Vec<f64> = these
+            let these: Vec<&Run> = runs
                 .iter()
-                .filter_map(|r| {
-                    let base = untraced.get(&r.round)?;
-                    (*base > 0.0).then(|| r.answered_per_sec / base)
-                })
+                .filter(|r| r.scenario == scenario.name && r.config == config.name())
                 .collect();
+            let versus = |base: Config, f: fn(&Run, &Run) -> Option<f64>| {
+                per_round(runs, scenario.name, config, base, f)
+            };
+            let beyond_floor = versus(Config::Floor, |r, floor| {
+                Some(r.target_cpu_us_per_msg - floor.target_cpu_us_per_msg)
+            });
             let tracers: Vec<&TracerRun> = these.iter().filter_map(|r| r.tracer.as_ref()).collect();
             let traced = !tracers.is_empty();
             let mut p50s: Vec<u64> = tracers.iter().filter_map(|t| t.latency_p50_us).collect();
@@ -1105,14 +1193,11 @@ fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
                 unavailable: tools.unavailable(config),
                 runs: these.len(),
                 answered_per_sec: median(these.iter().map(|r| r.answered_per_sec)),
-                throughput_ratio: (!ratios.is_empty()).then(|| {
-                    (
-                        median(ratios.iter().copied()),
-                        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                        ratios.iter().copied().fold(0.0, f64::max),
-                    )
-                }),
+                throughput_ratio: spread(&versus(Config::Untraced, throughput_ratio)),
+                floor_ratio: spread(&versus(Config::Floor, throughput_ratio)),
                 target_cpu_us_per_msg: median(these.iter().map(|r| r.target_cpu_us_per_msg)),
+                cpu_us_per_msg_beyond_floor: (!beyond_floor.is_empty())
+                    .then(|| median(beyond_floor)),
                 answer_p99_us: median(these.iter().map(|r| r.answer_p99_us as f64)) as u64,
                 load_errors: these.iter().map(|r| r.load_errors).sum(),
                 target_cpu_percent: median(these.iter().map(|r| r.target_cpu_percent)),
@@ -1126,9 +1211,10 @@ fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
                 runs_missing_events: these
                     .iter()
                     .filter(|r| {
-                        r.tracer
-                            .as_ref()
-                            .is_some_and(|t| t.events_seen + t.events_lost < r.messages)
+                        r.tracer.as_ref().is_some_and(|t| {
+                            t.events_seen
+                                .is_some_and(|seen| seen + t.events_lost < r.messages)
+                        })
                     })
                     .count(),
                 latency_p50_us: p50s.get(p50s.len() / 2).copied(),
@@ -1164,8 +1250,14 @@ fn find<'a>(rows: &'a [Row], scenario: &str, config: Config) -> Option<&'a Row> 
         .find(|r| r.scenario == scenario && r.config == config.name() && r.runs > 0)
 }
 
-fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
-    let saturating: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.saturating()).collect();
+/// `scenarios` are those that ran; `runs` are every run's figures, for
+/// comparisons within a round.
+fn check_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<TargetCheck> {
+    let saturating: Vec<&Scenario> = scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.saturating())
+        .collect();
     let ratio = |s: &str, c: Config| {
         find(rows, s, c)
             .and_then(|r| r.throughput_ratio)
@@ -1185,8 +1277,7 @@ fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
     // time (kernel BPF statistics) over the node's CPU time without it. The
     // node's CPU per message moves by more than 1% between runs on this
     // shared machine, so a difference of two runs could not show it.
-    let per: Vec<(String, Option<f64>)> = plan
-        .scenarios
+    let per: Vec<(String, Option<f64>)> = scenarios
         .iter()
         .map(|s| {
             (
@@ -1346,6 +1437,149 @@ fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
             format!("worst p99: {} ({} {})", micros(p99), r.scenario, r.config)
         }),
     });
+
+    checks.extend(issue_10_targets(scenarios, rows, runs));
+    checks.extend(issue_12_targets(scenarios, rows));
+    checks
+}
+
+/// A target judged in each of `per` (scenario, value): met when every value
+/// passes, not measured when any is missing.
+fn in_every_scenario(
+    target: &str,
+    per: &[(&str, Option<f64>)],
+    pass: impl Fn(f64) -> bool,
+    show: impl Fn(f64) -> String,
+) -> TargetCheck {
+    TargetCheck {
+        target: target.into(),
+        met: per
+            .iter()
+            .map(|(_, v)| v.map(&pass))
+            .collect::<Option<Vec<bool>>>()
+            .map(|v| v.iter().all(|&b| b)),
+        detail: per
+            .iter()
+            .map(|(s, v)| format!("{s}: {}", v.map_or("n/a".into(), &show)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Issue 10: peerlog with its defaults (per-peer accounting, no uprobe on
+/// bitcoind's functions) costs an idle node next to nothing and a busy one
+/// little more than `--no-accounting`.
+fn issue_10_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<TargetCheck> {
+    let ran = |name: &str| scenarios.iter().any(|s| s.name == name);
+    let mut checks = Vec::new();
+
+    let idle_diffs = per_round(runs, "idle", Config::Defaults, Config::Untraced, |d, u| {
+        Some(d.target_cpu_percent - u.target_cpu_percent)
+    });
+    let cpu = |c: Config| find(rows, "idle", c).map(|r| r.target_cpu_percent);
+    checks.push(TargetCheck {
+        target: "#10: with 125 idle peers, node CPU with defaults ≤ untraced + 1 percentage point"
+            .into(),
+        met: (ran("idle") && !idle_diffs.is_empty()).then(|| median(idle_diffs.clone()) <= 1.0),
+        detail: match (cpu(Config::Defaults), cpu(Config::Untraced)) {
+            (Some(d), Some(u)) if !idle_diffs.is_empty() => format!(
+                "defaults {d:.1} % vs untraced {u:.1} % of a core (medians); \
+                 defaults − untraced per round: {} pp, median {:+.2}",
+                idle_diffs
+                    .iter()
+                    .map(|d| format!("{d:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(idle_diffs.clone())
+            ),
+            _ => "not measured".into(),
+        },
+    });
+
+    let flood = spread(&per_round(
+        runs,
+        "ping-flood",
+        Config::Defaults,
+        Config::Counting,
+        throughput_ratio,
+    ));
+    checks.push(TargetCheck {
+        target: "#10: ping flood throughput with defaults ≥ 0.90 × --no-accounting's (same round)"
+            .into(),
+        met: flood.map(|(m, _, _)| m >= 0.90),
+        detail: flood.map_or("not measured".into(), |(m, lo, hi)| {
+            format!("defaults / --no-accounting: {m:.3} ({lo:.2}–{hi:.2})")
+        }),
+    });
+    checks
+}
+
+/// Issue 12: `--no-accounting --capture` measured against the floor (empty
+/// probes on the same tracepoints) and the bpftrace reference.
+fn issue_12_targets(scenarios: &[&Scenario], rows: &[Row]) -> Vec<TargetCheck> {
+    let floor_ratio =
+        |s: &str, c: Config| find(rows, s, c).and_then(|r| r.floor_ratio).map(|r| r.0);
+    let saturating: Vec<&str> = scenarios
+        .iter()
+        .filter(|s| s.saturating())
+        .map(|s| s.name)
+        .collect();
+    let mut checks = Vec::new();
+
+    let per: Vec<(&str, Option<f64>)> = saturating
+        .iter()
+        .map(|&s| (s, floor_ratio(s, Config::Capture)))
+        .collect();
+    checks.push(in_every_scenario(
+        "#12: --no-accounting --capture keeps ≥ 0.93 of the floor's throughput",
+        &per,
+        |r| r >= 0.93,
+        |r| format!("{r:.3}"),
+    ));
+
+    let per: Vec<(&str, Option<f64>)> = saturating
+        .iter()
+        .map(|&s| {
+            let margin = floor_ratio(s, Config::Capture)
+                .zip(floor_ratio(s, Config::Bpftrace))
+                .map(|(capture, bpftrace)| capture - bpftrace);
+            (s, margin)
+        })
+        .collect();
+    checks.push(in_every_scenario(
+        "#12: --no-accounting --capture's throughput vs the floor ≥ bpftrace's + 0.05",
+        &per,
+        |m| m >= 0.05,
+        |m| format!("{m:+.3}"),
+    ));
+
+    let capture: Vec<&Row> = scenarios
+        .iter()
+        .filter_map(|s| find(rows, s.name, Config::Capture))
+        .collect();
+    let rss = capture
+        .iter()
+        .filter_map(|r| Some((r.tracer_peak_rss_mib?, r.scenario.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    checks.push(TargetCheck {
+        target: "#12: --no-accounting --capture peak RSS < 64 MiB".into(),
+        met: rss.map(|(mib, _)| mib < 64.0),
+        detail: rss.map_or("not measured".into(), |(mib, s)| {
+            format!("largest: {mib:.1} MiB ({s})")
+        }),
+    });
+
+    let p99 = capture
+        .iter()
+        .filter_map(|r| Some((r.latency_p99_us?, r.scenario.as_str())))
+        .max_by_key(|(p99, _)| *p99);
+    checks.push(TargetCheck {
+        target: "#12: --no-accounting --capture p99 event latency < 10 ms".into(),
+        met: p99.map(|(p99, _)| p99 < 10_000),
+        detail: p99.map_or("not measured".into(), |(p99, s)| {
+            format!("worst p99: {} ({s})", micros(p99))
+        }),
+    });
     checks
 }
 
@@ -1360,8 +1594,8 @@ fn micros(us: u64) -> String {
 /// The table, in Markdown (readable as text too).
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| scenario | configuration | answered/s | vs untraced, median (min–max) | node CPU per msg | answer p99 | CPU: node / load / tracer | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | configuration | answered/s | vs untraced, median (min–max) | vs floor, median (min–max) | node CPU per msg | beyond floor | answer p99 | CPU: node / load / tracer | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut last = "";
     for r in rows {
@@ -1372,20 +1606,24 @@ fn table(rows: &[Row]) -> String {
         };
         last = &r.scenario;
         if let Some(why) = &r.unavailable {
-            t += &format!("| {scenario} | {} | {why} | | | | | | | |\n", r.label);
+            t += &format!("| {scenario} | {} | {why} | | | | | | | | | |\n", r.label);
             continue;
         }
         if r.runs == 0 {
             t += &format!(
-                "| {scenario} | {} | no successful run | | | | | | | |\n",
+                "| {scenario} | {} | no successful run | | | | | | | | | |\n",
                 r.label
             );
             continue;
         }
         let dash = || "–".to_string();
-        let ratio = r
-            .throughput_ratio
-            .map_or_else(dash, |(m, lo, hi)| format!("{m:.3} ({lo:.2}–{hi:.2})"));
+        let ratio = |spread: Option<(f64, f64, f64)>| {
+            spread.map_or_else(dash, |(m, lo, hi)| format!("{m:.3} ({lo:.2}–{hi:.2})"))
+        };
+        let (ratio, floor_ratio) = (ratio(r.throughput_ratio), ratio(r.floor_ratio));
+        let beyond_floor = r
+            .cpu_us_per_msg_beyond_floor
+            .map_or_else(dash, |us| format!("{us:+.1} µs"));
         let mut answered = format!("{:.0}", r.answered_per_sec);
         if r.load_errors > 0 {
             answered += &format!(" ({} errors)", r.load_errors);
@@ -1413,8 +1651,8 @@ fn table(rows: &[Row]) -> String {
         let (label, cpu_per_msg, answer_p99) =
             (&r.label, r.target_cpu_us_per_msg, micros(r.answer_p99_us));
         t += &format!(
-            "| {scenario} | {label} | {answered} | {ratio} | {cpu_per_msg:.1} µs | {answer_p99} \
-             | {cpu} | {rss} | {lost} | {latency} |\n"
+            "| {scenario} | {label} | {answered} | {ratio} | {floor_ratio} | {cpu_per_msg:.1} µs \
+             | {beyond_floor} | {answer_p99} | {cpu} | {rss} | {lost} | {latency} |\n"
         );
     }
     t
@@ -1506,8 +1744,8 @@ struct Results<'a> {
 /// The text of `docs/benchmarks.md`; `{name}` marks what [`markdown`] fills in.
 const DOC_TEMPLATE: &str = r#"# Benchmarks
 
-What tracing a node with peerlog costs it, side by side with the bpftrace
-reference, measured by `cargo xtask bench` (about 7 minutes on two cores,
+What tracing a node with peerlog costs it, side by side with the floor (empty
+probes on the same tracepoints) and the bpftrace reference, measured by `cargo xtask bench` (about 7 minutes on two cores,
 plus the release build; `cargo xtask bench --smoke` is the one-minute version
 CI runs). That command writes this file: the figures below are its latest
 full run.
@@ -1545,10 +1783,16 @@ tracing overhead shows as lost throughput.
 then
 
 {commands}
-Counting and capture trace the net:* tracepoints only (`--no-accounting`), as
-the bpftrace reference does; the third is peerlog with everything on: its
-per-peer accounting probes (on by default), the stats log and 99 Hz sampling.
-The last adds only 99 Hz CPU sampling to counting; what sampling costs the
+The floor is bpftrace running `xtask/bench/empty_probe.bt`: empty actions on
+net:inbound_message and net:outbound_message, a uprobe on every message and
+nothing else, which no tracer of those tracepoints can go below. Counting and
+capture trace the net:* tracepoints only (`--no-accounting`), as the bpftrace
+reference does; defaults is `peerlog trace --pid PID` and nothing else, its
+per-peer accounting on (which puts no uprobe on the node's functions: per-peer
+CPU from slices cut by the message tracepoints and a sched_switch raw
+tracepoint, bytes read from the node's CNodes through its DWARF); capture +
+stats is peerlog with everything on: accounting, the stats log and 99 Hz
+sampling. The last adds only 99 Hz CPU sampling to counting; what sampling costs the
 node is the sampling program's own run time in the node's threads, from the
 kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs only),
 over the node's CPU time without it.
@@ -1560,8 +1804,11 @@ the messages of the window.
 
 **Columns.** *answered/s*: requests the node answered per second over the
 window. *vs untraced*: that throughput over the untraced run's of the same
-round. *node CPU per msg*: the node's user+system CPU time (`/proc/PID/stat`)
-over the window, divided by the P2P messages exchanged in it. *answer p99*:
+round; *vs floor*: over the floor run's of the same round. *node CPU per
+msg*: the node's user+system CPU time (`/proc/PID/stat`) over the window,
+divided by the P2P messages exchanged in it; *beyond floor*: that minus the
+floor's of the same round, what the configuration adds to merely probing
+each message. *answer p99*:
 the load generator's answer latency. *CPU*: the node's, the load generator's
 and the tracer's CPU time over the window, in percent of one core; where they
 add up to the machine's cores (200 % here), every cycle a tracer takes is
@@ -1580,12 +1827,12 @@ it minus the tracepoint's timestamp); bpftrace has no equivalent.
 column), so its throughput is the inverse of its CPU time per message, and a
 tracer's cost shows as the time its probes add to each message (node CPU per
 msg), paid in the node's thread whatever the tracer does with the event
-afterwards. Compare that column between peerlog and bpftrace for the cost of
-the probes themselves.
+afterwards. The floor is that cost for an empty probe; *beyond floor* is
+what a tracer's own programs add to it.
 
-Figures are medians over the rounds (the ratio with its range), except peak
-RSS (the largest), events lost (the sum) and event latency (the median p50,
-the worst p99). Every run's figures: `target/bench/results.json`.
+Figures are medians over the rounds (the ratios with their range), except
+peak RSS (the largest), events lost (the sum) and event latency (the median
+p50, the worst p99). Targets are reported, never asserted. Every run's figures: `target/bench/results.json`.
 "#;
 
 fn markdown(results: &Results) -> String {
@@ -1688,16 +1935,20 @@ pub fn run(smoke: bool) -> Result<()> {
                         let tracer = run.tracer.as_ref().map_or(String::new(), |t| {
                             format!(
                                 ", tracer {:.1} % CPU, {:.1} MiB, {} events, {} lost",
-                                t.cpu_percent, t.peak_rss_mib, t.events_seen, t.events_lost
+                                t.cpu_percent,
+                                t.peak_rss_mib,
+                                t.events_seen.map_or("n/a".into(), |n| n.to_string()),
+                                t.events_lost
                             )
                         });
                         eprintln!(
-                            "bench: [{n}/{total}] {} · {} · round {}: {:.0} answered/s, node {:.1} µs CPU/msg{tracer}",
+                            "bench: [{n}/{total}] {} · {} · round {}: {:.0} answered/s, node {:.1} µs CPU/msg, {:.1} % CPU{tracer}",
                             scenario.name,
                             config.name(),
                             round + 1,
                             run.answered_per_sec,
-                            run.target_cpu_us_per_msg
+                            run.target_cpu_us_per_msg,
+                            run.target_cpu_percent
                         );
                         runs.push(run);
                     }
@@ -1709,11 +1960,13 @@ pub fn run(smoke: bool) -> Result<()> {
                             round + 1
                         );
                         eprintln!("bench: [{n}/{total}] FAILED {msg}");
-                        if smoke && config == Config::Bpftrace {
+                        if smoke && config.is_bpftrace() {
                             // The smoke run guards peerlog's harness; the
                             // reference tool failing now and then (it once
                             // hung on exit in 180 runs) is reported, not fatal.
-                            eprintln!("bench: (smoke) the bpftrace reference failed; not counted");
+                            eprintln!(
+                                "bench: (smoke) a bpftrace configuration failed; not counted"
+                            );
                         } else {
                             failures.push(msg);
                         }
@@ -1723,8 +1976,9 @@ pub fn run(smoke: bool) -> Result<()> {
         }
     }
 
-    let rows = rows(&plan, &tools, &runs);
-    let targets = check_targets(&plan, &rows);
+    let scenarios: Vec<&Scenario> = plan.scenarios.iter().collect();
+    let rows = rows(&scenarios, &tools, &runs);
+    let targets = check_targets(&scenarios, &rows, &runs);
     let dirty =
         !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let results = Results {
@@ -1817,6 +2071,7 @@ mod tests {
             stats_options: vec![],
             no_accounting: true,
         };
+        let plan = Plan::new(false);
         let results = Results {
             mode: "full",
             date: "2026-01-01 00:00 UTC".into(),
@@ -1826,7 +2081,7 @@ mod tests {
             duration_secs: 6.0,
             total_secs: 500.0,
             tools: &tools,
-            rows: rows(&Plan::new(false), &tools, &[]),
+            rows: rows(&plan.scenarios.iter().collect::<Vec<_>>(), &tools, &[]),
             targets: vec![],
             failures: vec!["relay · bpftrace · round 1: boom\nmore".into()],
             runs: vec![],
@@ -1835,6 +2090,72 @@ mod tests {
         assert!(!doc.contains('{'), "{doc}");
         assert!(doc.contains("not available yet"));
         assert!(doc.contains("- relay · bpftrace · round 1: boom more"));
+    }
+
+    /// A run with the figures the comparisons read.
+    fn run(scenario: &str, config: Config, round: usize, per_sec: f64, cpu_us: f64) -> Run {
+        Run {
+            scenario: scenario.into(),
+            config: config.name().into(),
+            round,
+            window_secs: 5.0,
+            answered_per_sec: per_sec,
+            messages: 1000,
+            answer_p99_us: 0,
+            load_errors: 0,
+            target_cpu_secs: 0.0,
+            target_cpu_us_per_msg: cpu_us,
+            target_cpu_percent: cpu_us / 10.0,
+            loadgen_cpu_percent: 0.0,
+            tracer: None,
+            sampler_cpu_secs: None,
+            block_size: None,
+            load: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn compares_with_the_floor_of_the_same_round() {
+        let runs = vec![
+            run("ping-flood", Config::Untraced, 0, 1000.0, 10.0),
+            run("ping-flood", Config::Floor, 0, 800.0, 12.0),
+            run("ping-flood", Config::Counting, 0, 760.0, 13.0),
+            run("ping-flood", Config::Defaults, 0, 700.0, 14.0),
+            // Another round, on a slower machine: compared within it.
+            run("ping-flood", Config::Untraced, 1, 500.0, 20.0),
+            run("ping-flood", Config::Floor, 1, 400.0, 24.0),
+            run("ping-flood", Config::Counting, 1, 400.0, 25.0),
+            run("ping-flood", Config::Defaults, 1, 380.0, 27.0),
+        ];
+        let plan = Plan::new(false);
+        let scenarios: Vec<&Scenario> = plan.scenarios.iter().take(1).collect();
+        let rows = rows(
+            &scenarios,
+            &Tools {
+                bpftrace: Ok("bpftrace v0.17.0".into()),
+                stats_options: vec![],
+                no_accounting: true,
+            },
+            &runs,
+        );
+        let counting = find(&rows, "ping-flood", Config::Counting).unwrap();
+        assert_eq!(counting.throughput_ratio, Some((0.78, 0.76, 0.8)));
+        assert_eq!(counting.floor_ratio, Some((0.975, 0.95, 1.0)));
+        assert_eq!(counting.cpu_us_per_msg_beyond_floor, Some(1.0));
+        let floor = find(&rows, "ping-flood", Config::Floor).unwrap();
+        assert_eq!(floor.floor_ratio, Some((1.0, 1.0, 1.0)));
+
+        let targets = check_targets(&scenarios, &rows, &runs);
+        let flood = targets
+            .iter()
+            .find(|t| t.target.contains("defaults ≥ 0.90"))
+            .unwrap();
+        // 700/760 = 0.921 and 380/400 = 0.95: median 0.9355.
+        assert_eq!(flood.met, Some(true), "{}", flood.detail);
+        assert!(flood.detail.contains("0.936"), "{}", flood.detail);
+        // No idle scenario ran: that target is not measured, not missed.
+        let idle = targets.iter().find(|t| t.target.contains("idle")).unwrap();
+        assert_eq!(idle.met, None);
     }
 
     #[test]
