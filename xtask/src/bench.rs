@@ -2,7 +2,9 @@
 //! one session.
 //!
 //! For each scenario (a load shape driven by `peerlog-loadgen`), and in
-//! several rounds, each configuration runs against a fresh twin node:
+//! several rounds, each configuration runs against a fresh node: the twin
+//! node, or with `BITCOIND=/path/to/bitcoind` a real bitcoind on regtest,
+//! loopback only, in its own data directory:
 //!
 //! 1. untraced;
 //! 2. the floor: bpftrace with empty actions on the two message tracepoints
@@ -30,14 +32,16 @@
 //! run and the floor of the same round.
 //!
 //! The results are printed as a table, saved as JSON in `target/bench/`, and
-//! (except with `--smoke`) written to `docs/benchmarks.md` with the machine
-//! they ran on. `--smoke` runs everything once for a second per
+//! (except with `--smoke`) written to the node's own section of
+//! `docs/benchmarks.md` with the machine they ran on, leaving the other
+//! node's section as it was. `--smoke` runs everything once for a second per
 //! configuration, so CI keeps the harness working; it asserts nothing about
 //! timings.
 
 use std::{
     env, fs,
     io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -104,10 +108,12 @@ impl Plan {
                 block_size: None,
             },
         ];
-        // The full plan: 4 scenarios × 5 configurations × 3 rounds × (5 s
-        // + ~2 s of set-up) ≈ 7 minutes on two cores, which leaves room for
-        // a release build from scratch within the 15 minutes the bench may
-        // take.
+        // The full plan: 4 scenarios × 8 configurations × 3 rounds × (5 s
+        // + ~1.7 s of set-up) ≈ 11 minutes on two cores, within the ~12
+        // minutes per node kind the bench may take; against a bitcoind the
+        // block scenario is skipped, ≈ 8 minutes. Fewer rounds would leave
+        // no median worth the name, shorter windows too few ticks of CPU
+        // time (10 ms each) for the idle scenario's 1-point target.
         let (rounds, duration) = if smoke {
             (1, Duration::from_secs(1))
         } else {
@@ -138,6 +144,18 @@ impl Scenario {
     /// throughput shows what tracing costs; the idle one runs at a fixed rate.
     fn saturating(&self) -> bool {
         self.mix != "idle"
+    }
+
+    /// Why this scenario cannot run against `node`, if it cannot.
+    fn skipped_on(&self, node: &NodeKind) -> Option<String> {
+        match (node, self.block_size) {
+            (NodeKind::Bitcoind { .. }, Some(size)) => Some(format!(
+                "a fresh regtest bitcoind has no block of ~{size} bytes to serve \
+                 (it has the genesis block and the one mined to leave initial \
+                 block download, a few hundred bytes each)"
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -283,6 +301,92 @@ fn build() -> Result<Binaries> {
         loadgen: loadgen?,
         twin: twin?,
     })
+}
+
+/// The node the scenarios run against.
+enum NodeKind {
+    /// The twin node (the bench's copy of it).
+    Twin(PathBuf),
+    /// A real bitcoind named by `BITCOIND`, started fresh for every run.
+    Bitcoind {
+        path: PathBuf,
+        /// `bitcoin-cli`, beside it: mines the block that takes a fresh
+        /// regtest node out of initial block download.
+        cli: PathBuf,
+        /// The first line of `bitcoind -version`.
+        version: String,
+    },
+}
+
+impl NodeKind {
+    /// `BITCOIND` if it is set and not empty, else the twin.
+    fn from_env(bins: &Binaries) -> Result<NodeKind> {
+        let Some(path) = env::var_os("BITCOIND").filter(|p| !p.is_empty()) else {
+            return Ok(NodeKind::Twin(bins.twin.clone()));
+        };
+        let path = PathBuf::from(path);
+        let output = Command::new(&path)
+            .arg("-version")
+            .output()
+            .with_context(|| format!("BITCOIND={}: cannot run it", path.display()))?;
+        let version = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !output.status.success() || !version.contains("version") {
+            bail!(
+                "BITCOIND={}: `-version` did not print a Bitcoin Core version ({}); \
+                 set BITCOIND to a bitcoind binary",
+                path.display(),
+                output.status
+            );
+        }
+        let cli = path.with_file_name("bitcoin-cli");
+        if !cli.is_file() {
+            bail!(
+                "BITCOIND={}: no {} beside it; the bench needs it to mine the block \
+                 that takes a fresh regtest node out of initial block download",
+                path.display(),
+                cli.display()
+            );
+        }
+        Ok(NodeKind::Bitcoind { path, cli, version })
+    }
+
+    /// The binary, as bpftrace's `$1`.
+    fn binary(&self) -> &Path {
+        match self {
+            NodeKind::Twin(path) | NodeKind::Bitcoind { path, .. } => path,
+        }
+    }
+
+    /// Its short name: in file names and the doc's section markers.
+    fn key(&self) -> &'static str {
+        match self {
+            NodeKind::Twin(_) => "twin",
+            NodeKind::Bitcoind { .. } => "bitcoind",
+        }
+    }
+
+    /// What stands for the binary in the commands the results show.
+    fn placeholder(&self) -> &'static str {
+        match self {
+            NodeKind::Twin(_) => "TWIN",
+            NodeKind::Bitcoind { .. } => "BITCOIND",
+        }
+    }
+
+    /// The node in words, for the results.
+    fn describe(&self) -> String {
+        match self {
+            NodeKind::Twin(_) => "the twin node (`tests/twin/twin.cpp`)".into(),
+            NodeKind::Bitcoind { path, version, .. } => {
+                format!("{version} (`{}`)", path.display())
+            }
+        }
+    }
 }
 
 /// Optional parts, found at run time.
@@ -617,15 +721,25 @@ fn memory_mib(pid: i32) -> Result<(f64, f64)> {
 // One run
 // ---------------------------------------------------------------------------
 
-/// A twin node started for one run.
-struct Twin {
+/// A node started for one run.
+struct Node {
     proc: Proc,
     addr: String,
+    /// The blocks it serves, (hash, size): the twin's two built-in blocks.
     blocks: Vec<(String, usize)>,
+    what: &'static str,
 }
 
-impl Twin {
-    fn start(binary: &Path, scenario: &Scenario) -> Result<Twin> {
+impl Node {
+    /// Starts `kind` for `scenario`; a bitcoind keeps its data in `dir`.
+    fn start(kind: &NodeKind, scenario: &Scenario, dir: &Path) -> Result<Node> {
+        match kind {
+            NodeKind::Twin(binary) => Node::twin(binary, scenario),
+            NodeKind::Bitcoind { path, cli, .. } => Node::bitcoind(path, cli, dir),
+        }
+    }
+
+    fn twin(binary: &Path, scenario: &Scenario) -> Result<Node> {
         let mut cmd = Command::new(binary);
         cmd.args(["-port=0", "-printport"]);
         if let Some(size) = scenario.block_size {
@@ -644,21 +758,111 @@ impl Twin {
                 blocks.push((hash.to_string(), size.trim().parse()?));
             }
         }
-        Ok(Twin {
+        Ok(Node {
             proc,
             addr: addr.expect("loop ends with an address"),
             blocks,
+            what: "the twin node",
+        })
+    }
+
+    /// A fresh bitcoind on regtest, loopback only, its data in `dir`, which
+    /// lets the load generator's 125 peers in and relays their transactions
+    /// without delay, then mines a block to leave initial block download
+    /// (until then it ignores transaction announcements).
+    fn bitcoind(path: &Path, cli: &Path, dir: &Path) -> Result<Node> {
+        let datadir = dir.join("bitcoind");
+        fs::create_dir_all(&datadir).with_context(|| format!("creating {}", datadir.display()))?;
+        let datadir_arg = format!("-datadir={}", path_arg(&datadir)?);
+        let (port, rpc_port) = two_free_ports()?;
+        let mut cmd = Command::new(path);
+        cmd.args(["-regtest", &datadir_arg])
+            .arg(format!("-bind=127.0.0.1:{port}"))
+            .arg(format!("-port={port}"))
+            .arg(format!("-rpcport={rpc_port}"))
+            .args([
+                "-listen=1",
+                "-rpcbind=127.0.0.1",
+                "-rpcallowip=127.0.0.1",
+                // noban makes inbound peers (which advertise NODE_NETWORK)
+                // preferred for transaction download: it asks for what they
+                // announce without the 2 s delay of other inbound peers.
+                // relay: no cap on their announcements in flight.
+                "-whitelist=noban,relay@127.0.0.1",
+                // 125 load generator peers exceed the ~114 inbound slots of
+                // the default 125.
+                "-maxconnections=300",
+                "-dnsseed=0",
+                "-fixedseeds=0",
+                "-discover=0",
+                "-listenonion=0",
+                "-printtoconsole=0",
+            ]);
+        let mut proc = Proc::spawn("bitcoind", cmd, Stream::Stderr)?;
+        let addr = format!("127.0.0.1:{port}");
+        let sock: std::net::SocketAddr = addr.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_err() {
+            if let Some(status) = proc.child.try_wait()? {
+                proc.reaped = true;
+                thread::sleep(Duration::from_millis(50));
+                bail!(
+                    "bitcoind exited ({status}) before listening on {addr}:\n{}",
+                    proc.text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "bitcoind did not listen on {addr} within 60 s:\n{}",
+                    proc.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let mined = Command::new(cli)
+            .args(["-regtest", &datadir_arg])
+            .arg(format!("-rpcport={rpc_port}"))
+            .args([
+                "-rpcwait",
+                "-rpcwaittimeout=60",
+                "generatetodescriptor",
+                "1",
+                "raw(51)",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", cli.display()))?;
+        if !mined.status.success() {
+            bail!(
+                "bitcoin-cli generatetodescriptor failed ({}): {}",
+                mined.status,
+                String::from_utf8_lossy(&mined.stderr).trim()
+            );
+        }
+        Ok(Node {
+            proc,
+            addr,
+            blocks: Vec::new(),
+            what: "bitcoind",
         })
     }
 
     fn stop(mut self) -> Result<()> {
         self.proc.signal(libc::SIGTERM);
-        let status = self.proc.wait(Duration::from_secs(30))?;
+        let status = self.proc.wait(Duration::from_secs(60))?;
         if !status.success() {
-            bail!("the twin node exited with {status}");
+            bail!("{} exited with {status}:\n{}", self.what, self.proc.text());
         }
         Ok(())
     }
+}
+
+/// Two TCP ports free on loopback, for a bitcoind's P2P and RPC: both
+/// listeners are held until both ports are known, so they differ.
+fn two_free_ports() -> Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    let b = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// A running tracer.
@@ -712,6 +916,7 @@ impl Tracer {
         config: Config,
         bins: &Binaries,
         tools: &Tools,
+        node: &NodeKind,
         pid: i32,
         dir: &Path,
     ) -> Result<Option<Tracer>> {
@@ -724,10 +929,10 @@ impl Tracer {
         let peerlog_args: Vec<String> = match config {
             Config::Untraced => return Ok(None),
             Config::Floor => {
-                return Tracer::bpftrace("empty_probe.bt", bins, pid, dir).map(Some);
+                return Tracer::bpftrace("empty_probe.bt", node, pid, dir).map(Some);
             }
             Config::Bpftrace => {
-                return Tracer::bpftrace("log_p2p_traffic.bt", bins, pid, dir).map(Some);
+                return Tracer::bpftrace("log_p2p_traffic.bt", node, pid, dir).map(Some);
             }
             Config::Counting => net_only().collect(),
             Config::Defaults => Vec::new(),
@@ -768,8 +973,8 @@ impl Tracer {
         }))
     }
 
-    /// bpftrace running `xtask/bench/SCRIPT` with the twin's binary as `$1`.
-    fn bpftrace(script: &str, bins: &Binaries, pid: i32, dir: &Path) -> Result<Tracer> {
+    /// bpftrace running `xtask/bench/SCRIPT` with the node's binary as `$1`.
+    fn bpftrace(script: &str, node: &NodeKind, pid: i32, dir: &Path) -> Result<Tracer> {
         let output = dir.join("bpftrace.log");
         let mut cmd = Command::new("bpftrace");
         cmd.arg("-p")
@@ -777,7 +982,7 @@ impl Tracer {
             .arg("-o")
             .arg(&output)
             .arg(workspace_root().join("xtask/bench").join(script))
-            .arg(&bins.twin);
+            .arg(node.binary());
         let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         while !fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")) {
@@ -804,7 +1009,10 @@ impl Tracer {
                 // The floor's empty probes print nothing.
                 logs_messages: script != "empty_probe.bt",
             }),
-            command: format!("bpftrace -p PID -o FILE xtask/bench/{script} TWIN"),
+            command: format!(
+                "bpftrace -p PID -o FILE xtask/bench/{script} {}",
+                node.placeholder()
+            ),
             attached: "Attaching 2 probes...".into(),
         })
     }
@@ -960,6 +1168,7 @@ fn run_one(
     round: usize,
     bins: &Binaries,
     tools: &Tools,
+    kind: &NodeKind,
 ) -> Result<Run> {
     let dir = workspace_root().join("target/bench/runs").join(format!(
         "{}-{}-{round}",
@@ -969,15 +1178,15 @@ fn run_one(
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let twin = Twin::start(&bins.twin, scenario)?;
+    let node = Node::start(kind, scenario, &dir)?;
     let bpf_stats = (config == Config::Sampling)
         .then(BpfStats::enable)
         .transpose()?;
-    let tracer = Tracer::start(config, bins, tools, twin.proc.pid(), &dir)?;
+    let tracer = Tracer::start(config, bins, tools, kind, node.proc.pid(), &dir)?;
 
     let report_path = dir.join("load.json");
     let mut cmd = Command::new(&bins.loadgen);
-    cmd.args(["--target", &twin.addr])
+    cmd.args(["--target", &node.addr])
         .args(["--peers", &scenario.peers.to_string()])
         .args(["--mix", scenario.mix])
         .args(["--in-flight", &scenario.in_flight.to_string()])
@@ -985,20 +1194,23 @@ fn run_one(
         .arg("--json")
         .arg(&report_path);
     // The block of the asked size, not the twin's 4,000,000-byte one.
-    let block = scenario.block_size.map(|size| {
-        twin.blocks
-            .iter()
-            .min_by_key(|(_, s)| s.abs_diff(size))
-            .cloned()
-            .expect("the twin serves two blocks")
-    });
+    let block = scenario
+        .block_size
+        .map(|size| {
+            node.blocks
+                .iter()
+                .min_by_key(|(_, s)| s.abs_diff(size))
+                .cloned()
+                .context("the node serves no block")
+        })
+        .transpose()?;
     if let Some((hash, _)) = &block {
         cmd.args(["--block", hash]);
     }
     let mut load = Proc::spawn("peerlog-loadgen", cmd, Stream::Stderr)?;
     load.wait_for_line(|l| l.contains("window started"), Duration::from_secs(120))?;
     let started = Instant::now();
-    let target_cpu0 = cpu_seconds(twin.proc.pid())?;
+    let target_cpu0 = cpu_seconds(node.proc.pid())?;
     let loadgen_cpu0 = cpu_seconds(load.pid())?;
     let tracer_cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let sampler = |t: &Option<Tracer>| match (&bpf_stats, t) {
@@ -1011,7 +1223,7 @@ fn run_one(
         plan.duration + Duration::from_secs(60),
     )?;
     let window_secs = started.elapsed().as_secs_f64();
-    let target_cpu_secs = cpu_seconds(twin.proc.pid())? - target_cpu0;
+    let target_cpu_secs = cpu_seconds(node.proc.pid())? - target_cpu0;
     let loadgen_cpu_secs = cpu_seconds(load.pid())? - loadgen_cpu0;
     let tracer_cpu_secs = match (&tracer, tracer_cpu0) {
         (Some(t), Some(before)) => Some(cpu_seconds(t.pid())? - before),
@@ -1047,10 +1259,10 @@ fn run_one(
         (Some(t), Some(cpu)) => Some(t.stop(cpu, window_secs)?),
         _ => None,
     };
-    twin.stop()?;
+    node.stop()?;
     drop(bpf_stats);
     // Captures of the block scenario run to gigabytes; the figures are kept
-    // in the results.
+    // in the results. A bitcoind's data directory goes too.
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
 
     Ok(Run {
@@ -1679,9 +1891,10 @@ struct Machine {
     cpu_model: String,
     kernel: String,
     memory_gib: f64,
-    /// 1, 5 and 15 minute load averages when the bench started: other work
-    /// on the machine shows here.
+    /// 1, 5 and 15 minute load averages when the bench started and when it
+    /// ended: other work on the machine shows here.
     load_average_at_start: String,
+    load_average_at_end: String,
 }
 
 impl Machine {
@@ -1694,7 +1907,6 @@ impl Machine {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0.0);
-        let loadavg = read("/proc/loadavg");
         Machine {
             cpus: thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model: cpuinfo
@@ -1704,13 +1916,20 @@ impl Machine {
                 .unwrap_or_else(|| "unknown".into()),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             memory_gib: mem_kib / (1024.0 * 1024.0),
-            load_average_at_start: loadavg
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
+            load_average_at_start: load_average(),
+            load_average_at_end: String::new(),
         }
     }
+}
+
+/// The 1, 5 and 15 minute load averages, e.g. "2.10 1.80 1.50".
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -1728,6 +1947,10 @@ fn command_output(program: &str, args: &[&str]) -> String {
 #[derive(Serialize)]
 struct Results<'a> {
     mode: &'static str,
+    /// "twin" or "bitcoind".
+    node_kind: &'static str,
+    /// The node in words (a bitcoind's version and path).
+    node: String,
     date: String,
     commit: String,
     machine: Machine,
@@ -1736,91 +1959,113 @@ struct Results<'a> {
     total_secs: f64,
     tools: &'a Tools,
     rows: Vec<Row>,
+    /// Scenarios this node cannot run, with why.
+    skipped: Vec<SkippedScenario>,
     targets: Vec<TargetCheck>,
     failures: Vec<String>,
     runs: Vec<Run>,
 }
 
-/// The text of `docs/benchmarks.md`; `{name}` marks what [`markdown`] fills in.
+/// A scenario not run against this node.
+#[derive(Debug, Serialize)]
+struct SkippedScenario {
+    scenario: String,
+    title: String,
+    reason: String,
+}
+
+/// The text of `docs/benchmarks.md`; `{twin}` and `{bitcoind}` are each
+/// node's section, [`section`]'s text between its markers.
 const DOC_TEMPLATE: &str = r#"# Benchmarks
 
 What tracing a node with peerlog costs it, side by side with the floor (empty
-probes on the same tracepoints) and the bpftrace reference, measured by `cargo xtask bench` (about 7 minutes on two cores,
-plus the release build; `cargo xtask bench --smoke` is the one-minute version
-CI runs). That command writes this file: the figures below are its latest
-full run.
+probes on the same tracepoints) and the bpftrace reference, measured by
+`cargo xtask bench` against the twin node, and by
+`BITCOIND=/path/to/bitcoind cargo xtask bench` against a real bitcoind:
+at most about 12 minutes per node on two cores, plus the release build
+(three rounds of 5 s windows, as before the floor and the defaults were
+added). `cargo xtask bench --smoke`, a second per run, is the version CI
+runs. Each node's run writes its own section below and leaves the other's as
+it was.
 
-## Latest run
+## Twin node
 
-{date}, commit {commit}; {rounds} rounds of {duration} s per configuration
-and scenario, {total} s in all.
+{twin}
 
-Machine: {machine}; load average {load} when the bench started. The machine
-was shared with other builds, and the node, the tracer and the load generator
-share its cores, so absolute figures move between runs; compare ratios within
-a round.
+## Real bitcoind
 
-{table}
-Targets:
+{bitcoind}
 
-{targets}{failures}
 ## What is measured
 
-**Node.** The twin node (`tests/twin/twin.cpp`), started fresh for every run.
+**Nodes.** The twin node (`tests/twin/twin.cpp`), started fresh for every run.
 It has bitcoind's tracepoints, semaphores and `b-net`/`b-msghand` threads; its
 message handling is far cheaper than bitcoind's, so tracing overhead relative
-to its work is larger than bitcoind would see.
+to its work is larger than bitcoind would see. With
+`BITCOIND=/path/to/bitcoind`, a real bitcoind instead, also fresh for every
+run: regtest, loopback only, its own data directory,
+`-whitelist=noban,relay@127.0.0.1` (its inbound peers are then preferred for
+transaction download, so it asks for what they announce without its 2 s
+delay, and their announcements are not capped), `-maxconnections=300` (room
+for 125 inbound peers), and one block mined with `bitcoin-cli
+generatetodescriptor` so that it leaves initial block download and relays
+transactions. A fresh regtest node has no ~1 MB block to serve, so the block
+scenario is skipped on it. The node's CPU time counts all its threads.
 
 **Load.** `peerlog-loadgen` (`tests/src/loadgen.rs`, on peerlog's P2P client):
 ping flood (8 peers × 8 pings in flight), transaction relay (32 peers × 4
 `inv` in flight, each answered by the node's `getdata`, then sent the `tx`),
-block serving (4 peers × 2 `getdata` in flight for a {block_size}-byte block,
-the twin's `-blocksize=1000000`), and 125 idle peers pinging once a second.
-The first three are closed loops: they run as fast as the node answers, so
-tracing overhead shows as lost throughput.
+block serving (4 peers × 2 `getdata` in flight for the twin's block closest
+to 1,000,000 bytes, `-blocksize=1000000`), and 125 idle peers pinging once a
+second. The first three are closed loops: they run as fast as the node
+answers, so tracing overhead shows as lost throughput.
 
-**Configurations**, interleaved in each round (their order rotates): untraced,
-then
+**Configurations**, interleaved in each round (their order rotates; the
+exact commands are in each section):
 
-{commands}
-The floor is bpftrace running `xtask/bench/empty_probe.bt`: empty actions on
-net:inbound_message and net:outbound_message, a uprobe on every message and
-nothing else, which no tracer of those tracepoints can go below. Counting and
-capture trace the net:* tracepoints only (`--no-accounting`), as the bpftrace
-reference does; defaults is `peerlog trace --pid PID` and nothing else, its
-per-peer accounting on (which puts no uprobe on the node's functions: per-peer
-CPU from slices cut by the message tracepoints and a sched_switch raw
-tracepoint, bytes read from the node's CNodes through its DWARF); capture +
-stats is peerlog with everything on: accounting, the stats log and 99 Hz
-sampling. The last adds only 99 Hz CPU sampling to counting; what sampling costs the
-node is the sampling program's own run time in the node's threads, from the
-kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs only),
-over the node's CPU time without it.
-`xtask/bench/log_p2p_traffic.bt` is the equivalent of Bitcoin Core's
-`contrib/tracing/log_p2p_traffic.bt` (one text line per message, no payload),
-run by Debian's bpftrace with its output in a file. bpftrace raises the twin's
-USDT semaphores itself (with `-p PID`); every run checks that it saw at least
-the messages of the window.
+- *untraced*;
+- *floor*: bpftrace running `xtask/bench/empty_probe.bt`, empty actions on
+  net:inbound_message and net:outbound_message: a uprobe on every message
+  and nothing else, which no tracer of those tracepoints can go below;
+- *peerlog --no-accounting*: the net:* tracepoints only, counting, nothing
+  written;
+- *peerlog, defaults*: `peerlog trace --pid PID` and nothing else: per-peer
+  accounting on, which puts no uprobe on the node's functions (per-peer CPU
+  from slices cut by the message tracepoints and a sched_switch raw
+  tracepoint, bytes read from the node's CNodes through its DWARF);
+- *peerlog --no-accounting --capture*: every payload written to disk;
+- *peerlog, capture + stats + 99 Hz sampling*: everything on (accounting,
+  capture, `--stats-log`, `--flamegraph`);
+- *bpftrace log_p2p_traffic.bt*: the equivalent of Bitcoin Core's
+  `contrib/tracing/log_p2p_traffic.bt` (one text line per message, no
+  payload), run by Debian's bpftrace with its output in a file; every run
+  checks that it saw at least the messages of the window;
+- *peerlog --no-accounting, 99 Hz sampling*: what sampling alone costs the
+  node is the sampling program's own run time in the node's threads, from the
+  kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs
+  only), over the node's CPU time without it.
+
+bpftrace raises the node's USDT semaphores itself (with `-p PID`), and is
+given the node's binary as `$1`.
 
 **Columns.** *answered/s*: requests the node answered per second over the
-window. *vs untraced*: that throughput over the untraced run's of the same
-round; *vs floor*: over the floor run's of the same round. *node CPU per
-msg*: the node's user+system CPU time (`/proc/PID/stat`) over the window,
-divided by the P2P messages exchanged in it; *beyond floor*: that minus the
-floor's of the same round, what the configuration adds to merely probing
-each message. *answer p99*:
-the load generator's answer latency. *CPU*: the node's, the load generator's
-and the tracer's CPU time over the window, in percent of one core; where they
-add up to the machine's cores (200 % here), every cycle a tracer takes is
-taken from the node or its load, which is most of what the closed-loop ratios
-show. *tracer peak RSS*: `VmHWM` before it
-stops, and in parentheses its heap (`RssAnon` at the end of the load);
-peerlog's peak RSS includes its kernel ring buffer, whose data pages are
-mapped twice (so that records never wrap): 32 MiB of RSS for the default
-`--ring-size 16`. *events lost*: as the tracer reports them (peerlog's
-summary, bpftrace's `Lost N events`). *event latency*: peerlog's
-kernel-to-userspace latency per message (CLOCK_MONOTONIC when peerlog handles
-it minus the tracepoint's timestamp); bpftrace has no equivalent.
+window. *vs untraced*, *vs floor*: that throughput over the untraced run's,
+and over the floor run's, of the same round. *node CPU per msg*: the node's
+user+system CPU time (`/proc/PID/stat`) over the window, divided by the P2P
+messages exchanged in it; *beyond floor*: that minus the floor's of the same
+round, what the configuration adds to merely probing each message. *answer
+p99*: the load generator's answer latency. *CPU*: the node's, the load
+generator's and the tracer's CPU time over the window, in percent of one
+core; where they add up to the machine's cores (200 % here), every cycle a
+tracer takes is taken from the node or its load, which is most of what the
+closed-loop ratios show. *tracer peak RSS*: `VmHWM` before it stops, and in
+parentheses its heap (`RssAnon` at the end of the load); peerlog's peak RSS
+includes its kernel ring buffer, whose data pages are mapped twice (so that
+records never wrap): 32 MiB of RSS for the default `--ring-size 16`. *events
+lost*: as the tracer reports them (peerlog's summary, bpftrace's `Lost N
+events`). *event latency*: peerlog's kernel-to-userspace latency per message
+(CLOCK_MONOTONIC when peerlog handles it minus the tracepoint's timestamp);
+bpftrace has no equivalent.
 
 **Reading it.** The twin handles messages on one thread, like bitcoind's
 `b-msghand`: in the closed loops it runs at about 100 % of a core (the CPU
@@ -1832,10 +2077,70 @@ what a tracer's own programs add to it.
 
 Figures are medians over the rounds (the ratios with their range), except
 peak RSS (the largest), events lost (the sum) and event latency (the median
-p50, the worst p99). Targets are reported, never asserted. Every run's figures: `target/bench/results.json`.
+p50, the worst p99). Targets are reported, never asserted. Every run's
+figures: `target/bench/results.json` (twin) and
+`target/bench/results-bitcoind.json`.
 "#;
 
-fn markdown(results: &Results) -> String {
+/// One node's section of the doc; `{name}` marks what [`section`] fills in.
+const SECTION_TEMPLATE: &str = r#"{date}, commit {commit}, node: {node}. {rounds} rounds of {duration} s per
+configuration and scenario, {total} s in all.
+
+Machine: {machine}; load average {load} when the bench started, {load_end}
+when it ended. The machine was shared with other builds, and the node, the
+tracer and the load generator share its cores, so absolute figures move
+between runs; compare ratios within a round.
+
+{table}{skipped}
+Targets:
+
+{targets}{failures}
+Commands:
+
+{commands}"#;
+
+/// What stands in a node's section until it has been run.
+fn not_run_yet(node_kind: &str) -> String {
+    let command = match node_kind {
+        "bitcoind" => "BITCOIND=/path/to/bitcoind cargo xtask bench",
+        _ => "cargo xtask bench",
+    };
+    format!("Not run yet: `{command}`.")
+}
+
+/// The text between a node's markers in `doc`, if it has them.
+fn marked_section<'a>(doc: &'a str, node_kind: &str) -> Option<&'a str> {
+    let (begin, end) = markers(node_kind);
+    let start = doc.find(&begin)? + begin.len();
+    let len = doc[start..].find(&end)?;
+    Some(doc[start..start + len].trim_matches('\n'))
+}
+
+fn markers(node_kind: &str) -> (String, String) {
+    (
+        format!("<!-- bench:{node_kind}:begin -->"),
+        format!("<!-- bench:{node_kind}:end -->"),
+    )
+}
+
+/// The doc with `results` in their node's section and the other node's
+/// section kept from `existing` (the doc as it was).
+fn document(existing: &str, results: &Results) -> String {
+    ["twin", "bitcoind"]
+        .iter()
+        .fold(DOC_TEMPLATE.to_string(), |doc, &kind| {
+            let text = if kind == results.node_kind {
+                section(results)
+            } else {
+                marked_section(existing, kind).map_or_else(|| not_run_yet(kind), str::to_string)
+            };
+            let (begin, end) = markers(kind);
+            doc.replace(&format!("{{{kind}}}"), &format!("{begin}\n{text}\n{end}"))
+        })
+}
+
+/// This run's section of the doc.
+fn section(results: &Results) -> String {
     let m = &results.machine;
     // The exact command of each tracer configuration, from the runs.
     let commands: String = Config::ALL
@@ -1860,11 +2165,11 @@ fn markdown(results: &Results) -> String {
             .collect();
         format!("\nFailed runs:\n\n{list}")
     };
-    let block_size = results
-        .runs
+    let skipped: String = results
+        .skipped
         .iter()
-        .find_map(|r| r.block_size)
-        .map_or("~1,000,000".into(), |b| b.to_string());
+        .map(|s| format!("\nNot run: {}: {}.\n", s.title, s.reason))
+        .collect();
     let machine = format!(
         "{} CPUs ({}), {:.1} GiB, Linux {}",
         m.cpus, m.cpu_model, m.memory_gib, m.kernel
@@ -1872,24 +2177,29 @@ fn markdown(results: &Results) -> String {
     [
         ("{date}", results.date.clone()),
         ("{commit}", results.commit.clone()),
+        ("{node}", results.node.clone()),
         ("{rounds}", results.rounds.to_string()),
         ("{duration}", results.duration_secs.to_string()),
         ("{total}", format!("{:.0}", results.total_secs)),
         ("{machine}", machine),
         ("{load}", m.load_average_at_start.clone()),
+        ("{load_end}", m.load_average_at_end.clone()),
         ("{table}", table(&results.rows)),
+        ("{skipped}", skipped),
         ("{targets}", targets_text(&results.targets)),
         ("{failures}", failures),
-        ("{block_size}", block_size),
         ("{commands}", commands),
     ]
     .iter()
-    .fold(DOC_TEMPLATE.to_string(), |doc, (key, value)| {
+    .fold(SECTION_TEMPLATE.to_string(), |doc, (key, value)| {
         doc.replace(key, value)
     })
+    .trim_end()
+    .to_string()
 }
 
-/// Runs the bench; `smoke` runs it once, briefly, and leaves the docs alone.
+/// Runs the bench against the twin, or the bitcoind `BITCOIND` names;
+/// `smoke` runs it once, briefly, and leaves the docs alone.
 pub fn run(smoke: bool) -> Result<()> {
     if !crate::is_root() {
         bail!("the bench loads eBPF programs (peerlog, bpftrace): run it as root");
@@ -1897,8 +2207,9 @@ pub fn run(smoke: bool) -> Result<()> {
     let plan = Plan::new(smoke);
     mount_tracefs();
     let bins = build()?;
+    let node = NodeKind::from_env(&bins)?;
     let tools = Tools::detect(&bins)?;
-    let machine = Machine::describe();
+    let mut machine = Machine::describe();
     let started = Instant::now();
     let configs: Vec<Config> = Config::ALL
         .into_iter()
@@ -1910,27 +2221,43 @@ pub fn run(smoke: bool) -> Result<()> {
             None => true,
         })
         .collect();
-    let total = plan.scenarios.len() * plan.rounds * configs.len();
+    let mut scenarios = Vec::new();
+    let mut skipped = Vec::new();
+    for scenario in &plan.scenarios {
+        match scenario.skipped_on(&node) {
+            Some(reason) => {
+                eprintln!("bench: not running {}: {reason}", scenario.title);
+                skipped.push(SkippedScenario {
+                    scenario: scenario.name.into(),
+                    title: scenario.title.into(),
+                    reason,
+                });
+            }
+            None => scenarios.push(scenario),
+        }
+    }
+    let total = scenarios.len() * plan.rounds * configs.len();
     eprintln!(
-        "bench: {total} runs of {} s ({} scenarios × {} rounds × {} configurations) on {} CPUs, load average {}",
+        "bench: {total} runs of {} s ({} scenarios × {} rounds × {} configurations) against {} on {} CPUs, load average {}",
         plan.duration.as_secs_f64(),
-        plan.scenarios.len(),
+        scenarios.len(),
         plan.rounds,
         configs.len(),
+        node.describe(),
         machine.cpus,
         machine.load_average_at_start
     );
 
     let mut runs = Vec::new();
     let mut failures = Vec::new();
-    for scenario in &plan.scenarios {
+    for scenario in &scenarios {
         for round in 0..plan.rounds {
             // Rotating the order spreads drift over every configuration.
             let mut order = configs.clone();
             order.rotate_left(round % configs.len());
             for config in order {
                 let n = runs.len() + failures.len() + 1;
-                match run_one(&plan, scenario, config, round, &bins, &tools) {
+                match run_one(&plan, scenario, config, round, &bins, &tools, &node) {
                     Ok(run) => {
                         let tracer = run.tracer.as_ref().map_or(String::new(), |t| {
                             format!(
@@ -1975,14 +2302,16 @@ pub fn run(smoke: bool) -> Result<()> {
             }
         }
     }
+    machine.load_average_at_end = load_average();
 
-    let scenarios: Vec<&Scenario> = plan.scenarios.iter().collect();
     let rows = rows(&scenarios, &tools, &runs);
     let targets = check_targets(&scenarios, &rows, &runs);
     let dirty =
         !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let results = Results {
         mode: if smoke { "smoke" } else { "full" },
+        node_kind: node.key(),
+        node: node.describe(),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         commit: format!(
             "{}{}",
@@ -1999,6 +2328,7 @@ pub fn run(smoke: bool) -> Result<()> {
         total_secs: started.elapsed().as_secs_f64(),
         tools: &tools,
         rows,
+        skipped,
         targets,
         failures,
         runs,
@@ -2016,15 +2346,29 @@ pub fn run(smoke: bool) -> Result<()> {
     );
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
-    let json_path = dir.join(if smoke { "smoke.json" } else { "results.json" });
+    let json_path = dir.join(match (smoke, &node) {
+        (false, NodeKind::Twin(_)) => "results.json",
+        (false, NodeKind::Bitcoind { .. }) => "results-bitcoind.json",
+        (true, NodeKind::Twin(_)) => "smoke.json",
+        (true, NodeKind::Bitcoind { .. }) => "smoke-bitcoind.json",
+    });
     fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
     println!("bench: results in {}", json_path.display());
     if !smoke {
         let doc = workspace_root().join("docs/benchmarks.md");
-        fs::write(&doc, markdown(&results))
+        // The other node's section is kept from the doc as it is.
+        let existing = match fs::read_to_string(&doc) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.with_context(|| format!("reading {}", doc.display()))?,
+        };
+        fs::write(&doc, document(&existing, &results))
             .with_context(|| format!("writing {}", doc.display()))?;
-        println!("bench: table and machine written to {}", doc.display());
+        println!(
+            "bench: table and machine written to the {} section of {}",
+            results.node_kind,
+            doc.display()
+        );
     }
     println!("bench: {:.0} s in all", results.total_secs);
     if !results.failures.is_empty() {
@@ -2064,32 +2408,71 @@ mod tests {
         assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
     }
 
-    #[test]
-    fn fills_every_placeholder_of_the_doc() {
-        let tools = Tools {
-            bpftrace: Ok("bpftrace v0.17.0".into()),
-            stats_options: vec![],
-            no_accounting: true,
-        };
+    fn results<'a>(tools: &'a Tools, node_kind: &'static str, runs: Vec<Run>) -> Results<'a> {
         let plan = Plan::new(false);
-        let results = Results {
+        let scenarios: Vec<&Scenario> = plan.scenarios.iter().collect();
+        Results {
             mode: "full",
+            node_kind,
+            node: format!("the {node_kind} node"),
             date: "2026-01-01 00:00 UTC".into(),
             commit: "0000000".into(),
             machine: Machine::describe(),
             rounds: 3,
             duration_secs: 6.0,
             total_secs: 500.0,
-            tools: &tools,
-            rows: rows(&plan.scenarios.iter().collect::<Vec<_>>(), &tools, &[]),
-            targets: vec![],
+            tools,
+            rows: rows(&scenarios, tools, &runs),
+            skipped: vec![SkippedScenario {
+                scenario: "blocks".into(),
+                title: "4 peers, ~1 MB block serving".into(),
+                reason: "no such block".into(),
+            }],
+            targets: check_targets(&scenarios, &[], &runs),
             failures: vec!["relay · bpftrace · round 1: boom\nmore".into()],
-            runs: vec![],
-        };
-        let doc = markdown(&results);
+            runs,
+        }
+    }
+
+    fn tools() -> Tools {
+        Tools {
+            bpftrace: Ok("bpftrace v0.17.0".into()),
+            stats_options: vec![],
+            no_accounting: true,
+        }
+    }
+
+    #[test]
+    fn fills_every_placeholder_of_the_doc() {
+        let tools = tools();
+        let doc = document("", &results(&tools, "twin", vec![]));
         assert!(!doc.contains('{'), "{doc}");
         assert!(doc.contains("not available yet"));
         assert!(doc.contains("- relay · bpftrace · round 1: boom more"));
+        assert!(doc.contains("Not run: 4 peers, ~1 MB block serving: no such block."));
+        assert!(doc.contains("node: the twin node."));
+        assert!(doc.contains(&not_run_yet("bitcoind")), "{doc}");
+    }
+
+    #[test]
+    fn keeps_the_other_nodes_section() {
+        let tools = tools();
+        let twin = document("", &results(&tools, "twin", vec![]));
+        let twin_section = marked_section(&twin, "twin").unwrap().to_string();
+        assert!(twin_section.contains("node: the twin node."));
+        // The twin's section survives a bitcoind run, and the bitcoind's the
+        // next twin run.
+        let both = document(&twin, &results(&tools, "bitcoind", vec![]));
+        assert_eq!(marked_section(&both, "twin").unwrap(), twin_section);
+        let bitcoind_section = marked_section(&both, "bitcoind").unwrap().to_string();
+        assert!(bitcoind_section.contains("node: the bitcoind node."));
+        let again = document(&both, &results(&tools, "twin", vec![]));
+        assert_eq!(
+            marked_section(&again, "bitcoind").unwrap(),
+            bitcoind_section
+        );
+        assert_eq!(again.matches("<!-- bench:twin:begin -->").count(), 1);
+        assert_eq!(again.matches("<!-- bench:bitcoind:end -->").count(), 1);
     }
 
     /// A run with the figures the comparisons read.
@@ -2129,15 +2512,7 @@ mod tests {
         ];
         let plan = Plan::new(false);
         let scenarios: Vec<&Scenario> = plan.scenarios.iter().take(1).collect();
-        let rows = rows(
-            &scenarios,
-            &Tools {
-                bpftrace: Ok("bpftrace v0.17.0".into()),
-                stats_options: vec![],
-                no_accounting: true,
-            },
-            &runs,
-        );
+        let rows = rows(&scenarios, &tools(), &runs);
         let counting = find(&rows, "ping-flood", Config::Counting).unwrap();
         assert_eq!(counting.throughput_ratio, Some((0.78, 0.76, 0.8)));
         assert_eq!(counting.floor_ratio, Some((0.975, 0.95, 1.0)));
