@@ -2,17 +2,25 @@
 //! one session.
 //!
 //! For each scenario (a load shape driven by `peerlog-loadgen`), and in
-//! several rounds, each configuration runs against a fresh twin node:
+//! several rounds, each configuration runs against a fresh node: the twin
+//! node, or with `BITCOIND=/path/to/bitcoind` a real bitcoind on regtest,
+//! loopback only, in its own data directory:
 //!
 //! 1. untraced;
-//! 2. `peerlog trace`, counting only (no payload leaves the node);
-//! 3. `peerlog trace --capture DIR`, every payload written to disk;
-//! 4. capture plus the statistics log and 99 Hz sampling, when this
-//!    `peerlog` has them (`--stats-log`, `--flamegraph`: found in
+//! 2. the floor: bpftrace with empty actions on the two message tracepoints
+//!    (`xtask/bench/empty_probe.bt`), what merely probing every message costs;
+//! 3. `peerlog trace --no-accounting`, counting only (no payload leaves the
+//!    node);
+//! 4. `peerlog trace` with its defaults (per-peer accounting on);
+//! 5. `peerlog trace --no-accounting --capture DIR`, every payload written to
+//!    disk;
+//! 6. capture plus accounting, the statistics log and 99 Hz sampling, when
+//!    this `peerlog` has them (`--stats-log`, `--flamegraph`: found in
 //!    `peerlog trace --help` at run time, reported as not available otherwise);
-//! 5. the reference: Debian's bpftrace running `xtask/bench/log_p2p_traffic.bt`
+//! 7. the reference: Debian's bpftrace running `xtask/bench/log_p2p_traffic.bt`
 //!    (the equivalent of Bitcoin Core's `contrib/tracing/log_p2p_traffic.bt`)
-//!    with its output in a file.
+//!    with its output in a file;
+//! 8. counting plus 99 Hz sampling, for what sampling alone costs.
 //!
 //! The configurations are interleaved (their order rotates every round) so
 //! that drift on the machine (other builds, thermal state) spreads over all
@@ -20,18 +28,20 @@
 //! generator's window: the node's throughput (answered requests per second),
 //! its CPU time per P2P message (`/proc/PID/stat`), the tracer's CPU time, and
 //! then the tracer's peak RSS (`VmHWM`), lost events and kernel-to-userspace
-//! event latency from its summary.
+//! event latency from its summary. Every figure is set against the untraced
+//! run and the floor of the same round.
 //!
 //! The results are printed as a table, saved as JSON in `target/bench/`, and
-//! (except with `--smoke`) written to `docs/benchmarks.md` with the machine
-//! they ran on. `--smoke` runs everything once for a second per
+//! (except with `--smoke`) written to the node's own section of
+//! `docs/benchmarks.md` with the machine they ran on, leaving the other
+//! node's section as it was. `--smoke` runs everything once for a second per
 //! configuration, so CI keeps the harness working; it asserts nothing about
 //! timings.
 
 use std::{
-    collections::BTreeMap,
     env, fs,
     io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -98,10 +108,12 @@ impl Plan {
                 block_size: None,
             },
         ];
-        // The full plan: 4 scenarios × 5 configurations × 3 rounds × (5 s
-        // + ~2 s of set-up) ≈ 7 minutes on two cores, which leaves room for
-        // a release build from scratch within the 15 minutes the bench may
-        // take.
+        // The full plan: 4 scenarios × 8 configurations × 3 rounds × (5 s
+        // + ~1.7 s of set-up) ≈ 11 minutes on two cores, within the ~12
+        // minutes per node kind the bench may take; against a bitcoind the
+        // block scenario is skipped, ≈ 8 minutes. Fewer rounds would leave
+        // no median worth the name, shorter windows too few ticks of CPU
+        // time (10 ms each) for the idle scenario's 1-point target.
         let (rounds, duration) = if smoke {
             (1, Duration::from_secs(1))
         } else {
@@ -133,13 +145,34 @@ impl Scenario {
     fn saturating(&self) -> bool {
         self.mix != "idle"
     }
+
+    /// Why this scenario cannot run against `node`, if it cannot.
+    fn skipped_on(&self, node: &NodeKind) -> Option<String> {
+        match (node, self.block_size) {
+            (NodeKind::Bitcoind { .. }, Some(size)) => Some(format!(
+                "a fresh regtest bitcoind has no block of ~{size} bytes to serve \
+                 (it has the genesis block and the one mined to leave initial \
+                 block download, a few hundred bytes each)"
+            )),
+            _ => None,
+        }
+    }
 }
 
-/// The configurations, in the order of the issue.
+/// The configurations, in the order of the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     Untraced,
+    /// bpftrace with empty actions on the two message tracepoints: the cost
+    /// of a uprobe on every message and nothing else, which no tracer of
+    /// those tracepoints can go below (issue 12).
+    Floor,
+    /// `--no-accounting`: the net:* tracepoints only, what the bpftrace
+    /// reference traces.
     Counting,
+    /// `peerlog trace --pid PID` and nothing else: what a user running it
+    /// plainly costs the node, per-peer accounting included (issue 10).
+    Defaults,
     Capture,
     CaptureStats,
     Bpftrace,
@@ -149,9 +182,11 @@ enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 8] = [
         Config::Untraced,
+        Config::Floor,
         Config::Counting,
+        Config::Defaults,
         Config::Capture,
         Config::CaptureStats,
         Config::Bpftrace,
@@ -161,7 +196,9 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
+            Config::Floor => "floor",
             Config::Counting => "peerlog-count",
+            Config::Defaults => "peerlog-defaults",
             Config::Capture => "peerlog-capture",
             Config::CaptureStats => "peerlog-capture-stats",
             Config::Bpftrace => "bpftrace",
@@ -172,8 +209,17 @@ impl Config {
     fn is_peerlog(self) -> bool {
         matches!(
             self,
-            Config::Counting | Config::Capture | Config::CaptureStats | Config::Sampling
+            Config::Counting
+                | Config::Defaults
+                | Config::Capture
+                | Config::CaptureStats
+                | Config::Sampling
         )
+    }
+
+    /// Configurations run by bpftrace, which the smoke run tolerates failing.
+    fn is_bpftrace(self) -> bool {
+        matches!(self, Config::Floor | Config::Bpftrace)
     }
 }
 
@@ -257,6 +303,92 @@ fn build() -> Result<Binaries> {
     })
 }
 
+/// The node the scenarios run against.
+enum NodeKind {
+    /// The twin node (the bench's copy of it).
+    Twin(PathBuf),
+    /// A real bitcoind named by `BITCOIND`, started fresh for every run.
+    Bitcoind {
+        path: PathBuf,
+        /// `bitcoin-cli`, beside it: mines the block that takes a fresh
+        /// regtest node out of initial block download.
+        cli: PathBuf,
+        /// The first line of `bitcoind -version`.
+        version: String,
+    },
+}
+
+impl NodeKind {
+    /// `BITCOIND` if it is set and not empty, else the twin.
+    fn from_env(bins: &Binaries) -> Result<NodeKind> {
+        let Some(path) = env::var_os("BITCOIND").filter(|p| !p.is_empty()) else {
+            return Ok(NodeKind::Twin(bins.twin.clone()));
+        };
+        let path = PathBuf::from(path);
+        let output = Command::new(&path)
+            .arg("-version")
+            .output()
+            .with_context(|| format!("BITCOIND={}: cannot run it", path.display()))?;
+        let version = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !output.status.success() || !version.contains("version") {
+            bail!(
+                "BITCOIND={}: `-version` did not print a Bitcoin Core version ({}); \
+                 set BITCOIND to a bitcoind binary",
+                path.display(),
+                output.status
+            );
+        }
+        let cli = path.with_file_name("bitcoin-cli");
+        if !cli.is_file() {
+            bail!(
+                "BITCOIND={}: no {} beside it; the bench needs it to mine the block \
+                 that takes a fresh regtest node out of initial block download",
+                path.display(),
+                cli.display()
+            );
+        }
+        Ok(NodeKind::Bitcoind { path, cli, version })
+    }
+
+    /// The binary, as bpftrace's `$1`.
+    fn binary(&self) -> &Path {
+        match self {
+            NodeKind::Twin(path) | NodeKind::Bitcoind { path, .. } => path,
+        }
+    }
+
+    /// Its short name: in file names and the doc's section markers.
+    fn key(&self) -> &'static str {
+        match self {
+            NodeKind::Twin(_) => "twin",
+            NodeKind::Bitcoind { .. } => "bitcoind",
+        }
+    }
+
+    /// What stands for the binary in the commands the results show.
+    fn placeholder(&self) -> &'static str {
+        match self {
+            NodeKind::Twin(_) => "TWIN",
+            NodeKind::Bitcoind { .. } => "BITCOIND",
+        }
+    }
+
+    /// The node in words, for the results.
+    fn describe(&self) -> String {
+        match self {
+            NodeKind::Twin(_) => "the twin node (`tests/twin/twin.cpp`)".into(),
+            NodeKind::Bitcoind { path, version, .. } => {
+                format!("{version} (`{}`)", path.display())
+            }
+        }
+    }
+}
+
 /// Optional parts, found at run time.
 #[derive(Serialize)]
 struct Tools {
@@ -316,7 +448,7 @@ impl Tools {
                 "not available yet: `peerlog trace --help` lists neither --stats-log nor --flamegraph"
                     .into(),
             ),
-            Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
+            Config::Floor | Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
             Config::Sampling if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") => {
                 Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
             }
@@ -338,11 +470,13 @@ impl Tools {
     fn label(&self, config: Config) -> String {
         match config {
             Config::Untraced => "untraced".into(),
-            Config::Counting => "peerlog, counting only".into(),
-            Config::Capture => "peerlog, full capture".into(),
+            Config::Floor => "floor: bpftrace, empty probes".into(),
+            Config::Counting => "peerlog --no-accounting (counting only)".into(),
+            Config::Defaults => "peerlog, defaults (accounting on)".into(),
+            Config::Capture => "peerlog --no-accounting --capture".into(),
             Config::CaptureStats => self.stats_label(),
             Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
-            Config::Sampling => "peerlog, counting + 99 Hz sampling".into(),
+            Config::Sampling => "peerlog --no-accounting, 99 Hz sampling".into(),
         }
     }
 }
@@ -587,15 +721,25 @@ fn memory_mib(pid: i32) -> Result<(f64, f64)> {
 // One run
 // ---------------------------------------------------------------------------
 
-/// A twin node started for one run.
-struct Twin {
+/// A node started for one run.
+struct Node {
     proc: Proc,
     addr: String,
+    /// The blocks it serves, (hash, size): the twin's two built-in blocks.
     blocks: Vec<(String, usize)>,
+    what: &'static str,
 }
 
-impl Twin {
-    fn start(binary: &Path, scenario: &Scenario) -> Result<Twin> {
+impl Node {
+    /// Starts `kind` for `scenario`; a bitcoind keeps its data in `dir`.
+    fn start(kind: &NodeKind, scenario: &Scenario, dir: &Path) -> Result<Node> {
+        match kind {
+            NodeKind::Twin(binary) => Node::twin(binary, scenario),
+            NodeKind::Bitcoind { path, cli, .. } => Node::bitcoind(path, cli, dir),
+        }
+    }
+
+    fn twin(binary: &Path, scenario: &Scenario) -> Result<Node> {
         let mut cmd = Command::new(binary);
         cmd.args(["-port=0", "-printport"]);
         if let Some(size) = scenario.block_size {
@@ -614,32 +758,129 @@ impl Twin {
                 blocks.push((hash.to_string(), size.trim().parse()?));
             }
         }
-        Ok(Twin {
+        Ok(Node {
             proc,
             addr: addr.expect("loop ends with an address"),
             blocks,
+            what: "the twin node",
+        })
+    }
+
+    /// A fresh bitcoind on regtest, loopback only, its data in `dir`, which
+    /// lets the load generator's 125 peers in and relays their transactions
+    /// without delay, then mines a block to leave initial block download
+    /// (until then it ignores transaction announcements).
+    fn bitcoind(path: &Path, cli: &Path, dir: &Path) -> Result<Node> {
+        let datadir = dir.join("bitcoind");
+        fs::create_dir_all(&datadir).with_context(|| format!("creating {}", datadir.display()))?;
+        let datadir_arg = format!("-datadir={}", path_arg(&datadir)?);
+        let (port, rpc_port) = two_free_ports()?;
+        let mut cmd = Command::new(path);
+        cmd.args(["-regtest", &datadir_arg])
+            .arg(format!("-bind=127.0.0.1:{port}"))
+            .arg(format!("-port={port}"))
+            .arg(format!("-rpcport={rpc_port}"))
+            .args([
+                "-listen=1",
+                "-rpcbind=127.0.0.1",
+                "-rpcallowip=127.0.0.1",
+                // noban makes inbound peers (which advertise NODE_NETWORK)
+                // preferred for transaction download: it asks for what they
+                // announce without the 2 s delay of other inbound peers.
+                // relay: no cap on their announcements in flight.
+                "-whitelist=noban,relay@127.0.0.1",
+                // 125 load generator peers exceed the ~114 inbound slots of
+                // the default 125.
+                "-maxconnections=300",
+                "-dnsseed=0",
+                "-fixedseeds=0",
+                "-discover=0",
+                "-listenonion=0",
+                "-printtoconsole=0",
+            ]);
+        let mut proc = Proc::spawn("bitcoind", cmd, Stream::Stderr)?;
+        let addr = format!("127.0.0.1:{port}");
+        let sock: std::net::SocketAddr = addr.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_err() {
+            if let Some(status) = proc.child.try_wait()? {
+                proc.reaped = true;
+                thread::sleep(Duration::from_millis(50));
+                bail!(
+                    "bitcoind exited ({status}) before listening on {addr}:\n{}",
+                    proc.text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "bitcoind did not listen on {addr} within 60 s:\n{}",
+                    proc.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let mined = Command::new(cli)
+            .args(["-regtest", &datadir_arg])
+            .arg(format!("-rpcport={rpc_port}"))
+            .args([
+                "-rpcwait",
+                "-rpcwaittimeout=60",
+                "generatetodescriptor",
+                "1",
+                "raw(51)",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", cli.display()))?;
+        if !mined.status.success() {
+            bail!(
+                "bitcoin-cli generatetodescriptor failed ({}): {}",
+                mined.status,
+                String::from_utf8_lossy(&mined.stderr).trim()
+            );
+        }
+        Ok(Node {
+            proc,
+            addr,
+            blocks: Vec::new(),
+            what: "bitcoind",
         })
     }
 
     fn stop(mut self) -> Result<()> {
         self.proc.signal(libc::SIGTERM);
-        let status = self.proc.wait(Duration::from_secs(30))?;
+        let status = self.proc.wait(Duration::from_secs(60))?;
         if !status.success() {
-            bail!("the twin node exited with {status}");
+            bail!("{} exited with {status}:\n{}", self.what, self.proc.text());
         }
         Ok(())
     }
+}
+
+/// Two TCP ports free on loopback, for a bitcoind's P2P and RPC: both
+/// listeners are held until both ports are known, so they differ.
+fn two_free_ports() -> Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    let b = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// A running tracer.
 struct Tracer {
     proc: Proc,
     /// bpftrace's output file; None for peerlog.
-    bpftrace_output: Option<PathBuf>,
+    bpftrace_output: Option<BpftraceOutput>,
     /// How it was started, for the results.
     command: String,
     /// What it said when it attached (peerlog: how many probe sites).
     attached: String,
+}
+
+/// Where a bpftrace run writes, and whether its script logs a line per
+/// message (the reference) or nothing (the floor).
+struct BpftraceOutput {
+    path: PathBuf,
+    logs_messages: bool,
 }
 
 /// What a tracer reported, over its whole run.
@@ -660,8 +901,9 @@ struct TracerRun {
     /// Anonymous (heap) RSS at the end of the load, MiB: the tracer's own
     /// memory, without mapped files and rings.
     rss_anon_mib: f64,
-    /// P2P messages the tracer saw (both directions).
-    events_seen: u64,
+    /// P2P messages the tracer saw (both directions); None for the floor,
+    /// which has no output.
+    events_seen: Option<u64>,
     /// Events the tracer reported lost.
     events_lost: u64,
     /// Kernel-to-userspace event latency percentiles, µs (peerlog only).
@@ -674,6 +916,7 @@ impl Tracer {
         config: Config,
         bins: &Binaries,
         tools: &Tools,
+        node: &NodeKind,
         pid: i32,
         dir: &Path,
     ) -> Result<Option<Tracer>> {
@@ -685,8 +928,14 @@ impl Tracer {
         };
         let peerlog_args: Vec<String> = match config {
             Config::Untraced => return Ok(None),
-            Config::Bpftrace => return Tracer::bpftrace(bins, pid, dir).map(Some),
+            Config::Floor => {
+                return Tracer::bpftrace("empty_probe.bt", node, pid, dir).map(Some);
+            }
+            Config::Bpftrace => {
+                return Tracer::bpftrace("log_p2p_traffic.bt", node, pid, dir).map(Some);
+            }
             Config::Counting => net_only().collect(),
+            Config::Defaults => Vec::new(),
             Config::Sampling => net_only()
                 .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
                 .collect(),
@@ -717,21 +966,23 @@ impl Tracer {
             bpftrace_output: None,
             // The run's directory as DIR: the command as a reader would type it.
             command: format!("peerlog trace --pid PID {}", peerlog_args.join(" "))
-                .replace(&path_arg(dir)?, "DIR"),
+                .replace(&path_arg(dir)?, "DIR")
+                .trim_end()
+                .to_string(),
             attached,
         }))
     }
 
-    fn bpftrace(bins: &Binaries, pid: i32, dir: &Path) -> Result<Tracer> {
-        let script = workspace_root().join("xtask/bench/log_p2p_traffic.bt");
+    /// bpftrace running `xtask/bench/SCRIPT` with the node's binary as `$1`.
+    fn bpftrace(script: &str, node: &NodeKind, pid: i32, dir: &Path) -> Result<Tracer> {
         let output = dir.join("bpftrace.log");
         let mut cmd = Command::new("bpftrace");
         cmd.arg("-p")
             .arg(pid.to_string())
             .arg("-o")
             .arg(&output)
-            .arg(&script)
-            .arg(&bins.twin);
+            .arg(workspace_root().join("xtask/bench").join(script))
+            .arg(node.binary());
         let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
         while !fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")) {
@@ -753,8 +1004,15 @@ impl Tracer {
         thread::sleep(BPFTRACE_ATTACH_GRACE);
         Ok(Tracer {
             proc,
-            bpftrace_output: Some(output),
-            command: "bpftrace -p PID -o FILE xtask/bench/log_p2p_traffic.bt TWIN".into(),
+            bpftrace_output: Some(BpftraceOutput {
+                path: output,
+                // The floor's empty probes print nothing.
+                logs_messages: script != "empty_probe.bt",
+            }),
+            command: format!(
+                "bpftrace -p PID -o FILE xtask/bench/{script} {}",
+                node.placeholder()
+            ),
             attached: "Attaching 2 probes...".into(),
         })
     }
@@ -773,19 +1031,23 @@ impl Tracer {
             bail!("{} failed ({status}):\n{stderr}", self.proc.what);
         }
         let (events_seen, events_lost, latency) = match &self.bpftrace_output {
-            Some(path) => {
+            Some(BpftraceOutput {
+                path,
+                logs_messages,
+            }) => {
                 let log = fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let seen = log
-                    .lines()
-                    .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
-                    .count() as u64;
+                let seen = logs_messages.then(|| {
+                    log.lines()
+                        .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
+                        .count() as u64
+                });
                 (seen, bpftrace_lost(&log) + bpftrace_lost(&stderr), None)
             }
             None => {
                 let summary = PeerlogSummary::parse(&stderr)?;
                 (
-                    summary.received + summary.sent,
+                    Some(summary.received + summary.sent),
                     summary.events_lost,
                     summary.latency_us,
                 )
@@ -906,6 +1168,7 @@ fn run_one(
     round: usize,
     bins: &Binaries,
     tools: &Tools,
+    kind: &NodeKind,
 ) -> Result<Run> {
     let dir = workspace_root().join("target/bench/runs").join(format!(
         "{}-{}-{round}",
@@ -915,15 +1178,15 @@ fn run_one(
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let twin = Twin::start(&bins.twin, scenario)?;
+    let node = Node::start(kind, scenario, &dir)?;
     let bpf_stats = (config == Config::Sampling)
         .then(BpfStats::enable)
         .transpose()?;
-    let tracer = Tracer::start(config, bins, tools, twin.proc.pid(), &dir)?;
+    let tracer = Tracer::start(config, bins, tools, kind, node.proc.pid(), &dir)?;
 
     let report_path = dir.join("load.json");
     let mut cmd = Command::new(&bins.loadgen);
-    cmd.args(["--target", &twin.addr])
+    cmd.args(["--target", &node.addr])
         .args(["--peers", &scenario.peers.to_string()])
         .args(["--mix", scenario.mix])
         .args(["--in-flight", &scenario.in_flight.to_string()])
@@ -931,20 +1194,23 @@ fn run_one(
         .arg("--json")
         .arg(&report_path);
     // The block of the asked size, not the twin's 4,000,000-byte one.
-    let block = scenario.block_size.map(|size| {
-        twin.blocks
-            .iter()
-            .min_by_key(|(_, s)| s.abs_diff(size))
-            .cloned()
-            .expect("the twin serves two blocks")
-    });
+    let block = scenario
+        .block_size
+        .map(|size| {
+            node.blocks
+                .iter()
+                .min_by_key(|(_, s)| s.abs_diff(size))
+                .cloned()
+                .context("the node serves no block")
+        })
+        .transpose()?;
     if let Some((hash, _)) = &block {
         cmd.args(["--block", hash]);
     }
     let mut load = Proc::spawn("peerlog-loadgen", cmd, Stream::Stderr)?;
     load.wait_for_line(|l| l.contains("window started"), Duration::from_secs(120))?;
     let started = Instant::now();
-    let target_cpu0 = cpu_seconds(twin.proc.pid())?;
+    let target_cpu0 = cpu_seconds(node.proc.pid())?;
     let loadgen_cpu0 = cpu_seconds(load.pid())?;
     let tracer_cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let sampler = |t: &Option<Tracer>| match (&bpf_stats, t) {
@@ -957,7 +1223,7 @@ fn run_one(
         plan.duration + Duration::from_secs(60),
     )?;
     let window_secs = started.elapsed().as_secs_f64();
-    let target_cpu_secs = cpu_seconds(twin.proc.pid())? - target_cpu0;
+    let target_cpu_secs = cpu_seconds(node.proc.pid())? - target_cpu0;
     let loadgen_cpu_secs = cpu_seconds(load.pid())? - loadgen_cpu0;
     let tracer_cpu_secs = match (&tracer, tracer_cpu0) {
         (Some(t), Some(before)) => Some(cpu_seconds(t.pid())? - before),
@@ -993,10 +1259,10 @@ fn run_one(
         (Some(t), Some(cpu)) => Some(t.stop(cpu, window_secs)?),
         _ => None,
     };
-    twin.stop()?;
+    node.stop()?;
     drop(bpf_stats);
     // Captures of the block scenario run to gigabytes; the figures are kept
-    // in the results.
+    // in the results. A bitcoind's data directory goes too.
     fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
 
     Ok(Run {
@@ -1040,7 +1306,13 @@ struct Row {
     answered_per_sec: f64,
     /// Throughput relative to untraced in the same round: median, min, max.
     throughput_ratio: Option<(f64, f64, f64)>,
+    /// Throughput relative to the floor in the same round: median, min, max.
+    floor_ratio: Option<(f64, f64, f64)>,
     target_cpu_us_per_msg: f64,
+    /// The node's CPU time per message minus the floor's in the same round,
+    /// µs, median over the rounds: what this configuration costs the node on
+    /// top of merely probing every message.
+    cpu_us_per_msg_beyond_floor: Option<f64>,
     answer_p99_us: u64,
     load_errors: u64,
     target_cpu_percent: f64,
@@ -1072,27 +1344,55 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
+/// Median, min and max, if there are any values.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    (!values.is_empty()).then(|| {
+        (
+            median(values.iter().copied()),
+            values.iter().copied().fold(f64::INFINITY, f64::min),
+            values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    })
+}
+
+/// `f(run of config, run of base)` for each round of `scenario` in which
+/// both ran: comparisons within a round, where the machine was in the same
+/// state.
+fn per_round(
+    runs: &[Run],
+    scenario: &str,
+    config: Config,
+    base: Config,
+    f: impl Fn(&Run, &Run) -> Option<f64>,
+) -> Vec<f64> {
+    let of = |c: Config| {
+        runs.iter()
+            .filter(move |r| r.scenario == scenario && r.config == c.name())
+    };
+    of(config)
+        .filter_map(|r| f(r, of(base).find(|b| b.round == r.round)?))
+        .collect()
+}
+
+/// Throughput of a run over its base's.
+fn throughput_ratio(run: &Run, base: &Run) -> Option<f64> {
+    (base.answered_per_sec > 0.0).then(|| run.answered_per_sec / base.answered_per_sec)
+}
+
+fn rows(scenarios: &[&Scenario], tools: &Tools, runs: &[Run]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for scenario in &plan.scenarios {
-        let of = |config: Config| -> Vec<&Run> {
-            runs.iter()
-                .filter(|r| r.scenario == scenario.name && r.config == config.name())
-                .collect()
-        };
-        let untraced: BTreeMap<usize, f64> = of(Config::Untraced)
-            .iter()
-            .map(|r| (r.round, r.answered_per_sec))
-            .collect();
+    for scenario in scenarios {
         for config in Config::ALL {
-            let these = of(config);
-            let ratios: Vec<f64> = these
+            let these: Vec<&Run> = runs
                 .iter()
-                .filter_map(|r| {
-                    let base = untraced.get(&r.round)?;
-                    (*base > 0.0).then(|| r.answered_per_sec / base)
-                })
+                .filter(|r| r.scenario == scenario.name && r.config == config.name())
                 .collect();
+            let versus = |base: Config, f: fn(&Run, &Run) -> Option<f64>| {
+                per_round(runs, scenario.name, config, base, f)
+            };
+            let beyond_floor = versus(Config::Floor, |r, floor| {
+                Some(r.target_cpu_us_per_msg - floor.target_cpu_us_per_msg)
+            });
             let tracers: Vec<&TracerRun> = these.iter().filter_map(|r| r.tracer.as_ref()).collect();
             let traced = !tracers.is_empty();
             let mut p50s: Vec<u64> = tracers.iter().filter_map(|t| t.latency_p50_us).collect();
@@ -1105,14 +1405,11 @@ fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
                 unavailable: tools.unavailable(config),
                 runs: these.len(),
                 answered_per_sec: median(these.iter().map(|r| r.answered_per_sec)),
-                throughput_ratio: (!ratios.is_empty()).then(|| {
-                    (
-                        median(ratios.iter().copied()),
-                        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                        ratios.iter().copied().fold(0.0, f64::max),
-                    )
-                }),
+                throughput_ratio: spread(&versus(Config::Untraced, throughput_ratio)),
+                floor_ratio: spread(&versus(Config::Floor, throughput_ratio)),
                 target_cpu_us_per_msg: median(these.iter().map(|r| r.target_cpu_us_per_msg)),
+                cpu_us_per_msg_beyond_floor: (!beyond_floor.is_empty())
+                    .then(|| median(beyond_floor)),
                 answer_p99_us: median(these.iter().map(|r| r.answer_p99_us as f64)) as u64,
                 load_errors: these.iter().map(|r| r.load_errors).sum(),
                 target_cpu_percent: median(these.iter().map(|r| r.target_cpu_percent)),
@@ -1126,9 +1423,10 @@ fn rows(plan: &Plan, tools: &Tools, runs: &[Run]) -> Vec<Row> {
                 runs_missing_events: these
                     .iter()
                     .filter(|r| {
-                        r.tracer
-                            .as_ref()
-                            .is_some_and(|t| t.events_seen + t.events_lost < r.messages)
+                        r.tracer.as_ref().is_some_and(|t| {
+                            t.events_seen
+                                .is_some_and(|seen| seen + t.events_lost < r.messages)
+                        })
                     })
                     .count(),
                 latency_p50_us: p50s.get(p50s.len() / 2).copied(),
@@ -1164,8 +1462,14 @@ fn find<'a>(rows: &'a [Row], scenario: &str, config: Config) -> Option<&'a Row> 
         .find(|r| r.scenario == scenario && r.config == config.name() && r.runs > 0)
 }
 
-fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
-    let saturating: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.saturating()).collect();
+/// `scenarios` are those that ran; `runs` are every run's figures, for
+/// comparisons within a round.
+fn check_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<TargetCheck> {
+    let saturating: Vec<&Scenario> = scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.saturating())
+        .collect();
     let ratio = |s: &str, c: Config| {
         find(rows, s, c)
             .and_then(|r| r.throughput_ratio)
@@ -1185,8 +1489,7 @@ fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
     // time (kernel BPF statistics) over the node's CPU time without it. The
     // node's CPU per message moves by more than 1% between runs on this
     // shared machine, so a difference of two runs could not show it.
-    let per: Vec<(String, Option<f64>)> = plan
-        .scenarios
+    let per: Vec<(String, Option<f64>)> = scenarios
         .iter()
         .map(|s| {
             (
@@ -1346,6 +1649,149 @@ fn check_targets(plan: &Plan, rows: &[Row]) -> Vec<TargetCheck> {
             format!("worst p99: {} ({} {})", micros(p99), r.scenario, r.config)
         }),
     });
+
+    checks.extend(issue_10_targets(scenarios, rows, runs));
+    checks.extend(issue_12_targets(scenarios, rows));
+    checks
+}
+
+/// A target judged in each of `per` (scenario, value): met when every value
+/// passes, not measured when any is missing.
+fn in_every_scenario(
+    target: &str,
+    per: &[(&str, Option<f64>)],
+    pass: impl Fn(f64) -> bool,
+    show: impl Fn(f64) -> String,
+) -> TargetCheck {
+    TargetCheck {
+        target: target.into(),
+        met: per
+            .iter()
+            .map(|(_, v)| v.map(&pass))
+            .collect::<Option<Vec<bool>>>()
+            .map(|v| v.iter().all(|&b| b)),
+        detail: per
+            .iter()
+            .map(|(s, v)| format!("{s}: {}", v.map_or("n/a".into(), &show)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Issue 10: peerlog with its defaults (per-peer accounting, no uprobe on
+/// bitcoind's functions) costs an idle node next to nothing and a busy one
+/// little more than `--no-accounting`.
+fn issue_10_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<TargetCheck> {
+    let ran = |name: &str| scenarios.iter().any(|s| s.name == name);
+    let mut checks = Vec::new();
+
+    let idle_diffs = per_round(runs, "idle", Config::Defaults, Config::Untraced, |d, u| {
+        Some(d.target_cpu_percent - u.target_cpu_percent)
+    });
+    let cpu = |c: Config| find(rows, "idle", c).map(|r| r.target_cpu_percent);
+    checks.push(TargetCheck {
+        target: "#10: with 125 idle peers, node CPU with defaults ≤ untraced + 1 percentage point"
+            .into(),
+        met: (ran("idle") && !idle_diffs.is_empty()).then(|| median(idle_diffs.clone()) <= 1.0),
+        detail: match (cpu(Config::Defaults), cpu(Config::Untraced)) {
+            (Some(d), Some(u)) if !idle_diffs.is_empty() => format!(
+                "defaults {d:.1} % vs untraced {u:.1} % of a core (medians); \
+                 defaults − untraced per round: {} pp, median {:+.2}",
+                idle_diffs
+                    .iter()
+                    .map(|d| format!("{d:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(idle_diffs.clone())
+            ),
+            _ => "not measured".into(),
+        },
+    });
+
+    let flood = spread(&per_round(
+        runs,
+        "ping-flood",
+        Config::Defaults,
+        Config::Counting,
+        throughput_ratio,
+    ));
+    checks.push(TargetCheck {
+        target: "#10: ping flood throughput with defaults ≥ 0.90 × --no-accounting's (same round)"
+            .into(),
+        met: flood.map(|(m, _, _)| m >= 0.90),
+        detail: flood.map_or("not measured".into(), |(m, lo, hi)| {
+            format!("defaults / --no-accounting: {m:.3} ({lo:.2}–{hi:.2})")
+        }),
+    });
+    checks
+}
+
+/// Issue 12: `--no-accounting --capture` measured against the floor (empty
+/// probes on the same tracepoints) and the bpftrace reference.
+fn issue_12_targets(scenarios: &[&Scenario], rows: &[Row]) -> Vec<TargetCheck> {
+    let floor_ratio =
+        |s: &str, c: Config| find(rows, s, c).and_then(|r| r.floor_ratio).map(|r| r.0);
+    let saturating: Vec<&str> = scenarios
+        .iter()
+        .filter(|s| s.saturating())
+        .map(|s| s.name)
+        .collect();
+    let mut checks = Vec::new();
+
+    let per: Vec<(&str, Option<f64>)> = saturating
+        .iter()
+        .map(|&s| (s, floor_ratio(s, Config::Capture)))
+        .collect();
+    checks.push(in_every_scenario(
+        "#12: --no-accounting --capture keeps ≥ 0.93 of the floor's throughput",
+        &per,
+        |r| r >= 0.93,
+        |r| format!("{r:.3}"),
+    ));
+
+    let per: Vec<(&str, Option<f64>)> = saturating
+        .iter()
+        .map(|&s| {
+            let margin = floor_ratio(s, Config::Capture)
+                .zip(floor_ratio(s, Config::Bpftrace))
+                .map(|(capture, bpftrace)| capture - bpftrace);
+            (s, margin)
+        })
+        .collect();
+    checks.push(in_every_scenario(
+        "#12: --no-accounting --capture's throughput vs the floor ≥ bpftrace's + 0.05",
+        &per,
+        |m| m >= 0.05,
+        |m| format!("{m:+.3}"),
+    ));
+
+    let capture: Vec<&Row> = scenarios
+        .iter()
+        .filter_map(|s| find(rows, s.name, Config::Capture))
+        .collect();
+    let rss = capture
+        .iter()
+        .filter_map(|r| Some((r.tracer_peak_rss_mib?, r.scenario.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    checks.push(TargetCheck {
+        target: "#12: --no-accounting --capture peak RSS < 64 MiB".into(),
+        met: rss.map(|(mib, _)| mib < 64.0),
+        detail: rss.map_or("not measured".into(), |(mib, s)| {
+            format!("largest: {mib:.1} MiB ({s})")
+        }),
+    });
+
+    let p99 = capture
+        .iter()
+        .filter_map(|r| Some((r.latency_p99_us?, r.scenario.as_str())))
+        .max_by_key(|(p99, _)| *p99);
+    checks.push(TargetCheck {
+        target: "#12: --no-accounting --capture p99 event latency < 10 ms".into(),
+        met: p99.map(|(p99, _)| p99 < 10_000),
+        detail: p99.map_or("not measured".into(), |(p99, s)| {
+            format!("worst p99: {} ({s})", micros(p99))
+        }),
+    });
     checks
 }
 
@@ -1360,8 +1806,8 @@ fn micros(us: u64) -> String {
 /// The table, in Markdown (readable as text too).
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| scenario | configuration | answered/s | vs untraced, median (min–max) | node CPU per msg | answer p99 | CPU: node / load / tracer | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | configuration | answered/s | vs untraced, median (min–max) | vs floor, median (min–max) | node CPU per msg | beyond floor | answer p99 | CPU: node / load / tracer | tracer peak RSS (heap) | events lost | event latency p50 / p99 |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut last = "";
     for r in rows {
@@ -1372,20 +1818,24 @@ fn table(rows: &[Row]) -> String {
         };
         last = &r.scenario;
         if let Some(why) = &r.unavailable {
-            t += &format!("| {scenario} | {} | {why} | | | | | | | |\n", r.label);
+            t += &format!("| {scenario} | {} | {why} | | | | | | | | | |\n", r.label);
             continue;
         }
         if r.runs == 0 {
             t += &format!(
-                "| {scenario} | {} | no successful run | | | | | | | |\n",
+                "| {scenario} | {} | no successful run | | | | | | | | | |\n",
                 r.label
             );
             continue;
         }
         let dash = || "–".to_string();
-        let ratio = r
-            .throughput_ratio
-            .map_or_else(dash, |(m, lo, hi)| format!("{m:.3} ({lo:.2}–{hi:.2})"));
+        let ratio = |spread: Option<(f64, f64, f64)>| {
+            spread.map_or_else(dash, |(m, lo, hi)| format!("{m:.3} ({lo:.2}–{hi:.2})"))
+        };
+        let (ratio, floor_ratio) = (ratio(r.throughput_ratio), ratio(r.floor_ratio));
+        let beyond_floor = r
+            .cpu_us_per_msg_beyond_floor
+            .map_or_else(dash, |us| format!("{us:+.1} µs"));
         let mut answered = format!("{:.0}", r.answered_per_sec);
         if r.load_errors > 0 {
             answered += &format!(" ({} errors)", r.load_errors);
@@ -1413,8 +1863,8 @@ fn table(rows: &[Row]) -> String {
         let (label, cpu_per_msg, answer_p99) =
             (&r.label, r.target_cpu_us_per_msg, micros(r.answer_p99_us));
         t += &format!(
-            "| {scenario} | {label} | {answered} | {ratio} | {cpu_per_msg:.1} µs | {answer_p99} \
-             | {cpu} | {rss} | {lost} | {latency} |\n"
+            "| {scenario} | {label} | {answered} | {ratio} | {floor_ratio} | {cpu_per_msg:.1} µs \
+             | {beyond_floor} | {answer_p99} | {cpu} | {rss} | {lost} | {latency} |\n"
         );
     }
     t
@@ -1441,9 +1891,10 @@ struct Machine {
     cpu_model: String,
     kernel: String,
     memory_gib: f64,
-    /// 1, 5 and 15 minute load averages when the bench started: other work
-    /// on the machine shows here.
+    /// 1, 5 and 15 minute load averages when the bench started and when it
+    /// ended: other work on the machine shows here.
     load_average_at_start: String,
+    load_average_at_end: String,
 }
 
 impl Machine {
@@ -1456,7 +1907,6 @@ impl Machine {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0.0);
-        let loadavg = read("/proc/loadavg");
         Machine {
             cpus: thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model: cpuinfo
@@ -1466,13 +1916,20 @@ impl Machine {
                 .unwrap_or_else(|| "unknown".into()),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             memory_gib: mem_kib / (1024.0 * 1024.0),
-            load_average_at_start: loadavg
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
+            load_average_at_start: load_average(),
+            load_average_at_end: String::new(),
         }
     }
+}
+
+/// The 1, 5 and 15 minute load averages, e.g. "2.10 1.80 1.50".
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -1490,6 +1947,10 @@ fn command_output(program: &str, args: &[&str]) -> String {
 #[derive(Serialize)]
 struct Results<'a> {
     mode: &'static str,
+    /// "twin" or "bitcoind".
+    node_kind: &'static str,
+    /// The node in words (a bitcoind's version and path).
+    node: String,
     date: String,
     commit: String,
     machine: Machine,
@@ -1498,97 +1959,188 @@ struct Results<'a> {
     total_secs: f64,
     tools: &'a Tools,
     rows: Vec<Row>,
+    /// Scenarios this node cannot run, with why.
+    skipped: Vec<SkippedScenario>,
     targets: Vec<TargetCheck>,
     failures: Vec<String>,
     runs: Vec<Run>,
 }
 
-/// The text of `docs/benchmarks.md`; `{name}` marks what [`markdown`] fills in.
+/// A scenario not run against this node.
+#[derive(Debug, Serialize)]
+struct SkippedScenario {
+    scenario: String,
+    title: String,
+    reason: String,
+}
+
+/// The text of `docs/benchmarks.md`; `{twin}` and `{bitcoind}` are each
+/// node's section, [`section`]'s text between its markers.
 const DOC_TEMPLATE: &str = r#"# Benchmarks
 
-What tracing a node with peerlog costs it, side by side with the bpftrace
-reference, measured by `cargo xtask bench` (about 7 minutes on two cores,
-plus the release build; `cargo xtask bench --smoke` is the one-minute version
-CI runs). That command writes this file: the figures below are its latest
-full run.
+What tracing a node with peerlog costs it, side by side with the floor (empty
+probes on the same tracepoints) and the bpftrace reference, measured by
+`cargo xtask bench` against the twin node, and by
+`BITCOIND=/path/to/bitcoind cargo xtask bench` against a real bitcoind:
+at most about 12 minutes per node on two cores, plus the release build
+(three rounds of 5 s windows, as before the floor and the defaults were
+added). `cargo xtask bench --smoke`, a second per run, is the version CI
+runs. Each node's run writes its own section below and leaves the other's as
+it was.
 
-## Latest run
+## Twin node
 
-{date}, commit {commit}; {rounds} rounds of {duration} s per configuration
-and scenario, {total} s in all.
+{twin}
 
-Machine: {machine}; load average {load} when the bench started. The machine
-was shared with other builds, and the node, the tracer and the load generator
-share its cores, so absolute figures move between runs; compare ratios within
-a round.
+## Real bitcoind
 
-{table}
-Targets:
+{bitcoind}
 
-{targets}{failures}
 ## What is measured
 
-**Node.** The twin node (`tests/twin/twin.cpp`), started fresh for every run.
+**Nodes.** The twin node (`tests/twin/twin.cpp`), started fresh for every run.
 It has bitcoind's tracepoints, semaphores and `b-net`/`b-msghand` threads; its
 message handling is far cheaper than bitcoind's, so tracing overhead relative
-to its work is larger than bitcoind would see.
+to its work is larger than bitcoind would see. With
+`BITCOIND=/path/to/bitcoind`, a real bitcoind instead, also fresh for every
+run: regtest, loopback only, its own data directory,
+`-whitelist=noban,relay@127.0.0.1` (its inbound peers are then preferred for
+transaction download, so it asks for what they announce without its 2 s
+delay, and their announcements are not capped), `-maxconnections=300` (room
+for 125 inbound peers), and one block mined with `bitcoin-cli
+generatetodescriptor` so that it leaves initial block download and relays
+transactions. A fresh regtest node has no ~1 MB block to serve, so the block
+scenario is skipped on it. The node's CPU time counts all its threads.
 
 **Load.** `peerlog-loadgen` (`tests/src/loadgen.rs`, on peerlog's P2P client):
 ping flood (8 peers × 8 pings in flight), transaction relay (32 peers × 4
 `inv` in flight, each answered by the node's `getdata`, then sent the `tx`),
-block serving (4 peers × 2 `getdata` in flight for a {block_size}-byte block,
-the twin's `-blocksize=1000000`), and 125 idle peers pinging once a second.
-The first three are closed loops: they run as fast as the node answers, so
-tracing overhead shows as lost throughput.
+block serving (4 peers × 2 `getdata` in flight for the twin's block closest
+to 1,000,000 bytes, `-blocksize=1000000`), and 125 idle peers pinging once a
+second. The first three are closed loops: they run as fast as the node
+answers, so tracing overhead shows as lost throughput.
 
-**Configurations**, interleaved in each round (their order rotates): untraced,
-then
+**Configurations**, interleaved in each round (their order rotates; the
+exact commands are in each section):
 
-{commands}
-Counting and capture trace the net:* tracepoints only (`--no-accounting`), as
-the bpftrace reference does; the third is peerlog with everything on: its
-per-peer accounting probes (on by default), the stats log and 99 Hz sampling.
-The last adds only 99 Hz CPU sampling to counting; what sampling costs the
-node is the sampling program's own run time in the node's threads, from the
-kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs only),
-over the node's CPU time without it.
-`xtask/bench/log_p2p_traffic.bt` is the equivalent of Bitcoin Core's
-`contrib/tracing/log_p2p_traffic.bt` (one text line per message, no payload),
-run by Debian's bpftrace with its output in a file. bpftrace raises the twin's
-USDT semaphores itself (with `-p PID`); every run checks that it saw at least
-the messages of the window.
+- *untraced*;
+- *floor*: bpftrace running `xtask/bench/empty_probe.bt`, empty actions on
+  net:inbound_message and net:outbound_message: a uprobe on every message
+  and nothing else, which no tracer of those tracepoints can go below;
+- *peerlog --no-accounting*: the net:* tracepoints only, counting, nothing
+  written;
+- *peerlog, defaults*: `peerlog trace --pid PID` and nothing else: per-peer
+  accounting on, which puts no uprobe on the node's functions (per-peer CPU
+  from slices cut by the message tracepoints and a sched_switch raw
+  tracepoint, bytes read from the node's CNodes through its DWARF);
+- *peerlog --no-accounting --capture*: every payload written to disk;
+- *peerlog, capture + stats + 99 Hz sampling*: everything on (accounting,
+  capture, `--stats-log`, `--flamegraph`);
+- *bpftrace log_p2p_traffic.bt*: the equivalent of Bitcoin Core's
+  `contrib/tracing/log_p2p_traffic.bt` (one text line per message, no
+  payload), run by Debian's bpftrace with its output in a file; every run
+  checks that it saw at least the messages of the window;
+- *peerlog --no-accounting, 99 Hz sampling*: what sampling alone costs the
+  node is the sampling program's own run time in the node's threads, from the
+  kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs
+  only), over the node's CPU time without it.
+
+bpftrace raises the node's USDT semaphores itself (with `-p PID`), and is
+given the node's binary as `$1`.
 
 **Columns.** *answered/s*: requests the node answered per second over the
-window. *vs untraced*: that throughput over the untraced run's of the same
-round. *node CPU per msg*: the node's user+system CPU time (`/proc/PID/stat`)
-over the window, divided by the P2P messages exchanged in it. *answer p99*:
-the load generator's answer latency. *CPU*: the node's, the load generator's
-and the tracer's CPU time over the window, in percent of one core; where they
-add up to the machine's cores (200 % here), every cycle a tracer takes is
-taken from the node or its load, which is most of what the closed-loop ratios
-show. *tracer peak RSS*: `VmHWM` before it
-stops, and in parentheses its heap (`RssAnon` at the end of the load);
-peerlog's peak RSS includes its kernel ring buffer, whose data pages are
-mapped twice (so that records never wrap): 32 MiB of RSS for the default
-`--ring-size 16`. *events lost*: as the tracer reports them (peerlog's
-summary, bpftrace's `Lost N events`). *event latency*: peerlog's
-kernel-to-userspace latency per message (CLOCK_MONOTONIC when peerlog handles
-it minus the tracepoint's timestamp); bpftrace has no equivalent.
+window. *vs untraced*, *vs floor*: that throughput over the untraced run's,
+and over the floor run's, of the same round. *node CPU per msg*: the node's
+user+system CPU time (`/proc/PID/stat`) over the window, divided by the P2P
+messages exchanged in it; *beyond floor*: that minus the floor's of the same
+round, what the configuration adds to merely probing each message. *answer
+p99*: the load generator's answer latency. *CPU*: the node's, the load
+generator's and the tracer's CPU time over the window, in percent of one
+core; where they add up to the machine's cores (200 % here), every cycle a
+tracer takes is taken from the node or its load, which is most of what the
+closed-loop ratios show. *tracer peak RSS*: `VmHWM` before it stops, and in
+parentheses its heap (`RssAnon` at the end of the load); peerlog's peak RSS
+includes its kernel ring buffer, whose data pages are mapped twice (so that
+records never wrap): 32 MiB of RSS for the default `--ring-size 16`. *events
+lost*: as the tracer reports them (peerlog's summary, bpftrace's `Lost N
+events`). *event latency*: peerlog's kernel-to-userspace latency per message
+(CLOCK_MONOTONIC when peerlog handles it minus the tracepoint's timestamp);
+bpftrace has no equivalent.
 
 **Reading it.** The twin handles messages on one thread, like bitcoind's
 `b-msghand`: in the closed loops it runs at about 100 % of a core (the CPU
 column), so its throughput is the inverse of its CPU time per message, and a
 tracer's cost shows as the time its probes add to each message (node CPU per
 msg), paid in the node's thread whatever the tracer does with the event
-afterwards. Compare that column between peerlog and bpftrace for the cost of
-the probes themselves.
+afterwards. The floor is that cost for an empty probe; *beyond floor* is
+what a tracer's own programs add to it.
 
-Figures are medians over the rounds (the ratio with its range), except peak
-RSS (the largest), events lost (the sum) and event latency (the median p50,
-the worst p99). Every run's figures: `target/bench/results.json`.
+Figures are medians over the rounds (the ratios with their range), except
+peak RSS (the largest), events lost (the sum) and event latency (the median
+p50, the worst p99). Targets are reported, never asserted. Every run's
+figures: `target/bench/results.json` (twin) and
+`target/bench/results-bitcoind.json`.
 "#;
 
-fn markdown(results: &Results) -> String {
+/// One node's section of the doc; `{name}` marks what [`section`] fills in.
+const SECTION_TEMPLATE: &str = r#"{date}, commit {commit}, node: {node}. {rounds} rounds of {duration} s per
+configuration and scenario, {total} s in all.
+
+Machine: {machine}; load average {load} when the bench started, {load_end}
+when it ended. The machine was shared with other builds, and the node, the
+tracer and the load generator share its cores, so absolute figures move
+between runs; compare ratios within a round.
+
+{table}{skipped}
+Targets:
+
+{targets}{failures}
+Commands:
+
+{commands}"#;
+
+/// What stands in a node's section until it has been run.
+fn not_run_yet(node_kind: &str) -> String {
+    let command = match node_kind {
+        "bitcoind" => "BITCOIND=/path/to/bitcoind cargo xtask bench",
+        _ => "cargo xtask bench",
+    };
+    format!("Not run yet: `{command}`.")
+}
+
+/// The text between a node's markers in `doc`, if it has them.
+fn marked_section<'a>(doc: &'a str, node_kind: &str) -> Option<&'a str> {
+    let (begin, end) = markers(node_kind);
+    let start = doc.find(&begin)? + begin.len();
+    let len = doc[start..].find(&end)?;
+    Some(doc[start..start + len].trim_matches('\n'))
+}
+
+fn markers(node_kind: &str) -> (String, String) {
+    (
+        format!("<!-- bench:{node_kind}:begin -->"),
+        format!("<!-- bench:{node_kind}:end -->"),
+    )
+}
+
+/// The doc with `results` in their node's section and the other node's
+/// section kept from `existing` (the doc as it was).
+fn document(existing: &str, results: &Results) -> String {
+    ["twin", "bitcoind"]
+        .iter()
+        .fold(DOC_TEMPLATE.to_string(), |doc, &kind| {
+            let text = if kind == results.node_kind {
+                section(results)
+            } else {
+                marked_section(existing, kind).map_or_else(|| not_run_yet(kind), str::to_string)
+            };
+            let (begin, end) = markers(kind);
+            doc.replace(&format!("{{{kind}}}"), &format!("{begin}\n{text}\n{end}"))
+        })
+}
+
+/// This run's section of the doc.
+fn section(results: &Results) -> String {
     let m = &results.machine;
     // The exact command of each tracer configuration, from the runs.
     let commands: String = Config::ALL
@@ -1613,11 +2165,11 @@ fn markdown(results: &Results) -> String {
             .collect();
         format!("\nFailed runs:\n\n{list}")
     };
-    let block_size = results
-        .runs
+    let skipped: String = results
+        .skipped
         .iter()
-        .find_map(|r| r.block_size)
-        .map_or("~1,000,000".into(), |b| b.to_string());
+        .map(|s| format!("\nNot run: {}: {}.\n", s.title, s.reason))
+        .collect();
     let machine = format!(
         "{} CPUs ({}), {:.1} GiB, Linux {}",
         m.cpus, m.cpu_model, m.memory_gib, m.kernel
@@ -1625,24 +2177,29 @@ fn markdown(results: &Results) -> String {
     [
         ("{date}", results.date.clone()),
         ("{commit}", results.commit.clone()),
+        ("{node}", results.node.clone()),
         ("{rounds}", results.rounds.to_string()),
         ("{duration}", results.duration_secs.to_string()),
         ("{total}", format!("{:.0}", results.total_secs)),
         ("{machine}", machine),
         ("{load}", m.load_average_at_start.clone()),
+        ("{load_end}", m.load_average_at_end.clone()),
         ("{table}", table(&results.rows)),
+        ("{skipped}", skipped),
         ("{targets}", targets_text(&results.targets)),
         ("{failures}", failures),
-        ("{block_size}", block_size),
         ("{commands}", commands),
     ]
     .iter()
-    .fold(DOC_TEMPLATE.to_string(), |doc, (key, value)| {
+    .fold(SECTION_TEMPLATE.to_string(), |doc, (key, value)| {
         doc.replace(key, value)
     })
+    .trim_end()
+    .to_string()
 }
 
-/// Runs the bench; `smoke` runs it once, briefly, and leaves the docs alone.
+/// Runs the bench against the twin, or the bitcoind `BITCOIND` names;
+/// `smoke` runs it once, briefly, and leaves the docs alone.
 pub fn run(smoke: bool) -> Result<()> {
     if !crate::is_root() {
         bail!("the bench loads eBPF programs (peerlog, bpftrace): run it as root");
@@ -1650,8 +2207,9 @@ pub fn run(smoke: bool) -> Result<()> {
     let plan = Plan::new(smoke);
     mount_tracefs();
     let bins = build()?;
+    let node = NodeKind::from_env(&bins)?;
     let tools = Tools::detect(&bins)?;
-    let machine = Machine::describe();
+    let mut machine = Machine::describe();
     let started = Instant::now();
     let configs: Vec<Config> = Config::ALL
         .into_iter()
@@ -1663,41 +2221,61 @@ pub fn run(smoke: bool) -> Result<()> {
             None => true,
         })
         .collect();
-    let total = plan.scenarios.len() * plan.rounds * configs.len();
+    let mut scenarios = Vec::new();
+    let mut skipped = Vec::new();
+    for scenario in &plan.scenarios {
+        match scenario.skipped_on(&node) {
+            Some(reason) => {
+                eprintln!("bench: not running {}: {reason}", scenario.title);
+                skipped.push(SkippedScenario {
+                    scenario: scenario.name.into(),
+                    title: scenario.title.into(),
+                    reason,
+                });
+            }
+            None => scenarios.push(scenario),
+        }
+    }
+    let total = scenarios.len() * plan.rounds * configs.len();
     eprintln!(
-        "bench: {total} runs of {} s ({} scenarios × {} rounds × {} configurations) on {} CPUs, load average {}",
+        "bench: {total} runs of {} s ({} scenarios × {} rounds × {} configurations) against {} on {} CPUs, load average {}",
         plan.duration.as_secs_f64(),
-        plan.scenarios.len(),
+        scenarios.len(),
         plan.rounds,
         configs.len(),
+        node.describe(),
         machine.cpus,
         machine.load_average_at_start
     );
 
     let mut runs = Vec::new();
     let mut failures = Vec::new();
-    for scenario in &plan.scenarios {
+    for scenario in &scenarios {
         for round in 0..plan.rounds {
             // Rotating the order spreads drift over every configuration.
             let mut order = configs.clone();
             order.rotate_left(round % configs.len());
             for config in order {
                 let n = runs.len() + failures.len() + 1;
-                match run_one(&plan, scenario, config, round, &bins, &tools) {
+                match run_one(&plan, scenario, config, round, &bins, &tools, &node) {
                     Ok(run) => {
                         let tracer = run.tracer.as_ref().map_or(String::new(), |t| {
                             format!(
                                 ", tracer {:.1} % CPU, {:.1} MiB, {} events, {} lost",
-                                t.cpu_percent, t.peak_rss_mib, t.events_seen, t.events_lost
+                                t.cpu_percent,
+                                t.peak_rss_mib,
+                                t.events_seen.map_or("n/a".into(), |n| n.to_string()),
+                                t.events_lost
                             )
                         });
                         eprintln!(
-                            "bench: [{n}/{total}] {} · {} · round {}: {:.0} answered/s, node {:.1} µs CPU/msg{tracer}",
+                            "bench: [{n}/{total}] {} · {} · round {}: {:.0} answered/s, node {:.1} µs CPU/msg, {:.1} % CPU{tracer}",
                             scenario.name,
                             config.name(),
                             round + 1,
                             run.answered_per_sec,
-                            run.target_cpu_us_per_msg
+                            run.target_cpu_us_per_msg,
+                            run.target_cpu_percent
                         );
                         runs.push(run);
                     }
@@ -1709,11 +2287,13 @@ pub fn run(smoke: bool) -> Result<()> {
                             round + 1
                         );
                         eprintln!("bench: [{n}/{total}] FAILED {msg}");
-                        if smoke && config == Config::Bpftrace {
+                        if smoke && config.is_bpftrace() {
                             // The smoke run guards peerlog's harness; the
                             // reference tool failing now and then (it once
                             // hung on exit in 180 runs) is reported, not fatal.
-                            eprintln!("bench: (smoke) the bpftrace reference failed; not counted");
+                            eprintln!(
+                                "bench: (smoke) a bpftrace configuration failed; not counted"
+                            );
                         } else {
                             failures.push(msg);
                         }
@@ -1722,13 +2302,16 @@ pub fn run(smoke: bool) -> Result<()> {
             }
         }
     }
+    machine.load_average_at_end = load_average();
 
-    let rows = rows(&plan, &tools, &runs);
-    let targets = check_targets(&plan, &rows);
+    let rows = rows(&scenarios, &tools, &runs);
+    let targets = check_targets(&scenarios, &rows, &runs);
     let dirty =
         !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let results = Results {
         mode: if smoke { "smoke" } else { "full" },
+        node_kind: node.key(),
+        node: node.describe(),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         commit: format!(
             "{}{}",
@@ -1745,6 +2328,7 @@ pub fn run(smoke: bool) -> Result<()> {
         total_secs: started.elapsed().as_secs_f64(),
         tools: &tools,
         rows,
+        skipped,
         targets,
         failures,
         runs,
@@ -1762,15 +2346,29 @@ pub fn run(smoke: bool) -> Result<()> {
     );
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
-    let json_path = dir.join(if smoke { "smoke.json" } else { "results.json" });
+    let json_path = dir.join(match (smoke, &node) {
+        (false, NodeKind::Twin(_)) => "results.json",
+        (false, NodeKind::Bitcoind { .. }) => "results-bitcoind.json",
+        (true, NodeKind::Twin(_)) => "smoke.json",
+        (true, NodeKind::Bitcoind { .. }) => "smoke-bitcoind.json",
+    });
     fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
     println!("bench: results in {}", json_path.display());
     if !smoke {
         let doc = workspace_root().join("docs/benchmarks.md");
-        fs::write(&doc, markdown(&results))
+        // The other node's section is kept from the doc as it is.
+        let existing = match fs::read_to_string(&doc) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.with_context(|| format!("reading {}", doc.display()))?,
+        };
+        fs::write(&doc, document(&existing, &results))
             .with_context(|| format!("writing {}", doc.display()))?;
-        println!("bench: table and machine written to {}", doc.display());
+        println!(
+            "bench: table and machine written to the {} section of {}",
+            results.node_kind,
+            doc.display()
+        );
     }
     println!("bench: {:.0} s in all", results.total_secs);
     if !results.failures.is_empty() {
@@ -1810,31 +2408,129 @@ mod tests {
         assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
     }
 
-    #[test]
-    fn fills_every_placeholder_of_the_doc() {
-        let tools = Tools {
-            bpftrace: Ok("bpftrace v0.17.0".into()),
-            stats_options: vec![],
-            no_accounting: true,
-        };
-        let results = Results {
+    fn results<'a>(tools: &'a Tools, node_kind: &'static str, runs: Vec<Run>) -> Results<'a> {
+        let plan = Plan::new(false);
+        let scenarios: Vec<&Scenario> = plan.scenarios.iter().collect();
+        Results {
             mode: "full",
+            node_kind,
+            node: format!("the {node_kind} node"),
             date: "2026-01-01 00:00 UTC".into(),
             commit: "0000000".into(),
             machine: Machine::describe(),
             rounds: 3,
             duration_secs: 6.0,
             total_secs: 500.0,
-            tools: &tools,
-            rows: rows(&Plan::new(false), &tools, &[]),
-            targets: vec![],
+            tools,
+            rows: rows(&scenarios, tools, &runs),
+            skipped: vec![SkippedScenario {
+                scenario: "blocks".into(),
+                title: "4 peers, ~1 MB block serving".into(),
+                reason: "no such block".into(),
+            }],
+            targets: check_targets(&scenarios, &[], &runs),
             failures: vec!["relay · bpftrace · round 1: boom\nmore".into()],
-            runs: vec![],
-        };
-        let doc = markdown(&results);
+            runs,
+        }
+    }
+
+    fn tools() -> Tools {
+        Tools {
+            bpftrace: Ok("bpftrace v0.17.0".into()),
+            stats_options: vec![],
+            no_accounting: true,
+        }
+    }
+
+    #[test]
+    fn fills_every_placeholder_of_the_doc() {
+        let tools = tools();
+        let doc = document("", &results(&tools, "twin", vec![]));
         assert!(!doc.contains('{'), "{doc}");
         assert!(doc.contains("not available yet"));
         assert!(doc.contains("- relay · bpftrace · round 1: boom more"));
+        assert!(doc.contains("Not run: 4 peers, ~1 MB block serving: no such block."));
+        assert!(doc.contains("node: the twin node."));
+        assert!(doc.contains(&not_run_yet("bitcoind")), "{doc}");
+    }
+
+    #[test]
+    fn keeps_the_other_nodes_section() {
+        let tools = tools();
+        let twin = document("", &results(&tools, "twin", vec![]));
+        let twin_section = marked_section(&twin, "twin").unwrap().to_string();
+        assert!(twin_section.contains("node: the twin node."));
+        // The twin's section survives a bitcoind run, and the bitcoind's the
+        // next twin run.
+        let both = document(&twin, &results(&tools, "bitcoind", vec![]));
+        assert_eq!(marked_section(&both, "twin").unwrap(), twin_section);
+        let bitcoind_section = marked_section(&both, "bitcoind").unwrap().to_string();
+        assert!(bitcoind_section.contains("node: the bitcoind node."));
+        let again = document(&both, &results(&tools, "twin", vec![]));
+        assert_eq!(
+            marked_section(&again, "bitcoind").unwrap(),
+            bitcoind_section
+        );
+        assert_eq!(again.matches("<!-- bench:twin:begin -->").count(), 1);
+        assert_eq!(again.matches("<!-- bench:bitcoind:end -->").count(), 1);
+    }
+
+    /// A run with the figures the comparisons read.
+    fn run(scenario: &str, config: Config, round: usize, per_sec: f64, cpu_us: f64) -> Run {
+        Run {
+            scenario: scenario.into(),
+            config: config.name().into(),
+            round,
+            window_secs: 5.0,
+            answered_per_sec: per_sec,
+            messages: 1000,
+            answer_p99_us: 0,
+            load_errors: 0,
+            target_cpu_secs: 0.0,
+            target_cpu_us_per_msg: cpu_us,
+            target_cpu_percent: cpu_us / 10.0,
+            loadgen_cpu_percent: 0.0,
+            tracer: None,
+            sampler_cpu_secs: None,
+            block_size: None,
+            load: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn compares_with_the_floor_of_the_same_round() {
+        let runs = vec![
+            run("ping-flood", Config::Untraced, 0, 1000.0, 10.0),
+            run("ping-flood", Config::Floor, 0, 800.0, 12.0),
+            run("ping-flood", Config::Counting, 0, 760.0, 13.0),
+            run("ping-flood", Config::Defaults, 0, 700.0, 14.0),
+            // Another round, on a slower machine: compared within it.
+            run("ping-flood", Config::Untraced, 1, 500.0, 20.0),
+            run("ping-flood", Config::Floor, 1, 400.0, 24.0),
+            run("ping-flood", Config::Counting, 1, 400.0, 25.0),
+            run("ping-flood", Config::Defaults, 1, 380.0, 27.0),
+        ];
+        let plan = Plan::new(false);
+        let scenarios: Vec<&Scenario> = plan.scenarios.iter().take(1).collect();
+        let rows = rows(&scenarios, &tools(), &runs);
+        let counting = find(&rows, "ping-flood", Config::Counting).unwrap();
+        assert_eq!(counting.throughput_ratio, Some((0.78, 0.76, 0.8)));
+        assert_eq!(counting.floor_ratio, Some((0.975, 0.95, 1.0)));
+        assert_eq!(counting.cpu_us_per_msg_beyond_floor, Some(1.0));
+        let floor = find(&rows, "ping-flood", Config::Floor).unwrap();
+        assert_eq!(floor.floor_ratio, Some((1.0, 1.0, 1.0)));
+
+        let targets = check_targets(&scenarios, &rows, &runs);
+        let flood = targets
+            .iter()
+            .find(|t| t.target.contains("defaults ≥ 0.90"))
+            .unwrap();
+        // 700/760 = 0.921 and 380/400 = 0.95: median 0.9355.
+        assert_eq!(flood.met, Some(true), "{}", flood.detail);
+        assert!(flood.detail.contains("0.936"), "{}", flood.detail);
+        // No idle scenario ran: that target is not measured, not missed.
+        let idle = targets.iter().find(|t| t.target.contains("idle")).unwrap();
+        assert_eq!(idle.met, None);
     }
 
     #[test]

@@ -64,9 +64,11 @@ enum Cmd {
     /// Set up, build, then trace the twin node (or BITCOIND=/path/to/bitcoind)
     /// while a P2P peer talks to it, and show the capture.
     Demo,
-    /// Set up, build, then measure what tracing costs the twin node under P2P
-    /// load (untraced, peerlog counting / capturing / with stats, bpftrace);
-    /// prints a table, saves target/bench/results.json and docs/benchmarks.md.
+    /// Set up, build, then measure what tracing costs the twin node (or
+    /// BITCOIND=/path/to/bitcoind) under P2P load (untraced, the empty-probe
+    /// floor, peerlog --no-accounting / defaults / capturing / with stats,
+    /// bpftrace); prints a table, saves target/bench/results.json (or
+    /// results-bitcoind.json) and the node's section of docs/benchmarks.md.
     Bench {
         /// A seconds-long run of every scenario and configuration, for CI:
         /// checks the harness, means nothing about performance, writes
