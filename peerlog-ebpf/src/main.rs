@@ -743,22 +743,24 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     if target == 0 || pid_off == 0 || sum_off == 0 {
         return 0;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Most switches on the machine involve neither thread of the target:
+    // they are let go before the clock is read.
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == target {
+    let prev_is_target = (pid_tgid >> 32) as u32 == target;
+    let next: u64 = ctx.arg(2);
+    // SAFETY: kernel memory at an offset from the kernel's own BTF.
+    let next_tgid = unsafe { bpf_probe_read_kernel((next + tgid_off) as *const i32) };
+    let next_is_target = next_tgid == Ok(target as i32);
+    if !prev_is_target && !next_is_target {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if prev_is_target {
         let tid = pid_tgid as u32;
         let prev: u64 = ctx.arg(1);
-        // SAFETY: kernel memory at an offset from the kernel's own BTF.
-        let total_ns = unsafe { bpf_probe_read_kernel((prev + sum_off) as *const u64) };
-        if let Ok(total_ns) = total_ns {
-            let cpu = ThreadCpu {
-                total_ns,
-                since_ns: now,
-                running: 0,
-            };
-            if THREAD_CPU.insert(&tid, &cpu, 0).is_err() {
-                count_loss(LossCause::MapFull);
-            }
+        // SAFETY: as above.
+        if let Ok(total_ns) = unsafe { bpf_probe_read_kernel((prev + sum_off) as *const u64) } {
+            set_thread_cpu(tid, total_ns, now, 0);
         }
         // `preempt` false: the thread gives up its CPU itself, i.e. it goes
         // to sleep (the message handler waiting for work, or for a lock).
@@ -772,10 +774,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    let next: u64 = ctx.arg(2);
-    // SAFETY: as above.
-    let next_tgid = unsafe { bpf_probe_read_kernel((next + tgid_off) as *const i32) };
-    if next_tgid != Ok(target as i32) {
+    if !next_is_target {
         return 0;
     }
     // SAFETY: as above.
@@ -784,14 +783,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let (Ok(next_tid), Ok(total_ns)) = (next_tid, total_ns) else {
         return 0;
     };
-    let cpu = ThreadCpu {
-        total_ns,
-        since_ns: now,
-        running: 1,
-    };
-    if THREAD_CPU.insert(&(next_tid as u32), &cpu, 0).is_err() {
-        count_loss(LossCause::MapFull);
-    }
+    set_thread_cpu(next_tid as u32, total_ns, now, 1);
     if let Some(context) = THREAD_CONTEXT.get_ptr_mut(&(next_tid as u32)) {
         // SAFETY: the context of a thread that is not running (it is being
         // switched in), so none of its probes can touch it now.
@@ -802,6 +794,28 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         }
     }
     0
+}
+
+/// Records a thread's on-CPU total at a switch: in place when the thread is
+/// known (an LRU insert costs a lock and list updates, twice per switch),
+/// else as a new entry.
+#[inline(always)]
+fn set_thread_cpu(tid: u32, total_ns: u64, now: u64, running: u64) {
+    let cpu = ThreadCpu {
+        total_ns,
+        since_ns: now,
+        running,
+    };
+    match THREAD_CPU.get_ptr_mut(&tid) {
+        // SAFETY: the value of a thread being switched, written only here
+        // (its own probes cannot run during the switch).
+        Some(slot) => unsafe { *slot = cpu },
+        None => {
+            if THREAD_CPU.insert(&tid, &cpu, 0).is_err() {
+                count_loss(LossCause::MapFull);
+            }
+        }
+    }
 }
 
 /// Reads the 32-byte hash at user address `ptr` into `dst`.
