@@ -621,6 +621,13 @@ impl LossCause {
         Self::MapFull,
     ];
 
+    /// Whether a loss of this cause leaves a message without all of its
+    /// payload: userspace then reports that message as incomplete, which
+    /// is how such a loss is counted in totals (once, not twice).
+    pub fn makes_incomplete_message(self) -> bool {
+        matches!(self, Self::RingFullChunk | Self::PayloadReadFailed)
+    }
+
     /// Short name used in summaries, JSON and metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -258,6 +258,9 @@ struct Partial {
     message_id: u64,
     expected_len: u64,
     data: Vec<u8>,
+    /// bitcoind handed over more than the protocol's maximum, of which only
+    /// the maximum was copied: never a whole payload.
+    oversized: bool,
 }
 
 /// Turns ring-buffer records into [`Event`]s.
@@ -344,6 +347,7 @@ impl Decoder {
                             message_id: ev.message_id,
                             expected_len,
                             data: Vec::with_capacity(expected_len as usize),
+                            oversized: ev.flags & FLAG_PAYLOAD_OVERSIZED != 0,
                         },
                     );
                 }
@@ -368,7 +372,12 @@ impl Decoder {
                     return Ok(());
                 }
                 partial.data.extend_from_slice(&body[..len]);
-                if partial.data.len() as u64 >= partial.expected_len {
+                if partial.data.len() as u64 >= partial.expected_len && partial.oversized {
+                    out.push(incomplete(
+                        partial,
+                        "the payload is larger than the protocol's 4,000,000 bytes; only those were copied",
+                    ));
+                } else if partial.data.len() as u64 >= partial.expected_len {
                     let Partial { message, data, .. } = partial;
                     // The time the whole payload was handed over, as
                     // bitcoind's own capture stamps it (see PayloadChunk).
@@ -599,6 +608,30 @@ mod tests {
         d.push(&message(1, 6, 0, 0, 0), &mut out).unwrap();
         assert!(matches!(&out[0], Event::IncompleteMessage(i) if i.received == 16384));
         assert!(matches!(&out[1], Event::Message(m) if m.payload.as_deref() == Some(&[][..])));
+    }
+
+    #[test]
+    fn an_oversized_payload_is_incomplete_never_short() {
+        let max = peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let chunks = max.div_ceil(16384) as u32;
+        d.push(
+            &message(1, 7, max + 10, chunks, FLAG_PAYLOAD_OVERSIZED),
+            &mut out,
+        )
+        .unwrap();
+        let mut offset = 0u64;
+        while offset < max {
+            let n = (max - offset).min(16384) as usize;
+            d.push(&chunk(1, 7, offset as u32, &vec![0; n], 16384), &mut out)
+                .unwrap();
+            offset += n as u64;
+        }
+        let [Event::IncompleteMessage(i)] = &out[..] else {
+            panic!("{} events, expected one incomplete message", out.len())
+        };
+        assert_eq!((i.received, i.message.payload_size), (max, max + 10));
     }
 
     #[test]

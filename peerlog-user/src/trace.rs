@@ -81,6 +81,10 @@ pub struct Summary {
     pub incomplete_messages: u64,
     /// Records that could not be decoded.
     pub undecodable_records: u64,
+    /// Messages of selected peers and types that were in flight when
+    /// `setcapture` switched the capture on: the kernel had not copied
+    /// their payloads, so they are not in the capture.
+    pub capture_started_in_flight: u64,
     /// How long messages took from their tracepoint to being handled here.
     pub event_latency: EventLatency,
     /// Why tracing stopped.
@@ -136,11 +140,19 @@ impl Summary {
             .sum()
     }
 
-    /// Events lost anywhere (kernel counters, incomplete or undecodable records).
+    /// Events lost anywhere (kernel counters, incomplete or undecodable
+    /// records, messages not captured), each loss once: a payload chunk the
+    /// kernel could not write (`ring_full_chunk`, `payload_read_failed`)
+    /// makes its message incomplete, and is counted as that message.
     pub fn events_lost(&self) -> u64 {
-        self.kernel_losses.iter().map(|(_, n)| n).sum::<u64>()
+        self.kernel_losses
+            .iter()
+            .filter(|(cause, _)| !cause.makes_incomplete_message())
+            .map(|(_, n)| n)
+            .sum::<u64>()
             + self.incomplete_messages
             + self.undecodable_records
+            + self.capture_started_in_flight
     }
 }
 
@@ -179,6 +191,12 @@ impl fmt::Display for Summary {
         }
         if self.undecodable_records > 0 {
             causes.push(format!("undecodable_records={}", self.undecodable_records));
+        }
+        if self.capture_started_in_flight > 0 {
+            causes.push(format!(
+                "capture_started_in_flight={}",
+                self.capture_started_in_flight
+            ));
         }
         if !causes.is_empty() {
             write!(f, " ({})", causes.join(", "))?;
@@ -309,6 +327,10 @@ impl Tracer {
                         (
                             "undecodable_records".into(),
                             self.summary.undecodable_records,
+                        ),
+                        (
+                            "capture_started_in_flight".into(),
+                            self.summary.capture_started_in_flight,
                         ),
                     ])
                     .collect();
@@ -474,6 +496,11 @@ impl Tracer {
         let peer = self.peers.get(m.peer_id).expect("inserted above");
         if !peer.selected || !self.msg_type_selected(&m.msg_type) {
             return Ok(false);
+        }
+        if self.capture_enabled && self.sinks.capture.is_some() && m.payload.is_none() {
+            // Copied (or not) by the kernel before setcapture switched the
+            // capture on: say so rather than leave a silent gap.
+            self.summary.capture_started_in_flight += 1;
         }
         if let (true, Some(capture), Some(payload)) =
             (self.capture_enabled, &mut self.sinks.capture, &m.payload)
