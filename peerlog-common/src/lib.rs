@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 4;
+pub const ABI_VERSION: u16 = 5;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -74,6 +74,9 @@ pub enum RecordKind {
     /// A [`CpuSample`]: a thread of the target was on a CPU, with its user
     /// stack.
     CpuSample = 8,
+    /// A [`PeerNameEvent`]: a peer's address and connection type, written
+    /// before its first [`MessageEvent`].
+    PeerName = 9,
 }
 
 impl RecordKind {
@@ -88,6 +91,7 @@ impl RecordKind {
             6 => Self::Mempool,
             7 => Self::BlockConnected,
             8 => Self::CpuSample,
+            9 => Self::PeerName,
             _ => return None,
         })
     }
@@ -125,11 +129,30 @@ pub const FLAG_PAYLOAD_SKIPPED: u8 = 1 << 1;
 /// The probe reported more than [`MAX_PROTOCOL_MESSAGE_LENGTH`] bytes; only
 /// that many are copied.
 pub const FLAG_PAYLOAD_OVERSIZED: u8 = 1 << 2;
+/// The whole payload (`payload_size` bytes) follows the [`MessageEvent`] in
+/// the same record; no [`PayloadChunk`] follows.
+pub const FLAG_PAYLOAD_INLINE: u8 = 1 << 3;
+/// The payload was wanted but could not be read from the target's memory
+/// (counted as [`LossCause::PayloadReadFailed`]); nothing follows.
+pub const FLAG_PAYLOAD_UNREADABLE: u8 = 1 << 4;
+
+/// Largest payload carried inline in its [`MessageEvent`] record
+/// ([`FLAG_PAYLOAD_INLINE`]): one ring reservation instead of two for the
+/// bulk of P2P traffic (`ping`, `inv`, `getdata`, most `tx`s); larger ones
+/// travel as [`PayloadChunk`]s.
+pub const INLINE_CLASSES: [usize; 2] = [256, 4096];
 
 /// `net:inbound_message` / `net:outbound_message`.
 ///
-/// Followed in the ring buffer by `chunks` [`PayloadChunk`] records with the
-/// same `message_id`, unless [`FLAG_PAYLOAD_SKIPPED`] is set. A chunk that
+/// The peer's address and connection type are not repeated on every
+/// message: a [`PeerNameEvent`] carries them before the peer's first message
+/// (and again if the kernel forgot the peer).
+///
+/// The payload, unless [`FLAG_PAYLOAD_SKIPPED`] or
+/// [`FLAG_PAYLOAD_UNREADABLE`] is set, either follows inline
+/// ([`FLAG_PAYLOAD_INLINE`]; the record is then `size_of::<MessageEvent>()`
+/// plus the smallest of [`INLINE_CLASSES`] that holds it), or arrives in
+/// `chunks` [`PayloadChunk`] records with the same `message_id`. A chunk that
 /// could not be delivered is counted in the loss counters, and userspace
 /// reports the message as incomplete instead of writing a short record.
 #[repr(C)]
@@ -157,12 +180,28 @@ pub struct MessageEvent {
     pub flags: u8,
     /// Padding; zero.
     pub _pad: [u8; 2],
+    /// The message type (command), NUL-terminated.
+    pub msg_type: [u8; MSG_TYPE_LEN],
+}
+
+/// A peer's strings, written once before the peer's first [`MessageEvent`]
+/// since peerlog attached: reading two strings from bitcoind's memory on
+/// every message would cost more than the rest of the message's record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerNameEvent {
+    /// Common header; `kind` is [`RecordKind::PeerName`].
+    pub header: RecordHeader,
+    /// `CNode::GetId()`.
+    pub peer_id: i64,
+    /// [`FLAG_ADDR_TRUNCATED`] or 0.
+    pub flags: u8,
+    /// Padding; zero.
+    pub _pad: [u8; 7],
     /// `CNode::m_addr_name`, NUL-terminated.
     pub addr: [u8; ADDR_LEN],
     /// `CNode::ConnectionTypeAsString()`, NUL-terminated.
     pub conn_type: [u8; CONN_TYPE_LEN],
-    /// The message type (command), NUL-terminated.
-    pub msg_type: [u8; MSG_TYPE_LEN],
 }
 
 /// A slice of a message payload: this header, then `len` payload bytes.
@@ -563,6 +602,10 @@ pub enum ConfigKey {
     CNodeRecvBytesOffset = 10,
     /// Byte offset of `CNode::nSendBytes` (`uint64_t`), read at `closed_connection`.
     CNodeSendBytesOffset = 11,
+    /// Non-zero once userspace has put a [`PEER_POLICY_SKIP_PAYLOAD`] entry
+    /// into the peer policy map: until then no message pays for a lookup
+    /// there.
+    PeerPolicyActive = 12,
 }
 
 /// Bit of a message type filter map value: capture selects this type.
@@ -570,7 +613,7 @@ pub const MSG_TYPE_CAPTURE: u8 = 1;
 /// Bit of a message type filter map value: statistics parse this type.
 pub const MSG_TYPE_STATS: u8 = 2;
 /// Entries in the config array map.
-pub const CONFIG_ENTRIES: u32 = 12;
+pub const CONFIG_ENTRIES: u32 = 13;
 
 /// Entries in the message type filter map.
 pub const MAX_MSG_TYPE_FILTER: u32 = 64;

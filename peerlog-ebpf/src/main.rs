@@ -35,11 +35,12 @@ use aya_ebpf::{
 use peerlog_common::{
     BlockConnectedEvent, ConfigKey, ConnectionEvent, ConnectionEventKind, CpuSliceEvent, Direction,
     LossCause, MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk,
-    RecordHeader, RecordKind, SliceKind, ThreadContext, ThreadCpu, UsdtArgKind, UsdtSpec,
-    ABI_VERSION, BYTES_UNKNOWN, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
-    FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER,
-    MAX_PEERS, MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
-    MSG_TYPE_STATS, ONCPU_UNKNOWN, PEER_POLICY_SKIP_PAYLOAD,
+    PeerNameEvent, RecordHeader, RecordKind, SliceKind, ThreadContext, ThreadCpu, UsdtArgKind,
+    UsdtSpec, ABI_VERSION, BYTES_UNKNOWN, CHUNK_CLASSES, CONFIG_ENTRIES, FLAG_ADDR_TRUNCATED,
+    FLAG_PAYLOAD_INLINE, FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, FLAG_PAYLOAD_UNREADABLE,
+    INLINE_CLASSES, LOSS_CAUSES, MAX_CHUNKS, MAX_MSG_TYPE_FILTER, MAX_PEERS,
+    MAX_PROTOCOL_MESSAGE_LENGTH, MAX_USDT_SPECS, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
+    ONCPU_UNKNOWN, PEER_POLICY_SKIP_PAYLOAD,
 };
 
 /// The one ring buffer every record goes to, so userspace sees them in the
@@ -80,7 +81,7 @@ static THREAD_CPU: LruHashMap<u32, ThreadCpu> = LruHashMap::with_max_entries(409
 /// Peer id → its `CNode*` in bitcoind, found by [`find_cnode`]; removed when
 /// the connection closes (bitcoind never reuses a peer id).
 #[map]
-static PEER_CNODE: LruHashMap<i64, u64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
+static PEERS: LruHashMap<i64, KnownPeer> = LruHashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Loss counters, indexed by [`LossCause`]; per CPU so counting never contends.
 #[map]
@@ -136,11 +137,7 @@ fn read_arg(ctx: &ProbeContext, spec: &UsdtSpec, index: usize) -> Result<u64, ()
     let raw = if arg.kind == UsdtArgKind::Constant as u8 {
         arg.val_off as u64
     } else {
-        // The register's offset in pt_regs comes from the map, so it is not a
-        // constant the verifier would allow for a direct context access; a
-        // kernel read of the context memory is (libbpf does the same).
-        let reg_ptr = (ctx.as_ptr() as *const u8).wrapping_add(arg.reg_off as usize);
-        let reg = unsafe { bpf_probe_read_kernel(reg_ptr as *const u64) }.map_err(|_| ())?;
+        let reg = register(ctx, arg.reg_off).ok_or(())?;
         if arg.kind == UsdtArgKind::Register as u8 {
             reg
         } else {
@@ -155,6 +152,57 @@ fn read_arg(ctx: &ProbeContext, spec: &UsdtSpec, index: usize) -> Result<u64, ()
         (((raw << shift) as i64) >> shift) as u64
     } else {
         (raw << shift) >> shift
+    })
+}
+
+/// Loads the `u64` at constant byte offset `$off` of the context, as one
+/// instruction: written as assembly because LLVM would otherwise merge the
+/// arms of [`register`] into one load from a computed context pointer, which
+/// the verifier refuses.
+macro_rules! context_load {
+    ($ctx:expr, $off:literal) => {{
+        let value: u64;
+        // SAFETY: a read of the program's context at a constant offset
+        // inside `pt_regs`, which the verifier checks.
+        unsafe {
+            core::arch::asm!(
+                concat!("{value} = *(u64 *)({ctx} + ", stringify!($off), ")"),
+                ctx = in(reg) $ctx,
+                value = out(reg) value,
+                options(readonly, nostack, preserves_flags),
+            )
+        };
+        value
+    }};
+}
+
+/// The register at byte offset `off` of the saved `pt_regs` (the offsets
+/// userspace's USDT parser writes). The offset comes from a map, and the
+/// verifier allows only constant offsets into the context, so each register
+/// is its own constant load: no helper call, unlike a kernel read of the
+/// context memory (libbpf's way), and this runs several times per message.
+#[inline(always)]
+fn register(ctx: &ProbeContext, off: u16) -> Option<u64> {
+    let regs = ctx.as_ptr();
+    Some(match off {
+        0 => context_load!(regs, 0),
+        8 => context_load!(regs, 8),
+        16 => context_load!(regs, 16),
+        24 => context_load!(regs, 24),
+        32 => context_load!(regs, 32),
+        40 => context_load!(regs, 40),
+        48 => context_load!(regs, 48),
+        56 => context_load!(regs, 56),
+        64 => context_load!(regs, 64),
+        72 => context_load!(regs, 72),
+        80 => context_load!(regs, 80),
+        88 => context_load!(regs, 88),
+        96 => context_load!(regs, 96),
+        104 => context_load!(regs, 104),
+        112 => context_load!(regs, 112),
+        128 => context_load!(regs, 128),
+        152 => context_load!(regs, 152),
+        _ => return None,
     })
 }
 
@@ -221,56 +269,42 @@ pub fn outbound_message(ctx: ProbeContext) -> u32 {
 }
 
 /// `net:inbound_message` / `net:outbound_message`: (peer id, addr, conn
-/// type, msg type, size, data). Writes a [`MessageEvent`] and, unless the
-/// payload is filtered out, the payload as [`PayloadChunk`]s.
+/// type, msg type, size, data). Writes a [`MessageEvent`] (after a
+/// [`PeerNameEvent`] for a peer not named yet) with the payload inline when
+/// it is small, else followed by [`PayloadChunk`]s; nothing of the payload
+/// when it is filtered out.
+///
+/// This runs in bitcoind's thread on every message, so it does the least it
+/// can: one ring reservation for most messages, one string read (the
+/// message type), one hash lookup (the peer) unless a filter is active.
 #[inline(always)]
 fn handle_message(ctx: &ProbeContext, direction: Direction) {
     let Some(tid) = target_thread() else { return };
     let Some(spec) = spec_for(ctx) else { return };
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
-
-    let Some(mut entry) = EVENTS.reserve::<MessageEvent>(0) else {
-        count_loss(LossCause::RingFullMessage);
+    // The address and connection type (arguments 1 and 2) are read only
+    // when the peer is named: on most messages they are not needed.
+    let args = (|| {
+        Ok::<_, ()>((
+            read_arg(ctx, spec, 0)? as i64,
+            read_arg(ctx, spec, 3)?,
+            read_arg(ctx, spec, 4)?,
+            read_arg(ctx, spec, 5)?,
+        ))
+    })();
+    let Ok((peer_id, msg_type_ptr, size, data)) = args else {
+        count_loss(LossCause::ArgReadFailed);
         return;
     };
-    let event = entry.as_mut_ptr();
-    let Some([peer_id, addr, conn_type, msg_type, size, data]) = read_args::<6>(ctx, spec) else {
+    let mut msg_type = [0u8; MSG_TYPE_LEN];
+    if read_str(msg_type_ptr, &mut msg_type).is_err() {
         count_loss(LossCause::ArgReadFailed);
-        entry.discard(0);
-        return;
-    };
-
-    // SAFETY: `event` points to the reserved, exclusively owned record.
-    let ev = unsafe { &mut *event };
-    ev.header = record_header(RecordKind::Message, tid, ktime_ns);
-    ev.message_id = ktime_ns;
-    ev.peer_id = peer_id as i64;
-    ev.cnode = match direction {
-        // The sending side (`CConnman::PushMessage`) keeps the `CNode*` in a
-        // register; the receiving side has usually spilled it.
-        Direction::Outbound => find_cnode(ctx, peer_id as i64, addr),
-        Direction::Inbound => known_cnode(peer_id as i64),
-    };
-    ev.payload_size = size;
-    ev.direction = direction as u8;
-    ev._pad = [0; 2];
-    let mut flags = 0u8;
-    let strings_ok = match read_str(addr, &mut ev.addr) {
-        Ok(cut) => {
-            if cut {
-                flags |= FLAG_ADDR_TRUNCATED;
-            }
-            read_str(conn_type, &mut ev.conn_type).is_ok()
-                && read_str(msg_type, &mut ev.msg_type).is_ok()
-        }
-        Err(()) => false,
-    };
-    if !strings_ok {
-        count_loss(LossCause::ArgReadFailed);
-        entry.discard(0);
         return;
     }
+    let wake = submit_flags();
+    let cnode = known_peer(ctx, spec, tid, ktime_ns, peer_id, direction, wake);
 
+    let mut flags = 0u8;
     let mut copy_len = size;
     if copy_len > MAX_PROTOCOL_MESSAGE_LENGTH {
         // Bitcoin Core never hands over more; if a build ever does, copy the
@@ -278,40 +312,185 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         copy_len = MAX_PROTOCOL_MESSAGE_LENGTH;
         flags |= FLAG_PAYLOAD_OVERSIZED;
     }
-    if !payload_wanted(ev.peer_id, &ev.msg_type) {
+    if !payload_wanted(peer_id, &msg_type) {
         flags |= FLAG_PAYLOAD_SKIPPED;
         copy_len = 0;
     }
-    let chunks = copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32;
-    ev.flags = flags;
-    ev.chunks = chunks;
-    let msg_type_copy = ev.msg_type;
-    entry.submit(submit_flags());
-    next_slice(tid, ktime_ns, peer_id as i64, direction, &msg_type_copy);
-
-    emit_payload(tid, ktime_ns, data, copy_len as u32);
+    let message = MessageEvent {
+        header: record_header(RecordKind::Message, tid, ktime_ns),
+        message_id: ktime_ns,
+        peer_id,
+        payload_size: size,
+        cnode,
+        chunks: 0,
+        direction: direction as u8,
+        flags,
+        _pad: [0; 2],
+        msg_type,
+    };
+    if flags & FLAG_PAYLOAD_SKIPPED == 0 && copy_len <= INLINE_CLASSES[1] as u64 {
+        // One reservation for header and payload.
+        if copy_len <= INLINE_CLASSES[0] as u64 {
+            emit_inline::<{ INLINE_CLASSES[0] }>(message, data, copy_len as u32, wake);
+        } else {
+            emit_inline::<{ INLINE_CLASSES[1] }>(message, data, copy_len as u32, wake);
+        }
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<MessageEvent>(0) else {
+            count_loss(LossCause::RingFullMessage);
+            return;
+        };
+        entry.write(MessageEvent {
+            chunks: copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32,
+            ..message
+        });
+        entry.submit(wake);
+        emit_payload(tid, ktime_ns, data, copy_len as u32);
+    }
+    next_slice(tid, ktime_ns, peer_id, direction, &msg_type);
 }
 
-/// Whether the payload of this message should be copied.
+/// A [`MessageEvent`] with room for `CAP` payload bytes after it.
+#[repr(C)]
+struct InlineMessage<const CAP: usize> {
+    message: MessageEvent,
+    data: [u8; CAP],
+}
+
+/// Writes `message` with its `len`-byte payload at user address `data` in
+/// one record. A payload that cannot be read is flagged, never sent short.
 #[inline(always)]
-fn payload_wanted(peer_id: i64, msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
-    // SAFETY: values are plain bytes written by userspace.
-    let type_bits = unsafe { MSG_TYPE_FILTER.get(msg_type) }
-        .copied()
-        .unwrap_or(0);
-    if type_bits & MSG_TYPE_STATS != 0 && config(ConfigKey::StatsPayloads) != 0 {
-        return true;
+fn emit_inline<const CAP: usize>(message: MessageEvent, data: u64, len: u32, wake: u64) {
+    let Some(mut entry) = EVENTS.reserve::<InlineMessage<CAP>>(0) else {
+        count_loss(LossCause::RingFullMessage);
+        return;
+    };
+    // SAFETY: the reserved record is exclusively ours until submit/discard.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    record.message = message;
+    let mut flags = message.flags | FLAG_PAYLOAD_INLINE;
+    // Re-bound `len` where the verifier can see it next to the copy.
+    let n = (len as usize) & (CAP * 2 - 1);
+    if n > CAP {
+        entry.discard(0);
+        return;
     }
-    if config(ConfigKey::CapturePayloads) == 0 {
-        return false;
+    if n > 0
+        && unsafe { bpf_probe_read_user_buf(data as *const u8, &mut record.data[..n]) }.is_err()
+    {
+        count_loss(LossCause::PayloadReadFailed);
+        flags = message.flags | FLAG_PAYLOAD_UNREADABLE;
     }
-    // SAFETY: as above.
-    if let Some(policy) = unsafe { PEER_POLICY.get(&peer_id) } {
-        if *policy == PEER_POLICY_SKIP_PAYLOAD {
-            return false;
+    record.message.flags = flags;
+    entry.submit(wake);
+}
+
+/// What the kernel remembers of a peer between its messages.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KnownPeer {
+    /// The peer's `CNode*`, or 0 while not found.
+    cnode: u64,
+    /// Non-zero once its [`PeerNameEvent`] went into the ring.
+    named: u64,
+}
+
+/// The peer's `CNode*` (0 while unknown), naming the peer first if this is
+/// its first message since peerlog attached. One lookup in [`PEERS`]; on an
+/// outbound message of a peer whose `CNode*` is not known yet, a search of
+/// the registers ([`find_cnode`]).
+#[inline(always)]
+fn known_peer(
+    ctx: &ProbeContext,
+    spec: &UsdtSpec,
+    tid: u32,
+    ktime_ns: u64,
+    peer_id: i64,
+    direction: Direction,
+    wake: u64,
+) -> u64 {
+    let mut entry = match PEERS.get_ptr_mut(&peer_id) {
+        // SAFETY: plain values; a racing writer (another thread on the same
+        // peer) writes the same values.
+        Some(p) => unsafe { *p },
+        None => KnownPeer { cnode: 0, named: 0 },
+    };
+    let before = entry;
+    let wants_cnode = entry.cnode == 0 && direction == Direction::Outbound && cnode_known();
+    if entry.named == 0 || wants_cnode {
+        let (Ok(addr), Ok(conn_type)) = (read_arg(ctx, spec, 1), read_arg(ctx, spec, 2)) else {
+            count_loss(LossCause::ArgReadFailed);
+            return entry.cnode;
+        };
+        if wants_cnode {
+            // The sending side (`CConnman::PushMessage`) keeps the `CNode*`
+            // in a register; the receiving side has usually spilled it.
+            entry.cnode = find_cnode(ctx, peer_id, addr);
+        }
+        if entry.named == 0 && name_peer(tid, ktime_ns, peer_id, addr, conn_type, wake) {
+            entry.named = 1;
         }
     }
-    config(ConfigKey::MsgTypeFilterActive) == 0 || type_bits & MSG_TYPE_CAPTURE != 0
+    if (entry.cnode != before.cnode || entry.named != before.named)
+        && PEERS.insert(&peer_id, &entry, 0).is_err()
+    {
+        count_loss(LossCause::MapFull);
+    }
+    entry.cnode
+}
+
+/// Writes the [`PeerNameEvent`] of a peer; false when it could not.
+#[inline(always)]
+fn name_peer(tid: u32, ktime_ns: u64, peer_id: i64, addr: u64, conn_type: u64, wake: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<PeerNameEvent>(0) else {
+        count_loss(LossCause::RingFullMessage);
+        return false;
+    };
+    // SAFETY: the reserved record is exclusively ours until submit/discard.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = record_header(RecordKind::PeerName, tid, ktime_ns);
+    ev.peer_id = peer_id;
+    ev._pad = [0; 7];
+    let cut = match read_str(addr, &mut ev.addr) {
+        Ok(cut) if read_str(conn_type, &mut ev.conn_type).is_ok() => cut,
+        _ => {
+            count_loss(LossCause::ArgReadFailed);
+            entry.discard(0);
+            return false;
+        }
+    };
+    ev.flags = if cut { FLAG_ADDR_TRUNCATED } else { 0 };
+    entry.submit(wake);
+    true
+}
+
+/// Whether the payload of this message should be copied. Lookups only where
+/// a switch says they can matter: counting alone does none.
+#[inline(always)]
+fn payload_wanted(peer_id: i64, msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
+    let capture = config(ConfigKey::CapturePayloads) != 0;
+    let stats = config(ConfigKey::StatsPayloads) != 0;
+    let type_filter = config(ConfigKey::MsgTypeFilterActive) != 0;
+    let mut type_bits = 0;
+    if stats || (capture && type_filter) {
+        // SAFETY: values are plain bytes written by userspace.
+        type_bits = unsafe { MSG_TYPE_FILTER.get(msg_type) }
+            .copied()
+            .unwrap_or(0);
+    }
+    if stats && type_bits & MSG_TYPE_STATS != 0 {
+        return true;
+    }
+    if !capture || (type_filter && type_bits & MSG_TYPE_CAPTURE == 0) {
+        return false;
+    }
+    if config(ConfigKey::PeerPolicyActive) != 0 {
+        // SAFETY: as above.
+        if let Some(policy) = unsafe { PEER_POLICY.get(&peer_id) } {
+            return *policy != PEER_POLICY_SKIP_PAYLOAD;
+        }
+    }
+    true
 }
 
 /// Writes `len` bytes at user address `data` as chunk records.
@@ -444,7 +623,11 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
     if matches!(kind, ConnectionEventKind::Closed) {
         // `CNode::CloseSocketDisconnect`: the socket is gone, so the node's
         // byte counters are final; the `CNode` itself lives on a while.
-        let cnode = find_cnode(ctx, peer_id as i64, addr);
+        // SAFETY: plain value read.
+        let cnode = match unsafe { PEERS.get(&(peer_id as i64)) } {
+            Some(p) if p.cnode != 0 => p.cnode,
+            _ => find_cnode(ctx, peer_id as i64, addr),
+        };
         if cnode != 0 {
             ev.bytes_recv = read_counter(cnode, ConfigKey::CNodeRecvBytesOffset);
             ev.bytes_sent = read_counter(cnode, ConfigKey::CNodeSendBytesOffset);
@@ -474,7 +657,7 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         // The id is never reused by bitcoind; free its slots.
         let peer_id = peer_id as i64;
         let _ = PEER_POLICY.remove(&peer_id);
-        let _ = PEER_CNODE.remove(&peer_id);
+        let _ = PEERS.remove(&peer_id);
     }
 }
 
@@ -505,30 +688,24 @@ pub fn misbehaving_connection(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The peer's `CNode*` if [`find_cnode`] found it before, else 0.
+/// Whether userspace gave the `CNode` offsets [`find_cnode`] needs.
 #[inline(always)]
-fn known_cnode(peer_id: i64) -> u64 {
-    // SAFETY: plain value read.
-    unsafe { PEER_CNODE.get(&peer_id) }.copied().unwrap_or(0)
+fn cnode_known() -> bool {
+    config(ConfigKey::CNodeIdOffset) != 0 && config(ConfigKey::CNodeAddrNameOffset) != 0
 }
 
-/// The peer's `CNode*`, or 0: from [`PEER_CNODE`], else from the registers
-/// at this tracepoint. A register holds it if the peer id and the address
+/// The peer's `CNode*` found among the registers at this tracepoint, or 0. A register holds it if the peer id and the address
 /// string's data pointer that the tracepoint passed are found in bitcoind's
 /// memory at `CNode::id` and `CNode::m_addr_name` from that register: two
 /// 8-byte matches, which chance does not produce. Needs the offsets from
 /// bitcoind's DWARF ([`ConfigKey::CNodeIdOffset`]).
 #[inline(always)]
 fn find_cnode(ctx: &ProbeContext, peer_id: i64, addr_ptr: u64) -> u64 {
-    let id_off = config(ConfigKey::CNodeIdOffset);
-    let name_off = config(ConfigKey::CNodeAddrNameOffset);
-    if id_off == 0 || name_off == 0 {
+    if !cnode_known() {
         return 0;
     }
-    let known = known_cnode(peer_id);
-    if known != 0 {
-        return known;
-    }
+    let id_off = config(ConfigKey::CNodeIdOffset);
+    let name_off = config(ConfigKey::CNodeAddrNameOffset);
     // SAFETY: the context is the probed thread's saved registers.
     let regs = unsafe { &*ctx.regs };
     // Callee-saved registers first: a pointer the caller still needs after
@@ -547,9 +724,6 @@ fn find_cnode(ctx: &ProbeContext, peer_id: i64, addr_ptr: u64) -> u64 {
         }
         let name = unsafe { bpf_probe_read_user(r.wrapping_add(name_off) as *const u64) };
         if name == Ok(addr_ptr) {
-            if PEER_CNODE.insert(&peer_id, &r, 0).is_err() {
-                count_loss(LossCause::MapFull);
-            }
             return r;
         }
     }

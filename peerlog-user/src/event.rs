@@ -7,15 +7,16 @@
 //! message whose chunks stop short (the ring buffer was full) is surfaced as
 //! [`Event::IncompleteMessage`], never as a shorter payload.
 
-use std::{collections::HashMap, mem::size_of};
+use std::{collections::HashMap, mem::size_of, sync::Arc};
 
 use bitcoin::hashes::Hash;
 
 use peerlog_common::{
     BlockConnectedEvent, ConnectionEvent, ConnectionEventKind, CpuSliceEvent, Direction,
-    MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, RecordHeader,
-    RecordKind, SliceKind, ABI_VERSION, BYTES_UNKNOWN, FLAG_ADDR_TRUNCATED, FLAG_PAYLOAD_OVERSIZED,
-    FLAG_PAYLOAD_SKIPPED, ONCPU_UNKNOWN,
+    MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, PeerNameEvent,
+    RecordHeader, RecordKind, SliceKind, ABI_VERSION, BYTES_UNKNOWN, FLAG_ADDR_TRUNCATED,
+    FLAG_PAYLOAD_INLINE, FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, FLAG_PAYLOAD_UNREADABLE,
+    ONCPU_UNKNOWN,
 };
 
 /// A P2P message seen at `net:inbound_message` or `net:outbound_message`.
@@ -31,10 +32,11 @@ pub struct Message {
     pub peer_id: i64,
     /// The peer's `CNode*` in bitcoind, once the kernel found it.
     pub cnode: Option<u64>,
-    /// `CNode::m_addr_name`.
-    pub addr: String,
+    /// `CNode::m_addr_name`; empty if the kernel's record naming the peer
+    /// was lost. Shared by all of a peer's messages.
+    pub addr: Arc<str>,
     /// Connection type (`inbound`, `outbound-full-relay`, ...).
-    pub conn_type: String,
+    pub conn_type: Arc<str>,
     /// Message type (`version`, `inv`, ...).
     pub msg_type: String,
     /// Received from or sent to the peer.
@@ -263,11 +265,22 @@ struct Partial {
     oversized: bool,
 }
 
+/// A peer's strings, as its [`PeerNameEvent`] or a connection event gave
+/// them.
+#[derive(Clone)]
+struct PeerName {
+    addr: Arc<str>,
+    conn_type: Arc<str>,
+    addr_truncated: bool,
+}
+
 /// Turns ring-buffer records into [`Event`]s.
 #[derive(Default)]
 pub struct Decoder {
     /// The message each thread is in the middle of delivering.
     partial: HashMap<u32, Partial>,
+    /// The connected peers' strings, which the kernel sends once per peer.
+    names: HashMap<i64, PeerName>,
 }
 
 fn read<T: Copy>(record: &[u8], kind: u16) -> Result<T, DecodeError> {
@@ -302,6 +315,17 @@ impl Decoder {
             return Err(DecodeError::AbiMismatch(header.abi));
         }
         match RecordKind::from_u16(header.kind) {
+            Some(RecordKind::PeerName) => {
+                let ev: PeerNameEvent = read(record, header.kind)?;
+                self.names.insert(
+                    ev.peer_id,
+                    PeerName {
+                        addr: c_string(&ev.addr).into(),
+                        conn_type: c_string(&ev.conn_type).into(),
+                        addr_truncated: ev.flags & FLAG_ADDR_TRUNCATED != 0,
+                    },
+                );
+            }
             Some(RecordKind::Message) => {
                 let ev: MessageEvent = read(record, header.kind)?;
                 if let Some(old) = self.partial.remove(&header.tid) {
@@ -310,13 +334,18 @@ impl Decoder {
                         "the ring buffer was full; later chunks were dropped",
                     ));
                 }
+                let name = self.names.get(&ev.peer_id).cloned().unwrap_or(PeerName {
+                    addr: "".into(),
+                    conn_type: "".into(),
+                    addr_truncated: false,
+                });
                 let message = Message {
                     ktime_ns: header.ktime_ns,
                     tid: header.tid,
                     peer_id: ev.peer_id,
                     cnode: (ev.cnode != 0).then_some(ev.cnode),
-                    addr: c_string(&ev.addr),
-                    conn_type: c_string(&ev.conn_type),
+                    addr: name.addr,
+                    conn_type: name.conn_type,
                     msg_type: c_string(&ev.msg_type),
                     direction: if ev.direction == Direction::Outbound as u8 {
                         Direction::Outbound
@@ -325,10 +354,28 @@ impl Decoder {
                     },
                     payload_size: ev.payload_size,
                     payload: None,
-                    addr_truncated: ev.flags & FLAG_ADDR_TRUNCATED != 0,
+                    addr_truncated: name.addr_truncated,
                 };
                 if ev.flags & FLAG_PAYLOAD_SKIPPED != 0 {
                     out.push(Event::Message(message));
+                } else if ev.flags & FLAG_PAYLOAD_UNREADABLE != 0 {
+                    out.push(Event::IncompleteMessage(IncompleteMessage {
+                        message,
+                        received: 0,
+                        reason: "the payload could not be read from the node's memory",
+                    }));
+                } else if ev.flags & FLAG_PAYLOAD_INLINE != 0 {
+                    let body = &record[size_of::<MessageEvent>()..];
+                    let payload =
+                        body.get(..ev.payload_size as usize)
+                            .ok_or(DecodeError::Short {
+                                kind: header.kind,
+                                len: record.len(),
+                            })?;
+                    out.push(Event::Message(Message {
+                        payload: Some(payload.to_vec()),
+                        ..message
+                    }));
                 } else if ev.chunks == 0 {
                     out.push(Event::Message(Message {
                         payload: Some(Vec::new()),
@@ -395,12 +442,29 @@ impl Decoder {
                 let Some(kind) = ConnectionEventKind::from_u8(ev.event) else {
                     return Err(DecodeError::UnknownKind(header.kind));
                 };
+                let addr = c_string(&ev.addr);
+                let conn_type = c_string(&ev.conn_type);
+                if kind == ConnectionEventKind::Closed {
+                    // Its messages are over; the kernel names the peer again
+                    // should one still come.
+                    self.names.remove(&ev.peer_id);
+                } else {
+                    // Names the peer should its own naming record be lost.
+                    self.names.insert(
+                        ev.peer_id,
+                        PeerName {
+                            addr: addr.as_str().into(),
+                            conn_type: conn_type.as_str().into(),
+                            addr_truncated: ev.flags & FLAG_ADDR_TRUNCATED != 0,
+                        },
+                    );
+                }
                 out.push(Event::Connection(Connection {
                     ktime_ns: header.ktime_ns,
                     kind,
                     peer_id: ev.peer_id,
-                    addr: c_string(&ev.addr),
-                    conn_type: c_string(&ev.conn_type),
+                    addr,
+                    conn_type,
                     network: ev.network,
                     value: ev.value,
                     final_bytes: (ev.bytes_recv != BYTES_UNKNOWN && ev.bytes_sent != BYTES_UNKNOWN)
@@ -559,10 +623,26 @@ mod tests {
             direction: Direction::Inbound as u8,
             flags,
             _pad: [0; 2],
-            addr: fixed::<ADDR_LEN>("127.0.0.1:18444"),
-            conn_type: fixed::<CONN_TYPE_LEN>("inbound"),
             msg_type: fixed::<MSG_TYPE_LEN>("block"),
         })
+    }
+
+    fn peer_name(peer_id: i64) -> Vec<u8> {
+        bytes_of(&PeerNameEvent {
+            header: header(RecordKind::PeerName, 1, 1),
+            peer_id,
+            flags: 0,
+            _pad: [0; 7],
+            addr: fixed::<ADDR_LEN>("127.0.0.1:18444"),
+            conn_type: fixed::<CONN_TYPE_LEN>("inbound"),
+        })
+    }
+
+    fn inline(tid: u32, id: u64, data: &[u8], class: usize, flags: u8) -> Vec<u8> {
+        let mut v = message(tid, id, data.len() as u64, 0, FLAG_PAYLOAD_INLINE | flags);
+        v.extend_from_slice(data);
+        v.resize(size_of::<MessageEvent>() + class, 0xAA);
+        v
     }
 
     fn chunk(tid: u32, id: u64, offset: u32, data: &[u8], class: usize) -> Vec<u8> {
@@ -582,6 +662,8 @@ mod tests {
         let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
         let mut d = Decoder::new();
         let mut out = Vec::new();
+        d.push(&peer_name(7), &mut out).unwrap();
+        assert!(out.is_empty());
         d.push(&message(1, 99, 20_000, 2, 0), &mut out).unwrap();
         d.push(&chunk(1, 99, 0, &payload[..16384], 16384), &mut out)
             .unwrap();
@@ -592,9 +674,36 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(m.payload.as_deref(), Some(&payload[..]));
-        assert_eq!(m.addr, "127.0.0.1:18444");
+        assert_eq!(&*m.addr, "127.0.0.1:18444");
+        assert_eq!(&*m.conn_type, "inbound");
         assert_eq!(m.msg_type, "block");
         assert_eq!(m.peer_id, 7);
+    }
+
+    #[test]
+    fn inline_payloads_and_unreadable_ones() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&inline(1, 3, b"pingpong", 256, 0), &mut out)
+            .unwrap();
+        d.push(&inline(1, 4, &[7; 300], 4096, 0), &mut out).unwrap();
+        d.push(&message(1, 5, 80, 0, FLAG_PAYLOAD_UNREADABLE), &mut out)
+            .unwrap();
+        let [Event::Message(a), Event::Message(b), Event::IncompleteMessage(c)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(a.payload.as_deref(), Some(&b"pingpong"[..]));
+        assert_eq!(b.payload.as_deref(), Some(&[7; 300][..]));
+        assert_eq!((c.received, c.message.payload_size), (0, 80));
+        // No naming record came: the strings are empty, not invented.
+        assert_eq!(&*a.addr, "");
+        // A record shorter than its announced payload is refused.
+        let mut short = inline(1, 6, &[1; 200], 256, 0);
+        short.truncate(size_of::<MessageEvent>() + 100);
+        assert!(matches!(
+            d.push(&short, &mut out),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -532,6 +532,9 @@ impl KernelControl {
             }
         } else {
             self.peer_policy.insert(id, PEER_POLICY_SKIP_PAYLOAD, 0)?;
+            // Set after the entry, so the kernel never skips a lookup that
+            // would find it; never cleared, as a policy may be set again.
+            self.config.set(ConfigKey::PeerPolicyActive as u32, 1, 0)?;
         }
         Ok(())
     }

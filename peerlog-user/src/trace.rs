@@ -482,8 +482,8 @@ impl Tracer {
                 .get_or_insert(m.peer_id, &m.addr, &m.conn_type, time_micros / 1_000_000);
         if peer.addr.is_empty() {
             // Created by a misbehaviour event before any message named it.
-            peer.addr = m.addr.clone();
-            peer.conn_type = m.conn_type.clone();
+            peer.addr = m.addr.to_string();
+            peer.conn_type = m.conn_type.to_string();
         }
         match m.direction {
             Direction::Inbound => self.summary.recv.add(m.payload_size),

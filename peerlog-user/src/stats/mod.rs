@@ -1244,7 +1244,7 @@ mod tests {
             tid,
             peer_id,
             cnode: None,
-            addr: format!("127.0.0.1:{}", 5000 + peer_id),
+            addr: format!("127.0.0.1:{}", 5000 + peer_id).into(),
             conn_type: "inbound".into(),
             msg_type: msg_type.into(),
             direction,
