@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod attach;
 pub mod btf;
 pub mod capture;
+pub mod capture_worker;
 pub mod cli;
 pub mod clock;
 pub mod convert;

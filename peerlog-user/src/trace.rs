@@ -18,6 +18,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
+    capture_worker::CaptureWorker,
     clock::WallClock,
     event::{Decoder, Event, Message},
     filter::PeerSelector,
@@ -238,7 +239,7 @@ fn yield_to_the_node() {
 
 /// Where events go after the peer table.
 struct Sinks {
-    capture: Option<CaptureWriter>,
+    capture: Option<CaptureWorker>,
     jsonl: Option<JsonlSink>,
     flamegraph: Option<CpuProfile>,
 }
@@ -399,9 +400,10 @@ impl Tracer {
     fn handle(&mut self, event: Event) -> Result<()> {
         self.report.handle(&event);
         let mut report = true;
+        let mut capture = None;
         match &event {
             Event::Message(m) => {
-                report = self.handle_message(m)?;
+                (report, capture) = self.handle_message(m);
             }
             Event::IncompleteMessage(i) => {
                 self.summary.incomplete_messages += 1;
@@ -441,7 +443,7 @@ impl Tracer {
                 }
                 if c.kind == ConnectionEventKind::Closed {
                     if let Some(capture) = &mut self.sinks.capture {
-                        capture.close_connection(&addr, (c.peer_id, connected_at))?;
+                        capture.close_connection(addr.into(), (c.peer_id, connected_at));
                     }
                 }
                 report =
@@ -470,11 +472,16 @@ impl Tracer {
                     .context("writing JSON lines")?;
             }
         }
+        if let (Some(connection), Event::Message(m)) = (capture, event) {
+            self.capture(m, connection);
+        }
         Ok(())
     }
 
-    /// Accounts a message and captures it; returns whether it is reported.
-    fn handle_message(&mut self, m: &Message) -> Result<bool> {
+    /// Accounts a message. Returns whether it is reported, and the
+    /// connection (peer id, connect time) to capture it under, if it is
+    /// captured.
+    fn handle_message(&mut self, m: &Message) -> (bool, Option<(i64, u64)>) {
         self.summary.event_latency.record(m.ktime_ns);
         let time_micros = self.clock.unix_micros(m.ktime_ns);
         let (peer, created) =
@@ -495,38 +502,61 @@ impl Tracer {
         }
         let peer = self.peers.get(m.peer_id).expect("inserted above");
         if !peer.selected || !self.msg_type_selected(&m.msg_type) {
-            return Ok(false);
+            return (false, None);
         }
-        if self.capture_enabled && self.sinks.capture.is_some() && m.payload.is_none() {
+        if !self.capture_enabled || self.sinks.capture.is_none() {
+            return (true, None);
+        }
+        if m.payload.is_none() {
             // Copied (or not) by the kernel before setcapture switched the
             // capture on: say so rather than leave a silent gap.
             self.summary.capture_started_in_flight += 1;
+            return (true, None);
         }
-        if let (true, Some(capture), Some(payload)) =
-            (self.capture_enabled, &mut self.sinks.capture, &m.payload)
-        {
-            let record = CaptureRecord {
-                time_micros,
-                msg_type: m.msg_type.clone(),
-                payload: payload.clone(),
-            };
-            capture
-                .append(
-                    &peer.addr,
-                    (peer.id, peer.connected_at),
-                    m.direction == Direction::Inbound,
-                    &record,
-                )
-                .context("capture stopped")?;
-            self.summary.records_written += 1;
+        if m.addr.is_empty() {
+            // The kernel's record naming the peer was lost (counted there),
+            // and no connection event named it: no directory to file it in.
+            self.summary.incomplete_messages += 1;
+            log::warn!(
+                "peer {} {} {}: its address is unknown (the record naming the peer was lost); not written to the capture",
+                m.peer_id,
+                crate::jsonl::direction_name(m.direction),
+                m.msg_type
+            );
+            return (true, None);
         }
-        Ok(true)
+        (true, Some((peer.id, peer.connected_at)))
+    }
+
+    /// Hands a message to the capture writer; its payload moves, uncopied.
+    fn capture(&mut self, m: Message, connection: (i64, u64)) {
+        let (Some(capture), Some(payload)) = (&mut self.sinks.capture, m.payload) else {
+            return;
+        };
+        let record = CaptureRecord {
+            time_micros: self.clock.unix_micros(m.ktime_ns),
+            msg_type: m.msg_type,
+            payload,
+        };
+        capture.append(
+            m.addr,
+            connection,
+            m.direction == Direction::Inbound,
+            record,
+        );
+        self.summary.records_written += 1;
+    }
+
+    /// Hands what this round of events queued to the capture writer.
+    fn send_capture(&mut self) -> Result<()> {
+        if let Some(capture) = &mut self.sinks.capture {
+            capture.send().context("capture stopped")?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let Some(capture) = &mut self.sinks.capture {
-            capture.flush().context("capture stopped")?;
-        }
+        self.send_capture()?;
         if let Some(jsonl) = &mut self.sinks.jsonl {
             jsonl.flush().context("writing JSON lines")?;
         }
@@ -547,7 +577,7 @@ fn drain_ring(
     while let Some(item) = ring.next() {
         tracer.handle_record(&item, events)?;
     }
-    Ok(())
+    tracer.send_capture()
 }
 
 /// A descriptor that becomes readable when the target exits.
@@ -564,7 +594,10 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
 
 fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
     let capture = match &opts.capture {
-        Some(dir) => Some(CaptureWriter::new(dir, opts.capture_layout)?),
+        Some(dir) => Some(
+            CaptureWorker::start(CaptureWriter::new(dir, opts.capture_layout)?)
+                .context("starting the capture writer")?,
+        ),
         None => None,
     };
     let jsonl = match &opts.jsonl {
@@ -778,7 +811,13 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             tracer.handle(event)?;
         }
     }
-    let flush_result = tracer.flush();
+    let mut flush_result = tracer.flush();
+    if let Some(capture) = tracer.sinks.capture.take() {
+        let (stats, written) = capture.finish();
+        // What reached the files, not what was handed over.
+        tracer.summary.records_written = stats.records_written;
+        flush_result = flush_result.and(written.context("capture stopped"));
+    }
     let report_result = tracer.report.finish();
 
     tracer.summary.peers = tracer.peers.len();
