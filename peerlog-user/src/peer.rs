@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use peerlog_common::Direction;
 use serde::Serialize;
 
 use crate::filter::split_host_port;
@@ -135,12 +134,6 @@ pub struct Peer {
     pub closed: bool,
     /// Whether the peer filter selected this peer for capture.
     pub selected: bool,
-    /// Received from the peer.
-    pub recv: Traffic,
-    /// Sent to the peer.
-    pub sent: Traffic,
-    /// Per message type: received and sent.
-    pub by_msg_type: BTreeMap<String, [Traffic; 2]>,
     /// Times `net:misbehaving_connection` fired for the peer.
     pub misbehaving: u64,
 }
@@ -154,16 +147,6 @@ impl Peer {
             conn_type: &self.conn_type,
             network: self.network,
         }
-    }
-
-    /// Accounts one message.
-    pub fn count_message(&mut self, direction: Direction, msg_type: &str, bytes: u64) {
-        let slot = direction as usize;
-        match direction {
-            Direction::Inbound => self.recv.add(bytes),
-            Direction::Outbound => self.sent.add(bytes),
-        }
-        self.by_msg_type.entry(msg_type.to_string()).or_default()[slot].add(bytes);
     }
 }
 
@@ -200,9 +183,6 @@ impl PeerTable {
                 connected_at_known: false,
                 closed: false,
                 selected: true,
-                recv: Traffic::default(),
-                sent: Traffic::default(),
-                by_msg_type: BTreeMap::new(),
                 misbehaving: 0,
             }
         });
@@ -250,19 +230,5 @@ mod tests {
         assert_eq!(Network::from_addr("abc.onion:8333"), Some(Network::Onion));
         assert_eq!(Network::from_addr("abc.b32.i2p:0"), Some(Network::I2p));
         assert_eq!(Network::from_addr("localhost:8333"), None);
-    }
-
-    #[test]
-    fn counts_by_direction_and_type() {
-        let mut t = PeerTable::new();
-        let (p, created) = t.get_or_insert(1, "127.0.0.1:1", "inbound", 10);
-        assert!(created);
-        p.count_message(Direction::Inbound, "ping", 8);
-        p.count_message(Direction::Outbound, "pong", 8);
-        p.count_message(Direction::Inbound, "ping", 8);
-        let p = t.get(1).unwrap();
-        assert_eq!(p.recv, Traffic { msgs: 2, bytes: 16 });
-        assert_eq!(p.sent, Traffic { msgs: 1, bytes: 8 });
-        assert_eq!(p.by_msg_type["ping"][0].msgs, 2);
     }
 }

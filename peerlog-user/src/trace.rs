@@ -496,7 +496,6 @@ impl Tracer {
             Direction::Inbound => self.summary.recv.add(m.payload_size),
             Direction::Outbound => self.summary.sent.add(m.payload_size),
         }
-        peer.count_message(m.direction, &m.msg_type, m.payload_size);
         if created {
             self.select_peer(m.peer_id);
         }
