@@ -6,9 +6,10 @@
 //! target's `.eh_frame` ([`unwind`]), and sends its program counters and
 //! the peer its thread was serving (`ProcessMessages`/`SendMessages`
 //! context). Here each stack is named ([`symbolize`]) and counted as a
-//! collapsed stack ([`folded`]) under its thread and peer. At the end of the trace, `peerlog trace --flamegraph
-//! DIR` writes `all.folded`/`all.svg` and one `peer-<id>-<addr>` pair per
-//! peer; `peerlog flamegraph` re-renders, merges and filters those files.
+//! collapsed stack ([`folded`]) under its thread and peer. At the end of
+//! the trace, `peerlog trace --flamegraph DIR` writes `all.folded`/`all.svg`
+//! and one `peer-<id>-<addr>` pair per peer; `peerlog flamegraph`
+//! re-renders, merges and filters those files.
 
 pub mod folded;
 pub mod symbolize;
@@ -99,8 +100,8 @@ impl SampleCounts {
 /// The CPU profile of a running trace: a sink for [`CpuSample`] events.
 ///
 /// Counting stacks happens on a thread of its own: the trace loop only
-/// queues samples and never falls behind the ring buffer because of them. Naming them waits for the end of the trace (see
-/// [`Profiler`]).
+/// queues samples and never falls behind the ring buffer because of them.
+/// Naming them waits for the end of the trace (see [`Profiler`]).
 pub struct CpuProfile {
     dir: Dir,
     pid: i32,
@@ -122,9 +123,10 @@ pub struct CpuProfile {
 const SAMPLE_QUEUE: usize = 1024;
 
 /// The worker's state: the target's modules, and the walked stacks by
-/// thread name and peer, as addresses. They are named once, when the trace ends:
-/// naming inlined frames parses the DWARF of bitcoind (or its debug file),
-/// hundreds of megabytes that peerlog should not hold while it traces.
+/// thread name and peer, as addresses. They are named once, when the trace
+/// ends: naming inlined frames parses the DWARF of bitcoind (or its debug
+/// file), hundreds of megabytes that peerlog should not hold while it
+/// traces.
 struct Profiler {
     modules: TargetModules,
     walked: HashMap<(String, Served), WalkedTally>,
@@ -228,10 +230,12 @@ impl CpuProfile {
         let modules = TargetModules::new(target.pid, debug_file)?;
         let unwind_tables = modules.unwind_tables();
         log::info!(
-            "unwind tables: {} rows of {} modules, {} KiB",
+            "unwind tables: {} rows of {} modules, {} KiB with their bucket index",
             unwind_tables.rows.len(),
             unwind_tables.modules.len(),
-            std::mem::size_of_val(&unwind_tables.rows[..]) / 1024
+            (std::mem::size_of_val(&unwind_tables.rows[..])
+                + std::mem::size_of_val(&unwind_tables.buckets[..]))
+                / 1024
         );
         let symtab = executable_symtab(target, debug_file);
         let debug_file = debug_file.map(Path::to_path_buf);
