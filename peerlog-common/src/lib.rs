@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 5;
+pub const ABI_VERSION: u16 = 6;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -580,11 +580,9 @@ pub enum ConfigKey {
     /// Non-zero: copy the payloads of the message types marked
     /// [`MSG_TYPE_STATS`] whatever the capture settings (statistics parse them).
     StatsPayloads = 5,
-    /// Byte offset of `thread.fsbase` (the user thread pointer on x86-64) in
-    /// `task_struct`, from its BTF; 0 when unknown. CPU sampling copies a
-    /// thread's stack only up to its thread pointer: glibc (and musl) put
-    /// the thread's control block at the top of its stack, above every frame.
-    TaskFsbaseOffset = 6,
+    /// Entries of the unwind module map in use (see [`UnwindModule`]); 0:
+    /// no unwind tables, stacks are walked with frame pointers only.
+    UnwindModules = 6,
     /// Byte offset of `se.sum_exec_runtime` in `task_struct`; 0 disables
     /// on-CPU accounting.
     TaskSumExecOffset = 7,
@@ -687,15 +685,10 @@ impl LossCause {
     }
 }
 
-/// Most bytes of a thread's user stack one [`CpuSample`] carries, copied
-/// from its stack pointer upwards.
-///
-/// Unwinding without frame pointers needs the stack memory itself: the
-/// caller frames are found from `.eh_frame` rules applied to these bytes.
-/// 32 KiB holds the deepest stacks of bitcoind's message handler (validation
-/// and script checks included) with room to spare; the copy stops earlier at
-/// the end of the thread's stack mapping, so shallow stacks cost less.
-pub const SAMPLE_STACK_LEN: usize = 32 * 1024;
+/// Most frames one [`CpuSample`] carries; a deeper stack is cut there and
+/// marked incomplete. bitcoind's deepest stacks (validation inside
+/// `ProcessMessage`) have about 60 frames, inlined frames not counted.
+pub const MAX_SAMPLE_FRAMES: usize = 128;
 
 /// Bytes reserved for a thread name (`comm`, 15 characters and a NUL).
 pub const THREAD_NAME_LEN: usize = 16;
@@ -704,42 +697,197 @@ pub const THREAD_NAME_LEN: usize = 16;
 /// page fault) when sampled; the registers are those it entered the kernel
 /// with, so the stack shows the user code that made the call.
 pub const SAMPLE_FLAG_IN_KERNEL: u8 = 1 << 0;
+/// [`CpuSample::flags`]: the walk reached the outermost frame, where the call
+/// frame information says the stack ends (`_start`, `clone3`): the frames
+/// are the whole stack.
+pub const SAMPLE_FLAG_COMPLETE: u8 = 1 << 1;
+
+/// Why the kernel's stack walk of a [`CpuSample`] ended
+/// ([`CpuSample::stop`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkStop {
+    /// The outermost frame: the return address rule is "undefined".
+    ThreadEntry = 0,
+    /// The address is in no module with unwind rows, and frame pointers did
+    /// not lead on (rbp zero, below the stack pointer, or unreadable).
+    NoUnwindInfo = 1,
+    /// The rule for the frame is one the kernel does not evaluate: a DWARF
+    /// expression other than the PLT's, or a register other than rsp/rbp.
+    UnsupportedRule = 2,
+    /// The CFA needs rbp, whose value was lost in an inner frame.
+    RbpLost = 3,
+    /// A stack word could not be read.
+    ReadFailed = 4,
+    /// [`MAX_SAMPLE_FRAMES`] frames and the walk was not over.
+    TooDeep = 5,
+    /// The stack went the wrong way (a return address of zero, or a caller
+    /// frame below its callee): corrupt or misread.
+    BadFrame = 6,
+}
+
+impl WalkStop {
+    /// The reason for a raw byte, if it is one this ABI knows.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::ThreadEntry,
+            1 => Self::NoUnwindInfo,
+            2 => Self::UnsupportedRule,
+            3 => Self::RbpLost,
+            4 => Self::ReadFailed,
+            5 => Self::TooDeep,
+            6 => Self::BadFrame,
+            _ => return None,
+        })
+    }
+
+    /// Short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ThreadEntry => "thread_entry",
+            Self::NoUnwindInfo => "no_unwind_info",
+            Self::UnsupportedRule => "unsupported_rule",
+            Self::RbpLost => "rbp_lost",
+            Self::ReadFailed => "read_failed",
+            Self::TooDeep => "too_deep",
+            Self::BadFrame => "bad_frame",
+        }
+    }
+}
 
 /// [`CpuSample::slice`] when the thread has no open slice: it is not a
 /// message-handling thread.
 pub const SAMPLE_NO_CONTEXT: u8 = u8::MAX;
 
-/// One CPU sample of a thread of the target: this header, then `stack_len`
-/// bytes of its user stack starting at `rsp`.
+/// One CPU sample of a thread of the target: this header, then
+/// `frame_count` code addresses (`u64`), innermost first.
 ///
 /// Taken by a perf event (software `cpu-clock`, one per CPU, all processes)
 /// filtered to the target's threads, so every thread is sampled, those
 /// started after peerlog attached included, in proportion to its CPU time.
+/// The kernel walks the stack itself with the unwind rows userspace
+/// compiled from the target's `.eh_frame` ([`UnwindRow`]): the first
+/// address is the instruction pointer, each further one a return address
+/// minus one (inside the call instruction, so that a call at the very end
+/// of a function is attributed to that function).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
     /// Common header; `kind` is [`RecordKind::CpuSample`].
     pub header: RecordHeader,
-    /// User instruction pointer.
-    pub rip: u64,
-    /// User stack pointer; the first stack byte copied is at this address.
-    pub rsp: u64,
-    /// User frame pointer register, for the frame-pointer fallback.
-    pub rbp: u64,
     /// The peer the thread's open slice is charged to, or -1 outside a
     /// message-handling thread.
     pub peer_id: i64,
-    /// User stack bytes that follow this header.
-    pub stack_len: u32,
+    /// Code addresses that follow this header.
+    pub frame_count: u32,
     /// The open slice's [`SliceKind`] as `u8`, or [`SAMPLE_NO_CONTEXT`].
     pub slice: u8,
     /// `SAMPLE_FLAG_*` bits.
     pub flags: u8,
+    /// Why the walk ended, a [`WalkStop`] as `u8`.
+    pub stop: u8,
     /// Padding; zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// The thread's name (`b-msghand`, `b-net`, ...), NUL-terminated.
     pub thread_name: [u8; THREAD_NAME_LEN],
 }
+
+/// How the canonical frame address (CFA, the caller's stack pointer) of a
+/// frame is found: [`UnwindRow::cfa`].
+pub mod cfa {
+    /// rsp + `cfa_offset`.
+    pub const RSP: u8 = 0;
+    /// rbp + `cfa_offset`.
+    pub const RBP: u8 = 1;
+    /// A PLT entry: rsp + 8, plus 8 once the entry has pushed its
+    /// relocation index, at and after byte `cfa_offset` of the 16-byte entry
+    /// (the DWARF expression every x86-64 linker writes for `.plt`).
+    pub const PLT: u8 = 2;
+    /// The outermost frame: the return address is undefined.
+    pub const END: u8 = 3;
+    /// No call frame information covers the address (a gap between
+    /// functions): frame pointers are tried.
+    pub const NONE: u8 = 4;
+    /// A rule the kernel does not evaluate; the walk stops.
+    pub const UNSUPPORTED: u8 = 5;
+}
+
+/// [`UnwindRow::rbp_offset`]: the caller's rbp is unchanged in this frame.
+pub const RBP_SAME: i16 = 0;
+/// [`UnwindRow::rbp_offset`]: the caller's rbp cannot be recovered here.
+pub const RBP_LOST: i16 = i16::MIN;
+
+/// One row of a module's unwind table: from `pc` (an address in the file, as
+/// in `readelf`) up to the next row's `pc`, how to find the caller's
+/// registers. Compiled by userspace from `.eh_frame`; on x86-64 the return
+/// address is always at CFA - 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// First file address the row covers.
+    pub pc: u32,
+    /// Offset added to the CFA register (see [`cfa`]).
+    pub cfa_offset: i32,
+    /// A [`cfa`] constant.
+    pub cfa: u8,
+    /// Padding; zero.
+    pub _pad: u8,
+    /// Where the caller's rbp is saved, relative to the CFA in bytes;
+    /// [`RBP_SAME`] or [`RBP_LOST`].
+    pub rbp_offset: i16,
+}
+
+/// Rows per entry of the unwind row map: few, big map entries, so that
+/// userspace fills the map in a few thousand updates.
+pub const UNWIND_ROWS_PER_BLOCK: usize = 256;
+
+/// An entry of the unwind row map: [`UNWIND_ROWS_PER_BLOCK`] consecutive rows
+/// of the table of all modules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindRowBlock {
+    /// The rows; row `i` of the whole table is `rows[i % 256]` of block
+    /// `i / 256`.
+    pub rows: [UnwindRow; UNWIND_ROWS_PER_BLOCK],
+}
+
+/// A module (executable, shared library, vDSO) with unwind rows, as mapped
+/// into the target. Entries of the module map are sorted by `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnwindModule {
+    /// Lowest address of its mappings.
+    pub start: u64,
+    /// End of its mappings (exclusive).
+    pub end: u64,
+    /// Load bias: address in the process = address in the file + bias.
+    pub bias: u64,
+    /// Index of its first row in the row table; its rows are sorted by pc.
+    pub first_row: u32,
+    /// Number of its rows.
+    pub rows: u32,
+    /// File address of its first bucket: its first row's pc rounded down to
+    /// [`UNWIND_BUCKET_SHIFT`].
+    pub bucket_base: u32,
+    /// Index of its first entry in the bucket map.
+    pub first_bucket: u32,
+    /// Number of its buckets; the bucket map holds one entry more, its last
+    /// row's index, so that every bucket's rows end where the next begin.
+    pub buckets: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+}
+
+/// The rows of a module are indexed by buckets of 2^8 = 256 bytes of code:
+/// an entry of the bucket map is the index of the row that covers the
+/// bucket's first byte, so a lookup reads one bucket entry and searches the
+/// few rows up to the next bucket's, instead of searching all the rows.
+/// A binary search over all rows of bitcoind (2 MiB) misses the cache at
+/// nearly every step, and a sample is too rare to keep them cached.
+pub const UNWIND_BUCKET_SHIFT: u32 = 8;
+
+/// Entries of the unwind module map: bitcoind maps about ten modules.
+pub const MAX_UNWIND_MODULES: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -747,4 +895,6 @@ mod pod {
     // arrays, and are valid for every bit pattern.
     unsafe impl aya::Pod for super::UsdtSpec {}
     unsafe impl aya::Pod for super::UsdtArgSpec {}
+    unsafe impl aya::Pod for super::UnwindRowBlock {}
+    unsafe impl aya::Pod for super::UnwindModule {}
 }

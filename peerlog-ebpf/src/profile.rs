@@ -3,54 +3,120 @@
 //! [`cpu_sample`] is attached by userspace to one software `cpu-clock` perf
 //! event per CPU, for all processes: the only way to sample every thread of
 //! bitcoind, including threads it starts after peerlog attached, without a
-//! perf event per thread. It keeps the target's threads and, for each sample,
-//! copies what a userspace unwinder needs to walk a stack built without frame
-//! pointers: the user registers and the user stack from the stack pointer
-//! upwards. It adds the peer the thread's open CPU slice is charged to
-//! (`THREAD_CONTEXT`) and the thread's name. The record is a [`CpuSample`] followed by the stack bytes.
+//! perf event per thread. It keeps the target's threads and walks each
+//! sampled stack right here, the way the OpenTelemetry eBPF profiler and
+//! Parca do: bitcoind is built without frame pointers, so the callers are
+//! found with the unwind rows userspace compiled from the `.eh_frame` of
+//! every module ([`UnwindRow`]), reading only the few stack words each frame
+//! needs (its return address, and the caller's rbp where the frame saved
+//! it). A bulk stack copy would cost far more and still miss frames above a
+//! big one, such as `b-net`'s 64 KiB receive buffer. The record is a
+//! [`CpuSample`] followed by the program counters, with the peer the
+//! thread's open CPU slice is charged to (`THREAD_CONTEXT`) and the
+//! thread's name.
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs,
-        },
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs},
     },
     macros::{map, perf_event},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::PerfEventContext,
 };
 use peerlog_common::{
-    ConfigKey, CpuSample, LossCause, RecordKind, SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT,
-    SAMPLE_STACK_LEN,
+    cfa, ConfigKey, CpuSample, LossCause, RecordKind, UnwindModule, UnwindRow, UnwindRowBlock,
+    WalkStop, MAX_SAMPLE_FRAMES, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME, SAMPLE_FLAG_COMPLETE,
+    SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT, UNWIND_BUCKET_SHIFT, UNWIND_ROWS_PER_BLOCK,
 };
 
 use crate::{config, count_loss, record_header, submit_flags, EVENTS, THREAD_CONTEXT};
 
 /// A sample as it is assembled before it goes into the ring buffer in one
-/// piece, header and stack together.
+/// piece, header and frames together.
 #[repr(C)]
 pub struct SampleBuffer {
     sample: CpuSample,
-    stack: [u8; SAMPLE_STACK_LEN],
+    frames: [u64; MAX_SAMPLE_FRAMES],
 }
 
-/// One [`SampleBuffer`] per CPU, indexed by CPU number; userspace sizes it to
-/// the number of possible CPUs when sampling is on. A per-CPU array cannot
-/// hold it (the kernel caps per-CPU values at 32 KiB), and the eBPF stack is
-/// 512 bytes. A perf event program never runs nested on one CPU (the kernel
-/// skips it while another tracing program runs there), so a CPU's slot has
-/// one writer at a time.
+/// Where each CPU assembles its sample: the eBPF stack (512 bytes) cannot
+/// hold it. A perf event program never runs nested on one CPU (the kernel
+/// skips it while another tracing program runs there), so the slot has one
+/// writer at a time.
 #[map]
-static SAMPLE_BUFFERS: Array<SampleBuffer> = Array::with_max_entries(1, 0);
+static SAMPLE_BUFFERS: PerCpuArray<SampleBuffer> = PerCpuArray::with_max_entries(1, 0);
 
-/// Stack memory is copied page by page: a copy that crosses into an unmapped
-/// page fails as a whole, and the stack's end is not known in advance.
-const PAGE: usize = 4096;
+/// The modules with unwind rows, sorted by address; userspace fills the
+/// first [`ConfigKey::UnwindModules`] entries.
+#[map]
+static UNWIND_MODULES: Array<UnwindModule> = Array::with_max_entries(MAX_UNWIND_MODULES, 0);
+
+/// The unwind rows of all modules, [`UNWIND_ROWS_PER_BLOCK`] to an entry;
+/// userspace sizes the map to the rows it compiled.
+#[map]
+static UNWIND_ROWS: Array<UnwindRowBlock> = Array::with_max_entries(1, 0);
+
+/// For each bucket of 256 code bytes of each module, the index of the row
+/// that covers its first byte (see [`UNWIND_BUCKET_SHIFT`]); userspace sizes
+/// the map.
+#[map]
+static UNWIND_BUCKETS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Rows a CPU keeps from its last lookups (a power of two).
+const ROW_CACHE_LEN: usize = 1024;
+
+/// A row found for an address: `avma` 0 is an empty slot (no frame is at 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedRow {
+    avma: u64,
+    row: UnwindRow,
+}
+
+/// A CPU's cache of rows by address, direct-mapped.
+#[repr(C)]
+pub struct RowCache {
+    slots: [CachedRow; ROW_CACHE_LEN],
+}
+
+/// Each CPU's [`RowCache`]. Samples return through the same few hundred
+/// call sites again and again; a hit reads one slot of 24 KiB instead of a
+/// bucket and a row scattered over megabytes of map, each access a likely
+/// cache and TLB miss, since samples are too rare to keep them warm. Per
+/// CPU, because the program never runs nested on one CPU: no torn slots.
+/// The rows never change after attach, so the cache is never stale.
+#[map]
+static ROW_CACHE: PerCpuArray<RowCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Halving steps that find a module among [`MAX_UNWIND_MODULES`].
+const MODULE_SEARCH_STEPS: usize = 7;
+/// Halving steps that find a row among those of one bucket: a bucket holds
+/// a handful; 2^16 would be a single function with thousands of rules in
+/// 256 bytes.
+const ROW_SEARCH_STEPS: usize = 16;
+
+/// The registers of the frame being unwound, shared with [`step`] through
+/// `bpf_loop`.
+#[repr(C)]
+struct Walk {
+    /// Instruction pointer: where the frame is executing (the innermost
+    /// frame) or returns to (every other frame).
+    pc: u64,
+    rsp: u64,
+    rbp: u64,
+    /// Modules in [`UNWIND_MODULES`].
+    modules: u32,
+    /// Frames recorded so far.
+    frames: u32,
+    /// Non-zero while `rbp` holds the frame's real rbp.
+    rbp_known: u8,
+    /// A [`WalkStop`].
+    stop: u8,
+}
 
 /// `cpu-clock` fired on some CPU: if one of the target's threads was running
 /// there, send its sample.
@@ -58,14 +124,13 @@ const PAGE: usize = 4096;
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let target = config(ConfigKey::TargetTgid) as u32;
-    // The event samples every process; never copy another process's stack,
+    // The event samples every process; never read another process's stack,
     // not even while the target is not configured yet.
     if target == 0 || (pid_tgid >> 32) as u32 != target {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(buffer) = SAMPLE_BUFFERS.get_ptr_mut(cpu) else {
+    let Some(buffer) = SAMPLE_BUFFERS.get_ptr_mut(0) else {
         count_loss(LossCause::RingFullSample);
         return 0;
     };
@@ -81,19 +146,41 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         // entered the kernel with, so the stack still shows who made the
         // system call.
         flags |= SAMPLE_FLAG_IN_KERNEL;
-        match user_regs() {
-            Some(regs) => regs,
-            None => (0, 0, 0),
-        }
+        user_regs().unwrap_or((0, 0, 0))
     } else {
         (interrupted.rip, interrupted.rsp, interrupted.rbp)
     };
 
+    let mut walk = Walk {
+        pc: rip,
+        rsp,
+        rbp,
+        modules: config(ConfigKey::UnwindModules) as u32,
+        frames: 0,
+        rbp_known: 1,
+        stop: WalkStop::TooDeep as u8,
+    };
+    if rip == 0 || rsp == 0 {
+        walk.stop = WalkStop::ReadFailed as u8;
+    } else {
+        // SAFETY: `step` is a static function of this program with the
+        // signature bpf_loop expects; `walk` outlives the call.
+        unsafe {
+            bpf_loop(
+                MAX_SAMPLE_FRAMES as u32,
+                step as *const () as *mut c_void,
+                &mut walk as *mut Walk as *mut c_void,
+                0,
+            )
+        };
+    }
+    if walk.stop == WalkStop::ThreadEntry as u8 {
+        flags |= SAMPLE_FLAG_COMPLETE;
+    }
+    let frames = (walk.frames as usize).min(MAX_SAMPLE_FRAMES);
+
     let sample = &mut buffer.sample;
     sample.header = record_header(RecordKind::CpuSample, tid, unsafe { bpf_ktime_get_ns() });
-    sample.rip = rip;
-    sample.rsp = rsp;
-    sample.rbp = rbp;
     // SAFETY: plain data written by the message tracepoints.
     match unsafe { THREAD_CONTEXT.get(&tid) } {
         Some(context) if context.peer_id >= 0 => {
@@ -105,17 +192,13 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             sample.slice = SAMPLE_NO_CONTEXT;
         }
     }
+    sample.frame_count = frames as u32;
     sample.flags = flags;
-    sample._pad = [0; 2];
+    sample.stop = walk.stop;
+    sample._pad = 0;
     sample.thread_name = bpf_get_current_comm().unwrap_or([0; 16]);
-    let stack_len = if rsp == 0 {
-        0
-    } else {
-        copy_stack(rsp, stack_bound(rsp), &mut buffer.stack)
-    };
-    buffer.sample.stack_len = stack_len as u32;
 
-    let len = size_of::<CpuSample>() + stack_len;
+    let len = size_of::<CpuSample>() + frames * size_of::<u64>();
     // SAFETY: `len` is at most the size of the slot, which stays valid for
     // the whole run of the program.
     let record = unsafe { core::slice::from_raw_parts(buffer as *const _ as *const u8, len) };
@@ -123,6 +206,201 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         count_loss(LossCause::RingFullSample);
     }
     0
+}
+
+/// One `bpf_loop` iteration: records the frame `ctx` (a [`Walk`]) is at and
+/// moves it to the caller. Returns 1 to end the walk.
+#[inline(never)]
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `cpu_sample` passed, to its
+    // `Walk` on its stack.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(buffer) = SAMPLE_BUFFERS.get_ptr_mut(0) else {
+        walk.stop = WalkStop::ReadFailed as u8;
+        return 1;
+    };
+    // A return address is the instruction after the call; the call itself,
+    // one byte earlier, is in the caller's function and under its row, even
+    // when the call is the last instruction of the function.
+    let lookup = if walk.frames == 0 {
+        walk.pc
+    } else {
+        walk.pc.wrapping_sub(1)
+    };
+    let n = walk.frames as usize;
+    if n >= MAX_SAMPLE_FRAMES {
+        return 1;
+    }
+    // SAFETY: this CPU's slot; `n` is in bounds.
+    unsafe { (*buffer).frames[n] = lookup };
+    walk.frames += 1;
+    match unwind(walk, lookup) {
+        Ok(()) => 0,
+        Err(stop) => {
+            walk.stop = stop as u8;
+            1
+        }
+    }
+}
+
+/// Moves `walk` from the frame at `lookup` to its caller.
+#[inline(always)]
+fn unwind(walk: &mut Walk, lookup: u64) -> Result<(), WalkStop> {
+    let row = cached_row(walk.modules, lookup).unwrap_or(UnwindRow {
+        cfa: cfa::NONE,
+        ..UnwindRow::default()
+    });
+    let (cfa, ra, rbp) = match row.cfa {
+        cfa::RSP => frame_at(
+            walk,
+            walk.rsp.wrapping_add(row.cfa_offset as i64 as u64),
+            &row,
+        )?,
+        cfa::RBP => {
+            if walk.rbp_known == 0 {
+                return Err(WalkStop::RbpLost);
+            }
+            frame_at(
+                walk,
+                walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
+                &row,
+            )?
+        }
+        cfa::PLT => {
+            let pushed = if (walk.pc & 15) as i32 >= row.cfa_offset {
+                8
+            } else {
+                0
+            };
+            frame_at(walk, walk.rsp + 8 + pushed, &row)?
+        }
+        cfa::END => return Err(WalkStop::ThreadEntry),
+        cfa::NONE => {
+            // No call frame information: code built with frame pointers
+            // (some libraries) is still walked; in bitcoind's own code rbp
+            // is an ordinary register and this usually ends the walk, which
+            // is then marked incomplete, never guessed complete.
+            if walk.rbp_known == 0 || walk.rbp < walk.rsp {
+                return Err(WalkStop::NoUnwindInfo);
+            }
+            let ra = read_user(walk.rbp + 8).ok_or(WalkStop::NoUnwindInfo)?;
+            let rbp = read_user(walk.rbp).ok_or(WalkStop::NoUnwindInfo)?;
+            (walk.rbp + 16, ra, Some(rbp))
+        }
+        _ => return Err(WalkStop::UnsupportedRule),
+    };
+    // The caller's frame lies above its callee's, and a return address is
+    // never 0: anything else means the rows do not fit this stack.
+    if cfa <= walk.rsp || ra == 0 {
+        return Err(WalkStop::BadFrame);
+    }
+    walk.pc = ra;
+    walk.rsp = cfa;
+    match rbp {
+        Some(rbp) => {
+            walk.rbp = rbp;
+            walk.rbp_known = 1;
+        }
+        None if row.rbp_offset == RBP_LOST => walk.rbp_known = 0,
+        None => {}
+    }
+    Ok(())
+}
+
+/// The CFA, return address and (if this frame saved it) caller's rbp of a
+/// frame whose CFA is `cfa`.
+#[inline(always)]
+fn frame_at(walk: &Walk, cfa: u64, row: &UnwindRow) -> Result<(u64, u64, Option<u64>), WalkStop> {
+    if cfa <= walk.rsp {
+        return Err(WalkStop::BadFrame);
+    }
+    let ra = read_user(cfa - 8).ok_or(WalkStop::ReadFailed)?;
+    let rbp = if row.rbp_offset == RBP_SAME || row.rbp_offset == RBP_LOST {
+        None
+    } else {
+        Some(
+            read_user(cfa.wrapping_add(row.rbp_offset as i64 as u64))
+                .ok_or(WalkStop::ReadFailed)?,
+        )
+    };
+    Ok((cfa, ra, rbp))
+}
+
+/// [`find_row`] through this CPU's [`ROW_CACHE`].
+#[inline(always)]
+fn cached_row(modules: u32, avma: u64) -> Option<UnwindRow> {
+    let cache = ROW_CACHE.get_ptr_mut(0)?;
+    let slot = ((avma ^ (avma >> 12)) as usize) & (ROW_CACHE_LEN - 1);
+    // SAFETY: this CPU's cache, used by this program only, never nested.
+    let cached = unsafe { &mut (*cache).slots[slot] };
+    if cached.avma == avma {
+        return Some(cached.row);
+    }
+    let row = find_row(modules, avma)?;
+    cached.avma = avma;
+    cached.row = row;
+    Some(row)
+}
+
+/// The unwind row that covers `avma`, an address in the target: the last
+/// row at or below it in the table of the module it is in, searched for
+/// between the rows its bucket and the next point at.
+#[inline(always)]
+fn find_row(modules: u32, avma: u64) -> Option<UnwindRow> {
+    // The last module starting at or below `avma`.
+    let (mut lo, mut n) = (0u32, modules);
+    for _ in 0..MODULE_SEARCH_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        if UNWIND_MODULES.get(lo + half)?.start <= avma {
+            lo += half;
+        }
+        n -= half;
+    }
+    let module = UNWIND_MODULES.get(lo)?;
+    if avma < module.start || avma >= module.end || module.rows == 0 {
+        return None;
+    }
+    let pc = avma.wrapping_sub(module.bias);
+    if pc > u64::from(u32::MAX) {
+        return None;
+    }
+    let pc = pc as u32;
+    if pc < module.bucket_base {
+        return None;
+    }
+    let bucket = (pc - module.bucket_base) >> UNWIND_BUCKET_SHIFT;
+    let (mut lo, mut n) = if bucket >= module.buckets {
+        // Past the last row's bucket: the last row covers it.
+        (module.first_row + module.rows - 1, 1)
+    } else {
+        let first = *UNWIND_BUCKETS.get(module.first_bucket + bucket)?;
+        let last = *UNWIND_BUCKETS.get(module.first_bucket + bucket + 1)?;
+        (first, last.wrapping_sub(first).wrapping_add(1))
+    };
+    for _ in 0..ROW_SEARCH_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        if row_at(lo + half)?.pc <= pc {
+            lo += half;
+        }
+        n -= half;
+    }
+    let row = row_at(lo)?;
+    (row.pc <= pc).then_some(row)
+}
+
+#[inline(always)]
+fn row_at(index: u32) -> Option<UnwindRow> {
+    let block = UNWIND_ROWS.get(index / UNWIND_ROWS_PER_BLOCK as u32)?;
+    block
+        .rows
+        .get(index as usize % UNWIND_ROWS_PER_BLOCK)
+        .copied()
 }
 
 /// The user-mode rip, rsp and rbp of the current thread, saved at the top of
@@ -144,61 +422,17 @@ fn user_regs() -> Option<(u64, u64, u64)> {
     }
 }
 
-/// How many stack bytes above `rsp` can hold frames: up to the thread
-/// pointer, where glibc keeps the thread's control block at the top of its
-/// stack. Memory above it belongs to something else (often a readable heap
-/// mapping), so copying it would only cost time. The main thread's control
-/// block is not on its stack; there the copy runs to the end of the stack
-/// mapping, or the buffer.
+/// One 8-byte word of the target's stack.
 #[inline(always)]
-fn stack_bound(rsp: u64) -> usize {
-    let offset = config(ConfigKey::TaskFsbaseOffset);
-    if offset == 0 {
-        return SAMPLE_STACK_LEN;
-    }
-    // SAFETY: a helper without arguments; the task is only read through
-    // bpf_probe_read_kernel, which copes with any address.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let fsbase = task.wrapping_add(offset as usize) as *const u64;
-    let Ok(fsbase) = (unsafe { bpf_probe_read_kernel(fsbase) }) else {
-        return SAMPLE_STACK_LEN;
+fn read_user(addr: u64) -> Option<u64> {
+    let mut word = 0u64;
+    // SAFETY: writes 8 bytes into `word`; the helper validates `addr`.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            &mut word as *mut u64 as *mut c_void,
+            8,
+            addr as *const c_void,
+        )
     };
-    match fsbase.checked_sub(rsp) {
-        Some(distance) if distance < SAMPLE_STACK_LEN as u64 => distance as usize,
-        _ => SAMPLE_STACK_LEN,
-    }
-}
-
-/// Copies the user stack from `rsp` upwards into `stack`, a page at a time,
-/// until at least `bound` bytes are in, the buffer is full, or the next page
-/// cannot be read (the end of the thread's stack mapping). Returns the bytes
-/// copied.
-#[inline(always)]
-fn copy_stack(rsp: u64, bound: usize, stack: &mut [u8; SAMPLE_STACK_LEN]) -> usize {
-    let dst = stack.as_mut_ptr();
-    // Up to the first page boundary: 1 to PAGE bytes.
-    let first = PAGE - (rsp as usize & (PAGE - 1));
-    if !read_user(dst, first, rsp) {
-        return 0;
-    }
-    let mut copied = first;
-    for _ in 1..SAMPLE_STACK_LEN / PAGE {
-        // The second test is for the verifier: `copied + PAGE` stays within
-        // the buffer.
-        if copied >= bound || copied > SAMPLE_STACK_LEN - PAGE {
-            break;
-        }
-        if !read_user(dst.wrapping_add(copied), PAGE, rsp + copied as u64) {
-            break;
-        }
-        copied += PAGE;
-    }
-    copied
-}
-
-#[inline(always)]
-fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
-    // SAFETY: `dst..dst + len` lies in this CPU's sample buffer (see
-    // `copy_stack`); the helper validates `src`.
-    unsafe { bpf_probe_read_user(dst as *mut c_void, len as u32, src as *const c_void) == 0 }
+    (rc == 0).then_some(word)
 }

@@ -48,20 +48,6 @@ pub fn task_offsets_from(data: &[u8]) -> Result<TaskOffsets> {
     })
 }
 
-/// Byte offset of `thread.fsbase` in `task_struct` (x86-64): where the
-/// kernel keeps a thread's user thread pointer.
-pub fn thread_fsbase_offset() -> Result<u32> {
-    let data = fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
-    thread_fsbase_offset_from(&data)
-}
-
-/// [`thread_fsbase_offset`] from raw BTF bytes.
-pub fn thread_fsbase_offset_from(data: &[u8]) -> Result<u32> {
-    let btf = Btf::parse(data)?;
-    Ok(btf.member_offset("task_struct", "thread")?
-        + btf.member_offset("thread_struct", "fsbase")?)
-}
-
 struct Btf<'a> {
     types: &'a [u8],
     strings: &'a [u8],
@@ -175,14 +161,6 @@ mod tests {
         // pid_t pid; pid_t tgid; are adjacent in every kernel since 2.6.
         assert_eq!(offsets.tgid, offsets.pid + 4);
         assert!(offsets.pid > 0);
-    }
-
-    #[test]
-    fn finds_the_thread_pointer_in_this_kernel() {
-        let data = fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
-        let fsbase = thread_fsbase_offset_from(&data).unwrap();
-        // `thread` is near the end of task_struct, after pid and tgid.
-        assert!(fsbase > task_offsets_from(&data).unwrap().tgid);
     }
 
     #[test]

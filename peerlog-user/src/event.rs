@@ -14,7 +14,7 @@ use bitcoin::hashes::Hash;
 use peerlog_common::{
     BlockConnectedEvent, ConnectionEvent, ConnectionEventKind, CpuSliceEvent, Direction,
     MempoolEvent, MempoolEventKind, MessageEvent, MisbehavingEvent, PayloadChunk, PeerNameEvent,
-    RecordHeader, RecordKind, SliceKind, ABI_VERSION, BYTES_UNKNOWN, FLAG_ADDR_TRUNCATED,
+    RecordHeader, RecordKind, SliceKind, WalkStop, ABI_VERSION, BYTES_UNKNOWN, FLAG_ADDR_TRUNCATED,
     FLAG_PAYLOAD_INLINE, FLAG_PAYLOAD_OVERSIZED, FLAG_PAYLOAD_SKIPPED, FLAG_PAYLOAD_UNREADABLE,
     ONCPU_UNKNOWN,
 };
@@ -169,8 +169,8 @@ pub struct BlockConnected {
     pub duration_ns: u64,
 }
 
-/// A CPU sample of one of the target's threads, with what it takes to walk
-/// its user stack in userspace.
+/// A CPU sample of one of the target's threads, its stack walked by the
+/// kernel.
 #[derive(Debug, Clone)]
 pub struct CpuSample {
     /// CLOCK_MONOTONIC nanoseconds of the sample.
@@ -179,17 +179,15 @@ pub struct CpuSample {
     pub tid: u32,
     /// Its name (`b-msghand`, `b-net`, ...).
     pub thread_name: String,
-    /// The thread was in the kernel (a system call); the registers are the
-    /// user registers it entered with.
+    /// The thread was in the kernel (a system call); the stack is the user
+    /// stack that made the call.
     pub in_kernel: bool,
-    /// User instruction pointer.
-    pub rip: u64,
-    /// User stack pointer, the address of `stack[0]`.
-    pub rsp: u64,
-    /// User frame pointer register.
-    pub rbp: u64,
-    /// The thread's user stack from `rsp` upwards, as far as it was copied.
-    pub stack: Vec<u8>,
+    /// Code addresses to name, innermost first: the instruction pointer,
+    /// then each return address minus one (see [`peerlog_common::CpuSample`]).
+    pub frames: Vec<u64>,
+    /// Why the walk ended; [`WalkStop::ThreadEntry`] when the frames are
+    /// the whole stack. None for a reason this build does not know.
+    pub stop: Option<WalkStop>,
     /// The peer the thread's open CPU slice was charged to, if one was open.
     pub context: Option<PeerContext>,
 }
@@ -547,24 +545,27 @@ impl Decoder {
     }
 }
 
-/// A [`RecordKind::CpuSample`] record: the header, then the stack bytes.
+/// A [`RecordKind::CpuSample`] record: the header, then the frames.
 fn decode_cpu_sample(header: RecordHeader, record: &[u8]) -> Result<CpuSample, DecodeError> {
     let ev: peerlog_common::CpuSample = read(record, header.kind)?;
-    let stack = record[size_of::<peerlog_common::CpuSample>()..]
-        .get(..ev.stack_len as usize)
+    let frames = record[size_of::<peerlog_common::CpuSample>()..]
+        .get(..(ev.frame_count as usize).saturating_mul(8))
         .ok_or(DecodeError::Short {
             kind: header.kind,
             len: record.len(),
         })?;
+    let complete = ev.flags & peerlog_common::SAMPLE_FLAG_COMPLETE != 0;
     Ok(CpuSample {
         ktime_ns: header.ktime_ns,
         tid: header.tid,
         thread_name: c_string(&ev.thread_name),
         in_kernel: ev.flags & peerlog_common::SAMPLE_FLAG_IN_KERNEL != 0,
-        rip: ev.rip,
-        rsp: ev.rsp,
-        rbp: ev.rbp,
-        stack: stack.to_vec(),
+        frames: frames
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect(),
+        // The flag is the kernel's verdict; the reason only explains it.
+        stop: WalkStop::from_u8(ev.stop).filter(|&s| (s == WalkStop::ThreadEntry) == complete),
         context: SliceKind::from_u8(ev.slice)
             .filter(|_| ev.peer_id >= 0)
             .map(|kind| PeerContext {
@@ -777,43 +778,41 @@ mod tests {
         ));
     }
 
-    fn cpu_sample(stack: &[u8], stack_len: u32, slice: u8) -> Vec<u8> {
+    fn cpu_sample(frames: &[u64], frame_count: u32, slice: u8) -> Vec<u8> {
         let mut v = bytes_of(&peerlog_common::CpuSample {
             header: header(RecordKind::CpuSample, 9, 555),
-            rip: 0x401000,
-            rsp: 0x7ff000,
-            rbp: 0,
             peer_id: 4,
-            stack_len,
+            frame_count,
             slice,
-            flags: peerlog_common::SAMPLE_FLAG_IN_KERNEL,
-            _pad: [0; 2],
+            flags: peerlog_common::SAMPLE_FLAG_IN_KERNEL | peerlog_common::SAMPLE_FLAG_COMPLETE,
+            stop: WalkStop::ThreadEntry as u8,
+            _pad: 0,
             thread_name: fixed::<16>("b-msghand"),
         });
-        v.extend_from_slice(stack);
+        for frame in frames {
+            v.extend_from_slice(&frame.to_le_bytes());
+        }
         v
     }
 
     #[test]
-    fn cpu_samples_carry_stack_and_context() {
+    fn cpu_samples_carry_frames_and_context() {
         let mut d = Decoder::new();
         let mut out = Vec::new();
-        let stack: Vec<u8> = (0..64).collect();
+        let frames = [0x401000u64, 0x402233, 0x400100];
         d.push(
-            &cpu_sample(&stack, 64, SliceKind::Processing as u8),
+            &cpu_sample(&frames, 3, SliceKind::Processing as u8),
             &mut out,
         )
         .unwrap();
         let [Event::CpuSample(s)] = &out[..] else {
             panic!("{out:?}")
         };
-        assert_eq!(
-            (s.tid, s.ktime_ns, s.rip, s.rsp),
-            (9, 555, 0x401000, 0x7ff000)
-        );
+        assert_eq!((s.tid, s.ktime_ns), (9, 555));
         assert_eq!(s.thread_name, "b-msghand");
         assert!(s.in_kernel);
-        assert_eq!(s.stack, stack);
+        assert_eq!(s.frames, frames);
+        assert_eq!(s.stop, Some(WalkStop::ThreadEntry));
         assert_eq!(
             s.context,
             Some(PeerContext {
@@ -829,11 +828,11 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&out[0], Event::CpuSample(s) if s.context.is_none() && s.stack.is_empty())
+            matches!(&out[0], Event::CpuSample(s) if s.context.is_none() && s.frames.is_empty())
         );
-        // A record that announces more stack than it carries is refused.
+        // A record that announces more frames than it carries is refused.
         assert!(matches!(
-            d.push(&cpu_sample(&stack, 65, 0), &mut out),
+            d.push(&cpu_sample(&frames, 4, 0), &mut out),
             Err(DecodeError::Short { .. })
         ));
     }

@@ -15,14 +15,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
-    PEER_POLICY_SKIP_PAYLOAD,
+    ConfigKey, LossCause, UnwindModule, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE,
+    MSG_TYPE_LEN, MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
 };
 use serde::Serialize;
 
 use crate::{
     attach::{ProbeLink, UprobePmu, UprobeTarget},
     btf, debuginfo,
+    flamegraph::unwind::UnwindTables,
     layout::CNodeLayout,
     target::{Target, NET_TRACEPOINTS},
 };
@@ -42,7 +43,7 @@ pub const ACCOUNTING_TRACEPOINTS: [(&str, &str, &str); 5] = [
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PEERLOG_EBPF_OBJECT"));
 
 /// What to load.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_size: u32,
@@ -51,9 +52,18 @@ pub struct ProbeOptions {
     pub accounting: bool,
     /// Separate debug file with bitcoind's DWARF (`--debug-file`).
     pub debug_file: Option<PathBuf>,
-    /// Sample every thread of the target this many times a second per CPU
-    /// (for flamegraphs); None: no sampling.
-    pub sample_rate: Option<u32>,
+    /// Sample every thread of the target (for flamegraphs); None: no
+    /// sampling.
+    pub sampling: Option<Sampling>,
+}
+
+/// CPU sampling for flamegraphs.
+#[derive(Debug)]
+pub struct Sampling {
+    /// Samples a second per CPU.
+    pub rate: u32,
+    /// The unwind rows the kernel walks the sampled stacks with.
+    pub unwind_tables: UnwindTables,
 }
 
 /// What could be attached, so that every figure that depends on a missing
@@ -150,17 +160,23 @@ impl Probes {
     /// of `target`. Payload copying starts switched off: see [`KernelControl`].
     pub fn attach(target: &Target, opts: &ProbeOptions) -> Result<Self> {
         raise_memlock_limit();
-        // Sampling assembles each sample in a buffer per CPU; without
-        // sampling, one unused slot is enough.
-        let sample_buffers = match opts.sample_rate {
-            Some(_) => {
-                aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32
-            }
-            None => 1,
-        };
+        // The unwind row and bucket maps hold exactly what was compiled;
+        // without sampling, one unused entry each.
+        let row_blocks = opts.sampling.as_ref().map_or(1, |s| {
+            s.unwind_tables
+                .rows
+                .len()
+                .div_ceil(UNWIND_ROWS_PER_BLOCK)
+                .max(1) as u32
+        });
+        let buckets = opts
+            .sampling
+            .as_ref()
+            .map_or(1, |s| s.unwind_tables.buckets.len().max(1) as u32);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_size)
-            .map_max_entries("SAMPLE_BUFFERS", sample_buffers)
+            .map_max_entries("UNWIND_ROWS", row_blocks)
+            .map_max_entries("UNWIND_BUCKETS", buckets)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
@@ -202,8 +218,9 @@ impl Probes {
             }
         }
         probes.sites = probes.links.len();
-        if let Some(hz) = opts.sample_rate {
-            probes.sample_cpus(hz)?;
+        if let Some(sampling) = &opts.sampling {
+            probes.load_unwind_tables(&sampling.unwind_tables)?;
+            probes.sample_cpus(sampling.rate)?;
         }
         Ok(probes)
     }
@@ -213,15 +230,6 @@ impl Probes {
     /// target's threads. One event per CPU rather than per thread, so
     /// threads that bitcoind starts later are sampled too.
     fn sample_cpus(&mut self, hz: u32) -> Result<()> {
-        match btf::thread_fsbase_offset() {
-            Ok(offset) => {
-                let mut config: Array<_, u64> =
-                    Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
-                config.set(ConfigKey::TaskFsbaseOffset as u32, u64::from(offset), 0)?;
-            }
-            // Samples then carry the most stack bytes: same stacks, more copying.
-            Err(e) => log::info!("sampled stacks are not bounded by the thread pointer: {e:#}"),
-        }
         let program: &mut PerfEvent = self
             .ebpf
             .program_mut("cpu_sample")
@@ -242,6 +250,51 @@ impl Probes {
                 .with_context(|| format!("starting CPU sampling on CPU {cpu}"))?;
             self.sampling.push(program.take_link(link)?);
         }
+        Ok(())
+    }
+
+    /// Fills the unwind maps the sampler walks stacks with: the rows, a
+    /// block of [`UNWIND_ROWS_PER_BLOCK`] per update, their bucket index,
+    /// then the modules, and last their count, which switches them on.
+    fn load_unwind_tables(&mut self, tables: &UnwindTables) -> Result<()> {
+        let mut rows: Array<_, UnwindRowBlock> = Array::try_from(
+            self.ebpf
+                .map_mut("UNWIND_ROWS")
+                .context("UNWIND_ROWS map")?,
+        )?;
+        for (i, chunk) in tables.rows.chunks(UNWIND_ROWS_PER_BLOCK).enumerate() {
+            let mut block = UnwindRowBlock {
+                rows: [UnwindRow::default(); UNWIND_ROWS_PER_BLOCK],
+            };
+            block.rows[..chunk.len()].copy_from_slice(chunk);
+            rows.set(i as u32, block, 0)
+                .context("filling the unwind row map")?;
+        }
+        let mut buckets: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("UNWIND_BUCKETS")
+                .context("UNWIND_BUCKETS map")?,
+        )?;
+        for (i, row) in tables.buckets.iter().enumerate() {
+            buckets
+                .set(i as u32, row, 0)
+                .context("filling the unwind bucket map")?;
+        }
+        let mut modules: Array<_, UnwindModule> = Array::try_from(
+            self.ebpf
+                .map_mut("UNWIND_MODULES")
+                .context("UNWIND_MODULES map")?,
+        )?;
+        for (i, module) in tables.modules.iter().enumerate() {
+            modules.set(i as u32, *module, 0)?;
+        }
+        let mut config: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+        config.set(
+            ConfigKey::UnwindModules as u32,
+            tables.modules.len() as u64,
+            0,
+        )?;
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use crate::{
     jsonl::JsonlSink,
     layout::CounterReader,
     peer::{Network, PeerTable, Traffic},
-    probes::{KernelControl, LossCounters, ProbeOptions, Probes},
+    probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
     rpc, stats,
     target::{Capabilities, Target},
 };
@@ -648,7 +648,10 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             ring_size: opts.ring_size,
             accounting: opts.accounting,
             debug_file: opts.debug_file.clone(),
-            sample_rate: opts.flamegraph.as_ref().map(|_| opts.sample_rate),
+            sampling: sinks.flamegraph.as_mut().map(|profile| Sampling {
+                rate: opts.sample_rate,
+                unwind_tables: profile.take_unwind_tables(),
+            }),
         },
     )?;
     let mut control = probes.take_control()?;

@@ -1,14 +1,15 @@
 //! Per-peer CPU flamegraphs of a running bitcoind: "which peer makes my node
 //! burn CPU, and in which code?"
 //!
-//! The kernel samples every thread of the target at a fixed rate and sends
-//! each sample's registers, the top of its user stack and the peer its
-//! thread was serving (`ProcessMessages`/`SendMessages` context). Here each
-//! sample's stack is walked with the target's unwind tables ([`unwind`]),
-//! named ([`symbolize`]) and counted as a collapsed stack ([`folded`]) under
-//! its thread and peer. At the end of the trace, `peerlog trace --flamegraph
-//! DIR` writes `all.folded`/`all.svg` and one `peer-<id>-<addr>` pair per
-//! peer; `peerlog flamegraph` re-renders, merges and filters those files.
+//! The kernel samples every thread of the target at a fixed rate, walks
+//! each sample's user stack with the unwind tables compiled here from the
+//! target's `.eh_frame` ([`unwind`]), and sends its program counters and
+//! the peer its thread was serving (`ProcessMessages`/`SendMessages`
+//! context). Here each stack is named ([`symbolize`]) and counted as a
+//! collapsed stack ([`folded`]) under its thread and peer. At the end of
+//! the trace, `peerlog trace --flamegraph DIR` writes `all.folded`/`all.svg`
+//! and one `peer-<id>-<addr>` pair per peer; `peerlog flamegraph`
+//! re-renders, merges and filters those files.
 
 pub mod folded;
 pub mod symbolize;
@@ -25,6 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use peerlog_common::WalkStop;
 
 use crate::{
     event::CpuSample,
@@ -34,7 +36,7 @@ use crate::{
 };
 use folded::{peer_frame, peer_of_frame, FoldedStacks};
 use symbolize::Symbols;
-use unwind::StackWalker;
+use unwind::{TargetModules, UnwindTables};
 
 /// Samples per second per CPU unless told otherwise: 99, not 100, so the
 /// sampling does not run in lockstep with timers of the target.
@@ -97,10 +99,9 @@ impl SampleCounts {
 
 /// The CPU profile of a running trace: a sink for [`CpuSample`] events.
 ///
-/// Walking stacks takes time, so it happens on a thread of its own: the
-/// trace loop only queues samples and never falls behind the ring buffer
-/// because of them. Naming them waits for the end of the trace (see
-/// [`Profiler`]).
+/// Counting stacks happens on a thread of its own: the trace loop only
+/// queues samples and never falls behind the ring buffer because of them.
+/// Naming them waits for the end of the trace (see [`Profiler`]).
 pub struct CpuProfile {
     dir: Dir,
     pid: i32,
@@ -113,19 +114,25 @@ pub struct CpuProfile {
     worker: JoinHandle<Counted>,
     /// Samples dropped because the worker was [`SAMPLE_QUEUE`] behind.
     dropped: u64,
+    /// The unwind tables, until the kernel's maps take them.
+    unwind_tables: Option<UnwindTables>,
 }
 
 /// Samples waiting for the worker at most; beyond, samples are dropped and
 /// counted as lost rather than hold up the trace loop or grow without bound.
 const SAMPLE_QUEUE: usize = 1024;
 
-/// The worker's state: what walks stacks, and the walked stacks by thread
-/// name and peer, as addresses. They are named once, when the trace ends:
-/// naming inlined frames parses the DWARF of bitcoind (or its debug file),
-/// hundreds of megabytes that peerlog should not hold while it traces.
+/// The worker's state: the target's modules, and the walked stacks by
+/// thread name and peer, as addresses. They are named once, when the trace
+/// ends: naming inlined frames parses the DWARF of bitcoind (or its debug
+/// file), hundreds of megabytes that peerlog should not hold while it
+/// traces.
 struct Profiler {
-    walker: StackWalker,
+    modules: TargetModules,
     walked: HashMap<(String, Served), WalkedTally>,
+    /// Why walks ended early, by thread name: logged at the end, to tell
+    /// what an `[incomplete stack]` lacked.
+    stops: BTreeMap<(String, &'static str), u64>,
 }
 
 /// The walked stacks of one thread name for one [`Served`], not named yet.
@@ -220,7 +227,16 @@ impl CpuProfile {
         if let Some(debug) = debug_file {
             symbolize::check_debug_file(&target.exe, debug)?;
         }
-        let walker = StackWalker::new(target.pid, debug_file)?;
+        let modules = TargetModules::new(target.pid, debug_file)?;
+        let unwind_tables = modules.unwind_tables();
+        log::info!(
+            "unwind tables: {} rows of {} modules, {} KiB with their bucket index",
+            unwind_tables.rows.len(),
+            unwind_tables.modules.len(),
+            (std::mem::size_of_val(&unwind_tables.rows[..])
+                + std::mem::size_of_val(&unwind_tables.buckets[..]))
+                / 1024
+        );
         let symtab = executable_symtab(target, debug_file);
         let debug_file = debug_file.map(Path::to_path_buf);
         let (queue, samples) = mpsc::sync_channel(SAMPLE_QUEUE);
@@ -228,8 +244,9 @@ impl CpuProfile {
             .name("peerlog-stacks".into())
             .spawn(move || {
                 let mut profiler = Profiler {
-                    walker,
+                    modules,
                     walked: HashMap::new(),
+                    stops: BTreeMap::new(),
                 };
                 for sample in samples {
                     profiler.add(&sample);
@@ -238,7 +255,7 @@ impl CpuProfile {
                 let symbols = Symbols::new(debug_file.as_deref(), symtab);
                 profiler.name(symbols)
             })
-            .context("starting the stack walking thread")?;
+            .context("starting the stack counting thread")?;
         Ok(Self {
             dir,
             pid: target.pid,
@@ -250,7 +267,14 @@ impl CpuProfile {
             queue,
             worker,
             dropped: 0,
+            unwind_tables: Some(unwind_tables),
         })
+    }
+
+    /// The unwind tables of the target's modules, for the kernel's maps
+    /// (once; they are not kept afterwards).
+    pub fn take_unwind_tables(&mut self) -> UnwindTables {
+        self.unwind_tables.take().unwrap_or_default()
     }
 
     /// Marks the moment the sampling perf events were attached: the
@@ -284,14 +308,14 @@ impl CpuProfile {
         drop(self.queue);
         if self.dropped > 0 {
             log::warn!(
-                "{} CPU samples dropped: walking stacks fell {SAMPLE_QUEUE} samples behind",
+                "{} CPU samples dropped: counting stacks fell {SAMPLE_QUEUE} samples behind",
                 self.dropped
             );
         }
         let counted = self
             .worker
             .join()
-            .map_err(|_| anyhow::anyhow!("the stack walking thread panicked"))?;
+            .map_err(|_| anyhow::anyhow!("the stack counting thread panicked"))?;
         let written = Written {
             dir: &self.dir,
             pid: self.pid,
@@ -317,9 +341,10 @@ struct Written<'a> {
 }
 
 impl Profiler {
-    /// Walks and counts one sample.
+    /// Counts one sample.
     fn add(&mut self, sample: &CpuSample) {
-        let walked = self.walker.walk(sample);
+        self.modules.learn_frames(&sample.frames);
+        let complete = sample.stop == Some(WalkStop::ThreadEntry);
         let served = match sample.context {
             None => Served::Nobody,
             Some(c) => Served::Peer(c.peer_id),
@@ -329,20 +354,27 @@ impl Profiler {
         } else {
             sample.thread_name.clone()
         };
-        let tally = self.walked.entry((thread, served)).or_default();
+        let tally = self.walked.entry((thread.clone(), served)).or_default();
         let stack = RawStack {
-            frames: walked.frames,
-            complete: walked.reached_thread_entry,
+            frames: sample.frames.clone(),
+            complete,
             in_kernel: sample.in_kernel,
         };
         *tally.stacks.entry(stack).or_default() += 1;
         tally.samples += 1;
-        tally.complete += u64::from(walked.reached_thread_entry);
+        tally.complete += u64::from(complete);
+        if !complete {
+            let reason = sample.stop.map_or("unknown", WalkStop::name);
+            *self.stops.entry((thread, reason)).or_default() += 1;
+        }
     }
 
     /// Names every walked stack.
     fn name(self, mut symbols: Symbols) -> Counted {
-        let modules = self.walker.modules();
+        for ((thread, reason), count) in &self.stops {
+            log::info!("{count} samples of {thread} not walked to the thread entry: {reason}");
+        }
+        let modules = self.modules.modules();
         symbols.learn_module_dirs(modules);
         let mut counted = Counted::default();
         for (key, walked) in self.walked {

@@ -1,15 +1,22 @@
-//! Walking the user stacks of CPU samples without frame pointers.
+//! The target's modules, and the unwind tables the kernel walks its stacks
+//! with.
 //!
 //! bitcoind is built without frame pointers, so a sample's callers are
 //! found the way a debugger finds them: from the DWARF call frame
 //! information (`.eh_frame`, or `.debug_frame` where a module has no
-//! `.eh_frame`) of the module each address is in, applied to the registers
-//! and the stack bytes the kernel copied. The modules are the target's
-//! executable, its shared libraries (libc, libstdc++, libevent, ...) and
-//! the vDSO, read from `/proc/PID/maps`. framehop does the unwinding and
-//! falls back to frame pointers in code that has no unwind information.
+//! `.eh_frame`) of the module each address is in. The modules are the
+//! target's executable, its shared libraries (libc, libstdc++, libevent,
+//! ...) and the vDSO, read from `/proc/PID/maps`. At attach, the call frame
+//! information of each is compiled into compact rows sorted by address
+//! ([`UnwindTables`]): per address range, how to find the caller's stack
+//! pointer (the CFA: rsp or rbp plus an offset), its return address (at
+//! CFA - 8 on x86-64) and its rbp. The kernel looks rows up by binary
+//! search and walks each sampled stack itself, reading a few words per
+//! frame (see `peerlog-ebpf/src/profile.rs`); here the walked addresses
+//! are only named.
 
 use std::{
+    borrow::Cow,
     fs::File,
     io,
     ops::Range,
@@ -18,17 +25,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use framehop::{
-    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
-    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
+use anyhow::{bail, Context, Result};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
 };
 use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use peerlog_common::{
+    cfa, UnwindModule, UnwindRow, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME, UNWIND_BUCKET_SHIFT,
+};
 
-use crate::event::CpuSample;
-
-/// Frames followed at most; deeper stacks are reported as truncated.
-const MAX_FRAMES: usize = 512;
+use crate::debuginfo::Mapped;
 
 /// How often the module list may be re-read when an address falls outside
 /// every known module (a library loaded after peerlog attached). Short,
@@ -72,22 +79,40 @@ pub fn module_at(modules: &[LoadedModule], avma: u64) -> Option<&LoadedModule> {
     modules[..i].last().filter(|m| m.avma.contains(&avma))
 }
 
-/// A walked stack: code addresses from the sampled instruction outwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalkedStack {
-    /// Addresses to symbolize, innermost first: the instruction pointer,
-    /// then each return address minus one (inside the call instruction, so
-    /// that a call at the very end of a function is attributed to it).
-    pub frames: Vec<u64>,
-    /// The walk ended where the call frame information says the stack ends
-    /// (`clone3` for threads, `_start` for the main thread), inside a known
-    /// module: the whole stack is there. False when it stopped early: stack
-    /// copy too short, no unwind information, a corrupt frame.
-    pub reached_thread_entry: bool,
+/// The unwind rows of the target's modules, as the kernel's maps hold them.
+#[derive(Debug, Default)]
+pub struct UnwindTables {
+    /// The modules with rows, by address; `first_row`/`rows` index `rows`.
+    pub modules: Vec<UnwindModule>,
+    /// The rows of all modules, each module's sorted by address.
+    pub rows: Vec<UnwindRow>,
+    /// The bucket index of all modules (see [`UNWIND_BUCKET_SHIFT`]).
+    pub buckets: Vec<u32>,
 }
 
-/// The target's modules and an unwinder over them.
-pub struct StackWalker {
+/// The bucket index of one module's `rows` (sorted, not empty), whose first
+/// row is row `first_row` of the whole table: the base address, then for
+/// each bucket the index of the row that covers its first byte (or the
+/// first row), and the index of the last row.
+fn bucket_index(rows: &[UnwindRow], first_row: u32) -> (u32, Vec<u32>) {
+    let base = rows[0].pc >> UNWIND_BUCKET_SHIFT << UNWIND_BUCKET_SHIFT;
+    let last = rows[rows.len() - 1].pc;
+    let buckets = ((last - base) >> UNWIND_BUCKET_SHIFT) + 1;
+    let mut index = Vec::with_capacity(buckets as usize + 1);
+    let mut row = 0;
+    for bucket in 0..buckets {
+        let address = base + (bucket << UNWIND_BUCKET_SHIFT);
+        while row + 1 < rows.len() && rows[row + 1].pc <= address {
+            row += 1;
+        }
+        index.push(first_row + row as u32);
+    }
+    index.push(first_row + rows.len() as u32 - 1);
+    (base, index)
+}
+
+/// The target's modules, for unwinding and naming.
+pub struct TargetModules {
     pid: i32,
     /// `(st_dev, st_ino)` of `/proc/PID/exe`, to tell the executable apart.
     executable: Option<(u64, u64)>,
@@ -95,8 +120,6 @@ pub struct StackWalker {
     /// `.eh_frame`.
     debug_file: Option<PathBuf>,
     modules: Vec<LoadedModule>,
-    unwinder: UnwinderX86_64<Vec<u8>>,
-    cache: CacheX86_64,
     last_refresh: Instant,
 }
 
@@ -157,17 +180,28 @@ fn load_bias(start: u64, offset: u64, segments: &[(u64, u64, u64)]) -> Option<u6
         })
 }
 
-/// What framehop needs of one ELF image, and the module's bias.
-struct UnwindSections {
-    bias: u64,
-    info: ExplicitModuleSectionInfo<Vec<u8>>,
+/// The ELF image of a module: a file mapped into memory, or the vDSO copied
+/// out of the target.
+enum Image {
+    Mapped(Mapped),
+    Memory(Vec<u8>),
 }
 
-fn unwind_sections<'a, R: object::ReadRef<'a>>(
+impl Image {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m.bytes(),
+            Self::Memory(v) => v,
+        }
+    }
+}
+
+/// The load bias of the module whose first executable mapping starts at
+/// `first_exec.0` and maps file offset `first_exec.1`.
+fn module_bias<'a, R: object::ReadRef<'a>>(
     elf: &object::File<'a, R>,
     first_exec: (u64, u64),
-    debug_frame_source: Option<&object::File<'a, R>>,
-) -> Option<UnwindSections> {
+) -> Option<u64> {
     let segments: Vec<(u64, u64, u64)> = elf
         .segments()
         .map(|s| {
@@ -184,61 +218,199 @@ fn unwind_sections<'a, R: object::ReadRef<'a>>(
         })
         .collect();
     let (start, offset) = first_exec;
-    let bias =
-        load_bias(start, offset, &exec_segments).or_else(|| load_bias(start, offset, &segments))?;
-    let range = |name: &str| {
-        elf.section_by_name(name)
-            .map(|s| s.address()..s.address() + s.size())
-    };
-    let data = |elf: &object::File<'a, R>, name: &str| {
-        elf.section_by_name(name)
-            .and_then(|s| s.data().ok())
-            .filter(|d| !d.is_empty())
-            .map(<[u8]>::to_vec)
-    };
-    let eh_frame = data(elf, ".eh_frame");
-    let debug_frame = if eh_frame.is_some() {
-        None
-    } else {
-        data(elf, ".debug_frame")
-            .or_else(|| debug_frame_source.and_then(|d| data(d, ".debug_frame")))
-    };
-    Some(UnwindSections {
-        bias,
-        info: ExplicitModuleSectionInfo {
-            base_svma: 0,
-            text_svma: range(".text"),
-            got_svma: range(".got"),
-            eh_frame_svma: range(".eh_frame"),
-            eh_frame,
-            eh_frame_hdr_svma: range(".eh_frame_hdr"),
-            eh_frame_hdr: data(elf, ".eh_frame_hdr"),
-            debug_frame,
-            ..Default::default()
-        },
-    })
+    load_bias(start, offset, &exec_segments).or_else(|| load_bias(start, offset, &segments))
 }
 
-impl StackWalker {
+/// `DW_OP_breg7 (rsp) 8; DW_OP_breg16 (rip) 0; DW_OP_lit15; DW_OP_and`:
+/// the start of the CFA expression linkers write for PLT entries...
+const PLT_EXPRESSION_HEAD: [u8; 6] = [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a];
+/// ...then `DW_OP_litN` (N: where in the entry the relocation index has been
+/// pushed), and `DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus`: rsp + 8,
+/// plus 8 from byte N of the 16-byte entry on.
+const PLT_EXPRESSION_TAIL: [u8; 4] = [0x2a, 0x33, 0x24, 0x22];
+
+/// The byte of a 16-byte PLT entry from which its CFA is rsp + 16, if
+/// `expression` is the PLT's CFA expression.
+fn plt_threshold(expression: &[u8]) -> Option<i32> {
+    let (head, rest) = expression.split_at_checked(PLT_EXPRESSION_HEAD.len())?;
+    let (&lit, tail) = rest.split_first()?;
+    (head == PLT_EXPRESSION_HEAD && tail == PLT_EXPRESSION_TAIL && (0x30..=0x4f).contains(&lit))
+        .then(|| i32::from(lit - 0x30))
+}
+
+/// Compiles one row of gimli's unwind table into an [`UnwindRow`].
+fn compile_row<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    pc: u32,
+    row: &gimli::UnwindTableRow<usize>,
+) -> UnwindRow {
+    let unsupported = UnwindRow {
+        pc,
+        cfa: cfa::UNSUPPORTED,
+        ..UnwindRow::default()
+    };
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Undefined) => {
+            return UnwindRow {
+                pc,
+                cfa: cfa::END,
+                ..UnwindRow::default()
+            }
+        }
+        Some(RegisterRule::Offset(-8)) | None => {}
+        // Signal frames (`__restore_rt`) and hand-written oddities.
+        Some(_) => return unsupported,
+    }
+    let (rule, offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let Ok(offset) = i32::try_from(*offset) else {
+                return unsupported;
+            };
+            match *register {
+                X86_64::RSP => (cfa::RSP, offset),
+                X86_64::RBP => (cfa::RBP, offset),
+                _ => return unsupported,
+            }
+        }
+        CfaRule::Expression(expression) => {
+            match expression
+                .get(section)
+                .ok()
+                .and_then(|e| plt_threshold(e.0.slice()))
+            {
+                Some(threshold) => (cfa::PLT, threshold),
+                None => return unsupported,
+            }
+        }
+    };
+    let rbp_offset = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::SameValue) => RBP_SAME,
+        Some(RegisterRule::Offset(offset)) => i16::try_from(offset)
+            .ok()
+            .filter(|&o| o != RBP_SAME && o != RBP_LOST)
+            .unwrap_or(RBP_LOST),
+        Some(_) => RBP_LOST,
+    };
+    UnwindRow {
+        pc,
+        cfa_offset: offset,
+        cfa: rule,
+        _pad: 0,
+        rbp_offset,
+    }
+}
+
+/// The rows of every FDE of `section`, sorted by address, with a
+/// [`cfa::NONE`] row where an FDE ends and no other begins, and without
+/// rows that repeat the one before.
+fn compile_section<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    bases: &BaseAddresses,
+) -> Result<Vec<UnwindRow>> {
+    let file_pc = |address: u64| {
+        u32::try_from(address).with_context(|| {
+            format!("address {address:#x} beyond 4 GiB: no unwind rows for this module")
+        })
+    };
+    // Rows, then the FDE ends: (pc, is_end, row), so that a row that starts
+    // where another FDE ends wins over that end.
+    let mut rows: Vec<(u32, bool, UnwindRow)> = Vec::new();
+    let mut ctx = UnwindContext::new();
+    let mut entries = section.entries(bases);
+    while let Some(entry) = entries.next()? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial.parse(S::cie_from_offset)?;
+        if fde.len() == 0 {
+            continue;
+        }
+        let mut table = fde.rows(section, bases, &mut ctx)?;
+        while let Some(row) = table.next_row()? {
+            let pc = file_pc(row.start_address())?;
+            rows.push((pc, false, compile_row(section, pc, row)));
+        }
+        let end = file_pc(fde.end_address())?;
+        rows.push((
+            end,
+            true,
+            UnwindRow {
+                pc: end,
+                cfa: cfa::NONE,
+                ..UnwindRow::default()
+            },
+        ));
+    }
+    rows.sort_unstable_by_key(|&(pc, is_end, _)| (pc, is_end));
+    rows.dedup_by_key(|&mut (pc, _, _)| pc);
+    let mut compiled: Vec<UnwindRow> = Vec::with_capacity(rows.len());
+    for (_, _, row) in rows {
+        let repeats = compiled.last().is_some_and(|last| {
+            (last.cfa, last.cfa_offset, last.rbp_offset)
+                == (row.cfa, row.cfa_offset, row.rbp_offset)
+        });
+        if !repeats {
+            compiled.push(row);
+        }
+    }
+    compiled.shrink_to_fit();
+    Ok(compiled)
+}
+
+/// The unwind rows of one ELF image: from `.eh_frame`, else from
+/// `.debug_frame` (of the image or, for the executable, of its debug file).
+fn compile_image(
+    elf: &object::File<'_>,
+    debug: Option<&object::File<'_>>,
+) -> Result<Vec<UnwindRow>> {
+    let address = |elf: &object::File<'_>, name: &str| {
+        elf.section_by_name(name).map(|s| s.address()).unwrap_or(0)
+    };
+    let bases = BaseAddresses::default()
+        .set_eh_frame(address(elf, ".eh_frame"))
+        .set_eh_frame_hdr(address(elf, ".eh_frame_hdr"))
+        .set_text(address(elf, ".text"))
+        .set_got(address(elf, ".got"));
+    if let Some(data) = elf
+        .section_by_name(".eh_frame")
+        .and_then(|s| s.data().ok())
+        .filter(|d| !d.is_empty())
+    {
+        let mut eh_frame = EhFrame::new(data, LittleEndian);
+        eh_frame.set_address_size(8);
+        return compile_section(&eh_frame, &bases);
+    }
+    let debug_frame: Option<Cow<'_, [u8]>> = [Some(elf), debug]
+        .into_iter()
+        .flatten()
+        .find_map(|f| f.section_by_name(".debug_frame")?.uncompressed_data().ok())
+        .filter(|d| !d.is_empty());
+    let Some(data) = debug_frame else {
+        bail!("no .eh_frame and no .debug_frame");
+    };
+    let mut debug_frame = DebugFrame::new(&data, LittleEndian);
+    debug_frame.set_address_size(8);
+    compile_section(&debug_frame, &BaseAddresses::default())
+}
+
+impl TargetModules {
     /// Reads the modules of process `pid`. `debug_file` is the executable's
     /// separate debug file, if the user named one.
     pub fn new(pid: i32, debug_file: Option<&Path>) -> Result<Self> {
         let executable = std::fs::metadata(format!("/proc/{pid}/exe"))
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        let mut walker = Self {
+        let mut modules = Self {
             pid,
             executable,
             debug_file: debug_file.map(Path::to_path_buf),
             modules: Vec::new(),
-            unwinder: UnwinderX86_64::new(),
-            cache: CacheX86_64::new(),
             last_refresh: Instant::now(),
         };
-        walker
+        modules
             .refresh()
             .with_context(|| format!("reading the modules of pid {pid}"))?;
-        Ok(walker)
+        Ok(modules)
     }
 
     /// The modules known so far, by address.
@@ -249,6 +421,18 @@ impl StackWalker {
     /// The module an address is in.
     pub fn module_of(&self, avma: u64) -> Option<&LoadedModule> {
         module_at(&self.modules, avma)
+    }
+
+    /// Re-reads `/proc/PID/maps` if one of `frames` is in no known module
+    /// (a library loaded after peerlog attached), so that it can be named;
+    /// not more often than every [`REFRESH_INTERVAL`].
+    pub fn learn_frames(&mut self, frames: &[u64]) {
+        let unknown = frames.iter().any(|&a| self.module_of(a).is_none());
+        if unknown && self.last_refresh.elapsed() >= REFRESH_INTERVAL {
+            if let Err(e) = self.refresh() {
+                log::debug!("re-reading /proc/{}/maps: {e}", self.pid);
+            }
+        }
     }
 
     /// Re-reads `/proc/PID/maps`, adding modules that appeared and dropping
@@ -290,54 +474,48 @@ impl StackWalker {
                 continue;
             }
             match self.load_module(first_exec, avma) {
-                Ok(Some((module, info))) => {
-                    self.unwinder.add_module(Module::new(
-                        module.name.clone(),
-                        module.avma.clone(),
-                        module.bias,
-                        info,
-                    ));
-                    modules.push(module);
-                }
+                Ok(Some(module)) => modules.push(module),
                 Ok(None) => {}
-                Err(e) => log::debug!("not unwinding through {}: {e:#}", first_exec.path),
+                Err(e) => log::debug!("not naming frames in {}: {e:#}", first_exec.path),
             }
-        }
-        for gone in self
-            .modules
-            .iter()
-            .filter(|k| !modules.iter().any(|m| m.avma == k.avma))
-        {
-            self.unwinder.remove_module(gone.avma.start);
         }
         modules.sort_by_key(|m| m.avma.start);
         self.modules = modules;
         Ok(())
     }
 
-    fn load_module(
-        &self,
-        first_exec: &Mapping,
-        avma: Range<u64>,
-    ) -> Result<Option<(LoadedModule, ExplicitModuleSectionInfo<Vec<u8>>)>> {
+    /// The ELF image of `module`.
+    fn image(&self, module: &LoadedModule) -> Result<Image> {
+        match &module.readable {
+            Some(path) => Ok(Image::Mapped(Mapped::open(path)?)),
+            None => {
+                // The vDSO exists only in memory; it is a complete ELF image
+                // in its first mapping.
+                let mem = File::open(format!("/proc/{}/mem", self.pid))?;
+                let mut image = vec![0u8; (module.avma.end - module.avma.start) as usize];
+                mem.read_exact_at(&mut image, module.avma.start)?;
+                Ok(Image::Memory(image))
+            }
+        }
+    }
+
+    fn load_module(&self, first_exec: &Mapping, avma: Range<u64>) -> Result<Option<LoadedModule>> {
         if first_exec.path == "[vdso]" {
-            // The vDSO exists only in memory; it is a complete ELF image.
-            let mem = File::open(format!("/proc/{}/mem", self.pid))?;
-            let mut image = vec![0u8; (first_exec.range.end - first_exec.range.start) as usize];
-            mem.read_exact_at(&mut image, first_exec.range.start)?;
-            let elf = object::File::parse(&*image)?;
-            let Some(sections) = unwind_sections(&elf, (first_exec.range.start, 0), None) else {
-                return Ok(None);
-            };
-            let module = LoadedModule {
+            let mut module = LoadedModule {
                 name: "[vdso]".into(),
                 path: "[vdso]".into(),
                 readable: None,
                 avma,
-                bias: sections.bias,
+                bias: 0,
                 is_executable: false,
             };
-            return Ok(Some((module, sections.info)));
+            let image = self.image(&module)?;
+            let elf = object::File::parse(image.bytes())?;
+            let Some(bias) = module_bias(&elf, (first_exec.range.start, 0)) else {
+                return Ok(None);
+            };
+            module.bias = bias;
+            return Ok(Some(module));
         }
 
         let path = PathBuf::from(first_exec.path.trim_end_matches(" (deleted)"));
@@ -365,92 +543,80 @@ impl StackWalker {
         let cache = object::ReadCache::new(file);
         let elf = object::File::parse(&cache)
             .with_context(|| format!("{} is not an ELF file", readable.display()))?;
-        let debug_cache = match (&self.debug_file, is_executable) {
-            (Some(debug), true) => File::open(debug).ok().map(object::ReadCache::new),
-            _ => None,
-        };
-        let debug = debug_cache
-            .as_ref()
-            .and_then(|c| object::File::parse(c).ok());
-        let Some(sections) = unwind_sections(
-            &elf,
-            (first_exec.range.start, first_exec.offset),
-            debug.as_ref(),
-        ) else {
+        let Some(bias) = module_bias(&elf, (first_exec.range.start, first_exec.offset)) else {
             return Ok(None);
         };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| first_exec.path.clone());
-        let module = LoadedModule {
+        Ok(Some(LoadedModule {
             name,
             path,
             readable: Some(readable),
             avma,
-            bias: sections.bias,
+            bias,
             is_executable,
-        };
-        Ok(Some((module, sections.info)))
+        }))
     }
 
-    /// Walks the stack of one sample.
-    pub fn walk(&mut self, sample: &CpuSample) -> WalkedStack {
-        let walked = self.walk_once(sample);
-        // An address outside every module may be in a library loaded since
-        // the last look at the maps: look again (not more often than
-        // REFRESH_INTERVAL) and walk once more.
-        let unknown = walked.frames.iter().any(|&a| self.module_of(a).is_none());
-        if unknown && self.last_refresh.elapsed() >= REFRESH_INTERVAL {
-            if let Err(e) = self.refresh() {
-                log::debug!("re-reading /proc/{}/maps: {e}", self.pid);
-            }
-            return self.walk_once(sample);
-        }
-        walked
-    }
-
-    fn walk_once(&mut self, sample: &CpuSample) -> WalkedStack {
-        let stack = &sample.stack;
-        let base = sample.rsp;
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let offset = addr.checked_sub(base).ok_or(())? as usize;
-            let bytes = stack
-                .get(offset..offset.checked_add(8).ok_or(())?)
-                .ok_or(())?;
-            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    /// Compiles the call frame information of every module into the rows
+    /// the kernel walks stacks with. A module whose information cannot be
+    /// read is left out: frames in it end their walk (or are walked with
+    /// frame pointers), and are marked incomplete.
+    pub fn unwind_tables(&self) -> UnwindTables {
+        let mut tables = UnwindTables::default();
+        let debug = match &self.debug_file {
+            Some(path) => match Mapped::open(path) {
+                Ok(mapped) => Some(mapped),
+                Err(e) => {
+                    log::debug!("{e:#}");
+                    None
+                }
+            },
+            None => None,
         };
-        let mut regs = UnwindRegsX86_64::new(sample.rip, sample.rsp, sample.rbp);
-        let mut address = FrameAddress::from_instruction_pointer(sample.rip);
-        let mut frames = Vec::new();
-        let mut reached_thread_entry = false;
-        while frames.len() < MAX_FRAMES {
-            frames.push(address.address_for_lookup());
-            match self
-                .unwinder
-                .unwind_frame(address, &mut regs, &mut self.cache, &mut read_stack)
-            {
-                Ok(Some(return_address)) => {
-                    match FrameAddress::from_return_address(return_address) {
-                        Some(next) => address = next,
-                        None => break,
-                    }
-                }
-                Ok(None) => {
-                    // framehop also ends a walk when the frame-pointer
-                    // fallback meets rbp = 0, which in code without frame
-                    // pointers proves nothing: only an end inside a module
-                    // (whose CFI marks its outermost frame) counts.
-                    reached_thread_entry = self.module_of(address.address_for_lookup()).is_some();
-                    break;
-                }
-                Err(_) => break,
+        let debug_elf = debug
+            .as_ref()
+            .and_then(|d| object::File::parse(d.bytes()).ok());
+        for module in &self.modules {
+            if tables.modules.len() == MAX_UNWIND_MODULES as usize {
+                log::warn!(
+                    "more than {MAX_UNWIND_MODULES} modules: no unwind rows for {} and later ones",
+                    module.name
+                );
+                break;
             }
+            let rows = self.image(module).and_then(|image| {
+                let elf = object::File::parse(image.bytes())?;
+                let debug = debug_elf.as_ref().filter(|_| module.is_executable);
+                compile_image(&elf, debug)
+            });
+            let rows = match rows {
+                Ok(rows) if !rows.is_empty() => rows,
+                Ok(_) => continue,
+                Err(e) => {
+                    log::info!("no unwind rows for {}: {e:#}", module.name);
+                    continue;
+                }
+            };
+            let first_row = tables.rows.len() as u32;
+            let (bucket_base, buckets) = bucket_index(&rows, first_row);
+            tables.modules.push(UnwindModule {
+                start: module.avma.start,
+                end: module.avma.end,
+                bias: module.bias,
+                first_row,
+                rows: rows.len() as u32,
+                bucket_base,
+                first_bucket: tables.buckets.len() as u32,
+                buckets: buckets.len() as u32 - 1,
+                _pad: 0,
+            });
+            tables.rows.extend_from_slice(&rows);
+            tables.buckets.extend_from_slice(&buckets);
         }
-        WalkedStack {
-            frames,
-            reached_thread_entry,
-        }
+        tables
     }
 }
 
@@ -478,6 +644,31 @@ mod tests {
         assert_eq!(maps[3].path, "[vdso]");
         assert_eq!(maps[4].path, "/opt/my dir/lib x.so (deleted)");
         assert_eq!(maps[4].device, (0xfd, 2));
+    }
+
+    #[test]
+    fn buckets_point_at_the_row_covering_their_start() {
+        let row = |pc| UnwindRow {
+            pc,
+            ..UnwindRow::default()
+        };
+        // Rows at 0x1010, 0x1020, 0x1200 (bucket 2), 0x1480 (bucket 4).
+        let rows = [row(0x1010), row(0x1020), row(0x1200), row(0x1480)];
+        let (base, index) = bucket_index(&rows, 100);
+        assert_eq!(base, 0x1000);
+        // Bucket 0 starts before the first row: its search starts there.
+        assert_eq!(index, [100, 101, 102, 102, 102, 103]);
+    }
+
+    #[test]
+    fn plt_rule_is_recognised() {
+        // ld's .plt CFA expression: rsp + 8 + ((rip & 15) >= 11) * 8.
+        let plt = [
+            0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22,
+        ];
+        assert_eq!(plt_threshold(&plt), Some(11));
+        assert_eq!(plt_threshold(&plt[..10]), None);
+        assert_eq!(plt_threshold(&[0x77, 0x08]), None);
     }
 
     #[test]
