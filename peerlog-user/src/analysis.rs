@@ -48,7 +48,7 @@ pub struct StatsArgs {
 
     /// Peers listed in the text output (the top talkers, 0 to 1000000); all
     /// are in --json.
-    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::cli::number_in(0usize, 1_000_000, ""))]
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::args::number_in(0usize, 1_000_000, ""))]
     pub top: usize,
 }
 

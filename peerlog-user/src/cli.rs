@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    args::{number_in, seconds_in},
     capture::CaptureLayout,
     filter::{PeerFilter, PeerSelector},
     trace::{self, TraceOptions},
@@ -180,36 +181,6 @@ impl TraceArgs {
 
 /// Longest `--duration`: a year (longer traces are stopped by hand).
 pub const MAX_DURATION_SECS: f64 = 31_536_000.0;
-
-/// A clap value parser for a number from `min` to `max`, inclusive. Every
-/// numeric flag has one, so that an absurd value is a usage error naming
-/// the range rather than a panic or an overflow later; `unit` (e.g.
-/// `" seconds"`) follows the range in the error.
-pub fn number_in<T>(
-    min: T,
-    max: T,
-    unit: &'static str,
-) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
-{
-    move |text: &str| match text.trim().parse::<T>() {
-        // NaN is neither >= nor <= anything: refused too.
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!("expected a number from {min} to {max}{unit}")),
-    }
-}
-
-/// A clap value parser for a number of seconds from `min` to `max`.
-pub fn seconds_in(
-    min: f64,
-    max: f64,
-) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
-    let number = number_in(min, max, " seconds");
-    // Within the range, from_secs_f64 cannot overflow (it panics beyond
-    // u64::MAX seconds).
-    move |text: &str| number(text).map(Duration::from_secs_f64)
-}
 
 /// Parses `--ring-size`: MiB, a power of two from 4 to 1024.
 fn parse_ring_size(text: &str) -> Result<u32, String> {

@@ -91,7 +91,7 @@ fn convert(args: &ConvertArgs, timeline: &Timeline) -> Result<String> {
     Ok(match args.to {
         Format::Pcapng => {
             let summary = with_output(&args.out, |out| {
-                pcapng::write_pcapng(timeline, args.network.into(), out)
+                pcapng::write::write_pcapng(timeline, args.network.into(), out)
             })?;
             format!(
                 "{} messages of {} connections as {} packets",

@@ -7,7 +7,9 @@
 //! [`trace`] runs that pipeline; [`target`], [`usdt`] and [`attach`] find and
 //! attach to the probes of the target; [`cli`] is the command line.
 
+pub mod address;
 pub mod analysis;
+pub mod args;
 pub mod attach;
 pub mod btf;
 pub mod capture;

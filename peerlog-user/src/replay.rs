@@ -62,7 +62,7 @@ pub fn parse_speed(text: &str) -> Result<Speed, String> {
     if text == "max" {
         return Ok(Speed::Max);
     }
-    crate::cli::number_in(MIN_SPEED, MAX_SPEED, " (or `max`)")(text).map(Speed::Factor)
+    crate::args::number_in(MIN_SPEED, MAX_SPEED, " (or `max`)")(text).map(Speed::Factor)
 }
 
 /// Arguments of `peerlog replay`.
@@ -99,7 +99,7 @@ pub struct ReplayArgs {
     /// After the last message, listen until the node has been quiet this
     /// long, 0 to 3600 (bitcoind may take 2 s to request announced
     /// transactions).
-    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::cli::seconds_in(0.0, 3600.0))]
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::args::seconds_in(0.0, 3600.0))]
     pub wait: Duration,
 
     /// Print the report as JSON.

@@ -725,7 +725,7 @@ pub struct CtlArgs {
     /// The peerlog tracing this bitcoind pid (socket /run/peerlog/PID.sock).
     /// Without --pid or --socket: the only running trace with a socket in
     /// /run/peerlog.
-    #[arg(long, conflicts_with = "socket", value_parser = crate::cli::number_in(1, i32::MAX, ""))]
+    #[arg(long, conflicts_with = "socket", value_parser = crate::args::number_in(1, i32::MAX, ""))]
     pub pid: Option<i32>,
 
     /// The control socket of the peerlog to talk to (`--rpc-socket` of `peerlog trace`).

@@ -227,7 +227,7 @@ impl Timeline {
     /// Reads the capture at `path` and keeps the messages `selection` selects.
     pub fn load(path: &Path, selection: &Selection) -> Result<Self> {
         let (files, warnings) = if is_pcapng(path)? {
-            let capture = pcapng::read_pcapng(path)?;
+            let capture = pcapng::read::read_pcapng(path)?;
             if capture.files.is_empty() {
                 anyhow::bail!("{} holds no Bitcoin P2P messages", path.display());
             }
@@ -391,7 +391,7 @@ fn is_pcapng(path: &Path) -> Result<bool> {
     let got = file
         .read(&mut magic)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(got == 4 && magic == pcapng::SECTION_HEADER_MAGIC)
+    Ok(got == 4 && magic == pcapng::block::SECTION_HEADER_MAGIC)
 }
 
 // ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ use peerlog::{
         CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, Direction, MESSAGE_TYPE_SIZE,
     },
     decode,
-    pcapng::{parse_pcapng, write_pcapng},
+    pcapng::{read::parse_pcapng, write::write_pcapng},
     show,
     timeline::{Selection, Timeline},
 };

@@ -34,7 +34,7 @@ pub struct StatsArgs {
 
     /// Seconds between stats log lines and between HdrHistogram log
     /// intervals (0.1 to 86400).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::cli::seconds_in(0.1, 86_400.0))]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::args::seconds_in(0.1, 86_400.0))]
     pub stats_interval: Duration,
 
     /// Write HdrHistogram interval logs to DIR, one file per figure
