@@ -49,7 +49,7 @@ pub enum Command {
     /// Ask a running `peerlog trace` over its control RPC: per-peer figures
     /// (getpeerstats), node figures (getnodestats), status (getstatus), or
     /// switch the capture on and off (setcapture).
-    Ctl(crate::rpc::CtlArgs),
+    Ctl(crate::control::client::CtlArgs),
     /// Re-render, merge or filter the collapsed stacks (`*.folded`) of
     /// `peerlog trace --flamegraph` into a flamegraph SVG, without tracing
     /// again: by peer, thread, or function.
@@ -209,7 +209,7 @@ pub fn main() -> ExitCode {
         Command::Stats(args) => crate::analysis::run(args),
         Command::Convert(args) => crate::convert::run(args),
         Command::Replay(args) => crate::replay::run(args),
-        Command::Ctl(args) => crate::rpc::ctl(args),
+        Command::Ctl(args) => crate::control::client::ctl(args),
         Command::Flamegraph(args) => args.run(),
     };
     match result {

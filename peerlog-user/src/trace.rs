@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     clock::WallClock,
+    control::{protocol, server::Servers},
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::{CpuProfile, ProfileReport},
@@ -26,7 +27,7 @@ use crate::{
     layout::CounterReader,
     peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes},
-    rpc, stats,
+    stats,
     target::{Capabilities, Target},
 };
 
@@ -261,7 +262,7 @@ struct Tracer {
     /// Whether `--payload` asked for payloads in the JSON lines.
     payload_in_jsonl: bool,
     /// What `getstatus` says of the trace; losses and capture are refreshed per request.
-    status: rpc::TraceStatus,
+    status: protocol::TraceStatus,
 }
 
 impl Tracer {
@@ -311,10 +312,10 @@ impl Tracer {
     }
 
     /// Answers a control RPC or metrics request.
-    fn answer(&mut self, request: rpc::Request, losses: &LossCounters) {
+    fn answer(&mut self, request: protocol::Request, losses: &LossCounters) {
         let result = match request.query {
-            rpc::Query::SetCapture(change) => self.set_capture(change),
-            rpc::Query::Report(query) => {
+            protocol::Query::SetCapture(change) => self.set_capture(change),
+            protocol::Query::Report(query) => {
                 self.status.losses = losses
                     .read()
                     .into_iter()
@@ -342,8 +343,8 @@ impl Tracer {
         let _ = request.reply.send(result);
     }
 
-    fn capture_state(&self) -> rpc::CaptureState {
-        rpc::CaptureState {
+    fn capture_state(&self) -> protocol::CaptureState {
+        protocol::CaptureState {
             enabled: self.capture_enabled,
             directory: self.sinks.capture.as_ref().map(|c| c.root().to_path_buf()),
             jsonl_payloads: self.payload_in_jsonl,
@@ -361,12 +362,12 @@ impl Tracer {
     /// message types it takes, in the kernel and here.
     fn set_capture(
         &mut self,
-        change: rpc::CaptureChange,
-    ) -> Result<serde_json::Value, rpc::RpcError> {
-        let internal = |e: anyhow::Error| rpc::RpcError::internal(format!("{e:#}"));
+        change: protocol::CaptureChange,
+    ) -> Result<serde_json::Value, protocol::RpcError> {
+        let internal = |e: anyhow::Error| protocol::RpcError::internal(format!("{e:#}"));
         let writable = self.sinks.capture.is_some() || self.payload_in_jsonl;
         if change.enabled == Some(true) && !writable {
-            return Err(rpc::RpcError::invalid_params(
+            return Err(protocol::RpcError::invalid_params(
                 "nothing to capture into: start peerlog trace with --capture DIR (or --jsonl PATH --payload)",
             ));
         }
@@ -644,7 +645,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             .map(|layout| CounterReader::new(target.pid as u32, layout)),
     )?;
     // Listening before saying "attached", so whoever waits for that can connect.
-    let mut servers = rpc::Servers::start(&opts.stats, target.pid)?;
+    let mut servers = Servers::start(&opts.stats, target.pid)?;
 
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
@@ -681,12 +682,12 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         report,
         capture_enabled: copy_payloads,
         payload_in_jsonl: opts.jsonl.is_some() && opts.payload_in_jsonl,
-        status: rpc::TraceStatus {
+        status: protocol::TraceStatus {
             pid: target.pid,
             exe: target.exe_display.clone(),
             probe_sites: probes.sites,
             losses: Vec::new(),
-            capture: rpc::CaptureState::default(),
+            capture: protocol::CaptureState::default(),
             rpc_socket: servers.socket().map(PathBuf::from),
         },
     };
