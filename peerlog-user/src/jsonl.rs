@@ -17,6 +17,7 @@
 
 use std::io::{self, Write};
 
+use bitcoin::hex::DisplayHex;
 use peerlog_common::{ConnectionEventKind, Direction, MempoolEventKind};
 use serde_json::{json, Value};
 
@@ -38,15 +39,6 @@ pub fn direction_name(d: Direction) -> &'static str {
         Direction::Inbound => "recv",
         Direction::Outbound => "sent",
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 impl JsonlSink {
@@ -102,7 +94,7 @@ impl JsonlSink {
             "payload_copied": m.payload.is_some(),
         });
         if let (true, Some(p)) = (self.with_payload, &m.payload) {
-            v["payload"] = json!(hex(p));
+            v["payload"] = json!(p.to_lower_hex_string());
         }
         v
     }
@@ -150,7 +142,8 @@ fn mempool(m: &MempoolChange, clock: &WallClock) -> Value {
     if let Some((hash, vsize, fee)) = &m.replacement {
         let mut display = *hash;
         display.reverse();
-        v["replacement"] = json!({ "hash": hex(&display), "vsize": vsize, "fee": fee });
+        v["replacement"] =
+            json!({ "hash": display.to_lower_hex_string(), "vsize": vsize, "fee": fee });
     }
     v
 }

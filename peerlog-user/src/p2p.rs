@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::consensus::encode::{self, deserialize, serialize};
 use bitcoin::hashes::{sha256d, Hash};
+use bitcoin::hex::DisplayHex;
 use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::message_network::VersionMessage;
@@ -186,11 +187,15 @@ impl fmt::Display for P2pError {
             P2pError::BadMagic { expected, found } => write!(
                 f,
                 "bad network magic: expected {}, found {}",
-                hex(expected),
-                hex(found)
+                expected.to_lower_hex_string(),
+                found.to_lower_hex_string()
             ),
             P2pError::BadMsgType { raw } => {
-                write!(f, "malformed message type field {}", hex(raw))
+                write!(
+                    f,
+                    "malformed message type field {}",
+                    raw.to_lower_hex_string()
+                )
             }
             P2pError::Oversized { msg_type, length } => write!(
                 f,
@@ -203,8 +208,8 @@ impl fmt::Display for P2pError {
             } => write!(
                 f,
                 "{msg_type} checksum mismatch: header says {}, payload hashes to {}",
-                hex(expected),
-                hex(found)
+                expected.to_lower_hex_string(),
+                found.to_lower_hex_string()
             ),
             P2pError::Decode { msg_type, error } => {
                 write!(f, "cannot decode {msg_type} payload: {error}")
@@ -227,10 +232,6 @@ impl From<io::Error> for P2pError {
     fn from(e: io::Error) -> Self {
         P2pError::Io(e)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -318,7 +319,10 @@ impl fmt::Debug for RawMessage {
         f.debug_struct("RawMessage")
             .field("msg_type", &self.msg_type)
             .field("len", &self.payload.len())
-            .field("payload", &format_args!("{}{}", hex(shown), ellipsis))
+            .field(
+                "payload",
+                &format_args!("{}{}", shown.to_lower_hex_string(), ellipsis),
+            )
             .finish()
     }
 }
@@ -1300,10 +1304,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        bitcoin::hex::FromHex::from_hex(s).unwrap()
     }
 
     #[test]

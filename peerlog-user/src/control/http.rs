@@ -85,34 +85,17 @@ async fn respond(head: &[u8], sender: &mpsc::Sender<Request>) -> Vec<u8> {
 fn scrape_filter(query: &str) -> Result<Option<StatsFilter>, String> {
     let mut peers: Vec<PeerFilter> = Vec::new();
     let mut msg_types = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or_else(|| format!("bad escape in {pair:?}"))?;
-        match key {
+    // WHATWG URL-encoded form parsing, as browsers and Prometheus write
+    // queries: `+` is a space, a malformed escape stays as it is.
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
             "peer" => peers.push(value.parse().map_err(|e| format!("{e}"))?),
-            "msg_type" => msg_types.push(value),
+            "msg_type" => msg_types.push(value.into_owned()),
             _ => return Err(format!("unknown parameter {key:?} (peer, msg_type)")),
         }
     }
     stats::check_msg_types(&msg_types).map_err(|e| format!("{e:#}"))?;
     Ok((!peers.is_empty() || !msg_types.is_empty()).then(|| StatsFilter::new(peers, msg_types)))
-}
-
-/// Decodes `%XX` escapes and `+` (a space in query strings).
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -130,7 +113,8 @@ mod tests {
         assert!(scrape_filter("peer=net%3Dmars").is_err());
         assert!(scrape_filter("msg_type=twinburn").is_err());
         assert!(scrape_filter("colour=red").is_err());
-        assert_eq!(percent_decode("a+b%2c").as_deref(), Some("a b,"));
-        assert_eq!(percent_decode("%zz"), None);
+        // `+` is a space: a term with one is not a filter.
+        assert!(scrape_filter("peer=type%3Dblock-relay-only").is_ok());
+        assert!(scrape_filter("peer=type%3Dblock+relay").is_err());
     }
 }

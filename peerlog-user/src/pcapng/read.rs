@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use bitcoin::hex::DisplayHex;
 use bitcoin::p2p::Magic;
 use bitcoin::Network;
 
@@ -264,7 +265,7 @@ fn split_frames(half: &HalfStream, what: &str) -> Frames {
         if !magic_ok || !type_ok || length > MAX_PROTOCOL_MESSAGE_LENGTH {
             frames.warnings.push(format!(
                 "{what}: no v1 message header at stream byte {offset} ({}); the {} bytes from there on are skipped",
-                crate::decode::hex(&rest[..HEADER_LEN]),
+                rest[..HEADER_LEN].to_lower_hex_string(),
                 rest.len()
             ));
             break;
