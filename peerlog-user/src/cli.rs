@@ -39,7 +39,7 @@ pub enum Command {
     Show(crate::show::ShowArgs),
     /// Statistics of a capture: per peer and message type, inv/getdata
     /// ratios, getdata→tx and ping→pong latencies, messages per second.
-    Stats(crate::analysis::StatsArgs),
+    Stats(crate::analysis::CaptureStatsArgs),
     /// Convert a capture to pcapng (Wireshark), JSON lines, or Bitcoin
     /// Core's capture format.
     Convert(crate::convert::ConvertArgs),

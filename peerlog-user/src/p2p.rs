@@ -11,12 +11,12 @@
 //! (unknown ones included, and payloads of exactly
 //! [`MAX_PROTOCOL_MESSAGE_LENGTH`] bytes) and compare them byte for byte,
 //! which a typed round trip cannot guarantee. The typed layer
-//! ([`Peer::send`], [`RawMessage::decode`]) sits on top and uses the `bitcoin`
+//! ([`P2pClient::send`], [`RawMessage::decode`]) sits on top and uses the `bitcoin`
 //! crate for the payloads only.
 //!
 //! The framing functions ([`encode_frame`], [`write_frame`], [`read_frame`],
 //! [`FrameReader`]) work over any [`Read`]/[`Write`], so they can be tested
-//! with in-memory buffers and reused by a fake peer. [`Peer`] wraps a blocking
+//! with in-memory buffers and reused by a fake peer. [`P2pClient`] wraps a blocking
 //! [`TcpStream`]: no async runtime, because a load generator with a hundred
 //! threads of this is perfectly fine and much simpler to reason about.
 
@@ -38,21 +38,19 @@ use bitcoin::{
     absolute, transaction, Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction,
     TxIn, TxOut, Txid, Witness, Wtxid,
 };
+use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
 use serde::{Deserialize, Serialize};
+
+use crate::capture::MESSAGE_TYPE_SIZE;
 
 /// Size of a v1 message header: magic (4), message type (12), payload
 /// length (4), checksum (4).
 pub const HEADER_LEN: usize = 24;
 
-/// Size of the NUL-padded message type ("command") field of the header.
-pub const MSG_TYPE_LEN: usize = 12;
-
-/// Largest payload accepted by [`read_frame`]/[`Peer::recv_raw`], in bytes.
-///
-/// Same value as Bitcoin Core's `MAX_PROTOCOL_MESSAGE_LENGTH`: Core
-/// disconnects a peer that announces a longer payload, so a longer one on our
-/// side means either a broken peer or a desynchronized stream.
-pub const MAX_PROTOCOL_MESSAGE_LENGTH: usize = 4_000_000;
+// The largest payload [`read_frame`]/[`P2pClient::recv_raw`] accept is
+// Bitcoin Core's `MAX_PROTOCOL_MESSAGE_LENGTH`: Core disconnects a peer
+// that announces a longer payload, so a longer one on our side means
+// either a broken peer or a desynchronized stream.
 
 /// Protocol version announced in our `version` message.
 ///
@@ -96,7 +94,7 @@ pub fn checksum(payload: &[u8]) -> [u8; 4] {
 /// Everything that can go wrong while talking to a peer.
 ///
 /// Whatever the error, messages that had already been received stay in the
-/// [`Peer`]'s inbox and transcript: an error never loses traffic.
+/// [`P2pClient`]'s inbox and transcript: an error never loses traffic.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum P2pError {
@@ -123,7 +121,7 @@ pub enum P2pError {
     /// was consumed, so the stream stays in sync.
     BadMsgType {
         /// The raw 12-byte field.
-        raw: [u8; MSG_TYPE_LEN],
+        raw: [u8; MESSAGE_TYPE_SIZE],
     },
     /// A header announced a payload longer than
     /// [`MAX_PROTOCOL_MESSAGE_LENGTH`]. The payload was not read, so the
@@ -333,10 +331,10 @@ fn encode_header_with_checksum(
     payload_len: usize,
     checksum: [u8; 4],
 ) -> io::Result<[u8; HEADER_LEN]> {
-    if msg_type.len() > MSG_TYPE_LEN {
+    if msg_type.len() > MESSAGE_TYPE_SIZE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("message type {msg_type:?} is longer than {MSG_TYPE_LEN} bytes"),
+            format!("message type {msg_type:?} is longer than {MESSAGE_TYPE_SIZE} bytes"),
         ));
     }
     let length = u32::try_from(payload_len).map_err(|_| {
@@ -486,7 +484,7 @@ impl FrameReader {
             });
         }
         let length = u32::from_le_bytes(self.header[16..20].try_into().expect("4 bytes"));
-        if length as usize > MAX_PROTOCOL_MESSAGE_LENGTH {
+        if u64::from(length) > MAX_PROTOCOL_MESSAGE_LENGTH {
             let msg_type = msg_type_lossy(&self.header[4..16]);
             self.reset();
             return Err(P2pError::Oversized { msg_type, length });
@@ -497,7 +495,7 @@ impl FrameReader {
     }
 
     fn finish_frame(&mut self) -> Result<RawMessage, P2pError> {
-        let raw: [u8; MSG_TYPE_LEN] = self.header[4..16].try_into().expect("12 bytes");
+        let raw: [u8; MESSAGE_TYPE_SIZE] = self.header[4..16].try_into().expect("12 bytes");
         let expected: [u8; 4] = self.header[20..24].try_into().expect("4 bytes");
         // Checked after the payload is consumed so the stream stays in sync.
         let Some(msg_type) = parse_msg_type(&raw) else {
@@ -531,8 +529,11 @@ fn read_some<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The message type in a header field, if it is well formed the way Bitcoin
 /// Core requires: printable ASCII, then only NUL bytes.
-fn parse_msg_type(raw: &[u8; MSG_TYPE_LEN]) -> Option<String> {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(MSG_TYPE_LEN);
+fn parse_msg_type(raw: &[u8; MESSAGE_TYPE_SIZE]) -> Option<String> {
+    let end = raw
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(MESSAGE_TYPE_SIZE);
     let (name, padding) = raw.split_at(end);
     if !name.iter().all(|b| (b' '..=b'~').contains(b)) || padding.iter().any(|&b| b != 0) {
         return None;
@@ -552,7 +553,7 @@ fn msg_type_lossy(raw: &[u8]) -> String {
 /// Which way a message went, seen from this client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub enum TranscriptDirection {
     /// We sent it to the peer (the node received it: peerlog's "inbound").
     Sent,
     /// The peer sent it to us (peerlog's "outbound" for the node).
@@ -567,7 +568,7 @@ pub struct TranscriptEntry {
     /// received one.
     pub time_micros: u64,
     /// Which way it went.
-    pub direction: Direction,
+    pub direction: TranscriptDirection,
     /// The message type, NUL padding removed.
     pub msg_type: String,
     /// The exact payload bytes.
@@ -602,14 +603,14 @@ impl Transcript {
     pub fn sent(&self) -> impl Iterator<Item = &TranscriptEntry> {
         self.entries
             .iter()
-            .filter(|e| e.direction == Direction::Sent)
+            .filter(|e| e.direction == TranscriptDirection::Sent)
     }
 
     /// The messages we received, in order.
     pub fn received(&self) -> impl Iterator<Item = &TranscriptEntry> {
         self.entries
             .iter()
-            .filter(|e| e.direction == Direction::Received)
+            .filter(|e| e.direction == TranscriptDirection::Received)
     }
 
     /// Number of entries.
@@ -629,7 +630,7 @@ impl Transcript {
 }
 
 // ---------------------------------------------------------------------------
-// Peer
+// Client
 // ---------------------------------------------------------------------------
 
 /// How to connect and what to announce in the handshake.
@@ -659,8 +660,8 @@ pub struct HandshakeOptions {
     pub send_sendaddrv2: bool,
     /// How long the TCP connect may take; default 10 s.
     pub connect_timeout: Duration,
-    /// How long a single receive ([`Peer::recv_raw`], [`Peer::recv`],
-    /// [`Peer::ping`], [`Peer::handshake`]) waits; default 30 s.
+    /// How long a single receive ([`P2pClient::recv_raw`], [`P2pClient::recv`],
+    /// [`P2pClient::ping`], [`P2pClient::handshake`]) waits; default 30 s.
     pub read_timeout: Duration,
     /// How long a send may block on a peer that does not read; default 30 s.
     pub write_timeout: Duration,
@@ -668,7 +669,7 @@ pub struct HandshakeOptions {
     /// for long-running load, where it would grow without bound.
     pub record_transcript: bool,
     /// Answer the peer's `ping`s with a `pong` while waiting in the
-    /// higher-level receives (all but [`Peer::recv_raw`]); default true.
+    /// higher-level receives (all but [`P2pClient::recv_raw`]); default true.
     pub answer_pings: bool,
 }
 
@@ -694,10 +695,10 @@ impl Default for HandshakeOptions {
 /// A connection to a node speaking the v1 P2P protocol.
 ///
 /// Received messages that no call was waiting for go to an inbox, in arrival
-/// order, and are returned by later receives ([`Peer::recv`],
-/// [`Peer::recv_until`], [`Peer::drain`]); only [`Peer::recv_raw`] bypasses
-/// it. `Peer` is `Send`, so a load generator can run one per thread.
-pub struct Peer {
+/// order, and are returned by later receives ([`P2pClient::recv`],
+/// [`P2pClient::recv_until`], [`P2pClient::drain`]); only [`P2pClient::recv_raw`] bypasses
+/// it. `P2pClient` is `Send`, so a load generator can run one per thread.
+pub struct P2pClient {
     network: Network,
     magic: Magic,
     opts: HandshakeOptions,
@@ -714,9 +715,9 @@ pub struct Peer {
     their_version: Option<VersionMessage>,
 }
 
-impl fmt::Debug for Peer {
+impl fmt::Debug for P2pClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Peer")
+        f.debug_struct("P2pClient")
             .field("network", &self.network)
             .field("peer_addr", &self.peer_addr)
             .field("local_addr", &self.local_addr)
@@ -726,26 +727,26 @@ impl fmt::Debug for Peer {
     }
 }
 
-impl Peer {
+impl P2pClient {
     /// Opens a TCP connection to `addr` (within `opts.connect_timeout`),
     /// without sending anything: tests may want to misbehave before or
-    /// instead of the handshake. Call [`Peer::handshake`] next.
+    /// instead of the handshake. Call [`P2pClient::handshake`] next.
     pub fn connect(
         addr: SocketAddr,
         network: Network,
         opts: HandshakeOptions,
-    ) -> Result<Peer, P2pError> {
+    ) -> Result<P2pClient, P2pError> {
         let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)?;
-        Peer::from_stream(stream, network, opts)
+        P2pClient::from_stream(stream, network, opts)
     }
 
-    /// [`Peer::connect`] followed by [`Peer::handshake`].
+    /// [`P2pClient::connect`] followed by [`P2pClient::handshake`].
     pub fn connect_and_handshake(
         addr: SocketAddr,
         network: Network,
         opts: HandshakeOptions,
-    ) -> Result<Peer, P2pError> {
-        let mut peer = Peer::connect(addr, network, opts)?;
+    ) -> Result<P2pClient, P2pError> {
+        let mut peer = P2pClient::connect(addr, network, opts)?;
         peer.handshake()?;
         Ok(peer)
     }
@@ -756,7 +757,7 @@ impl Peer {
         stream: TcpStream,
         network: Network,
         opts: HandshakeOptions,
-    ) -> Result<Peer, P2pError> {
+    ) -> Result<P2pClient, P2pError> {
         // Nagle would delay small messages and distort ping round trips.
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(nonzero(opts.read_timeout)))?;
@@ -764,7 +765,7 @@ impl Peer {
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
         let writer = stream.try_clone()?;
-        Ok(Peer {
+        Ok(P2pClient {
             network,
             magic: Magic::from(network),
             opts,
@@ -784,7 +785,7 @@ impl Peer {
         self.network
     }
 
-    /// The magic of [`Peer::network`].
+    /// The magic of [`P2pClient::network`].
     pub fn magic(&self) -> Magic {
         self.magic
     }
@@ -805,7 +806,7 @@ impl Peer {
         &self.opts
     }
 
-    /// The node's `version` message, once [`Peer::handshake`] has seen it.
+    /// The node's `version` message, once [`P2pClient::handshake`] has seen it.
     pub fn their_version(&self) -> Option<&VersionMessage> {
         self.their_version.as_ref()
     }
@@ -846,12 +847,18 @@ impl Peer {
     }
 
     /// Closes both directions of the connection, so the node sees us leave
-    /// now rather than when the `Peer` is dropped.
+    /// now rather than when the `P2pClient` is dropped.
     pub fn shutdown(&self) -> io::Result<()> {
         self.writer.shutdown(std::net::Shutdown::Both)
     }
 
-    fn record(&mut self, direction: Direction, time_micros: u64, msg_type: &str, payload: &[u8]) {
+    fn record(
+        &mut self,
+        direction: TranscriptDirection,
+        time_micros: u64,
+        msg_type: &str,
+        payload: &[u8],
+    ) {
         if self.opts.record_transcript {
             self.transcript.push(TranscriptEntry {
                 time_micros,
@@ -873,7 +880,7 @@ impl Peer {
         let frame = encode_frame(self.magic, msg_type, payload)?;
         let time_micros = now_micros();
         self.writer.write_all(&frame)?;
-        self.record(Direction::Sent, time_micros, msg_type, payload);
+        self.record(TranscriptDirection::Sent, time_micros, msg_type, payload);
         Ok(())
     }
 
@@ -890,7 +897,7 @@ impl Peer {
     /// timeout, and records it in the transcript.
     ///
     /// This is the bare framing layer: it ignores the inbox and does not
-    /// answer pings. Most callers want [`Peer::recv`].
+    /// answer pings. Most callers want [`P2pClient::recv`].
     pub fn recv_raw(&mut self) -> Result<RawMessage, P2pError> {
         let deadline = deadline_after(self.opts.read_timeout);
         self.read_frame_before(deadline, "a message")
@@ -916,7 +923,7 @@ impl Peer {
             match self.frames.read_frame(&mut self.reader) {
                 Ok(msg) => {
                     self.record(
-                        Direction::Received,
+                        TranscriptDirection::Received,
                         now_micros(),
                         &msg.msg_type,
                         &msg.payload,
@@ -986,7 +993,7 @@ impl Peer {
         }
     }
 
-    /// The first message of type `msg_type` (see [`Peer::recv_until`]).
+    /// The first message of type `msg_type` (see [`P2pClient::recv_until`]).
     pub fn recv_msg_type(
         &mut self,
         msg_type: &str,
@@ -1037,7 +1044,7 @@ impl Peer {
         }
     }
 
-    /// Our `version` message, as [`Peer::handshake`] sends it.
+    /// Our `version` message, as [`P2pClient::handshake`] sends it.
     pub fn version_message(&self) -> VersionMessage {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1062,7 +1069,7 @@ impl Peer {
     /// `sendaddrv2` (if enabled and their protocol version is at least
     /// [`WTXID_RELAY_VERSION`]) and then `verack`; returns once their
     /// `verack` has arrived too. Their pings are answered meanwhile; their
-    /// `version` is kept ([`Peer::their_version`]); anything else they send
+    /// `version` is kept ([`P2pClient::their_version`]); anything else they send
     /// (their `wtxidrelay`, `sendaddrv2`, ...) goes to the inbox.
     ///
     /// The whole handshake must finish within the read timeout.
@@ -1352,7 +1359,9 @@ mod tests {
 
     #[test]
     fn unknown_types_and_max_size_payloads_round_trip() {
-        let payload: Vec<u8> = (0..MAX_PROTOCOL_MESSAGE_LENGTH).map(|i| i as u8).collect();
+        let payload: Vec<u8> = (0..MAX_PROTOCOL_MESSAGE_LENGTH as usize)
+            .map(|i| i as u8)
+            .collect();
         let mut w = Vec::new();
         write_frame(&mut w, Magic::REGTEST, "peerlogbig", &payload).unwrap();
         let msg = read_frame(&mut Cursor::new(w), Magic::REGTEST).unwrap();
@@ -1414,7 +1423,7 @@ mod tests {
         match read_frame(&mut Cursor::new(header.to_vec()), Magic::REGTEST) {
             Err(P2pError::Oversized { msg_type, length }) => {
                 assert_eq!(msg_type, "block");
-                assert_eq!(length as usize, MAX_PROTOCOL_MESSAGE_LENGTH + 1);
+                assert_eq!(u64::from(length), MAX_PROTOCOL_MESSAGE_LENGTH + 1);
             }
             other => panic!("expected Oversized, got {other:?}"),
         }
@@ -1566,7 +1575,7 @@ mod tests {
             read_timeout: Duration::from_secs(10),
             ..Default::default()
         };
-        let mut peer = Peer::connect_and_handshake(addr, Network::Regtest, opts).unwrap();
+        let mut peer = P2pClient::connect_and_handshake(addr, Network::Regtest, opts).unwrap();
         assert_eq!(peer.their_version().unwrap().user_agent, "/twin-test:0.1/");
         let rtt = peer.ping(42).unwrap();
         assert!(rtt < Duration::from_secs(10));
@@ -1590,7 +1599,7 @@ mod tests {
         assert!(err.is_timeout(), "{err}");
 
         let transcript = peer.take_transcript();
-        let types = |dir: Direction| -> Vec<String> {
+        let types = |dir: TranscriptDirection| -> Vec<String> {
             transcript
                 .entries()
                 .iter()
@@ -1599,7 +1608,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            types(Direction::Sent),
+            types(TranscriptDirection::Sent),
             [
                 "version",
                 "wtxidrelay",
@@ -1611,7 +1620,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            types(Direction::Received),
+            types(TranscriptDirection::Received),
             [
                 "version",
                 "wtxidrelay",
@@ -1652,7 +1661,8 @@ mod tests {
             write_frame(&mut s, Magic::REGTEST, m.msg_type(), m.payload()).unwrap();
             let _ = read_frame(&mut s, Magic::REGTEST);
         });
-        let mut peer = Peer::connect(addr, Network::Regtest, HandshakeOptions::default()).unwrap();
+        let mut peer =
+            P2pClient::connect(addr, Network::Regtest, HandshakeOptions::default()).unwrap();
         let before = now_micros();
         peer.send_raw("echo", b"hello").unwrap();
         let echo = peer.recv_raw().unwrap();
@@ -1665,10 +1675,10 @@ mod tests {
         let e = &t.entries()[0];
         assert_eq!(
             (e.direction, e.msg_type.as_str(), e.payload.as_slice()),
-            (Direction::Sent, "echo", &b"hello"[..])
+            (TranscriptDirection::Sent, "echo", &b"hello"[..])
         );
         assert!(e.time_micros >= before && e.time_micros <= now_micros());
-        assert_eq!(t.entries()[1].direction, Direction::Received);
+        assert_eq!(t.entries()[1].direction, TranscriptDirection::Received);
         assert_eq!(t.received().count(), 1);
         drop(peer);
         node.join().unwrap();
@@ -1678,6 +1688,6 @@ mod tests {
     fn errors_are_send_sync_for_anyhow() {
         fn check<T: Send + Sync + 'static>() {}
         check::<P2pError>();
-        check::<Peer>();
+        check::<P2pClient>();
     }
 }

@@ -10,10 +10,11 @@ use anyhow::{Context, Result};
 use bitcoin::hex::DisplayHex;
 use bitcoin::p2p::Magic;
 use bitcoin::Network;
+use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
 
 use super::block::*;
 use crate::capture::{CaptureFile, CaptureRecord, Direction, TruncatedRecord, MESSAGE_TYPE_SIZE};
-use crate::p2p::{checksum, HEADER_LEN, MAX_PROTOCOL_MESSAGE_LENGTH};
+use crate::p2p::{checksum, HEADER_LEN};
 
 /// One interface of a section: how to read its packets and timestamps.
 #[derive(Clone, Copy)]
@@ -262,7 +263,7 @@ fn split_frames(half: &HalfStream, what: &str) -> Frames {
             .all(|b| (b' '..=b'~').contains(b))
             && raw_type[type_len..].iter().all(|&b| b == 0);
         let length = u32::from_le_bytes(rest[16..20].try_into().expect("4 bytes")) as usize;
-        if !magic_ok || !type_ok || length > MAX_PROTOCOL_MESSAGE_LENGTH {
+        if !magic_ok || !type_ok || length as u64 > MAX_PROTOCOL_MESSAGE_LENGTH {
             frames.warnings.push(format!(
                 "{what}: no v1 message header at stream byte {offset} ({}); the {} bytes from there on are skipped",
                 rest[..HEADER_LEN].to_lower_hex_string(),
