@@ -8,6 +8,7 @@ use crate::{
     args::{number_in, seconds_in},
     capture::CaptureLayout,
     filter::{PeerFilter, PeerSelector},
+    messages::UsageError,
     trace::{self, TraceOptions},
 };
 
@@ -149,7 +150,9 @@ impl TraceArgs {
         let stdout = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
         if stdout(&self.jsonl) && stdout(&self.stats.stats_log) {
             // Two writers would interleave their lines.
-            anyhow::bail!("--jsonl and --stats-log cannot both write to stdout");
+            return Err(
+                UsageError("--jsonl and --stats-log cannot both write to stdout".into()).into(),
+            );
         }
         if self.flamegraph.is_some() && self.no_accounting {
             log::warn!(
@@ -190,7 +193,8 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Runs the command line; the exit code is 0 on success, 1 on error.
+/// Runs the command line; the exit code is 0 on success, else the kind of
+/// the error ([`crate::messages::ExitKind`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -198,9 +202,7 @@ pub fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .init();
+    crate::messages::init_logger(level);
     let result = match cli.command {
         Command::Trace(args) => args.into_options().and_then(trace::run).map(|summary| {
             eprintln!("{summary}");
@@ -214,10 +216,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peerlog: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => crate::messages::error(&e),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod filter;
 pub mod flamegraph;
 pub mod jsonl;
 pub mod layout;
+pub mod messages;
 pub mod p2p;
 pub mod pcapng;
 pub mod peer;

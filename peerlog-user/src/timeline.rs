@@ -152,8 +152,8 @@ impl SelectArgs {
             && timeline.peers.is_empty()
             && !timeline.had_connection_ids
         {
-            eprintln!(
-                "peerlog: warning: this capture does not record peer ids (only peerlog's \
+            crate::warning!(
+                "this capture does not record peer ids (only peerlog's \
                  per-connection layout does); select peers by address instead"
             );
         }
@@ -195,8 +195,8 @@ fn warn_about_filters(terms: &[PeerFilter]) {
     for term in terms {
         if let PeerFilter::ConnType(t) = term {
             if t != "inbound" {
-                eprintln!(
-                    "peerlog: warning: captures do not record the kind of outbound connection, \
+                crate::warning!(
+                    "captures do not record the kind of outbound connection, \
                      so --peer {t} selects nothing; use --peer outbound"
                 );
             }
@@ -331,11 +331,11 @@ impl Timeline {
     /// Prints the warnings and one warning per cut-short file on stderr.
     pub fn print_warnings(&self) {
         for w in &self.warnings {
-            eprintln!("peerlog: warning: {w}");
+            crate::warning!("{w}");
         }
         for t in &self.truncated {
-            eprintln!(
-                "peerlog: warning: capture file {}: {}; the {} records before it are used",
+            crate::warning!(
+                "capture file {}: {}; the {} records before it are used",
                 t.path.display(),
                 t.record,
                 t.records_before
