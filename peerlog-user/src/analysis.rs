@@ -32,7 +32,7 @@ const SPARK_LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇'
 
 /// Arguments of `peerlog stats`.
 #[derive(Debug, clap::Args)]
-pub struct CaptureStatsArgs {
+pub struct CaptureAnalysisArgs {
     /// The capture and which of its messages to count.
     #[command(flatten)]
     pub select: SelectArgs,
@@ -53,9 +53,9 @@ pub struct CaptureStatsArgs {
 }
 
 /// Runs `peerlog stats`.
-pub fn run(args: CaptureStatsArgs) -> Result<()> {
+pub fn run(args: CaptureAnalysisArgs) -> Result<()> {
     let timeline = args.select.load()?;
-    let stats = CaptureStats::compute(&timeline);
+    let stats = CaptureAnalysis::compute(&timeline);
     if let Some(path) = &args.svg {
         let series = RateSeries::compute(&timeline, CHART_BUCKETS);
         draw_chart(&series, path).with_context(|| format!("drawing {}", path.display()))?;
@@ -73,7 +73,7 @@ pub fn run(args: CaptureStatsArgs) -> Result<()> {
 
 /// Everything `peerlog stats` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct CaptureStats {
+pub struct CaptureAnalysis {
     /// The capture.
     pub capture: PathBuf,
     /// Messages bitcoind received, in all.
@@ -330,7 +330,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
-impl CaptureStats {
+impl CaptureAnalysis {
     /// Computes the statistics of a timeline.
     pub fn compute(timeline: &Timeline) -> Self {
         let mut peers: Vec<PeerAccumulator> = timeline
@@ -761,7 +761,7 @@ mod tests {
 
     #[test]
     fn counts_ratios_and_latencies() {
-        let stats = CaptureStats::compute(&timeline());
+        let stats = CaptureAnalysis::compute(&timeline());
         assert_eq!((stats.recv.msgs, stats.sent.msgs), (5, 4));
         let peer = &stats.peers[0];
         let g = &peer.inv_getdata;

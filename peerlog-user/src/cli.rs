@@ -40,7 +40,7 @@ pub enum Command {
     Show(crate::show::ShowArgs),
     /// Statistics of a capture: per peer and message type, inv/getdata
     /// ratios, getdata→tx and ping→pong latencies, messages per second.
-    Stats(crate::analysis::CaptureStatsArgs),
+    Stats(crate::analysis::CaptureAnalysisArgs),
     /// Convert a capture to pcapng (Wireshark), JSON lines, or Bitcoin
     /// Core's capture format.
     Convert(crate::convert::ConvertArgs),
