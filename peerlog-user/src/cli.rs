@@ -37,16 +37,16 @@ pub enum Command {
     Trace(TraceArgs),
     /// Show the messages of a capture (bitcoind's -capturemessages or
     /// peerlog's), one line each with a decoded summary, or as JSON.
-    Show(crate::show::ShowArgs),
+    Show(crate::toolbox::show::ShowArgs),
     /// Statistics of a capture: per peer and message type, inv/getdata
     /// ratios, getdata→tx and ping→pong latencies, messages per second.
-    Stats(crate::analysis::CaptureAnalysisArgs),
+    Stats(crate::toolbox::analysis::CaptureAnalysisArgs),
     /// Convert a capture to pcapng (Wireshark), JSON lines, or Bitcoin
     /// Core's capture format.
-    Convert(crate::convert::ConvertArgs),
+    Convert(crate::toolbox::convert::ConvertArgs),
     /// Replay a captured peer's messages into a node as a new peer, and
     /// record what the node answers.
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::toolbox::replay::ReplayArgs),
     /// Ask a running `peerlog trace` over its control RPC: per-peer figures
     /// (getpeerstats), node figures (getnodestats), status (getstatus), or
     /// switch the capture on and off (setcapture).
@@ -207,10 +207,10 @@ pub fn main() -> ExitCode {
         Command::Trace(args) => args.into_options().and_then(trace::run).map(|summary| {
             eprintln!("{summary}");
         }),
-        Command::Show(args) => crate::show::run(args),
-        Command::Stats(args) => crate::analysis::run(args),
-        Command::Convert(args) => crate::convert::run(args),
-        Command::Replay(args) => crate::replay::run(args),
+        Command::Show(args) => crate::toolbox::show::run(args),
+        Command::Stats(args) => crate::toolbox::analysis::run(args),
+        Command::Convert(args) => crate::toolbox::convert::run(args),
+        Command::Replay(args) => crate::toolbox::replay::run(args),
         Command::Ctl(args) => crate::control::client::ctl(args),
         Command::Flamegraph(args) => args.run(),
     };

@@ -22,8 +22,9 @@ use serde::Serialize;
 
 use crate::{
     attach::{ProbeLink, UprobePmu, UprobeTarget},
-    btf, debuginfo,
-    layout::CNodeLayout,
+    elf::btf,
+    elf::debuginfo,
+    elf::layout::CNodeLayout,
     target::{Target, NET_TRACEPOINTS},
 };
 

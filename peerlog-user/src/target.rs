@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::elf::usdt::{self, UsdtProbe};
 use crate::messages::{PrivilegeError, TargetError};
-use crate::usdt::{self, UsdtProbe};
 
 /// The `net:*` tracepoints peerlog attaches to, each with the eBPF program
 /// that handles it (programs are named after their tracepoint).
@@ -114,7 +114,7 @@ impl Target {
         })?;
         // Mapped, not read: a bitcoind built with debug info is over 200 MB,
         // of which the probe notes are a few pages.
-        let mapped = crate::debuginfo::Mapped::open(&exe).with_context(|| {
+        let mapped = crate::elf::debuginfo::Mapped::open(&exe).with_context(|| {
             format!(
                 "cannot read the executable of pid {pid} ({})",
                 exe_display.display()

@@ -87,7 +87,7 @@ pub(crate) fn symtab_file(
     install_dir: Option<&Path>,
     debug_file: Option<&Path>,
 ) -> Option<PathBuf> {
-    crate::debuginfo::find(exe, install_dir, debug_file)
+    crate::elf::debuginfo::find(exe, install_dir, debug_file)
         .ok()?
         .source
 }

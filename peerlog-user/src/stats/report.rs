@@ -20,9 +20,9 @@ use crate::{
         protocol::{ReportQuery, RpcError, RpcSocket, TraceStatus},
         status,
     },
+    elf::layout::CounterReader,
     event::Event,
     filter::PeerFilter,
-    layout::CounterReader,
 };
 
 /// Statistics options of `peerlog trace`.

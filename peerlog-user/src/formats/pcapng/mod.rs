@@ -22,7 +22,7 @@
 //!   address in the OnionCat range fd87:d87e:eb43::/48; its real address is
 //!   in the comment of its first packet (`peerlog peer=ADDR`).
 //! - Whoever sent the first `version` opened the connection (see
-//!   [`crate::timeline::CapturePeer::conn_type`]); the connection is never closed, since
+//!   [`crate::formats::timeline::CapturePeer::conn_type`]); the connection is never closed, since
 //!   the capture does not say whether it was.
 //! - Messages larger than one segment (65,495 bytes, the most an IPv4
 //!   packet carries) are split; window scaling is negotiated so that a

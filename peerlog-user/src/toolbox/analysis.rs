@@ -19,9 +19,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::capture::Direction;
+use crate::formats::timeline::{format_time, SelectArgs, Timeline};
 use crate::p2p::RawMessage;
 use crate::peer::Traffic;
-use crate::timeline::{format_time, SelectArgs, Timeline};
 
 /// Buckets of the terminal sparkline: one line of a terminal.
 const SPARKLINE_BUCKETS: usize = 60;
@@ -716,8 +716,8 @@ pub fn draw_chart(series: &RateSeries, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::capture::{CaptureFile, CaptureRecord};
+    use crate::formats::timeline::Selection;
     use crate::p2p;
-    use crate::timeline::Selection;
     use bitcoin::consensus::encode::serialize;
 
     fn rec(t: u64, msg: &NetworkMessage) -> CaptureRecord {

@@ -34,8 +34,8 @@ use bitcoin::p2p::message::NetworkMessage;
 use serde::Serialize;
 
 use crate::capture::{CaptureLayout, CaptureWriter, Direction};
+use crate::formats::timeline::{CaptureMessage, NetworkArg, SelectArgs};
 use crate::p2p::{self, HandshakeOptions, P2pClient, P2pError};
-use crate::timeline::{CaptureMessage, NetworkArg, SelectArgs};
 
 /// How long to listen after each message at `--speed max`, so that the
 /// node's answers are read while they come and neither side's buffers fill.

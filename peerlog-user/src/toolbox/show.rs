@@ -5,8 +5,8 @@ use std::io::{self, BufWriter, Write};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::decode::{self, Decoded};
-use crate::timeline::{format_time, CaptureMessage, SelectArgs, Timeline};
+use crate::formats::timeline::{format_time, CaptureMessage, SelectArgs, Timeline};
+use crate::toolbox::decode::{self, Decoded};
 
 /// Arguments of `peerlog show`.
 #[derive(Debug, clap::Args)]

@@ -11,9 +11,9 @@ use super::read::parse_pcapng;
 use super::write::{internet_checksum, write_pcapng, Segment};
 use crate::capture::CaptureRecord;
 use crate::capture::{CaptureFile, Direction};
+use crate::formats::timeline::Selection;
+use crate::formats::timeline::Timeline;
 use crate::p2p::encode_frame;
-use crate::timeline::Selection;
-use crate::timeline::Timeline;
 
 fn timeline(records: &[(u64, bool, &str, Vec<u8>)]) -> Timeline {
     let file = |recv: bool| CaptureFile {

@@ -4,7 +4,7 @@
 //! A capture is whatever [`read_capture_tree`] reads (a bitcoind
 //! `message_capture` directory, a peerlog capture of either layout, one
 //! peer's directory or one file) or a pcapng file (as `peerlog convert
-//! --to pcapng` writes, see [`crate::pcapng`]). A peer is known by the
+//! --to pcapng` writes, see [`crate::formats::pcapng`]). A peer is known by the
 //! `addr:port` of its directory name and, in peerlog's per-connection
 //! layout, by its peer id and connect time, which is what `--peer` filters
 //! match on (the same [`PeerFilter`] language as `peerlog trace`).
@@ -22,7 +22,7 @@ use jiff::civil;
 
 use crate::capture::{read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord};
 use crate::filter::{PeerFilter, PeerSelector};
-use crate::pcapng;
+use crate::formats::pcapng;
 use crate::peer::PeerIdentity;
 
 /// The peer id a filter sees for a peer whose id the capture does not

@@ -1,6 +1,6 @@
 //! Finding the file that holds bitcoind's DWARF and symbol table.
 //!
-//! peerlog reads bitcoind's `CNode` layout from DWARF ([`crate::layout`])
+//! peerlog reads bitcoind's `CNode` layout from DWARF ([`crate::elf::layout`])
 //! and names flamegraph frames from its symbols, and Bitcoin Core's release
 //! binaries are stripped: both are then only in the separate debug file of
 //! the `*-debug` tarball or a distribution's debug package. So the lookup

@@ -14,8 +14,8 @@ use bitcoin::Network;
 use super::block::*;
 use crate::address::split_host_port;
 use crate::capture::Direction;
+use crate::formats::timeline::{CaptureMessage, CapturePeer, Timeline};
 use crate::p2p::encode_frame;
-use crate::timeline::{CaptureMessage, CapturePeer, Timeline};
 
 /// The node's TCP port in synthesized streams: Bitcoin's, and the same for
 /// every stream so that one "Decode As" rule covers them all.
