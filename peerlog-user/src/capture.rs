@@ -48,7 +48,7 @@ pub const RECORD_HEADER_SIZE: usize = TIME_SIZE + MESSAGE_TYPE_SIZE + LENGTH_SIZ
 /// Bitcoin Core's `MAX_PROTOCOL_MESSAGE_LENGTH`: no message bitcoind
 /// processes or sends has a larger payload, so a larger length in a capture
 /// file means the file is not a capture file or is corrupt.
-const MAX_PROTOCOL_MESSAGE_LENGTH: usize = 4_000_000;
+const MAX_PROTOCOL_MESSAGE_LENGTH: usize = peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH as usize;
 
 /// File of the messages bitcoind received from the peer.
 const RECV_FILE_NAME: &str = "msgs_recv.dat";

@@ -5,8 +5,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    args::{number_in, seconds_in},
     capture::CaptureLayout,
     filter::{PeerFilter, PeerSelector},
+    messages::UsageError,
     trace::{self, TraceOptions},
 };
 
@@ -35,20 +37,20 @@ pub enum Command {
     Trace(TraceArgs),
     /// Show the messages of a capture (bitcoind's -capturemessages or
     /// peerlog's), one line each with a decoded summary, or as JSON.
-    Show(crate::show::ShowArgs),
+    Show(crate::toolbox::show::ShowArgs),
     /// Statistics of a capture: per peer and message type, inv/getdata
     /// ratios, getdata→tx and ping→pong latencies, messages per second.
-    Stats(crate::analysis::StatsArgs),
+    Stats(crate::toolbox::analysis::CaptureAnalysisArgs),
     /// Convert a capture to pcapng (Wireshark), JSON lines, or Bitcoin
     /// Core's capture format.
-    Convert(crate::convert::ConvertArgs),
+    Convert(crate::toolbox::convert::ConvertArgs),
     /// Replay a captured peer's messages into a node as a new peer, and
     /// record what the node answers.
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::toolbox::replay::ReplayArgs),
     /// Ask a running `peerlog trace` over its control RPC: per-peer figures
     /// (getpeerstats), node figures (getnodestats), status (getstatus), or
     /// switch the capture on and off (setcapture).
-    Ctl(crate::rpc::CtlArgs),
+    Ctl(crate::control::client::CtlArgs),
     /// Re-render, merge or filter the collapsed stacks (`*.folded`) of
     /// `peerlog trace --flamegraph` into a flamegraph SVG, without tracing
     /// again: by peer, thread, or function.
@@ -148,7 +150,9 @@ impl TraceArgs {
         let stdout = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
         if stdout(&self.jsonl) && stdout(&self.stats.stats_log) {
             // Two writers would interleave their lines.
-            anyhow::bail!("--jsonl and --stats-log cannot both write to stdout");
+            return Err(
+                UsageError("--jsonl and --stats-log cannot both write to stdout".into()).into(),
+            );
         }
         if self.flamegraph.is_some() && self.no_accounting {
             log::warn!(
@@ -181,36 +185,6 @@ impl TraceArgs {
 /// Longest `--duration`: a year (longer traces are stopped by hand).
 pub const MAX_DURATION_SECS: f64 = 31_536_000.0;
 
-/// A clap value parser for a number from `min` to `max`, inclusive. Every
-/// numeric flag has one, so that an absurd value is a usage error naming
-/// the range rather than a panic or an overflow later; `unit` (e.g.
-/// `" seconds"`) follows the range in the error.
-pub fn number_in<T>(
-    min: T,
-    max: T,
-    unit: &'static str,
-) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
-{
-    move |text: &str| match text.trim().parse::<T>() {
-        // NaN is neither >= nor <= anything: refused too.
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!("expected a number from {min} to {max}{unit}")),
-    }
-}
-
-/// A clap value parser for a number of seconds from `min` to `max`.
-pub fn seconds_in(
-    min: f64,
-    max: f64,
-) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
-    let number = number_in(min, max, " seconds");
-    // Within the range, from_secs_f64 cannot overflow (it panics beyond
-    // u64::MAX seconds).
-    move |text: &str| number(text).map(Duration::from_secs_f64)
-}
-
 /// Parses `--ring-size`: MiB, a power of two from 4 to 1024.
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
@@ -219,7 +193,8 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Runs the command line; the exit code is 0 on success, 1 on error.
+/// Runs the command line; the exit code is 0 on success, else the kind of
+/// the error ([`crate::messages::ExitKind`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -227,26 +202,21 @@ pub fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .init();
+    crate::messages::init_logger(level);
     let result = match cli.command {
         Command::Trace(args) => args.into_options().and_then(trace::run).map(|summary| {
             eprintln!("{summary}");
         }),
-        Command::Show(args) => crate::show::run(args),
-        Command::Stats(args) => crate::analysis::run(args),
-        Command::Convert(args) => crate::convert::run(args),
-        Command::Replay(args) => crate::replay::run(args),
-        Command::Ctl(args) => crate::rpc::ctl(args),
+        Command::Show(args) => crate::toolbox::show::run(args),
+        Command::Stats(args) => crate::toolbox::analysis::run(args),
+        Command::Convert(args) => crate::toolbox::convert::run(args),
+        Command::Replay(args) => crate::toolbox::replay::run(args),
+        Command::Ctl(args) => crate::control::client::ctl(args),
         Command::Flamegraph(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peerlog: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => crate::messages::error(&e),
     }
 }
 

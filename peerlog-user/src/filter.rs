@@ -17,6 +17,7 @@
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
+use crate::address::split_host_port;
 use crate::peer::{Network, PeerIdentity};
 
 /// Connection types of Bitcoin Core (`ConnectionTypeAsString`).
@@ -196,20 +197,6 @@ fn parse_address(s: &str) -> Option<PeerFilter> {
     match peer_ip(s)? {
         (ip, Some(port)) => Some(PeerFilter::IpPort(ip, port)),
         (ip, None) => Some(PeerFilter::Ip(ip)),
-    }
-}
-
-/// Splits `host:port`, `[v6]:port` or a bare host into host and port.
-pub fn split_host_port(addr: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = addr.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match addr.rsplit_once(':') {
-        // A bare IPv6 address has several colons and no port.
-        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
-        _ => (addr, None),
     }
 }
 

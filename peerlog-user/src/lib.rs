@@ -3,36 +3,29 @@
 //!
 //! Data flows one way: the kernel programs (crate `peerlog-ebpf`) write
 //! records into a ring buffer; [`event`] decodes them; [`peer`] keeps the
-//! state of every peer; the sinks ([`capture`], [`jsonl`]) write them out.
-//! [`trace`] runs that pipeline; [`target`], [`usdt`] and [`attach`] find and
+//! state of every peer; the sinks ([`capture`], [`formats::jsonl`]) write them out.
+//! [`trace`] runs that pipeline; [`target`], [`elf::usdt`] and [`attach`] find and
 //! attach to the probes of the target; [`cli`] is the command line.
 
-pub mod analysis;
+pub mod address;
+pub mod args;
 pub mod attach;
-pub mod btf;
 pub mod capture;
 pub mod capture_worker;
 pub mod cli;
 pub mod clock;
-pub mod convert;
-pub mod debuginfo;
-pub mod decode;
+pub mod control;
+pub mod elf;
 pub mod event;
 pub mod filter;
 pub mod flamegraph;
-pub mod jsonl;
-pub mod layout;
-pub mod metrics;
+pub mod formats;
+pub mod messages;
 pub mod p2p;
-pub mod pcapng;
 pub mod peer;
 pub mod private_fs;
 pub mod probes;
-pub mod replay;
-pub mod rpc;
-pub mod show;
 pub mod stats;
 pub mod target;
-pub mod timeline;
+pub mod toolbox;
 pub mod trace;
-pub mod usdt;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::filter::split_host_port;
+use crate::address::split_host_port;
 
 /// Bitcoin Core's `Network` enum, as the connection tracepoints report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -22,9 +22,10 @@ use serde::Serialize;
 
 use crate::{
     attach::{ProbeLink, UprobePmu, UprobeTarget},
-    btf, debuginfo,
+    elf::btf,
+    elf::debuginfo,
+    elf::layout::CNodeLayout,
     flamegraph::unwind::UnwindTables,
-    layout::CNodeLayout,
     target::{Target, NET_TRACEPOINTS},
 };
 

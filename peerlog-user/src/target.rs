@@ -6,9 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::usdt::{self, UsdtProbe};
+use crate::elf::usdt::{self, UsdtProbe};
+use crate::messages::{PrivilegeError, TargetError};
 
 /// The `net:*` tracepoints peerlog attaches to, each with the eBPF program
 /// that handles it (programs are named after their tracepoint).
@@ -56,8 +57,11 @@ pub struct Resolved {
 /// process: the probes and the kernel's filter work per process, so a
 /// thread id would trace nothing.
 pub fn resolve_pid(pid: i32) -> Result<Resolved> {
-    let no_process =
-        || anyhow::anyhow!("no process with pid {pid} (is bitcoind running? try `pidof bitcoind`)");
+    let no_process = || {
+        anyhow::Error::new(TargetError(format!(
+            "no process with pid {pid} (is bitcoind running? try `pidof bitcoind`)"
+        )))
+    };
     if pid <= 0 {
         return Err(no_process());
     }
@@ -95,22 +99,22 @@ impl Target {
         let exe = proc_dir.join("exe");
         let exe_display = fs::read_link(&exe).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
-                anyhow::anyhow!(
+                anyhow::Error::new(PrivilegeError(format!(
                     "cannot read {}: permission denied. Tracing another user's process needs \
                      CAP_SYS_PTRACE (run peerlog as root)",
                     exe.display()
-                )
+                )))
             } else if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!(
+                anyhow::Error::new(TargetError(format!(
                     "process {pid} ({comm}) has no executable (a kernel thread?) or just exited"
-                )
+                )))
             } else {
                 anyhow::anyhow!("cannot read {}: {e}", exe.display())
             }
         })?;
         // Mapped, not read: a bitcoind built with debug info is over 200 MB,
         // of which the probe notes are a few pages.
-        let mapped = crate::debuginfo::Mapped::open(&exe).with_context(|| {
+        let mapped = crate::elf::debuginfo::Mapped::open(&exe).with_context(|| {
             format!(
                 "cannot read the executable of pid {pid} ({})",
                 exe_display.display()
@@ -119,10 +123,10 @@ impl Target {
         // One unusable probe (say, an operand form a compiler invents) must
         // not stop tracing of the others; it is reported if peerlog needs it.
         let (probes, unusable) = usdt::read_probes_lenient(mapped.bytes()).map_err(|e| {
-            anyhow::anyhow!(
+            anyhow::Error::new(TargetError(format!(
                 "pid {pid} ({comm}, {}) cannot be traced: {e}",
                 exe_display.display()
-            )
+            )))
         })?;
         let unusable = unusable.iter().map(ToString::to_string).collect();
         Ok(Self {
@@ -155,12 +159,13 @@ impl Target {
             .map(|name| format!("net:{name}"))
             .collect();
         if missing.len() == NET_TRACEPOINTS.len() {
-            bail!(
+            return Err(TargetError(format!(
                 "pid {} ({}, {}) has USDT probes but none of bitcoind's net:* tracepoints; is it bitcoind?",
                 self.pid,
                 self.comm,
                 self.exe_display.display()
-            );
+            ))
+            .into());
         }
         if !missing.is_empty() {
             let reasons = if self.unusable.is_empty() {
@@ -168,13 +173,14 @@ impl Target {
             } else {
                 format!("; unusable probes: {}", self.unusable.join("; "))
             };
-            bail!(
+            return Err(TargetError(format!(
                 "pid {} ({}) lacks the tracepoints {}; this bitcoind is too old (net:* tracepoints \
                  are complete since v23) or not Bitcoin Core{reasons}",
                 self.pid,
                 self.comm,
                 missing.join(", ")
-            );
+            ))
+            .into());
         }
         Ok(())
     }
@@ -226,13 +232,14 @@ impl Capabilities {
             missing.push("CAP_PERFMON");
         }
         if !missing.is_empty() {
-            bail!(
+            return Err(PrivilegeError(format!(
                 "missing privileges: {} (loading eBPF programs needs CAP_BPF, uprobes and reading \
                  bitcoind's memory from them need CAP_PERFMON; CAP_SYS_ADMIN covers both). Run as \
                  root (`sudo peerlog trace ...`) or grant them: \
                  `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(which peerlog)`",
                 missing.join(" and ")
-            );
+            ))
+            .into());
         }
         Ok(())
     }

@@ -20,14 +20,15 @@ use crate::{
     capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     capture_worker::CaptureWorker,
     clock::WallClock,
+    control::{protocol, server::Servers},
+    elf::layout::CounterReader,
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::{CpuProfile, ProfileReport},
-    jsonl::JsonlSink,
-    layout::CounterReader,
+    formats::jsonl::JsonlSink,
     peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
-    rpc, stats,
+    stats,
     target::{Capabilities, Target},
 };
 
@@ -262,7 +263,7 @@ struct Tracer {
     /// Whether `--payload` asked for payloads in the JSON lines.
     payload_in_jsonl: bool,
     /// What `getstatus` says of the trace; losses and capture are refreshed per request.
-    status: rpc::TraceStatus,
+    status: protocol::TraceStatus,
 }
 
 impl Tracer {
@@ -312,10 +313,10 @@ impl Tracer {
     }
 
     /// Answers a control RPC or metrics request.
-    fn answer(&mut self, request: rpc::Request, losses: &LossCounters) {
+    fn answer(&mut self, request: protocol::Request, losses: &LossCounters) {
         let result = match request.query {
-            rpc::Query::SetCapture(change) => self.set_capture(change),
-            rpc::Query::Report(query) => {
+            protocol::Query::SetCapture(change) => self.set_capture(change),
+            protocol::Query::Report(query) => {
                 self.status.losses = losses
                     .read()
                     .into_iter()
@@ -343,8 +344,8 @@ impl Tracer {
         let _ = request.reply.send(result);
     }
 
-    fn capture_state(&self) -> rpc::CaptureState {
-        rpc::CaptureState {
+    fn capture_state(&self) -> protocol::CaptureState {
+        protocol::CaptureState {
             enabled: self.capture_enabled,
             directory: self.sinks.capture.as_ref().map(|c| c.root().to_path_buf()),
             jsonl_payloads: self.payload_in_jsonl,
@@ -362,12 +363,12 @@ impl Tracer {
     /// message types it takes, in the kernel and here.
     fn set_capture(
         &mut self,
-        change: rpc::CaptureChange,
-    ) -> Result<serde_json::Value, rpc::RpcError> {
-        let internal = |e: anyhow::Error| rpc::RpcError::internal(format!("{e:#}"));
+        change: protocol::CaptureChange,
+    ) -> Result<serde_json::Value, protocol::RpcError> {
+        let internal = |e: anyhow::Error| protocol::RpcError::internal(format!("{e:#}"));
         let writable = self.sinks.capture.is_some() || self.payload_in_jsonl;
         if change.enabled == Some(true) && !writable {
-            return Err(rpc::RpcError::invalid_params(
+            return Err(protocol::RpcError::invalid_params(
                 "nothing to capture into: start peerlog trace with --capture DIR (or --jsonl PATH --payload)",
             ));
         }
@@ -410,7 +411,7 @@ impl Tracer {
                 log::warn!(
                     "peer {} {} {} of {} bytes: only {} bytes arrived ({}); not written to the capture",
                     i.message.peer_id,
-                    crate::jsonl::direction_name(i.message.direction),
+                    crate::formats::jsonl::direction_name(i.message.direction),
                     i.message.msg_type,
                     i.message.payload_size,
                     i.received,
@@ -519,7 +520,7 @@ impl Tracer {
             log::warn!(
                 "peer {} {} {}: its address is unknown (the record naming the peer was lost); not written to the capture",
                 m.peer_id,
-                crate::jsonl::direction_name(m.direction),
+                crate::formats::jsonl::direction_name(m.direction),
                 m.msg_type
             );
             return (true, None);
@@ -679,7 +680,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             .map(|layout| CounterReader::new(target.pid as u32, layout)),
     )?;
     // Listening before saying "attached", so whoever waits for that can connect.
-    let mut servers = rpc::Servers::start(&opts.stats, target.pid)?;
+    let mut servers = Servers::start(&opts.stats, target.pid)?;
 
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
@@ -716,12 +717,12 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         report,
         capture_enabled: copy_payloads,
         payload_in_jsonl: opts.jsonl.is_some() && opts.payload_in_jsonl,
-        status: rpc::TraceStatus {
+        status: protocol::TraceStatus {
             pid: target.pid,
             exe: target.exe_display.clone(),
             probe_sites: probes.sites,
             losses: Vec::new(),
-            capture: rpc::CaptureState::default(),
+            capture: protocol::CaptureState::default(),
             rpc_socket: servers.socket().map(PathBuf::from),
         },
     };

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use peerlog::{
     capture::{read_capture_tree, CaptureFile, Direction as CaptureDirection},
-    p2p::{self, Direction as PeerDirection, HandshakeOptions, Peer, Transcript},
+    p2p::{self, HandshakeOptions, P2pClient, Transcript, TranscriptDirection as PeerDirection},
 };
 
 /// Path of the twin node built by `build.rs`.
@@ -468,18 +468,18 @@ impl Drop for Tracer {
 pub const NETWORK: bitcoin::Network = bitcoin::Network::Regtest;
 
 /// Connects a client peer and completes the handshake.
-pub fn connect(node: &Node) -> Result<Peer> {
+pub fn connect(node: &Node) -> Result<P2pClient> {
     let opts = HandshakeOptions {
         read_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    Peer::connect_and_handshake(node.p2p_addr, NETWORK, opts)
+    P2pClient::connect_and_handshake(node.p2p_addr, NETWORK, opts)
         .map_err(|e| anyhow!("P2P handshake with {}: {e}", node.p2p_addr))
 }
 
 /// Makes sure the node has processed everything `peer` sent: a ping is
 /// answered only after every earlier message of that peer was handled.
-pub fn sync(peer: &mut Peer, nonce: u64) -> Result<()> {
+pub fn sync(peer: &mut P2pClient, nonce: u64) -> Result<()> {
     peer.ping(nonce).map_err(|e| anyhow!("ping: {e}"))?;
     Ok(())
 }
@@ -489,7 +489,7 @@ pub fn sync(peer: &mut Peer, nonce: u64) -> Result<()> {
 /// serves one of several hundred KB and one of exactly 4,000,000 bytes), and
 /// a 4,000,000-byte message from the client. Returns the transcript after
 /// reading everything the node sent.
-pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
+pub fn standard_traffic(node: &Node, peer: &mut P2pClient) -> Result<()> {
     for nonce in 1..=3 {
         sync(peer, nonce)?;
     }
@@ -532,7 +532,7 @@ pub fn standard_traffic(node: &Node, peer: &mut Peer) -> Result<()> {
 /// for an inbound peer (`NONPREF_PEER_TX_DELAY`). Waits until it has asked
 /// for every parent, so that its requests are in the transcript rather than
 /// in flight when a test compares the transcript with a capture.
-fn await_parent_requests(peer: &mut Peer, txs: &[bitcoin::Transaction]) -> Result<()> {
+fn await_parent_requests(peer: &mut P2pClient, txs: &[bitcoin::Transaction]) -> Result<()> {
     use bitcoin::p2p::message_blockdata::Inventory;
     let mut parents: Vec<bitcoin::Txid> = txs
         .iter()

@@ -1,5 +1,5 @@
 //! A P2P load generator: `peers` connections to a node, one blocking thread
-//! each, all made with peerlog's own P2P client ([`Peer`]), sending a mix of
+//! each, all made with peerlog's own P2P client ([`P2pClient`]), sending a mix of
 //! requests at a fixed rate or as fast as a bounded number of requests in
 //! flight allows, and measuring how many the node answered and how fast.
 //!
@@ -45,7 +45,7 @@ use bitcoin::{
     BlockHash, Network, Transaction, Wtxid,
 };
 use hdrhistogram::Histogram;
-use peerlog::p2p::{self, HandshakeOptions, P2pError, Peer, RawMessage};
+use peerlog::p2p::{self, HandshakeOptions, P2pClient, P2pError, RawMessage};
 use serde::Serialize;
 
 /// The kinds of request a load generator peer sends.
@@ -581,7 +581,7 @@ fn run_peer(shared: &Shared, index: u32) -> PeerOutcome {
         read_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    let peer = Peer::connect_and_handshake(config.target, config.network, opts);
+    let peer = P2pClient::connect_and_handshake(config.target, config.network, opts);
     if peer.is_ok() {
         shared.connected.fetch_add(1, Ordering::SeqCst);
     }
@@ -613,7 +613,7 @@ fn run_peer(shared: &Shared, index: u32) -> PeerOutcome {
     };
     worker.run();
     worker.outcome.in_flight_at_end = worker.pending.len() as u64;
-    // Leave now rather than when the thread's Peer is dropped, so the node
+    // Leave now rather than when the thread's P2pClient is dropped, so the node
     // sees every peer go at the end of the window.
     let _ = worker.peer.shutdown();
     worker.outcome
@@ -622,7 +622,7 @@ fn run_peer(shared: &Shared, index: u32) -> PeerOutcome {
 struct Worker<'a> {
     shared: &'a Shared,
     index: u32,
-    peer: Peer,
+    peer: P2pClient,
     rng: SplitMix,
     tx_seed: u32,
     // Numbers this peer's requests: ping nonces, transaction variants,

@@ -21,7 +21,7 @@
 //! the peer misbehaving or disconnects it) or carry a payload their type
 //! has none of (the node ignores it): they are named as such.
 //!
-//! [`run`] sends them to a node over any [`Wire`] (peerlog's v1 [`Peer`]
+//! [`run`] sends them to a node over any [`Wire`] (peerlog's v1 [`P2pClient`]
 //! implements it), each as a correctly framed message so that the transport
 //! hands it to `ProcessMessage`, and waits after each until the node has
 //! processed it. A node may close the connection over some of them (Bitcoin
@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use bitcoin::hashes::{sha256, Hash};
-use peerlog::p2p::{P2pError, Peer};
+use peerlog::p2p::{P2pClient, P2pError};
 
 /// Bitcoin Core's `MAX_SIZE`: the largest CompactSize a length may have.
 pub const MAX_SIZE: u64 = 0x0200_0000;
@@ -650,7 +650,7 @@ pub enum Reply {
     Closed,
 }
 
-/// A connection [`run`] can drive: peerlog's v1 [`Peer`], or another
+/// A connection [`run`] can drive: peerlog's v1 [`P2pClient`], or another
 /// transport.
 pub trait Wire {
     /// Our end of the connection, as the node (and peerlog) sees it.
@@ -669,21 +669,21 @@ pub trait Wire {
     fn into_sent(self) -> Vec<(String, Vec<u8>)>;
 }
 
-impl Wire for Peer {
+impl Wire for P2pClient {
     fn local_addr(&self) -> SocketAddr {
-        Peer::local_addr(self)
+        P2pClient::local_addr(self)
     }
 
     fn send_raw(&mut self, msg_type: &str, payload: &[u8]) -> io::Result<()> {
-        Peer::send_raw(self, msg_type, payload)
+        P2pClient::send_raw(self, msg_type, payload)
     }
 
     fn handshake(&mut self) -> Result<Reply> {
-        reply(Peer::handshake(self)).context("version handshake")
+        reply(P2pClient::handshake(self)).context("version handshake")
     }
 
     fn ping(&mut self, nonce: u64) -> Result<Reply> {
-        let r = reply(Peer::ping(self, nonce).map(drop));
+        let r = reply(P2pClient::ping(self, nonce).map(drop));
         // What else the node sent (announcements, its own pings) is not
         // looked at; do not let it pile up.
         self.take_inbox();
@@ -877,7 +877,7 @@ mod tests {
                 "duplicate {c}"
             );
             assert!(
-                c.payload.len() <= peerlog::p2p::MAX_PROTOCOL_MESSAGE_LENGTH,
+                c.payload.len() as u64 <= peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH,
                 "{c}"
             );
         }

@@ -33,7 +33,7 @@ use peerlog::{
         symbolize::{executable_frame_names, INLINED_SUFFIX},
         INCOMPLETE_FRAME,
     },
-    p2p::{self, Peer},
+    p2p::{self, P2pClient},
 };
 use peerlog_tests::{
     loadgen::{self, LoadConfig},
@@ -164,7 +164,7 @@ fn calls(frames: &[&str], outer: &str, inner: &str) -> bool {
 
 /// Sends `block` messages (the twin's medium block, fetched from it first)
 /// for `how_long`: CPU on the message handler that is not the burn.
-fn send_blocks(node: &Node, peer: &mut Peer, how_long: Duration) -> Result<()> {
+fn send_blocks(node: &Node, peer: &mut P2pClient, how_long: Duration) -> Result<()> {
     let (hash, _) = node
         .blocks
         .iter()
@@ -190,7 +190,7 @@ fn send_blocks(node: &Node, peer: &mut Peer, how_long: Duration) -> Result<()> {
 
 /// Sends `twinburn` messages of about 50 ms of CPU each for `how_long`,
 /// waiting for each to be handled.
-fn send_burns(peer: &mut Peer, how_long: Duration) -> Result<()> {
+fn send_burns(peer: &mut P2pClient, how_long: Duration) -> Result<()> {
     let start = Instant::now();
     let mut nonce = 1;
     while start.elapsed() < how_long {

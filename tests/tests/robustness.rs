@@ -43,7 +43,7 @@ use bitcoin::{
     p2p::{message_network::VersionMessage, Address, ServiceFlags},
 };
 use libtest_mimic::Arguments;
-use peerlog::p2p::{self, HandshakeOptions, Peer};
+use peerlog::p2p::{self, HandshakeOptions, P2pClient};
 use peerlog_tests::{
     bitcoind_only, connect, ebpf_skip,
     malformed::{self, Reply},
@@ -104,12 +104,12 @@ fn ctl(socket: &Path, method: &str) -> Result<Value> {
 }
 
 /// A v1 connection with the test suite's timeouts, not handshaken yet.
-fn connect_v1(node: SocketAddr) -> Result<Peer> {
+fn connect_v1(node: SocketAddr) -> Result<P2pClient> {
     let opts = HandshakeOptions {
         read_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    Peer::connect(node, NETWORK, opts).map_err(|e| anyhow!("connecting to {node}: {e}"))
+    P2pClient::connect(node, NETWORK, opts).map_err(|e| anyhow!("connecting to {node}: {e}"))
 }
 
 fn malformed_messages_v1() -> Result<()> {

@@ -971,7 +971,7 @@ fn bad_rpc_requests_get_clear_errors() -> Result<()> {
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
     ensure!(!socket.exists(), "the socket outlived peerlog");
     ensure!(
-        !peerlog::rpc::default_socket(node.pid()).exists(),
+        !peerlog::control::protocol::default_socket(node.pid()).exists(),
         "a default socket was created although --rpc-socket was given"
     );
     node.stop()?;

@@ -26,10 +26,10 @@ use peerlog::{
     capture::{
         CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, Direction, MESSAGE_TYPE_SIZE,
     },
-    decode,
-    pcapng::{parse_pcapng, write_pcapng},
-    show,
-    timeline::{Selection, Timeline},
+    formats::pcapng::{read::parse_pcapng, write::write_pcapng},
+    formats::timeline::{Selection, Timeline},
+    toolbox::decode,
+    toolbox::show,
 };
 use peerlog_tests::{fixture, *};
 use proptest::prelude::*;

@@ -787,7 +787,11 @@ fn missing_privileges_are_named() -> Result<()> {
         .output()
         .context("running setpriv (util-linux)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "peerlog ran without privileges?");
+    ensure!(
+        out.status.code() == Some(4),
+        "peerlog without privileges: {} (expected exit code 4)",
+        out.status
+    );
     ensure!(
         stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
         "privileges not named:\n{stderr}"
@@ -800,22 +804,25 @@ fn missing_privileges_are_named() -> Result<()> {
 /// without USDT, a capture directory that cannot be created. Finding out
 /// needs the privileges of a trace (reading other processes' binaries).
 fn bad_targets_get_clear_errors() -> Result<()> {
-    let e = failing_peerlog(&["trace", "--pid", "999999999"])?;
+    let e = failing_peerlog(&["trace", "--pid", "999999999"], 3)?;
     ensure!(e.contains("no process with pid 999999999"), "{e}");
     // A process without USDT: ourselves.
-    let e = failing_peerlog(&["trace", "--pid", &std::process::id().to_string()])?;
+    let e = failing_peerlog(&["trace", "--pid", &std::process::id().to_string()], 3)?;
     ensure!(e.contains("without USDT"), "{e}");
     // A capture directory that cannot be created: under a regular file.
     let node = Node::start()?;
     let file = tempfile::NamedTempFile::new()?;
     let bad = file.path().join("capture");
-    let e = failing_peerlog(&[
-        "trace",
-        "--pid",
-        &node.pid().to_string(),
-        "--capture",
-        bad.to_str().unwrap(),
-    ])?;
+    let e = failing_peerlog(
+        &[
+            "trace",
+            "--pid",
+            &node.pid().to_string(),
+            "--capture",
+            bad.to_str().unwrap(),
+        ],
+        5,
+    )?;
     ensure!(
         e.contains(bad.to_str().unwrap()),
         "error does not name the directory: {e}"
@@ -826,16 +833,21 @@ fn bad_targets_get_clear_errors() -> Result<()> {
 
 /// Bad arguments are refused before anything is loaded: no privileges needed.
 fn bad_arguments_get_clear_errors() -> Result<()> {
-    let e = failing_peerlog(&["trace", "--pid", "1", "--ring-size", "3"])?;
+    let e = failing_peerlog(&["trace", "--pid", "1", "--ring-size", "3"], 2)?;
     ensure!(e.contains("power of two"), "{e}");
-    let e = failing_peerlog(&["trace", "--pid", "1", "--peer", "net=mars"])?;
+    let e = failing_peerlog(&["trace", "--pid", "1", "--peer", "net=mars"], 2)?;
     ensure!(e.contains("mars"), "{e}");
     Ok(())
 }
 
-/// Runs peerlog, which must fail: its stderr.
-fn failing_peerlog(args: &[&str]) -> Result<String> {
+/// Runs peerlog, which must fail with exit code `code` (README, "Exit
+/// codes"): its stderr.
+fn failing_peerlog(args: &[&str], code: i32) -> Result<String> {
     let out = Command::new(peerlog_bin()?).args(args).output()?;
-    ensure!(!out.status.success(), "peerlog {args:?} succeeded");
+    ensure!(
+        out.status.code() == Some(code),
+        "peerlog {args:?}: {} (expected exit code {code})",
+        out.status
+    );
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -543,7 +543,7 @@ pub struct FlamegraphArgs {
 
     /// Only samples taken while the message handler served this peer
     /// (repeatable).
-    #[arg(long = "peer", value_name = "ID", value_parser = crate::cli::number_in(0, i64::MAX, ""))]
+    #[arg(long = "peer", value_name = "ID", value_parser = crate::args::number_in(0, i64::MAX, ""))]
     pub peers: Vec<i64>,
 
     /// Only samples of this thread (repeatable): a name such as `b-msghand`;

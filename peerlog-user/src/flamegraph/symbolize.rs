@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use bitcoin::hex::DisplayHex;
 use blazesym::symbolize::{source::Elf, source::Source, Input, Sym, Symbolized, Symbolizer};
 
 use super::unwind::{module_at, LoadedModule};
@@ -69,8 +70,8 @@ pub fn check_debug_file(binary: &Path, debug_file: &Path) -> Result<()> {
                 "--debug-file {} belongs to another build of {} (build-id {} instead of {})",
                 debug_file.display(),
                 binary.display(),
-                hex(&have),
-                hex(&want)
+                have.to_lower_hex_string(),
+                want.to_lower_hex_string()
             );
         }
     }
@@ -86,7 +87,7 @@ pub(crate) fn symtab_file(
     install_dir: Option<&Path>,
     debug_file: Option<&Path>,
 ) -> Option<PathBuf> {
-    crate::debuginfo::find(exe, install_dir, debug_file)
+    crate::elf::debuginfo::find(exe, install_dir, debug_file)
         .ok()?
         .source
 }
@@ -125,10 +126,6 @@ pub fn executable_frame_names(
         .into_iter()
         .map(|names| names.to_vec())
         .collect())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Symbols {

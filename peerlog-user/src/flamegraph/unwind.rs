@@ -35,7 +35,7 @@ use peerlog_common::{
     cfa, UnwindModule, UnwindRow, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME, UNWIND_BUCKET_SHIFT,
 };
 
-use crate::debuginfo::Mapped;
+use crate::elf::debuginfo::Mapped;
 
 /// How often the module list may be re-read when an address falls outside
 /// every known module (a library loaded after peerlog attached). Short,

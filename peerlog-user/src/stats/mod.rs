@@ -11,7 +11,7 @@
 //!   per peer while processing its messages and while working for it
 //!   otherwise (see [`peerlog_common::SliceKind`]), and per message type;
 //! - bitcoind's own byte counters of each connection (`CNode::nRecvBytes`,
-//!   `nSendBytes`), read from its memory ([`crate::layout`]);
+//!   `nSendBytes`), read from its memory ([`crate::elf::layout`]);
 //! - the `mempool:*` and `validation:block_connected` tracepoints, which the
 //!   kernel attributes to the peer whose message the thread took last; a
 //!   transaction is attributed to the peer that sent it, by txid.
@@ -39,8 +39,8 @@ pub use report::{check_msg_types, find_thread, thread_cpu_ns, Reporter, StatsArg
 
 use crate::{
     clock::WallClock,
+    elf::layout::CounterReader,
     event::{BlockConnected, Connection, CpuSlice, Event, MempoolChange, Message},
-    layout::CounterReader,
     peer::{Network, PeerIdentity, Traffic},
 };
 use payload::{CompactMode, Facts, Parsed, TxHash};

@@ -15,11 +15,14 @@ use serde_json::{json, Value};
 use super::{msg_type_key, Collector, Coverage, HdrLog, Sink, Sinks, StatsFilter, OTHER};
 use crate::{
     clock::WallClock,
+    control::{
+        metrics,
+        protocol::{ReportQuery, RpcError, RpcSocket, TraceStatus},
+        status,
+    },
+    elf::layout::CounterReader,
     event::Event,
     filter::PeerFilter,
-    layout::CounterReader,
-    metrics,
-    rpc::{self, ReportQuery, RpcError, RpcSocket, TraceStatus},
 };
 
 /// Statistics options of `peerlog trace`.
@@ -34,7 +37,7 @@ pub struct StatsArgs {
 
     /// Seconds between stats log lines and between HdrHistogram log
     /// intervals (0.1 to 86400).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::cli::seconds_in(0.1, 86_400.0))]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::args::seconds_in(0.1, 86_400.0))]
     pub stats_interval: Duration,
 
     /// Write HdrHistogram interval logs to DIR, one file per figure
@@ -268,7 +271,7 @@ impl Reporter {
         Ok(match query {
             ReportQuery::PeerStats(filter) => Value::Array(self.collector.peers_json(&filter)),
             ReportQuery::NodeStats(filter) => self.collector.node_json(&filter),
-            ReportQuery::Status => rpc::status_json(trace, self),
+            ReportQuery::Status => status::status_json(trace, self),
             ReportQuery::Metrics(filter) => {
                 let filter = filter.unwrap_or_else(|| self.options.filter.clone());
                 let msghand = self.msghand_json();

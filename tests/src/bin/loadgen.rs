@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use bitcoin::{BlockHash, Network};
 use clap::Parser;
-use peerlog::cli::{number_in, seconds_in};
+use peerlog::args::{number_in, seconds_in};
 use peerlog_tests::loadgen::{self, LoadConfig, Mix, Report, Window};
 
 /// Drive P2P load into a node: N peers, each sending a mix of requests the

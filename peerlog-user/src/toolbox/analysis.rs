@@ -19,9 +19,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::capture::Direction;
+use crate::formats::timeline::{format_time, SelectArgs, Timeline};
 use crate::p2p::RawMessage;
 use crate::peer::Traffic;
-use crate::timeline::{format_time, SelectArgs, Timeline};
 
 /// Buckets of the terminal sparkline: one line of a terminal.
 const SPARKLINE_BUCKETS: usize = 60;
@@ -32,7 +32,7 @@ const SPARK_LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇'
 
 /// Arguments of `peerlog stats`.
 #[derive(Debug, clap::Args)]
-pub struct StatsArgs {
+pub struct CaptureAnalysisArgs {
     /// The capture and which of its messages to count.
     #[command(flatten)]
     pub select: SelectArgs,
@@ -48,14 +48,14 @@ pub struct StatsArgs {
 
     /// Peers listed in the text output (the top talkers, 0 to 1000000); all
     /// are in --json.
-    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::cli::number_in(0usize, 1_000_000, ""))]
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = crate::args::number_in(0usize, 1_000_000, ""))]
     pub top: usize,
 }
 
 /// Runs `peerlog stats`.
-pub fn run(args: StatsArgs) -> Result<()> {
+pub fn run(args: CaptureAnalysisArgs) -> Result<()> {
     let timeline = args.select.load()?;
-    let stats = Stats::compute(&timeline);
+    let stats = CaptureAnalysis::compute(&timeline);
     if let Some(path) = &args.svg {
         let series = RateSeries::compute(&timeline, CHART_BUCKETS);
         draw_chart(&series, path).with_context(|| format!("drawing {}", path.display()))?;
@@ -73,7 +73,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
 
 /// Everything `peerlog stats` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Stats {
+pub struct CaptureAnalysis {
     /// The capture.
     pub capture: PathBuf,
     /// Messages bitcoind received, in all.
@@ -330,7 +330,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
-impl Stats {
+impl CaptureAnalysis {
     /// Computes the statistics of a timeline.
     pub fn compute(timeline: &Timeline) -> Self {
         let mut peers: Vec<PeerAccumulator> = timeline
@@ -716,8 +716,8 @@ pub fn draw_chart(series: &RateSeries, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::capture::{CaptureFile, CaptureRecord};
+    use crate::formats::timeline::Selection;
     use crate::p2p;
-    use crate::timeline::Selection;
     use bitcoin::consensus::encode::serialize;
 
     fn rec(t: u64, msg: &NetworkMessage) -> CaptureRecord {
@@ -761,7 +761,7 @@ mod tests {
 
     #[test]
     fn counts_ratios_and_latencies() {
-        let stats = Stats::compute(&timeline());
+        let stats = CaptureAnalysis::compute(&timeline());
         assert_eq!((stats.recv.msgs, stats.sent.msgs), (5, 4));
         let peer = &stats.peers[0];
         let g = &peer.inv_getdata;

@@ -2,7 +2,7 @@
 //! new peer, and record and summarize what the node answers.
 //!
 //! The replay is a new connection made with peerlog's P2P client
-//! ([`Peer`]): it does its own version handshake, announcing what the
+//! ([`P2pClient`]): it does its own version handshake, announcing what the
 //! captured peer announced (protocol version, services, start height, relay,
 //! and `wtxidrelay`/`sendaddrv2` if the peer sent them before its `verack`),
 //! so the node treats it like that peer. Then it sends the messages the node
@@ -34,8 +34,8 @@ use bitcoin::p2p::message::NetworkMessage;
 use serde::Serialize;
 
 use crate::capture::{CaptureLayout, CaptureWriter, Direction};
-use crate::p2p::{self, HandshakeOptions, P2pError, Peer};
-use crate::timeline::{CaptureMessage, NetworkArg, SelectArgs};
+use crate::formats::timeline::{CaptureMessage, NetworkArg, SelectArgs};
+use crate::p2p::{self, HandshakeOptions, P2pClient, P2pError};
 
 /// How long to listen after each message at `--speed max`, so that the
 /// node's answers are read while they come and neither side's buffers fill.
@@ -62,7 +62,7 @@ pub fn parse_speed(text: &str) -> Result<Speed, String> {
     if text == "max" {
         return Ok(Speed::Max);
     }
-    crate::cli::number_in(MIN_SPEED, MAX_SPEED, " (or `max`)")(text).map(Speed::Factor)
+    crate::args::number_in(MIN_SPEED, MAX_SPEED, " (or `max`)")(text).map(Speed::Factor)
 }
 
 /// Arguments of `peerlog replay`.
@@ -99,7 +99,7 @@ pub struct ReplayArgs {
     /// After the last message, listen until the node has been quiet this
     /// long, 0 to 3600 (bitcoind may take 2 s to request announced
     /// transactions).
-    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::cli::seconds_in(0.0, 3600.0))]
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = crate::args::seconds_in(0.0, 3600.0))]
     pub wait: Duration,
 
     /// Print the report as JSON.
@@ -296,7 +296,7 @@ fn schedule(start: Instant, times_micros: &[u64], factor: f64) -> Result<Vec<Ins
         .collect()
 }
 
-fn listen_until(peer: &mut Peer, deadline: Instant) -> Result<(), P2pError> {
+fn listen_until(peer: &mut P2pClient, deadline: Instant) -> Result<(), P2pError> {
     let wait = deadline.saturating_duration_since(Instant::now());
     if wait.is_zero() {
         return Ok(());
@@ -350,7 +350,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
 
     let network: bitcoin::Network = args.network.into();
     let started = Instant::now();
-    let mut peer = Peer::connect_and_handshake(node, network, handshake_options(&received))
+    let mut peer = P2pClient::connect_and_handshake(node, network, handshake_options(&received))
         .map_err(|e| anyhow::anyhow!("connecting to {node} and shaking hands: {e}"))?;
     let local_addr = peer.local_addr();
 
@@ -416,7 +416,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
             payload: e.payload.clone(),
         };
         // What the replay sent, the node received.
-        let inbound = e.direction == p2p::Direction::Sent;
+        let inbound = e.direction == p2p::TranscriptDirection::Sent;
         writer.append(&addr, (0, 0), inbound, &record)?;
     }
     writer.flush()?;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::capture::{CaptureLayout, CaptureWriter, Direction};
-use crate::decode;
-use crate::pcapng;
-use crate::show::message_json;
-use crate::timeline::{NetworkArg, SelectArgs, Timeline};
+use crate::formats::pcapng;
+use crate::formats::timeline::{NetworkArg, SelectArgs, Timeline};
+use crate::toolbox::decode;
+use crate::toolbox::show::message_json;
 
 /// Output formats of `peerlog convert`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +91,7 @@ fn convert(args: &ConvertArgs, timeline: &Timeline) -> Result<String> {
     Ok(match args.to {
         Format::Pcapng => {
             let summary = with_output(&args.out, |out| {
-                pcapng::write_pcapng(timeline, args.network.into(), out)
+                pcapng::write::write_pcapng(timeline, args.network.into(), out)
             })?;
             format!(
                 "{} messages of {} connections as {} packets",

@@ -5,8 +5,8 @@ use std::io::{self, BufWriter, Write};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::decode::{self, Decoded};
-use crate::timeline::{format_time, CaptureMessage, SelectArgs, Timeline};
+use crate::formats::timeline::{format_time, CaptureMessage, SelectArgs, Timeline};
+use crate::toolbox::decode::{self, Decoded};
 
 /// Arguments of `peerlog show`.
 #[derive(Debug, clap::Args)]
@@ -17,8 +17,9 @@ pub struct ShowArgs {
 
     /// Print a JSON array instead, one object per message: the fields
     /// Bitcoin Core's message-capture-parser.py prints (direction, time,
-    /// size, msgtype, body, error) and peer, peer_id, connected_at,
-    /// conn_type, summary and decode_error.
+    /// size, msgtype, body, error) and peer, peer_id, conntime,
+    /// connection_type, summary and decode_error (and, deprecated,
+    /// connected_at and conn_type).
     #[arg(long)]
     pub json: bool,
 }
@@ -46,8 +47,9 @@ pub fn run(args: ShowArgs) -> Result<()> {
 /// `direction`, `time` (µs since the UNIX epoch), `size` (payload bytes),
 /// `msgtype`, `body` (absent for an empty payload; the payload in hex when
 /// not decoded) and `error` (the parser's strings), plus `peer` (`addr:port`),
-/// `peer_id` and `connected_at` (per-connection captures), `conn_type`
-/// (when known), `summary` and `decode_error`.
+/// `peer_id` and `conntime` (per-connection captures), `connection_type`
+/// (when known), `summary` and `decode_error`; `getpeerinfo`'s names, with
+/// the deprecated `connected_at` and `conn_type` beside them until 0.3.
 pub fn message_json(timeline: &Timeline, message: &CaptureMessage, decoded: Decoded) -> Value {
     let peer = &timeline.peers[message.peer];
     let record = &message.record;
@@ -62,9 +64,14 @@ pub fn message_json(timeline: &Timeline, message: &CaptureMessage, decoded: Deco
     let fields = object.as_object_mut().expect("an object");
     if let Some((id, connected_at)) = peer.connection {
         fields.insert("peer_id".into(), json!(id));
+        fields.insert("conntime".into(), json!(connected_at));
+        // The key before getpeerinfo's name, kept until 0.3 (README,
+        // "Deprecated JSON keys").
         fields.insert("connected_at".into(), json!(connected_at));
     }
     if !peer.conn_type.is_empty() {
+        fields.insert("connection_type".into(), json!(peer.conn_type));
+        // Deprecated like `connected_at`.
         fields.insert("conn_type".into(), json!(peer.conn_type));
     }
     if let Some(body) = decoded.body {

@@ -4,7 +4,7 @@
 //! A capture is whatever [`read_capture_tree`] reads (a bitcoind
 //! `message_capture` directory, a peerlog capture of either layout, one
 //! peer's directory or one file) or a pcapng file (as `peerlog convert
-//! --to pcapng` writes, see [`crate::pcapng`]). A peer is known by the
+//! --to pcapng` writes, see [`crate::formats::pcapng`]). A peer is known by the
 //! `addr:port` of its directory name and, in peerlog's per-connection
 //! layout, by its peer id and connect time, which is what `--peer` filters
 //! match on (the same [`PeerFilter`] language as `peerlog trace`).
@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::vec;
 
 use anyhow::{Context, Result};
+use jiff::civil;
 
 use crate::capture::{read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord};
 use crate::filter::{PeerFilter, PeerSelector};
-use crate::pcapng;
+use crate::formats::pcapng;
 use crate::peer::PeerIdentity;
 
 /// The peer id a filter sees for a peer whose id the capture does not
@@ -151,8 +152,8 @@ impl SelectArgs {
             && timeline.peers.is_empty()
             && !timeline.had_connection_ids
         {
-            eprintln!(
-                "peerlog: warning: this capture does not record peer ids (only peerlog's \
+            crate::warning!(
+                "this capture does not record peer ids (only peerlog's \
                  per-connection layout does); select peers by address instead"
             );
         }
@@ -194,8 +195,8 @@ fn warn_about_filters(terms: &[PeerFilter]) {
     for term in terms {
         if let PeerFilter::ConnType(t) = term {
             if t != "inbound" {
-                eprintln!(
-                    "peerlog: warning: captures do not record the kind of outbound connection, \
+                crate::warning!(
+                    "captures do not record the kind of outbound connection, \
                      so --peer {t} selects nothing; use --peer outbound"
                 );
             }
@@ -227,7 +228,7 @@ impl Timeline {
     /// Reads the capture at `path` and keeps the messages `selection` selects.
     pub fn load(path: &Path, selection: &Selection) -> Result<Self> {
         let (files, warnings) = if is_pcapng(path)? {
-            let capture = pcapng::read_pcapng(path)?;
+            let capture = pcapng::read::read_pcapng(path)?;
             if capture.files.is_empty() {
                 anyhow::bail!("{} holds no Bitcoin P2P messages", path.display());
             }
@@ -330,11 +331,11 @@ impl Timeline {
     /// Prints the warnings and one warning per cut-short file on stderr.
     pub fn print_warnings(&self) {
         for w in &self.warnings {
-            eprintln!("peerlog: warning: {w}");
+            crate::warning!("{w}");
         }
         for t in &self.truncated {
-            eprintln!(
-                "peerlog: warning: capture file {}: {}; the {} records before it are used",
+            crate::warning!(
+                "capture file {}: {}; the {} records before it are used",
                 t.path.display(),
                 t.record,
                 t.records_before
@@ -391,7 +392,7 @@ fn is_pcapng(path: &Path) -> Result<bool> {
     let got = file
         .read(&mut magic)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(got == 4 && magic == pcapng::SECTION_HEADER_MAGIC)
+    Ok(got == 4 && magic == pcapng::block::SECTION_HEADER_MAGIC)
 }
 
 // ---------------------------------------------------------------------------
@@ -401,46 +402,19 @@ fn is_pcapng(path: &Path) -> Result<bool> {
 const MICROS_PER_SECOND: u64 = 1_000_000;
 const SECONDS_PER_DAY: u64 = 86_400;
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
+/// Day 0 of capture times.
+const UNIX_EPOCH_DATE: civil::Date = civil::date(1970, 1, 1);
 
 /// A capture time (µs since the UNIX epoch) in RFC 3339, UTC, to the
 /// microsecond: `2023-11-14T22:13:20.000000Z`.
 pub fn format_time(micros: u64) -> String {
-    let secs = micros / MICROS_PER_SECOND;
-    let (year, month, day) = civil_from_days((secs / SECONDS_PER_DAY) as i64);
-    let of_day = secs % SECONDS_PER_DAY;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        micros % MICROS_PER_SECOND
-    )
+    let epoch = UNIX_EPOCH_DATE.to_datetime(civil::Time::midnight());
+    match epoch.checked_add(std::time::Duration::from_micros(micros)) {
+        Ok(time) => time.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string(),
+        // Past 9999-12-31, which RFC 3339 cannot write (a damaged record):
+        // the count itself.
+        Err(_) => format!("{micros}us"),
+    }
 }
 
 /// The last second RFC 3339 can write, 9999-12-31T23:59:59Z: the latest
@@ -483,7 +457,9 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year < 1970 {
         return Err(err());
     }
-    let days = days_from_civil(i64::from(year), month, day);
+    // Refuses days a month does not have (2023-02-30).
+    let date = civil::Date::new(year as i16, month as i8, day as i8).map_err(|_| err())?;
+    let days = i64::from((date - UNIX_EPOCH_DATE).get_days());
     let mut micros = days as i128 * (SECONDS_PER_DAY * MICROS_PER_SECOND) as i128;
     if let Some(time) = time {
         // Split off the zone: Z, or +hh:mm / -hh:mm.
@@ -672,9 +648,11 @@ mod tests {
             "253402300800",
             "2023-11-14T10:00:00+99999999999999999:00",
             "2023-11-14T10:00:00-24:00",
+            "2023-02-30",
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
+        assert_eq!(format_time(u64::MAX), "18446744073709551615us");
         // Round trip over a range of days, leap years included.
         for day in (0..40_000u64).step_by(37) {
             let micros = day * SECONDS_PER_DAY * MICROS_PER_SECOND + 12_345_678;

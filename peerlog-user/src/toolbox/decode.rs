@@ -18,6 +18,7 @@ use std::net::Ipv6Addr;
 use bitcoin::block::Header;
 use bitcoin::consensus::encode::{self, serialize};
 use bitcoin::hashes::Hash;
+use bitcoin::hex::DisplayHex;
 use bitcoin::io;
 use bitcoin::p2p::address::{AddrV2, AddrV2Message, Address};
 use bitcoin::p2p::message::NetworkMessage;
@@ -76,12 +77,12 @@ impl Decoded {
             ""
         };
         let summary = match &decode_error {
-            Some(why) => format!("undecodable ({why}): {}{more}", hex(shown)),
-            None => format!("raw {}{more}", hex(shown)),
+            Some(why) => format!("undecodable ({why}): {}{more}", shown.to_lower_hex_string()),
+            None => format!("raw {}{more}", shown.to_lower_hex_string()),
         };
         Self {
             summary,
-            body: Some(Value::String(hex(payload))),
+            body: Some(Value::String(payload.to_lower_hex_string())),
             error: Some(error),
             decode_error,
         }
@@ -223,15 +224,15 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
                 f.flags
             ),
             json!({
-                "filter": hex(&f.filter),
+                "filter": f.filter.to_lower_hex_string(),
                 "hash_funcs": f.hash_funcs,
                 "tweak": f.tweak,
                 "flags": format!("{:?}", f.flags),
             }),
         ),
         NetworkMessage::FilterAdd(f) => (
-            format!("data={}", hex(&f.data)),
-            json!({ "data": hex(&f.data) }),
+            format!("data={}", f.data.to_lower_hex_string()),
+            json!({ "data": f.data.to_lower_hex_string() }),
         ),
         NetworkMessage::GetCFilters(g) => (
             format!(
@@ -247,7 +248,7 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
                 c.block_hash,
                 c.filter.len()
             ),
-            json!({ "filter_type": c.filter_type, "blockhash": c.block_hash.to_string(), "filter": hex(&c.filter) }),
+            json!({ "filter_type": c.filter_type, "blockhash": c.block_hash.to_string(), "filter": c.filter.to_lower_hex_string() }),
         ),
         NetworkMessage::GetCFHeaders(g) => (
             format!(
@@ -289,7 +290,7 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
         ),
         NetworkMessage::Alert(bytes) => (
             format!("{} bytes", bytes.len()),
-            json!({ "alert": hex(bytes) }),
+            json!({ "alert": bytes.to_lower_hex_string() }),
         ),
         NetworkMessage::Reject(r) => (
             format!(
@@ -312,7 +313,10 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
         | NetworkMessage::WtxidRelay
         | NetworkMessage::SendAddrV2 => (String::new(), json!({})),
         // Handled by `decode` before it gets here.
-        NetworkMessage::Unknown { payload, .. } => (hex(payload), json!(hex(payload))),
+        NetworkMessage::Unknown { payload, .. } => (
+            payload.to_lower_hex_string(),
+            json!(payload.to_lower_hex_string()),
+        ),
     }
 }
 
@@ -415,14 +419,14 @@ fn describe_tx(tx: &Transaction) -> (String, Value) {
         "vin": tx.input.iter().map(|i| json!({
             "txid": i.previous_output.txid.to_string(),
             "vout": i.previous_output.vout,
-            "scriptSig": hex(i.script_sig.as_bytes()),
-            "txinwitness": i.witness.iter().map(hex).collect::<Vec<_>>(),
+            "scriptSig": i.script_sig.as_bytes().to_lower_hex_string(),
+            "txinwitness": i.witness.iter().map(|w| w.to_lower_hex_string()).collect::<Vec<_>>(),
             "sequence": i.sequence.0,
         })).collect::<Vec<_>>(),
         "vout": tx.output.iter().enumerate().map(|(n, o)| json!({
             "n": n,
             "value": o.value.to_sat(),
-            "scriptPubKey": hex(o.script_pubkey.as_bytes()),
+            "scriptPubKey": o.script_pubkey.as_bytes().to_lower_hex_string(),
         })).collect::<Vec<_>>(),
     });
     (summary, body)
@@ -611,7 +615,10 @@ fn format_addrv2(addr: &AddrV2, port: u16) -> String {
         AddrV2::TorV3(pubkey) => format!("{}:{port}", onion_v3_name(pubkey)),
         AddrV2::I2p(hash) => format!("{}.b32.i2p:{port}", base32(hash)),
         AddrV2::Unknown(network, bytes) => {
-            format!("unknown-network-{network}:{}:{port}", hex(bytes))
+            format!(
+                "unknown-network-{network}:{}:{port}",
+                bytes.to_lower_hex_string()
+            )
         }
     }
 }
@@ -648,16 +655,6 @@ fn base32(bytes: &[u8]) -> String {
     }
     if bits > 0 {
         out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: impl AsRef<[u8]>) -> String {
-    let bytes = bytes.as_ref();
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
     }
     out
 }

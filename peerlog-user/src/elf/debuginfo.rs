@@ -1,6 +1,6 @@
 //! Finding the file that holds bitcoind's DWARF and symbol table.
 //!
-//! peerlog reads bitcoind's `CNode` layout from DWARF ([`crate::layout`])
+//! peerlog reads bitcoind's `CNode` layout from DWARF ([`crate::elf::layout`])
 //! and names flamegraph frames from its symbols, and Bitcoin Core's release
 //! binaries are stripped: both are then only in the separate debug file of
 //! the `*-debug` tarball or a distribution's debug package. So the lookup
@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use bitcoin::hex::DisplayHex;
 use object::{Object, ObjectSection};
 
 /// Where bitcoind's debug information is.
@@ -98,8 +99,8 @@ pub fn find(
                 bail!(
                     "--debug-file {} belongs to another build (build-id {} instead of {})",
                     path.display(),
-                    hex(have),
-                    hex(want)
+                    have.to_lower_hex_string(),
+                    want.to_lower_hex_string()
                 );
             }
         }
@@ -142,7 +143,7 @@ fn candidates(
 ) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(id) = build_id.filter(|id| id.len() > 1) {
-        let hex = hex(id);
+        let hex = id.to_lower_hex_string();
         out.push(PathBuf::from(format!(
             "/usr/lib/debug/.build-id/{}/{}.debug",
             &hex[..2],
@@ -165,10 +166,6 @@ fn debuglink(binary: &object::File<'_>) -> Option<String> {
     let data = binary.section_by_name(".gnu_debuglink")?.data().ok()?;
     let end = data.iter().position(|&b| b == 0)?;
     String::from_utf8(data[..end].to_vec()).ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use gimli::{AttributeValue, EndianSlice, LittleEndian, UnitOffset};
 use object::{CompressionFormat, Object, ObjectSection};
 
-use crate::debuginfo::Mapped;
+use crate::elf::debuginfo::Mapped;
 
 /// Where the members peerlog reads sit in bitcoind's `CNode`, in bytes from
 /// the start of the object.

@@ -1,13 +1,17 @@
 //! The JSON-lines sink: one JSON object per event (`--jsonl PATH|-`).
 //!
+//! Key names follow Bitcoin Core's `getpeerinfo` (`connection_type`,
+//! `conntime`); the older `conn_type` and `connected_at` are emitted too
+//! until 0.3 (README, "Deprecated JSON keys").
+//!
 //! Schema (one object per line, `event` says which):
-//! - `message`: `time_us`, `peer_id`, `addr`, `conn_type`, `direction`
+//! - `message`: `time_us`, `peer_id`, `addr`, `connection_type`, `direction`
 //!   (`recv`|`sent`), `msg_type`, `size`, `payload_copied`, and `payload`
 //!   (hex) with `--payload` when it was copied;
 //! - `message_incomplete`: the same without payload, plus `received` and `reason`;
 //! - `connection`: `time_us`, `kind` (`inbound`|`outbound`|`evicted`|`closed`),
-//!   `peer_id`, `addr`, `conn_type`, `network`, and `count` (opened) or
-//!   `connected_at` (evicted, closed; unix seconds);
+//!   `peer_id`, `addr`, `connection_type`, `network`, and `count` (opened)
+//!   or `conntime` (evicted, closed; unix seconds);
 //! - `misbehaving`: `time_us`, `peer_id`, `reason`;
 //! - `mempool`: `time_us`, `kind` (`added`|`removed`|`replaced`|`rejected`),
 //!   `peer_id` (the peer being processed, or null), `txid`, `vsize`, `fee`,
@@ -17,6 +21,7 @@
 
 use std::io::{self, Write};
 
+use bitcoin::hex::DisplayHex;
 use peerlog_common::{ConnectionEventKind, Direction, MempoolEventKind};
 use serde_json::{json, Value};
 
@@ -38,15 +43,6 @@ pub fn direction_name(d: Direction) -> &'static str {
         Direction::Inbound => "recv",
         Direction::Outbound => "sent",
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 impl JsonlSink {
@@ -95,6 +91,7 @@ impl JsonlSink {
             "time_us": clock.unix_micros(m.ktime_ns),
             "peer_id": m.peer_id,
             "addr": &*m.addr,
+            "connection_type": &*m.conn_type,
             "conn_type": &*m.conn_type,
             "direction": direction_name(m.direction),
             "msg_type": m.msg_type,
@@ -102,7 +99,7 @@ impl JsonlSink {
             "payload_copied": m.payload.is_some(),
         });
         if let (true, Some(p)) = (self.with_payload, &m.payload) {
-            v["payload"] = json!(hex(p));
+            v["payload"] = json!(p.to_lower_hex_string());
         }
         v
     }
@@ -112,8 +109,8 @@ fn connection(c: &Connection, clock: &WallClock) -> Value {
     let (kind, value_key) = match c.kind {
         ConnectionEventKind::Inbound => ("inbound", "count"),
         ConnectionEventKind::Outbound => ("outbound", "count"),
-        ConnectionEventKind::Evicted => ("evicted", "connected_at"),
-        ConnectionEventKind::Closed => ("closed", "connected_at"),
+        ConnectionEventKind::Evicted => ("evicted", "conntime"),
+        ConnectionEventKind::Closed => ("closed", "conntime"),
     };
     let mut v = json!({
         "event": "connection",
@@ -121,10 +118,16 @@ fn connection(c: &Connection, clock: &WallClock) -> Value {
         "kind": kind,
         "peer_id": c.peer_id,
         "addr": c.addr,
+        "connection_type": c.conn_type,
         "conn_type": c.conn_type,
         "network": Network::from_core(c.network).map(Network::name),
     });
     v[value_key] = json!(c.value);
+    if value_key == "conntime" {
+        // The key before getpeerinfo's name, kept until 0.3 (README,
+        // "Deprecated JSON keys").
+        v["connected_at"] = json!(c.value);
+    }
     v
 }
 
@@ -150,7 +153,8 @@ fn mempool(m: &MempoolChange, clock: &WallClock) -> Value {
     if let Some((hash, vsize, fee)) = &m.replacement {
         let mut display = *hash;
         display.reverse();
-        v["replacement"] = json!({ "hash": hex(&display), "vsize": vsize, "fee": fee });
+        v["replacement"] =
+            json!({ "hash": display.to_lower_hex_string(), "vsize": vsize, "fee": fee });
     }
     v
 }

@@ -1,0 +1,527 @@
+//! The figures in Prometheus' text exposition format, as the endpoint of
+//! [`super::http`] serves them.
+//!
+//! Per-peer series carry the labels `peer_id`, `addr`, `connection_type`
+//! and `network`. Label sets stay bounded: at most [`MAX_PEERS`] peers are
+//! exported (the oldest connections, by peer id; `peerlog_peers_omitted`
+//! counts the others, which the node totals still include), message types
+//! are Bitcoin Core's plus `*other*`, and a closed peer is exported in one
+//! more scrape, with its final figures, then dropped.
+
+use std::fmt::Write as _;
+
+use peerlog_common::SliceKind;
+use serde_json::Value;
+
+use super::protocol::TraceStatus;
+use crate::{
+    peer::{Network, Traffic},
+    stats::{Collector, Figures, Hist, PeerStats, Sink, SliceTotals, Slices, StatsFilter},
+};
+
+/// Peers exported at most per scrape; Bitcoin Core allows 125 connections by default.
+pub const MAX_PEERS: usize = 256;
+/// The quantiles exported for distributions.
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// Escapes a label value: backslash, double quote and newline.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes the text exposition format.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: f64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A summary of a histogram of nanoseconds, in seconds.
+    fn summary_seconds(&mut self, name: &str, labels: &str, h: &Hist) {
+        let total = h.total();
+        let sep = if labels.is_empty() { "" } else { "," };
+        for q in QUANTILES {
+            let v = if total.is_empty() {
+                f64::NAN
+            } else {
+                total.value_at_quantile(q) as f64 / 1e9
+            };
+            self.sample(name, &format!("{labels}{sep}quantile=\"{q}\""), v);
+        }
+        let sum = total.mean() * total.len() as f64 / 1e9;
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, total.len() as f64);
+    }
+}
+
+/// The message handler's slices of one kind: `processing` or `sending`.
+fn slices(f: &Figures, kind: SliceKind) -> &Slices {
+    match kind {
+        SliceKind::Processing => &f.processing,
+        SliceKind::Sending => &f.sending,
+    }
+}
+
+fn peer_labels(p: &PeerStats) -> String {
+    format!(
+        "peer_id=\"{}\",addr=\"{}\",connection_type=\"{}\",network=\"{}\"",
+        p.id,
+        label_value(&p.addr),
+        label_value(&p.conn_type),
+        p.network.map_or("", Network::name)
+    )
+}
+
+/// Renders every metric; marks closed peers reported.
+pub fn render(
+    trace: &TraceStatus,
+    collector: &mut Collector,
+    msghand: &Value,
+    filter: &StatsFilter,
+) -> String {
+    let text = render_text(trace, collector, msghand, filter);
+    collector.reported(Sink::Metrics);
+    text
+}
+
+/// What one scrape exports: the figures, and the rows cut from them.
+struct Scrape<'a> {
+    trace: &'a TraceStatus,
+    c: &'a Collector,
+    msghand: &'a Value,
+    filter: &'a StatsFilter,
+    /// The peers exported: due, selected, at most [`MAX_PEERS`].
+    peers: Vec<&'a PeerStats>,
+    /// Peers selected but beyond [`MAX_PEERS`].
+    omitted: usize,
+    /// Per-peer and node series of the same figure share a family: one row
+    /// per exported peer with its labels, then the node's without labels.
+    rows: Vec<(String, &'a Figures)>,
+}
+
+/// When a family is exported: always, or when its figures are measured.
+#[derive(Clone, Copy)]
+enum When {
+    Always,
+    /// The message handler's CPU slices (`Coverage::slices`).
+    Slices,
+    /// bitcoind's own byte counters (`Coverage::node_counters`).
+    NodeCounters,
+    /// Mempool effects (`Coverage::mempool`).
+    Mempool,
+    /// Blocks connected (`Coverage::block_connected`).
+    Blocks,
+    /// The message handler thread's CPU time, read from /proc.
+    MsghandThread,
+}
+
+/// How a family's samples are taken.
+#[derive(Clone, Copy)]
+enum Samples {
+    /// One sample a row: the figure's value.
+    PerRow(fn(&Figures) -> f64),
+    /// One summary a row, of a histogram of nanoseconds, in seconds.
+    SummaryPerRow(fn(&Figures) -> &Hist),
+    /// A row's messages of each shown type and direction, where there were
+    /// any: a figure of their traffic.
+    PerMsgType(fn(&Traffic) -> u64),
+    /// A row's slice sums, processing then sending.
+    PerSliceKind(fn(&SliceTotals) -> f64),
+    /// Samples with labels of their own.
+    Own(fn(&Scrape, &mut Exposition, &str)),
+}
+
+/// One metric family: its name, type, help, and where its samples come from.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    when: When,
+    samples: Samples,
+}
+
+/// Every family, in the order of the exposition.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "peerlog_figures_measured",
+        kind: "gauge",
+        help: "1 when this group of figures is measured, 0 when its figures are missing",
+        when: When::Always,
+        samples: Samples::Own(figures_measured),
+    },
+    Family {
+        name: "peerlog_events_lost_total",
+        kind: "counter",
+        help: "Events lost, by cause",
+        when: When::Always,
+        samples: Samples::Own(events_lost),
+    },
+    Family {
+        name: "peerlog_msghand_thread_cpu_seconds_total",
+        kind: "counter",
+        help: "On-CPU time of bitcoind's b-msghand thread since peerlog attached, from /proc",
+        when: When::MsghandThread,
+        samples: Samples::Own(msghand_thread_cpu),
+    },
+    Family {
+        name: "peerlog_peers",
+        kind: "gauge",
+        help: "Connected peers",
+        when: When::Always,
+        samples: Samples::Own(|s, e, name| {
+            e.sample(name, "", s.c.peers().filter(|p| !p.closed).count() as f64)
+        }),
+    },
+    Family {
+        name: "peerlog_peers_omitted",
+        kind: "gauge",
+        help: "Peers not exported, beyond the cap on label sets",
+        when: When::Always,
+        samples: Samples::Own(|s, e, name| e.sample(name, "", s.omitted as f64)),
+    },
+    Family {
+        name: "peerlog_peer_closed",
+        kind: "gauge",
+        help: "1 for a peer that disconnected: its final figures, exported once",
+        when: When::Always,
+        samples: Samples::Own(|s, e, name| {
+            for p in &s.peers {
+                e.sample(name, &peer_labels(p), if p.closed { 1.0 } else { 0.0 });
+            }
+        }),
+    },
+    Family {
+        name: "peerlog_messages_total",
+        kind: "counter",
+        help: "P2P messages by direction and message type",
+        when: When::Always,
+        samples: Samples::PerMsgType(|t| t.msgs),
+    },
+    Family {
+        name: "peerlog_payload_bytes_total",
+        kind: "counter",
+        help: "P2P payload bytes (without transport framing) by direction and message type",
+        when: When::Always,
+        samples: Samples::PerMsgType(|t| t.bytes),
+    },
+    Family {
+        name: "peerlog_msghand_slices_total",
+        kind: "counter",
+        help: "Slices of b-msghand's time charged to the peer: processing its messages, or sending to it",
+        when: When::Slices,
+        samples: Samples::PerSliceKind(|t| t.slices as f64),
+    },
+    Family {
+        name: "peerlog_msghand_wall_seconds_total",
+        kind: "counter",
+        help: "Wall time of b-msghand's slices charged to the peer",
+        when: When::Slices,
+        samples: Samples::PerSliceKind(|t| t.wall_ns as f64 / 1e9),
+    },
+    Family {
+        name: "peerlog_msghand_cpu_seconds_total",
+        kind: "counter",
+        help: "On-CPU time of b-msghand's slices charged to the peer",
+        when: When::Slices,
+        samples: Samples::PerSliceKind(|t| t.cpu_ns as f64 / 1e9),
+    },
+    Family {
+        name: "peerlog_processing_slice_cpu_seconds",
+        kind: "summary",
+        help: "On-CPU time per processing slice",
+        when: When::Slices,
+        samples: Samples::SummaryPerRow(|f| &f.processing.cpu_ns_per_slice),
+    },
+    Family {
+        name: "peerlog_sending_slice_cpu_seconds",
+        kind: "summary",
+        help: "On-CPU time per sending slice",
+        when: When::Slices,
+        samples: Samples::SummaryPerRow(|f| &f.sending.cpu_ns_per_slice),
+    },
+    Family {
+        name: "peerlog_net_bytes_total",
+        kind: "counter",
+        help: "bitcoind's own byte counters of the connection (getpeerinfo's bytesrecv, bytessent), transport framing included",
+        when: When::NodeCounters,
+        samples: Samples::Own(net_bytes),
+    },
+    Family {
+        name: "peerlog_ping_rtt_seconds",
+        kind: "summary",
+        help: "Round trip of our pings to the peer, by nonce",
+        when: When::Always,
+        samples: Samples::SummaryPerRow(|f| &f.ping.rtt_ns),
+    },
+    Family {
+        name: "peerlog_getdata_tx_latency_seconds",
+        kind: "summary",
+        help: "From our getdata for a transaction to the peer's tx",
+        when: When::Always,
+        samples: Samples::SummaryPerRow(|f| &f.getdata_tx_latency_ns),
+    },
+    Family {
+        name: "peerlog_tx_inventory_total",
+        kind: "counter",
+        help: "Transaction entries in inv, getdata, notfound, and tx messages, by direction",
+        when: When::Always,
+        samples: Samples::Own(tx_inventory),
+    },
+    Family {
+        name: "peerlog_txs_accepted_total",
+        kind: "counter",
+        help: "Transactions accepted to the mempool while processing the peer's messages",
+        when: When::Mempool,
+        samples: Samples::PerRow(|f| f.mempool.accepted as f64),
+    },
+    Family {
+        name: "peerlog_txs_rejected_total",
+        kind: "counter",
+        help: "Transactions rejected while processing the peer's messages",
+        when: When::Mempool,
+        samples: Samples::PerRow(|f| f.mempool.rejected as f64),
+    },
+    Family {
+        name: "peerlog_node_txs_rejected_by_reason_total",
+        kind: "counter",
+        help: "Transactions rejected, by Bitcoin Core's reason (whole node)",
+        when: When::Mempool,
+        samples: Samples::Own(|s, e, name| {
+            for (reason, n) in &s.c.total().mempool.rejected_by_reason {
+                e.sample(name, &format!("reason=\"{}\"", label_value(reason)), *n as f64);
+            }
+        }),
+    },
+    Family {
+        name: "peerlog_txs_replacements_total",
+        kind: "counter",
+        help: "Mempool transactions the peer's transactions replaced",
+        when: When::Mempool,
+        samples: Samples::PerRow(|f| f.mempool.replacements as f64),
+    },
+    Family {
+        name: "peerlog_mempool_vsize_vbytes",
+        kind: "gauge",
+        help: "Virtual size of the peer's transactions still in the mempool",
+        when: When::Mempool,
+        samples: Samples::PerRow(|f| f.mempool.in_mempool_vsize as f64),
+    },
+    Family {
+        name: "peerlog_mempool_txs",
+        kind: "gauge",
+        help: "The peer's transactions still in the mempool",
+        when: When::Mempool,
+        samples: Samples::PerRow(|f| f.mempool.in_mempool_txs as f64),
+    },
+    Family {
+        name: "peerlog_new_blocks_total",
+        kind: "counter",
+        help: "New blocks the peer served first (connected while processing its block, cmpctblock or blocktxn)",
+        when: When::Blocks,
+        samples: Samples::PerRow(|f| f.blocks.new_blocks as f64),
+    },
+    Family {
+        name: "peerlog_msghand_cpu_share",
+        kind: "gauge",
+        help: "The peer's share of the b-msghand CPU time charged to peers",
+        when: When::Slices,
+        samples: Samples::Own(msghand_cpu_share),
+    },
+    Family {
+        name: "peerlog_misbehaving_total",
+        kind: "counter",
+        help: "net:misbehaving_connection reports",
+        when: When::Always,
+        samples: Samples::PerRow(|f| f.misbehaving as f64),
+    },
+];
+
+fn render_text(
+    trace: &TraceStatus,
+    c: &Collector,
+    msghand: &Value,
+    filter: &StatsFilter,
+) -> String {
+    let shown: Vec<&PeerStats> = c
+        .peers()
+        .filter(|p| c.due(p, Sink::Metrics) && filter.shows_peer(p))
+        .collect();
+    let omitted = shown.len().saturating_sub(MAX_PEERS);
+    let peers = shown[..shown.len() - omitted].to_vec();
+    let rows = peers
+        .iter()
+        .map(|p| (peer_labels(p), &p.figures))
+        .chain(std::iter::once((String::new(), c.total())))
+        .collect();
+    let scrape = Scrape {
+        trace,
+        c,
+        msghand,
+        filter,
+        peers,
+        omitted,
+        rows,
+    };
+    let cov = c.coverage();
+    let mut e = Exposition { out: String::new() };
+    for family in FAMILIES {
+        let exported = match family.when {
+            When::Always => true,
+            When::Slices => cov.slices,
+            When::NodeCounters => cov.node_counters,
+            When::Mempool => cov.mempool,
+            When::Blocks => cov.block_connected,
+            When::MsghandThread => msghand["thread_cpu_ns"].as_u64().is_some(),
+        };
+        if !exported {
+            continue;
+        }
+        e.family(family.name, family.kind, family.help);
+        match family.samples {
+            Samples::PerRow(value) => {
+                for (labels, f) in &scrape.rows {
+                    e.sample(family.name, labels, value(f));
+                }
+            }
+            Samples::SummaryPerRow(hist) => {
+                for (labels, f) in &scrape.rows {
+                    e.summary_seconds(family.name, labels, hist(f));
+                }
+            }
+            Samples::PerMsgType(value) => per_msg_type(&scrape, &mut e, family.name, value),
+            Samples::PerSliceKind(value) => per_slice_kind(&scrape, &mut e, family.name, value),
+            Samples::Own(samples) => samples(&scrape, &mut e, family.name),
+        }
+    }
+    e.out
+}
+
+/// `labels` with `more` after them.
+fn with(labels: &str, more: &str) -> String {
+    if labels.is_empty() {
+        more.to_string()
+    } else {
+        format!("{labels},{more}")
+    }
+}
+
+fn figures_measured(s: &Scrape, e: &mut Exposition, name: &str) {
+    let cov = s.c.coverage();
+    for (figures, on) in [
+        ("cpu_slices", cov.slices),
+        ("node_counters", cov.node_counters),
+        ("mempool", cov.mempool),
+        ("blocks", cov.block_connected),
+    ] {
+        let labels = format!("figures=\"{figures}\"");
+        e.sample(name, &labels, if on { 1.0 } else { 0.0 });
+    }
+}
+
+fn events_lost(s: &Scrape, e: &mut Exposition, name: &str) {
+    for (cause, n) in &s.trace.losses {
+        e.sample(name, &format!("cause=\"{cause}\""), *n as f64);
+    }
+}
+
+fn msghand_thread_cpu(s: &Scrape, e: &mut Exposition, name: &str) {
+    if let Some(ns) = s.msghand["thread_cpu_ns"].as_u64() {
+        e.sample(name, "", ns as f64 / 1e9);
+    }
+}
+
+fn per_msg_type(s: &Scrape, e: &mut Exposition, name: &str, value: fn(&Traffic) -> u64) {
+    for (labels, f) in &s.rows {
+        for (key, m) in f.per_msg.iter().filter(|(k, _)| s.filter.shows_msg_type(k)) {
+            for (dir, t) in [("recv", m.recv), ("sent", m.sent)] {
+                if t.msgs > 0 {
+                    let l = with(labels, &format!("direction=\"{dir}\",msg_type=\"{key}\""));
+                    e.sample(name, &l, value(&t) as f64);
+                }
+            }
+        }
+    }
+}
+
+fn per_slice_kind(s: &Scrape, e: &mut Exposition, name: &str, value: fn(&SliceTotals) -> f64) {
+    for (labels, f) in &s.rows {
+        for kind in [SliceKind::Processing, SliceKind::Sending] {
+            let l = with(labels, &format!("slice=\"{}\"", kind.name()));
+            e.sample(name, &l, value(&slices(f, kind).totals));
+        }
+    }
+}
+
+fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
+    let bytes = s
+        .peers
+        .iter()
+        .map(|p| (peer_labels(p), s.c.node_bytes(p)))
+        .chain(std::iter::once((
+            String::new(),
+            Some(s.c.node_bytes_total()),
+        )));
+    for (labels, b) in bytes {
+        let Some(b) = b else { continue };
+        for (dir, n) in [("recv", b.recv), ("sent", b.sent)] {
+            e.sample(
+                name,
+                &with(&labels, &format!("direction=\"{dir}\"")),
+                n as f64,
+            );
+        }
+    }
+}
+
+fn tx_inventory(s: &Scrape, e: &mut Exposition, name: &str) {
+    for (labels, f) in &s.rows {
+        let r = &f.tx_relay;
+        for (msg, recv, sent) in [
+            ("inv", r.inv_recv, r.inv_sent),
+            ("getdata", r.getdata_recv, r.getdata_sent),
+            ("notfound", r.notfound_recv, r.notfound_sent),
+            ("tx", r.tx_recv, r.tx_sent),
+        ] {
+            for (dir, n) in [("recv", recv), ("sent", sent)] {
+                let l = with(labels, &format!("direction=\"{dir}\",msg_type=\"{msg}\""));
+                e.sample(name, &l, n as f64);
+            }
+        }
+    }
+}
+
+fn msghand_cpu_share(s: &Scrape, e: &mut Exposition, name: &str) {
+    let all = s.c.total().msghand_cpu_ns();
+    for p in &s.peers {
+        let share = if all > 0 {
+            p.figures.msghand_cpu_ns() as f64 / all as f64
+        } else {
+            0.0
+        };
+        e.sample(name, &peer_labels(p), share);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
