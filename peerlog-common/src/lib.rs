@@ -604,6 +604,9 @@ pub enum ConfigKey {
     /// into the peer policy map: until then no message pays for a lookup
     /// there.
     PeerPolicyActive = 12,
+    /// Bytes of unread records in the ring buffer above which a record
+    /// wakes peerlog (an eighth of the ring); 0: every record wakes it.
+    RingWakeBytes = 13,
 }
 
 /// Bit of a message type filter map value: capture selects this type.
@@ -611,13 +614,14 @@ pub const MSG_TYPE_CAPTURE: u8 = 1;
 /// Bit of a message type filter map value: statistics parse this type.
 pub const MSG_TYPE_STATS: u8 = 2;
 /// Entries in the config array map.
-pub const CONFIG_ENTRIES: u32 = 13;
+pub const CONFIG_ENTRIES: u32 = 14;
 
 /// Entries in the message type filter map.
 pub const MAX_MSG_TYPE_FILTER: u32 = 64;
 
-/// Entries in the peer policy map; more than Bitcoin Core's default limit
-/// of 125 connections by a wide margin.
+/// Entries in the peer policy map and slots of the kernel's table of known
+/// peers (a power of two: a peer's slot is its id modulo this); more than
+/// Bitcoin Core's default limit of 125 connections by a wide margin.
 pub const MAX_PEERS: u32 = 4096;
 
 /// Why an event or part of one was lost; the index into the per-CPU loss

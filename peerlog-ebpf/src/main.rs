@@ -21,7 +21,7 @@
 mod profile;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
@@ -78,10 +78,20 @@ pub static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entri
 #[map]
 static THREAD_CPU: LruHashMap<u32, ThreadCpu> = LruHashMap::with_max_entries(4096, 0);
 
-/// Peer id → its `CNode*` in bitcoind, found by [`find_cnode`]; removed when
-/// the connection closes (bitcoind never reuses a peer id).
+/// What the message tracepoints know of a peer, in slot `peer id mod
+/// MAX_PEERS`: an array, because the verifier inlines an array lookup while
+/// a hash map costs a helper call and a hash on every message. bitcoind
+/// numbers peers from 0 up, so two peers share a slot only if they are
+/// MAX_PEERS connections apart; then they take it in turn, each named again
+/// when it takes it back. A zeroed slot is "not named, `CNode*` unknown".
 #[map]
-static PEERS: LruHashMap<i64, KnownPeer> = LruHashMap::with_max_entries(MAX_PEERS, 0);
+static PEERS: Array<KnownPeer> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// The [`PEERS`] slot of a peer.
+#[inline(always)]
+fn peer_slot(peer_id: i64) -> u32 {
+    (peer_id as u64 & u64::from(MAX_PEERS - 1)) as u32
+}
 
 /// Loss counters, indexed by [`LossCause`]; per CPU so counting never contends.
 #[map]
@@ -112,9 +122,8 @@ pub(crate) fn count_loss(cause: LossCause) {
 /// never waits for the next poll to make room.
 #[inline(always)]
 pub(crate) fn submit_flags() -> u64 {
-    let pending = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
-    if pending > size / 8 {
+    let threshold = config(ConfigKey::RingWakeBytes);
+    if threshold == 0 || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > threshold {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -301,7 +310,10 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         count_loss(LossCause::ArgReadFailed);
         return;
     }
-    let wake = submit_flags();
+    // Small records never wake peerlog: it reads the ring every few
+    // milliseconds, and the ring holds over a hundred thousand of them.
+    // Only payload chunks, which can fill it in a burst, ask whether to.
+    let wake = u64::from(BPF_RB_NO_WAKEUP);
     let cnode = known_peer(ctx, spec, tid, ktime_ns, peer_id, direction, wake);
 
     let mut flags = 0u8;
@@ -316,7 +328,7 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         flags |= FLAG_PAYLOAD_SKIPPED;
         copy_len = 0;
     }
-    let message = MessageEvent {
+    let mut message = MessageEvent {
         header: record_header(RecordKind::Message, tid, ktime_ns),
         message_id: ktime_ns,
         peer_id,
@@ -328,23 +340,26 @@ fn handle_message(ctx: &ProbeContext, direction: Direction) {
         _pad: [0; 2],
         msg_type,
     };
-    if flags & FLAG_PAYLOAD_SKIPPED == 0 && copy_len <= INLINE_CLASSES[1] as u64 {
-        // One reservation for header and payload.
-        if copy_len <= INLINE_CLASSES[0] as u64 {
-            emit_inline::<{ INLINE_CLASSES[0] }>(message, data, copy_len as u32, wake);
-        } else {
-            emit_inline::<{ INLINE_CLASSES[1] }>(message, data, copy_len as u32, wake);
+    if flags & FLAG_PAYLOAD_SKIPPED != 0 {
+        // No payload: one copy from the stack, one helper call instead of
+        // a reservation and a submit.
+        if EVENTS.output::<MessageEvent>(&message, wake).is_err() {
+            count_loss(LossCause::RingFullMessage);
         }
+    } else if copy_len <= INLINE_CLASSES[0] as u64 {
+        // One reservation for header and payload.
+        emit_inline::<{ INLINE_CLASSES[0] }>(message, data, copy_len as u32, wake);
+    } else if copy_len <= INLINE_CLASSES[1] as u64 {
+        emit_inline::<{ INLINE_CLASSES[1] }>(message, data, copy_len as u32, wake);
     } else {
-        let Some(mut entry) = EVENTS.reserve::<MessageEvent>(0) else {
+        message.chunks = copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32;
+        if EVENTS
+            .output::<MessageEvent>(&message, submit_flags())
+            .is_err()
+        {
             count_loss(LossCause::RingFullMessage);
             return;
-        };
-        entry.write(MessageEvent {
-            chunks: copy_len.div_ceil(CHUNK_CLASSES[2] as u64) as u32,
-            ..message
-        });
-        entry.submit(wake);
+        }
         emit_payload(tid, ktime_ns, data, copy_len as u32);
     }
     next_slice(tid, ktime_ns, peer_id, direction, &msg_type);
@@ -389,6 +404,8 @@ fn emit_inline<const CAP: usize>(message: MessageEvent, data: u64, len: u32, wak
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct KnownPeer {
+    /// The peer the slot holds.
+    peer_id: i64,
     /// The peer's `CNode*`, or 0 while not found.
     cnode: u64,
     /// Non-zero once its [`PeerNameEvent`] went into the ring.
@@ -409,11 +426,15 @@ fn known_peer(
     direction: Direction,
     wake: u64,
 ) -> u64 {
-    let mut entry = match PEERS.get_ptr_mut(&peer_id) {
-        // SAFETY: plain values; a racing writer (another thread on the same
-        // peer) writes the same values.
-        Some(p) => unsafe { *p },
-        None => KnownPeer { cnode: 0, named: 0 },
+    let mut entry = match PEERS.get(peer_slot(peer_id)) {
+        // Plain values; a racing writer (another thread on the same peer)
+        // writes the same values.
+        Some(p) if p.peer_id == peer_id => *p,
+        _ => KnownPeer {
+            peer_id,
+            cnode: 0,
+            named: 0,
+        },
     };
     let before = entry;
     let wants_cnode = entry.cnode == 0 && direction == Direction::Outbound && cnode_known();
@@ -431,10 +452,11 @@ fn known_peer(
             entry.named = 1;
         }
     }
-    if (entry.cnode != before.cnode || entry.named != before.named)
-        && PEERS.insert(&peer_id, &entry, 0).is_err()
-    {
-        count_loss(LossCause::MapFull);
+    if entry.cnode != before.cnode || entry.named != before.named {
+        if let Some(p) = PEERS.get_ptr_mut(peer_slot(peer_id)) {
+            // SAFETY: the slot is a map value; see above for concurrency.
+            unsafe { *p = entry };
+        }
     }
     entry.cnode
 }
@@ -624,8 +646,8 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         // `CNode::CloseSocketDisconnect`: the socket is gone, so the node's
         // byte counters are final; the `CNode` itself lives on a while.
         // SAFETY: plain value read.
-        let cnode = match unsafe { PEERS.get(&(peer_id as i64)) } {
-            Some(p) if p.cnode != 0 => p.cnode,
+        let cnode = match PEERS.get(peer_slot(peer_id as i64)) {
+            Some(p) if p.peer_id == peer_id as i64 && p.cnode != 0 => p.cnode,
             _ => find_cnode(ctx, peer_id as i64, addr),
         };
         if cnode != 0 {
@@ -657,7 +679,18 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
         // The id is never reused by bitcoind; free its slots.
         let peer_id = peer_id as i64;
         let _ = PEER_POLICY.remove(&peer_id);
-        let _ = PEERS.remove(&peer_id);
+        if let Some(p) = PEERS.get_ptr_mut(peer_slot(peer_id)) {
+            // SAFETY: a map value; only this peer's entry is cleared.
+            unsafe {
+                if (*p).peer_id == peer_id {
+                    *p = KnownPeer {
+                        peer_id: 0,
+                        cnode: 0,
+                        named: 0,
+                    };
+                }
+            }
+        }
     }
 }
 

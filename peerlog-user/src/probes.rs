@@ -185,6 +185,13 @@ impl Probes {
         let mut config: Array<_, u64> =
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
         config.set(ConfigKey::TargetTgid as u32, target.pid as u64, 0)?;
+        // Records wake peerlog only once the ring is an eighth full; until
+        // then it reads the ring on its own clock (trace's poll interval).
+        config.set(
+            ConfigKey::RingWakeBytes as u32,
+            u64::from(opts.ring_size / 8),
+            0,
+        )?;
 
         let pmu = UprobePmu::discover()?;
         let mut probes = Self {
