@@ -1518,76 +1518,48 @@ fn check_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<Tar
     // time (kernel BPF statistics) over the node's CPU time without it. The
     // node's CPU per message moves by more than 1% between runs on this
     // shared machine, so a difference of two runs could not show it.
-    let per: Vec<(String, Option<f64>)> = scenarios
+    let per: Vec<(&str, Option<f64>)> = scenarios
         .iter()
         .map(|s| {
             (
-                s.name.to_string(),
+                s.name,
                 find(rows, s.name, Config::Sampling).and_then(|r| r.sampler_cost),
             )
         })
         .collect();
-    checks.push(TargetCheck {
-        target: "99 Hz sampling costs the node < 0.2% CPU".into(),
-        met: all(&per
-            .iter()
-            .map(|(_, c)| c.map(|c| c < 0.002))
-            .collect::<Vec<_>>()),
-        detail: per
-            .iter()
-            .map(|(s, c)| {
-                format!(
-                    "{s}: {}",
-                    c.map_or("n/a".into(), |c| format!("{:.2}%", c * 100.0))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    });
+    checks.push(in_every_scenario(
+        "99 Hz sampling costs the node < 0.2% CPU",
+        &per,
+        |c| c < 0.002,
+        |c| format!("{:.2}%", c * 100.0),
+    ));
 
-    let per: Vec<(String, Option<f64>)> = scenarios
+    let per: Vec<(&str, Option<f64>)> = scenarios
         .iter()
         .map(|s| {
             (
-                s.name.to_string(),
+                s.name,
                 find(rows, s.name, Config::Sampling).and_then(|r| r.sampler_ns_per_sample),
             )
         })
         .collect();
-    checks.push(TargetCheck {
-        target: "a CPU sample costs the node ≤ 5 µs".into(),
-        met: all(&per
-            .iter()
-            .map(|(_, c)| c.map(|c| c <= 5000.0))
-            .collect::<Vec<_>>()),
-        detail: per
-            .iter()
-            .map(|(s, c)| {
-                format!(
-                    "{s}: {}",
-                    c.map_or("n/a".into(), |c| format!("{:.2} µs per sample", c / 1000.0))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    });
+    checks.push(in_every_scenario(
+        "a CPU sample costs the node ≤ 5 µs",
+        &per,
+        |c| c <= 5000.0,
+        |c| format!("{:.2} µs per sample", c / 1000.0),
+    ));
 
-    let per: Vec<(String, Option<f64>)> = saturating
+    let per: Vec<(&str, Option<f64>)> = saturating
         .iter()
-        .map(|s| (s.name.to_string(), ratio(s.name, Config::Capture)))
+        .map(|s| (s.name, ratio(s.name, Config::Capture)))
         .collect();
-    checks.push(TargetCheck {
-        target: "full capture keeps ≥ 0.95 of untraced throughput".into(),
-        met: all(&per
-            .iter()
-            .map(|(_, r)| r.map(|r| r >= 0.95))
-            .collect::<Vec<_>>()),
-        detail: per
-            .iter()
-            .map(|(s, r)| format!("{s}: {}", r.map_or("n/a".into(), |r| format!("{r:.3}"))))
-            .collect::<Vec<_>>()
-            .join(", "),
-    });
+    checks.push(in_every_scenario(
+        "full capture keeps ≥ 0.95 of untraced throughput",
+        &per,
+        |r| r >= 0.95,
+        |r| format!("{r:.3}"),
+    ));
 
     // Median, min, max of each: a win inside the other's range is noted, as
     // the machine's noise could have decided it.
