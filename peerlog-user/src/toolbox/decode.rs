@@ -234,13 +234,7 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
             format!("data={}", f.data.to_lower_hex_string()),
             json!({ "data": f.data.to_lower_hex_string() }),
         ),
-        NetworkMessage::GetCFilters(g) => (
-            format!(
-                "filter_type={} start_height={} stop_hash={}",
-                g.filter_type, g.start_height, g.stop_hash
-            ),
-            json!({ "filter_type": g.filter_type, "start_height": g.start_height, "stop_hash": g.stop_hash.to_string() }),
-        ),
+        NetworkMessage::GetCFilters(g) => filter_range(g.filter_type, g.start_height, &g.stop_hash),
         NetworkMessage::CFilter(c) => (
             format!(
                 "filter_type={} blockhash={} filter={} bytes",
@@ -250,13 +244,9 @@ fn describe(message: &NetworkMessage) -> (String, Value) {
             ),
             json!({ "filter_type": c.filter_type, "blockhash": c.block_hash.to_string(), "filter": c.filter.to_lower_hex_string() }),
         ),
-        NetworkMessage::GetCFHeaders(g) => (
-            format!(
-                "filter_type={} start_height={} stop_hash={}",
-                g.filter_type, g.start_height, g.stop_hash
-            ),
-            json!({ "filter_type": g.filter_type, "start_height": g.start_height, "stop_hash": g.stop_hash.to_string() }),
-        ),
+        NetworkMessage::GetCFHeaders(g) => {
+            filter_range(g.filter_type, g.start_height, &g.stop_hash)
+        }
         NetworkMessage::CFHeaders(c) => (
             format!(
                 "filter_type={} stop_hash={} filter_hashes={}",
@@ -396,6 +386,14 @@ fn describe_locator(version: u32, locator: &[BlockHash], stop: &BlockHash) -> (S
             "locator": locator.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "stop_hash": stop.to_string(),
         }),
+    )
+}
+
+/// `getcfilters` and `getcfheaders` ask for the same range (BIP 157).
+fn filter_range(filter_type: u8, start_height: u32, stop_hash: &BlockHash) -> (String, Value) {
+    (
+        format!("filter_type={filter_type} start_height={start_height} stop_hash={stop_hash}"),
+        json!({ "filter_type": filter_type, "start_height": start_height, "stop_hash": stop_hash.to_string() }),
     )
 }
 
