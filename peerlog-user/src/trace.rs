@@ -238,6 +238,14 @@ fn yield_to_the_node() {
     }
 }
 
+/// Where a captured message is filed, as the trace loop worked it out.
+struct CaptureTarget {
+    /// (peer id, connect time in UNIX seconds).
+    connection: (i64, u64),
+    /// The message's time in UNIX microseconds.
+    time_micros: u64,
+}
+
 /// Where events go after the peer table.
 struct Sinks {
     capture: Option<CaptureWorker>,
@@ -473,16 +481,16 @@ impl Tracer {
                     .context("writing JSON lines")?;
             }
         }
-        if let (Some(connection), Event::Message(m)) = (capture, event) {
-            self.capture(m, connection);
+        if let (Some(target), Event::Message(m)) = (capture, event) {
+            self.capture(m, target);
         }
         Ok(())
     }
 
-    /// Accounts a message. Returns whether it is reported, and the
-    /// connection (peer id, connect time) to capture it under, if it is
-    /// captured.
-    fn handle_message(&mut self, m: &Message) -> (bool, Option<(i64, u64)>) {
+    /// Accounts a message. Returns whether it is reported and, if it is
+    /// captured, the connection (peer id, connect time) to capture it under
+    /// with the message's time in UNIX microseconds.
+    fn handle_message(&mut self, m: &Message) -> (bool, Option<CaptureTarget>) {
         self.summary.event_latency.record(m.ktime_ns);
         let time_micros = self.clock.unix_micros(m.ktime_ns);
         let (peer, created) =
@@ -525,22 +533,28 @@ impl Tracer {
             );
             return (true, None);
         }
-        (true, Some((peer.id, peer.connected_at)))
+        (
+            true,
+            Some(CaptureTarget {
+                connection: (peer.id, peer.connected_at),
+                time_micros,
+            }),
+        )
     }
 
     /// Hands a message to the capture writer; its payload moves, uncopied.
-    fn capture(&mut self, m: Message, connection: (i64, u64)) {
+    fn capture(&mut self, m: Message, target: CaptureTarget) {
         let (Some(capture), Some(payload)) = (&mut self.sinks.capture, m.payload) else {
             return;
         };
         let record = CaptureRecord {
-            time_micros: self.clock.unix_micros(m.ktime_ns),
+            time_micros: target.time_micros,
             msg_type: m.msg_type,
             payload,
         };
         capture.append(
             m.addr,
-            connection,
+            target.connection,
             m.direction == Direction::Inbound,
             record,
         );
