@@ -18,7 +18,7 @@
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use crate::address::split_host_port;
-use crate::peer::{Network, PeerIdentity};
+use crate::peers::{Network, PeerIdentity};
 
 /// Connection types of Bitcoin Core (`ConnectionTypeAsString`).
 pub const CONNECTION_TYPES: [&str; 7] = [

@@ -22,7 +22,7 @@ pub mod flamegraph;
 pub mod formats;
 pub mod messages;
 pub mod p2p;
-pub mod peer;
+pub mod peers;
 pub mod private_fs;
 pub mod probes;
 pub mod stats;

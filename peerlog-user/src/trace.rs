@@ -26,9 +26,8 @@ use crate::{
     filter::PeerSelector,
     flamegraph::{CpuProfile, ProfileReport},
     formats::jsonl::JsonlSink,
-    peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
-    stats,
+    stats::{self, Traffic},
     target::{Capabilities, Target},
 };
 
@@ -258,13 +257,12 @@ struct Sinks {
 struct Tracer {
     clock: WallClock,
     decoder: Decoder,
-    peers: PeerTable,
     selector: PeerSelector,
     msg_types: Vec<String>,
     sinks: Sinks,
     control: KernelControl,
     summary: Summary,
-    /// Per-peer figures and their outputs.
+    /// The peer table with the figures of each peer, and their outputs.
     report: stats::Reporter,
     /// Whether the capture is on (`setcapture` switches it).
     capture_enabled: bool,
@@ -289,29 +287,35 @@ impl Tracer {
     /// Whether an event attributed to `peer_id` (None: to no peer) is reported.
     fn attributed_selected(&self, peer_id: Option<i64>) -> bool {
         match peer_id {
-            Some(id) => self.peers.get(id).is_none_or(|p| p.selected),
+            Some(id) => self.peer_selected(id),
             None => self.selector.selects_all(),
         }
+    }
+
+    /// Whether the peer filter selects the peer; one not seen yet is, as
+    /// the kernel treats it.
+    fn peer_selected(&self, id: i64) -> bool {
+        self.report
+            .collector
+            .peer(id)
+            .is_none_or(|e| e.peer.selected)
     }
 
     fn msg_type_selected(&self, t: &str) -> bool {
         self.msg_types.is_empty() || self.msg_types.iter().any(|m| m == t)
     }
 
-    /// Applies the peer filter to a newly seen peer, and tells the kernel to
+    /// Applies the peer filter to a peer just named, and tells the kernel to
     /// stop copying the payloads of a peer that is not selected.
     fn select_peer(&mut self, id: i64) {
-        let Some(peer) = self.peers.get(id) else {
+        let collector = &mut self.report.collector;
+        let Some(entry) = collector.peer(id) else {
             return;
         };
-        let selected = self.selector.matches(&peer.identity());
+        let selected = self.selector.matches(&entry.peer.identity());
         // A new peer starts selected, as the kernel treats it; `setcapture`
         // may select one it had not.
-        let changed = peer.selected != selected;
-        if let Some(p) = self.peers.get_mut(id) {
-            p.selected = selected;
-        }
-        if changed {
+        if collector.set_selected(id, selected) {
             if let Err(e) = self.control.set_peer_payloads(id, selected) {
                 // Payloads of this peer keep being copied (or not) as
                 // before; what is written still follows the selection.
@@ -387,10 +391,12 @@ impl Tracer {
         if let Some(terms) = change.peers {
             self.selector = PeerSelector::new(terms);
             let open: Vec<i64> = self
-                .peers
+                .report
+                .collector
+                .peers()
                 .iter()
-                .filter(|p| !p.closed)
-                .map(|p| p.id)
+                .filter(|e| !e.peer.closed)
+                .map(|e| e.peer.id)
                 .collect();
             for id in open {
                 self.select_peer(id);
@@ -407,7 +413,10 @@ impl Tracer {
     }
 
     fn handle(&mut self, event: Event) -> Result<()> {
-        self.report.handle(&event);
+        // The peer table and the figures first: what follows reads them.
+        if let Some(named) = self.report.handle(&event) {
+            self.select_peer(named);
+        }
         let mut report = true;
         let mut capture = None;
         match &event {
@@ -427,49 +436,27 @@ impl Tracer {
                 );
             }
             Event::Connection(c) => {
-                let unix_now = self.clock.unix_micros(c.ktime_ns) / 1_000_000;
-                let (peer, created) =
-                    self.peers
-                        .get_or_insert(c.peer_id, &c.addr, &c.conn_type, unix_now);
-                peer.network = Network::from_core(c.network).or(peer.network);
-                match c.kind {
-                    ConnectionEventKind::Inbound | ConnectionEventKind::Outbound => {
-                        peer.connected_at = unix_now;
-                        peer.connected_at_known = true;
-                    }
-                    ConnectionEventKind::Evicted | ConnectionEventKind::Closed => {
-                        peer.connected_at = c.value;
-                        peer.connected_at_known = true;
-                        if c.kind == ConnectionEventKind::Closed {
-                            peer.closed = true;
-                        }
-                    }
-                }
-                let (addr, connected_at, selected) =
-                    (peer.addr.clone(), peer.connected_at, peer.selected);
-                if created {
-                    self.select_peer(c.peer_id);
-                }
                 if c.kind == ConnectionEventKind::Closed {
-                    if let Some(capture) = &mut self.sinks.capture {
-                        capture.close_connection(addr.into(), (c.peer_id, connected_at));
+                    let peer = self.report.collector.peer(c.peer_id).map(|e| &e.peer);
+                    if let (Some(capture), Some(peer)) = (&mut self.sinks.capture, peer) {
+                        capture.close_connection(
+                            peer.addr.as_str().into(),
+                            (c.peer_id, peer.conntime),
+                        );
                     }
                 }
-                report =
-                    selected || created && self.peers.get(c.peer_id).is_some_and(|p| p.selected);
+                report = self.peer_selected(c.peer_id);
             }
-            Event::Misbehaving(m) => {
-                let unix_now = self.clock.unix_micros(m.ktime_ns) / 1_000_000;
-                let (peer, _) = self.peers.get_or_insert(m.peer_id, "", "", unix_now);
-                peer.misbehaving += 1;
-                report = peer.selected;
-            }
+            Event::Misbehaving(m) => report = self.peer_selected(m.peer_id),
             Event::CpuSlice(_) => report = false,
             Event::Mempool(m) => report = self.attributed_selected(m.peer_id),
             Event::BlockConnected(b) => report = self.attributed_selected(b.peer_id),
             Event::CpuSample(sample) => {
                 if let Some(profile) = &mut self.sinks.flamegraph {
-                    profile.add(sample.clone());
+                    let peer = (sample.context.as_ref())
+                        .and_then(|c| self.report.collector.peer(c.peer_id))
+                        .map(|e| &e.peer);
+                    profile.add(sample.clone(), peer);
                 }
                 report = false;
             }
@@ -493,22 +480,10 @@ impl Tracer {
     fn handle_message(&mut self, m: &Message) -> (bool, Option<CaptureTarget>) {
         self.summary.event_latency.record(m.ktime_ns);
         let time_micros = self.clock.unix_micros(m.ktime_ns);
-        let (peer, created) =
-            self.peers
-                .get_or_insert(m.peer_id, &m.addr, &m.conn_type, time_micros / 1_000_000);
-        if peer.addr.is_empty() {
-            // Created by a misbehaviour event before any message named it.
-            peer.addr = m.addr.to_string();
-            peer.conn_type = m.conn_type.to_string();
-        }
-        match m.direction {
-            Direction::Inbound => self.summary.recv.add(m.payload_size),
-            Direction::Outbound => self.summary.sent.add(m.payload_size),
-        }
-        if created {
-            self.select_peer(m.peer_id);
-        }
-        let peer = self.peers.get(m.peer_id).expect("inserted above");
+        let Some(peer) = self.report.collector.peer(m.peer_id).map(|e| &e.peer) else {
+            // The collector enters every peer a message names.
+            return (false, None);
+        };
         if !peer.selected || !self.msg_type_selected(&m.msg_type) {
             return (false, None);
         }
@@ -536,7 +511,7 @@ impl Tracer {
         (
             true,
             Some(CaptureTarget {
-                connection: (peer.id, peer.connected_at),
+                connection: (peer.id, peer.conntime),
                 time_micros,
             }),
         )
@@ -722,7 +697,6 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     let mut tracer = Tracer {
         clock,
         decoder: Decoder::new(),
-        peers: PeerTable::new(),
         selector: opts.peers.clone(),
         msg_types: opts.msg_types.clone(),
         sinks,
@@ -837,14 +811,13 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     }
     let report_result = tracer.report.finish();
 
-    tracer.summary.peers = tracer.peers.len();
+    let collector = &tracer.report.collector;
+    tracer.summary.peers = collector.peers().seen();
+    (tracer.summary.recv, tracer.summary.sent) = (collector.total().recv, collector.total().sent);
     tracer.summary.kernel_losses = losses.read();
     let profile_result = match tracer.sinks.flamegraph.take() {
         Some(profile) => profile
-            .finish(
-                &tracer.peers,
-                tracer.summary.lost(LossCause::RingFullSample),
-            )
+            .finish(tracer.summary.lost(LossCause::RingFullSample))
             .map(|report| tracer.summary.cpu_profile = Some(report)),
         None => Ok(()),
     };

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::protocol::TraceStatus;
 use crate::{
-    peer::{Network, Traffic},
-    stats::{Collector, Figures, Hist, PeerStats, Sink, SliceTotals, Slices, StatsFilter},
+    peers::{Network, ReportSink},
+    stats::{Collector, Figures, Hist, PeerEntry, SliceTotals, Slices, StatsFilter, Traffic},
 };
 
 /// Peers exported at most per scrape; Bitcoin Core allows 125 connections by default.
@@ -76,7 +76,8 @@ fn slices(f: &Figures, kind: SliceKind) -> &Slices {
     }
 }
 
-fn peer_labels(p: &PeerStats) -> String {
+fn peer_labels(e: &PeerEntry) -> String {
+    let p = &e.peer;
     format!(
         "peer_id=\"{}\",addr=\"{}\",connection_type=\"{}\",network=\"{}\"",
         p.id,
@@ -94,7 +95,7 @@ pub fn render(
     filter: &StatsFilter,
 ) -> String {
     let text = render_text(trace, collector, msghand, filter);
-    collector.reported(Sink::Metrics);
+    collector.reported(ReportSink::Metrics);
     text
 }
 
@@ -105,7 +106,7 @@ struct Scrape<'a> {
     msghand: &'a Value,
     filter: &'a StatsFilter,
     /// The peers exported: due, selected, at most [`MAX_PEERS`].
-    peers: Vec<&'a PeerStats>,
+    peers: Vec<&'a PeerEntry>,
     /// Peers selected but beyond [`MAX_PEERS`].
     omitted: usize,
     /// Per-peer and node series of the same figure share a family: one row
@@ -183,7 +184,7 @@ const FAMILIES: &[Family] = &[
         help: "Connected peers",
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
-            e.sample(name, "", s.c.peers().filter(|p| !p.closed).count() as f64)
+            e.sample(name, "", s.c.peers().connected() as f64)
         }),
     },
     Family {
@@ -200,7 +201,7 @@ const FAMILIES: &[Family] = &[
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
             for p in &s.peers {
-                e.sample(name, &peer_labels(p), if p.closed { 1.0 } else { 0.0 });
+                e.sample(name, &peer_labels(p), if p.peer.closed { 1.0 } else { 0.0 });
             }
         }),
     },
@@ -356,15 +357,16 @@ fn render_text(
     msghand: &Value,
     filter: &StatsFilter,
 ) -> String {
-    let shown: Vec<&PeerStats> = c
+    let shown: Vec<&PeerEntry> = c
         .peers()
-        .filter(|p| c.due(p, Sink::Metrics) && filter.shows_peer(p))
+        .iter()
+        .filter(|e| e.peer.due(ReportSink::Metrics) && filter.shows_peer(&e.peer))
         .collect();
     let omitted = shown.len().saturating_sub(MAX_PEERS);
     let peers = shown[..shown.len() - omitted].to_vec();
     let rows = peers
         .iter()
-        .map(|p| (peer_labels(p), &p.figures))
+        .map(|p| (peer_labels(p), &p.stats.figures))
         .chain(std::iter::once((String::new(), c.total())))
         .collect();
     let scrape = Scrape {
@@ -470,7 +472,7 @@ fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
     let bytes = s
         .peers
         .iter()
-        .map(|p| (peer_labels(p), s.c.node_bytes(p)))
+        .map(|p| (peer_labels(p), s.c.node_bytes(&p.peer)))
         .chain(std::iter::once((
             String::new(),
             Some(s.c.node_bytes_total()),
@@ -508,7 +510,7 @@ fn msghand_cpu_share(s: &Scrape, e: &mut Exposition, name: &str) {
     let all = s.c.total().msghand_cpu_ns();
     for p in &s.peers {
         let share = if all > 0 {
-            p.figures.msghand_cpu_ns() as f64 / all as f64
+            p.stats.figures.msghand_cpu_ns() as f64 / all as f64
         } else {
             0.0
         };

@@ -27,7 +27,7 @@ pub fn status_json(trace: &TraceStatus, report: &stats::Reporter) -> Value {
         "events": c.events(),
         "losses": losses,
         "events_lost": trace.losses.iter().map(|(_, n)| n).sum::<u64>(),
-        "peers_connected": c.peers().filter(|p| !p.closed).count(),
+        "peers_connected": c.peers().connected(),
         "msghand_thread": report.msghand_json(),
         "capture": trace.capture,
         "outputs": {

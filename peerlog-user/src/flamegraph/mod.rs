@@ -30,7 +30,7 @@ use peerlog_common::WalkStop;
 
 use crate::{
     event::CpuSample,
-    peer::PeerTable,
+    peers::Peer,
     private_fs::{self, Dir},
     target::Target,
 };
@@ -116,6 +116,10 @@ pub struct CpuProfile {
     dropped: u64,
     /// The unwind tables, until the kernel's maps take them.
     unwind_tables: Option<UnwindTables>,
+    /// The address and connection type of each peer sampled, taken when its
+    /// first sample came: the peer table may have dropped a closed peer by
+    /// the time the flamegraphs are written.
+    names: BTreeMap<i64, (String, String)>,
 }
 
 /// Samples waiting for the worker at most; beyond, samples are dropped and
@@ -268,6 +272,7 @@ impl CpuProfile {
             worker,
             dropped: 0,
             unwind_tables: Some(unwind_tables),
+            names: BTreeMap::new(),
         })
     }
 
@@ -291,16 +296,21 @@ impl CpuProfile {
     }
 
     /// Hands one sample to the worker.
-    pub fn add(&mut self, sample: CpuSample) {
+    pub fn add(&mut self, sample: CpuSample, peer: Option<&Peer>) {
+        if let Some(p) = peer.filter(|p| !p.addr.is_empty()) {
+            self.names
+                .entry(p.id)
+                .or_insert_with(|| (p.addr.clone(), p.conn_type.clone()));
+        }
         if self.queue.try_send(sample).is_err() {
             self.dropped += 1;
         }
     }
 
     /// Writes the collapsed stacks and flamegraphs: `all.*` and one pair per
-    /// peer, named with the addresses of `peers`; `lost` is the kernel's
-    /// count of samples it could not deliver.
-    pub fn finish(self, peers: &PeerTable, lost: u64) -> Result<ProfileReport> {
+    /// peer, named with its address; `lost` is the kernel's count of samples
+    /// it could not deliver.
+    pub fn finish(self, lost: u64) -> Result<ProfileReport> {
         let duration = self
             .stopped
             .unwrap_or_else(Instant::now)
@@ -325,7 +335,7 @@ impl CpuProfile {
             duration,
             lost: lost + self.dropped,
         };
-        written.write(&counted, peers)
+        written.write(&counted, &self.names)
     }
 }
 
@@ -399,8 +409,13 @@ impl Profiler {
 }
 
 impl Written<'_> {
-    /// `all.*` and one pair per peer, named with the addresses of `peers`.
-    fn write(&self, counted: &Counted, peers: &PeerTable) -> Result<ProfileReport> {
+    /// `all.*` and one pair per peer, named with the address and connection
+    /// type in `names`.
+    fn write(
+        &self,
+        counted: &Counted,
+        names: &BTreeMap<i64, (String, String)>,
+    ) -> Result<ProfileReport> {
         let (duration, lost) = (self.duration, self.lost);
         let mut all = FoldedStacks::new();
         let mut all_counts = SampleCounts::default();
@@ -419,7 +434,7 @@ impl Written<'_> {
                 Served::Nobody => None,
                 Served::Peer(id) => Some(peer_frame(
                     id,
-                    peers.get(id).map(|p| p.addr.as_str()).unwrap_or(""),
+                    names.get(&id).map_or("", |(addr, _)| addr.as_str()),
                 )),
             };
             let mut root = vec![thread.as_str()];
@@ -451,12 +466,12 @@ impl Written<'_> {
             &subtitle(all_counts),
         )?;
         for (id, (stacks, counts)) in &by_peer {
-            let (name, title) = match peers.get(*id) {
-                Some(p) if !p.addr.is_empty() => (
-                    format!("peer-{id}-{}", file_safe(&p.addr)),
+            let (name, title) = match names.get(id) {
+                Some((addr, conn_type)) => (
+                    format!("peer-{id}-{}", file_safe(addr)),
                     format!(
-                        "{} (pid {}): CPU for peer {id}, {} ({})",
-                        self.comm, self.pid, p.addr, p.conn_type
+                        "{} (pid {}): CPU for peer {id}, {addr} ({conn_type})",
+                        self.comm, self.pid
                     ),
                 ),
                 _ => (

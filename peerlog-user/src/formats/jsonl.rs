@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use crate::{
     clock::WallClock,
     event::{BlockConnected, Connection, Event, MempoolChange, Message, Misbehaving},
-    peer::Network,
+    peers::Network,
 };
 
 /// Writes events as JSON lines.

@@ -23,7 +23,7 @@ use jiff::civil;
 use crate::capture::{read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord};
 use crate::filter::{PeerFilter, PeerSelector};
 use crate::formats::pcapng;
-use crate::peer::PeerIdentity;
+use crate::peers::PeerIdentity;
 
 /// The peer id a filter sees for a peer whose id the capture does not
 /// record (bitcoind's layout). Bitcoin Core's ids count up from 0, so no

@@ -6,10 +6,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Collector, Coverage, Figures, MsgTypeFigures, NodeBytes, PeerStats};
+use super::{Collector, Coverage, Figures, MsgTypeFigures, PeerEntry, Traffic};
 use crate::{
     filter::{PeerFilter, PeerSelector},
-    peer::{Network, Traffic},
+    peers::{Network, NodeBytes, Peer},
 };
 
 /// Which peers and message types a report shows: the peer filter language
@@ -37,7 +37,7 @@ impl StatsFilter {
     }
 
     /// Whether the peer is shown.
-    pub fn shows_peer(&self, p: &PeerStats) -> bool {
+    pub fn shows_peer(&self, p: &Peer) -> bool {
         self.peers.matches(&p.identity())
     }
 }
@@ -59,13 +59,15 @@ impl Collector {
     /// The peers `filter` selects, as `getpeerstats` returns them.
     pub fn peers_json(&self, filter: &StatsFilter) -> Vec<Value> {
         self.peers()
-            .filter(|p| filter.shows_peer(p))
-            .map(|p| self.peer_json(p, filter))
+            .iter()
+            .filter(|e| filter.shows_peer(&e.peer))
+            .map(|e| self.peer_json(e, filter))
             .collect()
     }
 
     /// One peer: who it is (named as in `getpeerinfo`) and its figures.
-    pub fn peer_json(&self, p: &PeerStats, filter: &StatsFilter) -> Value {
+    pub fn peer_json(&self, e: &PeerEntry, filter: &StatsFilter) -> Value {
+        let (p, stats) = (&e.peer, &e.stats);
         let mut out = Map::new();
         out.insert("id".into(), json!(p.id));
         out.insert("addr".into(), json!(p.addr));
@@ -75,7 +77,7 @@ impl Collector {
         out.insert("conntime_known".into(), json!(p.conntime_known));
         out.insert("closed".into(), json!(p.closed));
         out.insert("evicted".into(), json!(p.evicted));
-        let f = &p.figures;
+        let f = &stats.figures;
         let cov = &self.coverage;
         let share = cov
             .slices
@@ -96,8 +98,8 @@ impl Collector {
         out.insert(
             "compact_blocks".into(),
             json!({
-                "sendcmpct_recv": p.sendcmpct_recv,
-                "sendcmpct_sent": p.sendcmpct_sent,
+                "sendcmpct_recv": stats.sendcmpct_recv,
+                "sendcmpct_sent": stats.sendcmpct_sent,
                 "cmpctblock_recv": cmpct.recv.msgs,
                 "cmpctblock_sent": cmpct.sent.msgs,
                 "getblocktxn_recv": getblocktxn.recv.msgs,
@@ -106,7 +108,10 @@ impl Collector {
                 "blocktxn_sent": blocktxn.sent.msgs,
             }),
         );
-        out.insert("getdata_tx_pending".into(), json!(p.pending_getdata.len()));
+        out.insert(
+            "getdata_tx_pending".into(),
+            json!(stats.getdata_tx_pending()),
+        );
         Value::Object(out)
     }
 
@@ -115,11 +120,11 @@ impl Collector {
     /// distributions per message type and what belongs to no peer.
     pub fn node_json(&self, filter: &StatsFilter) -> Value {
         let mut out = Map::new();
-        let connected = self.peers().filter(|p| !p.closed).count();
+        let connected = self.peers().connected();
         out.insert("peers_connected".into(), json!(connected));
         out.insert(
             "peers_closed_kept".into(),
-            json!(self.peers().count() - connected),
+            json!(self.peers().iter().count() - connected),
         );
         let bytes = self.coverage.node_counters.then(|| self.node_bytes_total());
         self.figures_json(&self.total, bytes, filter, &mut out);
@@ -131,7 +136,7 @@ impl Collector {
             .filter(|(key, _)| filter.shows_msg_type(key))
             .map(|(key, m)| {
                 let hists = m.hists.as_deref();
-                let direction = |t: &crate::peer::Traffic, h: Option<&super::Hist>| {
+                let direction = |t: &Traffic, h: Option<&super::Hist>| {
                     json!({"msgs": t.msgs, "bytes": t.bytes, "payload_size": h})
                 };
                 let processing = has_slices.then(|| {

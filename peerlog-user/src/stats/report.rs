@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{msg_type_key, Collector, Coverage, HdrLog, Sink, Sinks, StatsFilter, OTHER};
+use super::{msg_type_key, Collector, Coverage, HdrLog, StatsFilter, OTHER};
 use crate::{
     clock::WallClock,
     control::{
@@ -23,6 +23,7 @@ use crate::{
     elf::layout::CounterReader,
     event::Event,
     filter::PeerFilter,
+    peers::{ReportSink, ReportSinks},
 };
 
 /// Statistics options of `peerlog trace`.
@@ -196,12 +197,12 @@ impl Reporter {
             .as_deref()
             .map(|dir| HdrLog::create(dir, started))
             .transpose()?;
-        let mut sinks = Sinks::default();
+        let mut sinks = ReportSinks::default();
         if stats_log.is_some() {
-            sinks = sinks.with(Sink::StatsLog);
+            sinks = sinks.with(ReportSink::StatsLog);
         }
         if options.metrics.is_some() {
-            sinks = sinks.with(Sink::Metrics);
+            sinks = sinks.with(ReportSink::Metrics);
         }
         let msghand = find_thread(pid, "b-msghand").and_then(|tid| {
             Some(ThreadBaseline {
@@ -227,9 +228,10 @@ impl Reporter {
         })
     }
 
-    /// Accounts one event.
-    pub fn handle(&mut self, event: &Event) {
-        self.collector.handle(event);
+    /// Accounts one event; returns the peer it named, if any (see
+    /// [`Collector::handle`]).
+    pub fn handle(&mut self, event: &Event) -> Option<i64> {
+        self.collector.handle(event)
     }
 
     /// How often [`Reporter::tick`] wants to run; None when no periodic output is on.
@@ -319,8 +321,9 @@ impl Reporter {
         let c = &self.collector;
         let peers: Vec<Value> = c
             .peers()
-            .filter(|p| c.due(p, Sink::StatsLog) && filter.shows_peer(p))
-            .map(|p| c.peer_json(p, filter))
+            .iter()
+            .filter(|e| e.peer.due(ReportSink::StatsLog) && filter.shows_peer(&e.peer))
+            .map(|e| c.peer_json(e, filter))
             .collect();
         let line = json!({
             "time_us": now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64,
@@ -339,7 +342,7 @@ impl Reporter {
             let name = self.options.stats_log.as_deref().unwrap_or("-".as_ref());
             return Err(e).with_context(|| format!("writing the stats log {}", name.display()));
         }
-        self.collector.reported(Sink::StatsLog);
+        self.collector.reported(ReportSink::StatsLog);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 //! for its `pong`, both ways, as HdrHistogram percentiles; and messages per
 //! second over time, as a terminal sparkline and optionally an SVG chart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::capture::Direction;
 use crate::formats::timeline::{format_time, SelectArgs, Timeline};
 use crate::p2p::RawMessage;
-use crate::peer::Traffic;
+use crate::stats::{matcher::Pending, Traffic};
 
 /// Buckets of the terminal sparkline: one line of a terminal.
 const SPARKLINE_BUCKETS: usize = 60;
@@ -272,26 +272,23 @@ impl RateSeries {
     }
 }
 
-/// Request times waiting for their answer, keyed by what identifies the
-/// answer (a transaction hash, a ping nonce).
-#[derive(Default)]
-struct Pending {
-    requests: HashMap<[u8; 32], u64>,
+/// Requests remembered per peer and direction: more than any well-behaved
+/// peer leaves unanswered, few enough that a capture of a peer that never
+/// answers stays cheap to read.
+const PENDING_MAX: usize = 100_000;
+/// A request older than this is forgotten when the table is full, in
+/// capture time (µs): Bitcoin Core disconnects a peer whose `pong` is 20
+/// minutes late, and stops waiting for a `tx` after a minute.
+const PENDING_EXPIRY_US: u64 = 20 * 60 * 1_000_000;
+
+fn pending() -> Pending<[u8; 32]> {
+    Pending::new(PENDING_MAX, PENDING_EXPIRY_US)
 }
 
-impl Pending {
-    fn ask(&mut self, key: [u8; 32], time: u64) {
-        // A repeated request keeps the first time: the answer is late by then.
-        self.requests.entry(key).or_insert(time);
-    }
-
-    fn answer(&mut self, keys: &[[u8; 32]], time: u64, histogram: &mut Histogram<u64>) {
-        for key in keys {
-            if let Some(asked) = self.requests.remove(key) {
-                histogram.saturating_record(time.saturating_sub(asked));
-                return;
-            }
-        }
+/// Records the wait of an answer, if it answered a request.
+fn answered(wait: Option<u64>, histogram: &mut Histogram<u64>) {
+    if let Some(us) = wait {
+        histogram.saturating_record(us);
     }
 }
 
@@ -318,8 +315,8 @@ struct PeerAccumulator {
     msg_types: BTreeMap<String, (Traffic, Traffic)>,
     inv_getdata: InvGetdata,
     /// Index 0: asked by bitcoind (sent), 1: asked by the peer (received).
-    getdata: [Pending; 2],
-    pings: [Pending; 2],
+    getdata: [Pending<[u8; 32]>; 2],
+    pings: [Pending<[u8; 32]>; 2],
     first: u64,
     last: u64,
 }
@@ -339,8 +336,8 @@ impl CaptureAnalysis {
             .map(|_| PeerAccumulator {
                 msg_types: BTreeMap::new(),
                 inv_getdata: InvGetdata::default(),
-                getdata: Default::default(),
-                pings: Default::default(),
+                getdata: [pending(), pending()],
+                pings: [pending(), pending()],
                 first: u64::MAX,
                 last: 0,
             })
@@ -405,13 +402,15 @@ impl CaptureAnalysis {
                         tx.compute_wtxid().to_byte_array(),
                     ];
                     // A tx answers a getdata of the other side.
-                    peer.getdata[answerer].answer(&keys, time, &mut getdata_tx[answerer]);
+                    answered(
+                        peer.getdata[answerer].answer(&keys, time),
+                        &mut getdata_tx[answerer],
+                    );
                 }
                 Ok(NetworkMessage::Ping(nonce)) => peer.pings[asker].ask(nonce_key(nonce), time),
                 Ok(NetworkMessage::Pong(nonce)) => {
-                    peer.pings[answerer].answer(
-                        &[nonce_key(nonce)],
-                        time,
+                    answered(
+                        peer.pings[answerer].answer(&[nonce_key(nonce)], time),
                         &mut ping_pong[answerer],
                     );
                 }

@@ -1,0 +1,679 @@
+//! Unit tests of the live accounting.
+
+use super::*;
+use crate::event::{IncompleteMessage, Misbehaving};
+use crate::peers::{CLOSED_PEERS_KEPT, CLOSED_PEERS_MAX};
+use bitcoin::{consensus::serialize, hashes::Hash as _};
+use peerlog_common::ConnectionEventKind;
+
+const MS: u64 = 1_000_000;
+
+fn full_coverage() -> Coverage {
+    Coverage {
+        slices: true,
+        node_counters: true,
+        mempool: true,
+        block_connected: true,
+        notes: Vec::new(),
+    }
+}
+
+fn collector() -> Collector {
+    Collector::new(
+        WallClock::sample(),
+        full_coverage(),
+        false,
+        ReportSinks::default(),
+    )
+}
+
+fn msg(
+    tid: u32,
+    ktime_ns: u64,
+    peer_id: i64,
+    direction: Direction,
+    msg_type: &str,
+    payload: Option<Vec<u8>>,
+    size: u64,
+) -> Event {
+    Event::Message(Message {
+        ktime_ns,
+        tid,
+        peer_id,
+        cnode: None,
+        addr: format!("127.0.0.1:{}", 5000 + peer_id).into(),
+        conn_type: "inbound".into(),
+        msg_type: msg_type.into(),
+        direction,
+        payload_size: payload.as_ref().map_or(size, |p| p.len() as u64),
+        payload,
+        addr_truncated: false,
+    })
+}
+
+fn slice(
+    kind: SliceKind,
+    peer_id: i64,
+    msg_type: &str,
+    start: u64,
+    end: u64,
+    cpu: Option<u64>,
+) -> Event {
+    Event::CpuSlice(CpuSlice {
+        start_ktime_ns: start,
+        end_ktime_ns: end,
+        tid: 7,
+        peer_id,
+        kind,
+        slept_ns: 0,
+        msg_type: msg_type.into(),
+        oncpu_ns: cpu,
+    })
+}
+
+fn connection(kind: ConnectionEventKind, peer_id: i64, value: u64) -> Event {
+    Event::Connection(Connection {
+        ktime_ns: 1,
+        kind,
+        peer_id,
+        addr: format!("10.0.0.{peer_id}:8333"),
+        conn_type: "outbound-full-relay".into(),
+        network: 1,
+        value,
+        final_bytes: None,
+    })
+}
+
+fn mempool(
+    kind: MempoolEventKind,
+    peer_id: Option<i64>,
+    txid: u8,
+    vsize: i64,
+    reason: &str,
+) -> Event {
+    Event::Mempool(MempoolChange {
+        ktime_ns: 1,
+        kind,
+        peer_id,
+        txid: bitcoin::Txid::from_byte_array([txid; 32]),
+        vsize,
+        fee: 1000,
+        reason: reason.into(),
+        replacement: None,
+        entry_time: 0,
+    })
+}
+
+fn block(peer_id: Option<i64>) -> Event {
+    Event::BlockConnected(BlockConnected {
+        ktime_ns: 1,
+        peer_id,
+        hash: bitcoin::BlockHash::all_zeros(),
+        height: 1,
+        tx_count: 1,
+        inputs: 0,
+        sigops: 0,
+        duration_ns: 10,
+    })
+}
+
+fn inventory(items: Vec<bitcoin::p2p::message_blockdata::Inventory>) -> Vec<u8> {
+    serialize(&items)
+}
+
+#[test]
+fn messages_by_type_and_direction_unknown_types_as_other() {
+    let mut c = collector();
+    c.handle(&msg(
+        1,
+        10,
+        1,
+        Direction::Inbound,
+        "ping",
+        Some(vec![0; 8]),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        11,
+        1,
+        Direction::Outbound,
+        "pong",
+        Some(vec![0; 8]),
+        0,
+    ));
+    c.handle(&msg(1, 12, 1, Direction::Inbound, "twinburn", None, 4));
+    c.handle(&msg(1, 13, 1, Direction::Inbound, "block", None, 1000));
+    let p = &c.peer(1).unwrap().stats.figures;
+    assert_eq!(
+        p.recv,
+        Traffic {
+            msgs: 3,
+            bytes: 1012
+        }
+    );
+    assert_eq!(p.sent, Traffic { msgs: 1, bytes: 8 });
+    assert_eq!(p.per_msg[OTHER].recv, Traffic { msgs: 1, bytes: 4 });
+    assert!(
+        p.per_msg["ping"].hists.is_none(),
+        "no per-type histograms per peer"
+    );
+    let total = c.total();
+    assert_eq!(
+        total.per_msg["block"]
+            .hists
+            .as_ref()
+            .unwrap()
+            .payload_recv
+            .count(),
+        1
+    );
+    assert_eq!(total.payload_recv.count(), 3);
+    // Block payloads are not needed; the twinburn one neither.
+    assert_eq!(p.payloads_missing, 0);
+    c.handle(&msg(1, 14, 1, Direction::Inbound, "inv", None, 37));
+    assert_eq!(c.peer(1).unwrap().stats.figures.payloads_missing, 1);
+    assert_eq!(c.peer(1).unwrap().peer.addr, "127.0.0.1:5001");
+}
+
+#[test]
+fn slices_by_peer_kind_and_message_type() {
+    use SliceKind::{Processing, Sending};
+    let mut c = collector();
+    c.handle(&slice(Processing, 3, "tx", MS, 3 * MS, Some(MS)));
+    c.handle(&slice(Processing, 3, "tx", 4 * MS, 5 * MS, None));
+    c.handle(&slice(Sending, 3, "", 5 * MS, 6 * MS, Some(MS / 2)));
+    // A peer first seen in a slice (connected before peerlog attached).
+    c.handle(&slice(Processing, 4, "ping", 6 * MS, 7 * MS, Some(100)));
+    let three = &c.peer(3).unwrap().stats.figures;
+    assert_eq!(
+        three.processing.totals,
+        SliceTotals {
+            slices: 2,
+            wall_ns: 3 * MS,
+            cpu_ns: MS,
+            slices_without_cpu: 1
+        }
+    );
+    assert_eq!(three.sending.totals.cpu_ns, MS / 2);
+    assert_eq!(three.msghand_cpu_ns(), MS + MS / 2);
+    assert_eq!(three.per_msg["tx"].processing.slices, 2);
+    // Sending slices have no message type.
+    assert!(three.per_msg.values().all(|m| m.processing.slices <= 2));
+    assert_eq!(c.peer(4).unwrap().stats.figures.msghand_cpu_ns(), 100);
+    assert_eq!(c.total().msghand_cpu_ns(), MS + MS / 2 + 100);
+    let hists = c.total().per_msg["tx"].hists.as_ref().unwrap();
+    assert_eq!(hists.wall.count(), 2);
+    assert_eq!(hists.cpu.count(), 1);
+    assert_eq!(c.events().slices, 4);
+}
+
+#[test]
+fn final_bytes_of_closed_peers_stay_in_the_totals() {
+    let mut c = collector();
+    for id in 0..(CLOSED_PEERS_KEPT as i64 + 2) {
+        c.handle(&connection(ConnectionEventKind::Inbound, id, 1));
+        c.handle(&Event::Connection(Connection {
+            final_bytes: Some((100, 10)),
+            ..match connection(ConnectionEventKind::Closed, id, 1) {
+                Event::Connection(conn) => conn,
+                _ => unreachable!(),
+            }
+        }));
+    }
+    c.reported(ReportSink::StatsLog);
+    c.reported(ReportSink::Metrics);
+    // The oldest closed peers were dropped; their bytes were not.
+    assert!(c.peers().iter().count() < CLOSED_PEERS_KEPT + 2);
+    let n = CLOSED_PEERS_KEPT as u64 + 2;
+    assert_eq!(
+        c.node_bytes_total(),
+        NodeBytes {
+            recv: 100 * n,
+            sent: 10 * n
+        }
+    );
+    let kept = c.peers().iter().next().unwrap();
+    assert_eq!(
+        c.node_bytes(&kept.peer),
+        Some(NodeBytes {
+            recv: 100,
+            sent: 10
+        })
+    );
+}
+
+#[test]
+fn tx_relay_and_getdata_latency() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let mut c = collector();
+    let tx = crate::p2p::test_transaction(1, 2);
+    let other = crate::p2p::test_transaction(2, 2);
+    let inv = inventory(vec![
+        Inventory::WTx(tx.compute_wtxid()),
+        Inventory::WTx(other.compute_wtxid()),
+        Inventory::Block(bitcoin::BlockHash::all_zeros()),
+    ]);
+    c.handle(&msg(
+        1,
+        0,
+        2,
+        Direction::Inbound,
+        "inv",
+        Some(inv.clone()),
+        0,
+    ));
+    let getdata = inventory(vec![
+        Inventory::WTx(tx.compute_wtxid()),
+        Inventory::WTx(other.compute_wtxid()),
+    ]);
+    c.handle(&msg(
+        1,
+        10 * MS,
+        2,
+        Direction::Outbound,
+        "getdata",
+        Some(getdata),
+        0,
+    ));
+    let notfound = inventory(vec![Inventory::WTx(other.compute_wtxid())]);
+    c.handle(&msg(
+        1,
+        12 * MS,
+        2,
+        Direction::Inbound,
+        "notfound",
+        Some(notfound),
+        0,
+    ));
+    assert_eq!(c.peer(2).unwrap().stats.getdata_tx_pending(), 1);
+    c.handle(&msg(
+        1,
+        15 * MS,
+        2,
+        Direction::Inbound,
+        "tx",
+        Some(serialize(&tx)),
+        0,
+    ));
+    // The same tx again: no request open any more.
+    c.handle(&msg(
+        1,
+        16 * MS,
+        2,
+        Direction::Inbound,
+        "tx",
+        Some(serialize(&tx)),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        20 * MS,
+        2,
+        Direction::Outbound,
+        "inv",
+        Some(inv),
+        0,
+    ));
+    let f = &c.peer(2).unwrap().stats.figures;
+    assert_eq!(
+        f.tx_relay,
+        TxRelay {
+            inv_recv: 2,
+            getdata_sent: 2,
+            tx_recv: 2,
+            notfound_recv: 1,
+            inv_sent: 2,
+            ..Default::default()
+        }
+    );
+    let latency = f.getdata_tx_latency_ns.summary();
+    assert_eq!(latency.count, 1);
+    assert!(latency.max.abs_diff(5 * MS) <= 5 * MS / 100, "{latency:?}");
+    assert_eq!(c.total().tx_relay.inv_recv, 2);
+}
+
+#[test]
+fn ping_round_trip_by_nonce_and_compact_modes() {
+    let mut c = collector();
+    c.handle(&msg(
+        1,
+        100 * MS,
+        4,
+        Direction::Outbound,
+        "ping",
+        Some(42u64.to_le_bytes().to_vec()),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        101 * MS,
+        4,
+        Direction::Inbound,
+        "pong",
+        Some(7u64.to_le_bytes().to_vec()),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        103 * MS,
+        4,
+        Direction::Inbound,
+        "pong",
+        Some(42u64.to_le_bytes().to_vec()),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        104 * MS,
+        4,
+        Direction::Inbound,
+        "ping",
+        Some(9u64.to_le_bytes().to_vec()),
+        0,
+    ));
+    let mut cmpct = vec![1u8];
+    cmpct.extend_from_slice(&2u64.to_le_bytes());
+    c.handle(&msg(
+        1,
+        105 * MS,
+        4,
+        Direction::Inbound,
+        "sendcmpct",
+        Some(cmpct),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        106 * MS,
+        4,
+        Direction::Inbound,
+        "ping",
+        Some(vec![1, 2]),
+        0,
+    ));
+    let p = c.peer(4).unwrap();
+    let ping = &p.stats.figures.ping;
+    assert_eq!(
+        (ping.pings_sent, ping.pings_recv, ping.pongs_matched),
+        (1, 1, 1)
+    );
+    assert_eq!(ping.last_rtt_ns, Some(3 * MS));
+    assert_eq!(
+        p.stats.sendcmpct_recv,
+        Some(CompactMode {
+            high_bandwidth: true,
+            version: 2
+        })
+    );
+    assert_eq!(p.stats.figures.payloads_undecodable, 1);
+}
+
+#[test]
+fn mempool_accounting_per_peer() {
+    let mut c = collector();
+    c.handle(&mempool(MempoolEventKind::Added, Some(1), 1, 100, ""));
+    c.handle(&mempool(MempoolEventKind::Added, Some(1), 2, 50, ""));
+    c.handle(&mempool(
+        MempoolEventKind::Rejected,
+        Some(1),
+        3,
+        0,
+        "bad-txns-vout-empty",
+    ));
+    c.handle(&mempool(
+        MempoolEventKind::Rejected,
+        Some(1),
+        4,
+        0,
+        "bad-txns-vout-empty",
+    ));
+    // Peer 2's transaction replaces peer 1's first; bitcoind fires
+    // `removed` for it too.
+    c.handle(&mempool(MempoolEventKind::Replaced, Some(2), 1, 100, ""));
+    c.handle(&mempool(
+        MempoolEventKind::Removed,
+        None,
+        1,
+        100,
+        "replaced",
+    ));
+    c.handle(&mempool(MempoolEventKind::Added, Some(2), 5, 120, ""));
+    // A block confirms peer 1's second.
+    c.handle(&mempool(MempoolEventKind::Removed, None, 2, 50, "block"));
+    // RPC: no peer.
+    c.handle(&mempool(MempoolEventKind::Added, None, 6, 70, ""));
+    let one = &c.peer(1).unwrap().stats.figures.mempool;
+    assert_eq!((one.accepted, one.rejected, one.replaced), (2, 2, 1));
+    assert_eq!(one.rejected_by_reason["bad-txns-vout-empty"], 2);
+    assert_eq!((one.in_mempool_txs, one.in_mempool_vsize), (0, 0));
+    let two = &c.peer(2).unwrap().stats.figures.mempool;
+    assert_eq!(
+        (two.accepted, two.replacements, two.in_mempool_vsize),
+        (1, 1, 120)
+    );
+    let total = &c.total().mempool;
+    assert_eq!(
+        (total.accepted, total.in_mempool_txs, total.in_mempool_vsize),
+        (4, 2, 190)
+    );
+    assert_eq!(c.unattributed().mempool_events, 3);
+}
+
+#[test]
+fn new_blocks_by_the_message_that_brought_them() {
+    let mut c = collector();
+    c.handle(&msg(1, 1, 5, Direction::Inbound, "block", None, 300));
+    c.handle(&block(Some(5)));
+    c.handle(&msg(1, 2, 5, Direction::Inbound, "headers", None, 81));
+    c.handle(&block(Some(5)));
+    c.handle(&block(None));
+    assert_eq!(
+        c.peer(5).unwrap().stats.figures.blocks,
+        BlockFigures {
+            new_blocks: 1,
+            connected_other: 1
+        }
+    );
+    assert_eq!(c.unattributed().blocks_connected, 1);
+    assert_eq!(c.total().blocks.new_blocks, 1);
+}
+
+#[test]
+fn closed_peers_reported_once_then_dropped() {
+    let sinks = ReportSinks::default()
+        .with(ReportSink::StatsLog)
+        .with(ReportSink::Metrics);
+    let mut c = Collector::new(WallClock::sample(), full_coverage(), false, sinks);
+    c.handle(&connection(ConnectionEventKind::Outbound, 1, 1));
+    c.handle(&connection(ConnectionEventKind::Closed, 1, 1_700_000_000));
+    let p = c.peer(1).unwrap();
+    assert!(p.peer.closed && p.peer.conntime_known && p.peer.conntime == 1_700_000_000);
+    assert!(p.peer.due(ReportSink::StatsLog) && p.peer.due(ReportSink::Metrics));
+    c.reported(ReportSink::StatsLog);
+    let p = c.peer(1).unwrap();
+    assert!(!p.peer.due(ReportSink::StatsLog) && p.peer.due(ReportSink::Metrics));
+    c.reported(ReportSink::Metrics);
+    assert!(!c.peer(1).unwrap().peer.due(ReportSink::Metrics));
+    // Kept for getpeerstats among the most recently closed, then dropped.
+    for id in 2..=(CLOSED_PEERS_KEPT as i64 + 1) {
+        c.handle(&connection(ConnectionEventKind::Closed, id, 1));
+    }
+    c.reported(ReportSink::StatsLog);
+    c.reported(ReportSink::Metrics);
+    assert!(c.peer(1).is_none());
+    assert_eq!(c.peers().iter().count(), CLOSED_PEERS_KEPT);
+    // A sink nobody reads cannot keep closed peers forever.
+    for id in 100..(100 + CLOSED_PEERS_MAX as i64 + 10) {
+        c.handle(&connection(ConnectionEventKind::Closed, id, 1));
+    }
+    assert_eq!(c.peers().iter().count(), CLOSED_PEERS_MAX);
+    // Totals keep what dropped peers did.
+    c.handle(&Event::Misbehaving(Misbehaving {
+        ktime_ns: 1,
+        peer_id: 100,
+        reason: "x".into(),
+    }));
+    assert_eq!(c.total().misbehaving, 1);
+}
+
+#[test]
+fn missing_coverage_is_null_not_zero() {
+    let mut c = Collector::new(
+        WallClock::sample(),
+        Coverage::default(),
+        false,
+        ReportSinks::default(),
+    );
+    c.handle(&msg(
+        1,
+        1,
+        1,
+        Direction::Inbound,
+        "ping",
+        Some(vec![0; 8]),
+        0,
+    ));
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    for field in [
+        "processing",
+        "sending",
+        "cpu_ns",
+        "msghand_cpu_share",
+        "mempool",
+        "blocks",
+        "bytesrecv",
+        "bytessent",
+        "processing_per_msg",
+    ] {
+        assert!(v[field].is_null(), "{field}: {}", v[field]);
+    }
+    assert_eq!(v["msgsrecv_per_msg"]["ping"], 1);
+    let missing = c.coverage().missing_figures().join("\n");
+    assert!(
+        missing.contains("processing, sending")
+            && missing.contains("bytesrecv")
+            && missing.contains("mempool"),
+        "{missing}"
+    );
+    // What is given up by design is always named.
+    assert_eq!(full_coverage().missing_figures().len(), NOT_MEASURED.len());
+
+    let mut c = collector();
+    c.handle(&slice(SliceKind::Processing, 1, "ping", 0, 10, Some(6)));
+    c.handle(&slice(SliceKind::Sending, 2, "", 10, 20, Some(2)));
+    c.handle(&msg(
+        1,
+        1,
+        1,
+        Direction::Inbound,
+        "ping",
+        Some(vec![0; 8]),
+        0,
+    ));
+    let v = c.peer_json(
+        c.peer(1).unwrap(),
+        &StatsFilter::new(vec![], vec!["pong".into()]),
+    );
+    assert_eq!(v["processing"]["cpu_ns"], 6);
+    assert_eq!(v["processing"]["cpu_ns_per_slice"]["count"], 1);
+    assert_eq!(v["msghand_cpu_share"], 0.75);
+    // No CNode known and not closed: the node's counters are unknown.
+    assert!(v["bytesrecv"].is_null());
+    assert_eq!(
+        v["msgsrecv_per_msg"],
+        serde_json::json!({}),
+        "filtered to pong"
+    );
+    let node = c.node_json(&StatsFilter::default());
+    assert_eq!(node["peers_connected"], 2);
+    assert_eq!(node["msg_types"]["ping"]["recv"]["msgs"], 1);
+    let only = c.peers_json(&StatsFilter::new(vec!["id=2".parse().unwrap()], vec![]));
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["id"], 2);
+}
+
+#[test]
+fn incomplete_messages_count_without_payload() {
+    let mut c = collector();
+    let Event::Message(m) = msg(3, 1, 1, Direction::Inbound, "tx", None, 5000) else {
+        unreachable!()
+    };
+    c.handle(&Event::IncompleteMessage(IncompleteMessage {
+        message: m,
+        received: 100,
+        reason: "ring full",
+    }));
+    let f = &c.peer(1).unwrap().stats.figures;
+    assert_eq!(
+        (f.recv.msgs, f.recv.bytes, f.payloads_missing),
+        (1, 5000, 1)
+    );
+}
+
+#[test]
+fn interval_histograms_tagged_and_reset() {
+    let mut c = Collector::new(
+        WallClock::sample(),
+        full_coverage(),
+        true,
+        ReportSinks::default(),
+    );
+    c.handle(&msg(
+        1,
+        1,
+        8,
+        Direction::Inbound,
+        "ping",
+        Some(vec![0; 8]),
+        0,
+    ));
+    let tags: Vec<(String, Option<String>)> = c
+        .interval_hists()
+        .into_iter()
+        .filter(|(figure, _, _)| *figure == "payload_recv_bytes")
+        .map(|(figure, tag, _)| (figure.to_string(), tag))
+        .collect();
+    assert_eq!(
+        tags,
+        vec![
+            ("payload_recv_bytes".into(), None),
+            ("payload_recv_bytes".into(), Some("msg_type=ping".into())),
+            ("payload_recv_bytes".into(), Some("peer=8".into())),
+        ]
+    );
+    for (_, _, h) in c.interval_hists() {
+        h.reset_interval();
+    }
+    // Empty intervals of peers and message types are skipped; the node's stays.
+    assert!(c.interval_hists().iter().all(|(_, tag, _)| tag.is_none()));
+    assert_eq!(c.total().payload_recv.count(), 1, "totals are not reset");
+}
+
+#[test]
+fn coverage_from_the_probes() {
+    let probes = crate::probes::Coverage {
+        tracepoints: [
+            "net:inbound_message",
+            "mempool:added",
+            "mempool:removed",
+            "mempool:replaced",
+            "mempool:rejected",
+        ]
+        .map(String::from)
+        .to_vec(),
+        missing_tracepoints: vec!["validation:block_connected".into()],
+        slices: true,
+        oncpu_missing: None,
+        cnode_layout: None,
+        debug_info: None,
+        cnode_layout_missing: Some("no DWARF".into()),
+    };
+    let c = Coverage::from(&probes);
+    assert!(c.slices && !c.node_counters && c.mempool && !c.block_connected);
+    let missing = c.missing_figures().join("\n");
+    assert!(
+        missing.contains("bytesrecv, bytessent: no DWARF"),
+        "{missing}"
+    );
+}
