@@ -11,7 +11,6 @@ pub mod address;
 pub mod args;
 pub mod attach;
 pub mod capture;
-pub mod capture_worker;
 pub mod cli;
 pub mod clock;
 pub mod control;
