@@ -17,7 +17,6 @@ use peerlog_common::{ConnectionEventKind, Direction, LossCause};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     capture_worker::CaptureWorker,
     clock::WallClock,
     control::{protocol, server::Servers},
@@ -25,6 +24,7 @@ use crate::{
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::{CpuProfile, ProfileReport},
+    formats::capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     formats::jsonl::JsonlSink,
     peer::{Network, PeerTable, Traffic},
     probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
