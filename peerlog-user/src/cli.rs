@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     args::{number_in, seconds_in},
-    capture::CaptureLayout,
     filter::{PeerFilter, PeerSelector},
+    formats::capture::CaptureLayout,
     messages::UsageError,
     trace::{self, TraceOptions},
 };

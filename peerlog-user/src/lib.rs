@@ -3,14 +3,13 @@
 //!
 //! Data flows one way: the kernel programs (crate `peerlog-ebpf`) write
 //! records into a ring buffer; [`event`] decodes them; [`peer`] keeps the
-//! state of every peer; the sinks ([`capture`], [`formats::jsonl`]) write them out.
+//! state of every peer; the sinks ([`formats::capture`], [`formats::jsonl`]) write them out.
 //! [`trace`] runs that pipeline; [`target`], [`elf::usdt`] and [`attach`] find and
 //! attach to the probes of the target; [`cli`] is the command line.
 
 pub mod address;
 pub mod args;
 pub mod attach;
-pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod control;

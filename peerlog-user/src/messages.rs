@@ -92,7 +92,7 @@ impl ExitKind {
             }
             // The capture writer names its I/O errors itself, without a
             // source, so that they are not said twice.
-            if cause.is::<crate::capture::CaptureError>() {
+            if cause.is::<crate::formats::capture::CaptureError>() {
                 return Self::Io;
             }
         }

@@ -26,7 +26,7 @@ use bitcoin::p2p::message_compact_blocks::{CmpctBlock, SendCmpct};
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::ServiceFlags;
 use bitcoin::{BlockHash, Network};
-use peerlog::capture::{CaptureLayout, CaptureRecord, CaptureWriter};
+use peerlog::formats::capture::{CaptureLayout, CaptureRecord, CaptureWriter};
 use peerlog::p2p;
 
 /// Time of the fixture's first message: 2023-11-14T22:13:20Z, in µs.

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use peerlog::{
-    capture::{read_capture_tree, CaptureFile, Direction as CaptureDirection},
+    formats::capture::{read_capture_tree, CaptureFile, Direction as CaptureDirection},
     p2p::{self, HandshakeOptions, P2pClient, Transcript, TranscriptDirection as PeerDirection},
 };
 

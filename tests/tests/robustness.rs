@@ -486,7 +486,7 @@ where
     for c in &connections {
         let records: Vec<_> = peerlog_tests::capture_of(&files, c.local)
             .into_iter()
-            .filter(|f| f.direction == peerlog::capture::Direction::Recv)
+            .filter(|f| f.direction == peerlog::formats::capture::Direction::Recv)
             .flat_map(|f| &f.records)
             .collect();
         ensure!(

@@ -871,7 +871,7 @@ fn runtime_capture_via_rpc() -> Result<()> {
     let out = tracer.stop()?;
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
 
-    let files = peerlog::capture::read_capture_tree(&capture).unwrap_or_default();
+    let files = peerlog::formats::capture::read_capture_tree(&capture).unwrap_or_default();
     let mut records: Vec<(String, u64)> = Vec::new();
     for f in &files {
         ensure!(

@@ -23,7 +23,7 @@ use bitcoin::consensus::encode::serialize;
 use bitcoin::p2p::message::NetworkMessage;
 use libtest_mimic::{Arguments, Trial};
 use peerlog::{
-    capture::{
+    formats::capture::{
         CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, Direction, MESSAGE_TYPE_SIZE,
     },
     formats::pcapng::{read::parse_pcapng, write::write_pcapng},
@@ -944,7 +944,7 @@ fn check_capture_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
         }
     }
     prop_assert!(reader.offset() <= bytes.len() as u64);
-    let file = peerlog::capture::CaptureFile {
+    let file = peerlog::formats::capture::CaptureFile {
         path: PathBuf::from("fuzz/10.0.0.1_8333/msgs_recv.dat"),
         peer_addr: Some("10.0.0.1:8333".into()),
         connection: None,

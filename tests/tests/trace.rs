@@ -330,14 +330,14 @@ fn peer_and_msg_type_filters() -> Result<()> {
         "peer B was captured despite --peer {a_addr}"
     );
     let ours = capture_of(&files, a.local_addr());
-    let types = |dir: peerlog::capture::Direction, t: &str| -> usize {
+    let types = |dir: peerlog::formats::capture::Direction, t: &str| -> usize {
         ours.iter()
             .filter(|f| f.direction == dir)
             .flat_map(|f| &f.records)
             .filter(|r| r.msg_type == t)
             .count()
     };
-    use peerlog::capture::Direction::{Recv, Sent};
+    use peerlog::formats::capture::Direction::{Recv, Sent};
     // Our five pings and the node's five answers; the node may also ping us.
     ensure!(
         types(Recv, "ping") == 5,
@@ -647,15 +647,15 @@ fn ring_overflow_is_counted_never_silent() -> Result<()> {
         );
     }
     let ours = capture_of(&files, local);
-    let captured = |dir: peerlog::capture::Direction| -> Vec<&peerlog::capture::CaptureRecord> {
+    let captured = |dir: peerlog::formats::capture::Direction| -> Vec<&peerlog::formats::capture::CaptureRecord> {
         ours.iter()
             .filter(|f| f.direction == dir)
             .flat_map(|f| &f.records)
             .collect()
     };
     let (received, sent) = (
-        captured(peerlog::capture::Direction::Recv),
-        captured(peerlog::capture::Direction::Sent),
+        captured(peerlog::formats::capture::Direction::Recv),
+        captured(peerlog::formats::capture::Direction::Sent),
     );
     let big_records: Vec<_> = received
         .iter()
@@ -716,7 +716,7 @@ fn ring_overflow_is_counted_never_silent() -> Result<()> {
 /// How many of the client's messages (`expected`, in order) are missing
 /// from a capture, which must hold the others in the same order.
 fn missing_from<'a>(
-    captured: &[&peerlog::capture::CaptureRecord],
+    captured: &[&peerlog::formats::capture::CaptureRecord],
     expected: impl Iterator<Item = &'a peerlog::p2p::TranscriptEntry>,
 ) -> Result<usize> {
     let expected: Vec<_> = expected.collect();

@@ -20,8 +20,10 @@ use std::vec;
 use anyhow::{Context, Result};
 use jiff::civil;
 
-use crate::capture::{read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord};
 use crate::filter::{PeerFilter, PeerSelector};
+use crate::formats::capture::{
+    read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord,
+};
 use crate::formats::pcapng;
 use crate::peers::PeerIdentity;
 
@@ -510,7 +512,7 @@ mod tests {
     use super::*;
 
     fn file(dir: &str, direction: Direction, records: &[(u64, &str)]) -> CaptureFile {
-        let addr = crate::capture::peer_addr_from_dir_name(dir);
+        let addr = crate::formats::capture::peer_addr_from_dir_name(dir);
         CaptureFile {
             path: PathBuf::from(format!("{dir}/{}", direction.file_name())),
             peer_addr: addr,

@@ -11,7 +11,7 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::Magic;
 use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
 
-use crate::capture::MESSAGE_TYPE_SIZE;
+use crate::formats::capture::MESSAGE_TYPE_SIZE;
 
 /// Size of a v1 message header: magic (4), message type (12), payload
 /// length (4), checksum (4).

@@ -18,7 +18,7 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::capture::Direction;
+use crate::formats::capture::Direction;
 use crate::formats::timeline::{format_time, SelectArgs, Timeline};
 use crate::p2p::RawMessage;
 use crate::stats::{matcher::Pending, Traffic};
@@ -714,7 +714,7 @@ pub fn draw_chart(series: &RateSeries, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{CaptureFile, CaptureRecord};
+    use crate::formats::capture::{CaptureFile, CaptureRecord};
     use crate::formats::timeline::Selection;
     use crate::p2p;
     use bitcoin::consensus::encode::serialize;

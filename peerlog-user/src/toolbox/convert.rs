@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::capture::{CaptureLayout, CaptureWriter, Direction};
+use crate::formats::capture::{CaptureLayout, CaptureWriter, Direction};
 use crate::formats::pcapng;
 use crate::formats::timeline::{NetworkArg, SelectArgs, Timeline};
 use crate::toolbox::decode;

@@ -33,7 +33,7 @@ use anyhow::{bail, Context, Result};
 use bitcoin::p2p::message::NetworkMessage;
 use serde::Serialize;
 
-use crate::capture::{CaptureLayout, CaptureWriter, Direction};
+use crate::formats::capture::{CaptureLayout, CaptureWriter, Direction};
 use crate::formats::timeline::{CaptureMessage, NetworkArg, SelectArgs};
 use crate::p2p::{self, HandshakeOptions, P2pClient, P2pError};
 
@@ -410,7 +410,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
     let mut writer = CaptureWriter::new(&capture, CaptureLayout::Core)?;
     let addr = local_addr.to_string();
     for e in transcript.entries() {
-        let record = crate::capture::CaptureRecord {
+        let record = crate::formats::capture::CaptureRecord {
             time_micros: e.time_micros,
             msg_type: e.msg_type.clone(),
             payload: e.payload.clone(),
@@ -508,7 +508,7 @@ impl ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::CaptureRecord;
+    use crate::formats::capture::CaptureRecord;
 
     fn msg(t: u64, ty: &str) -> CaptureMessage {
         CaptureMessage {

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::capture::{CaptureError, CaptureRecord, CaptureStats, CaptureWriter};
+use crate::formats::capture::{CaptureError, CaptureRecord, CaptureStats, CaptureWriter};
 
 /// Batches in flight at most: past that the trace loop waits for the
 /// writer, so a disk slower than the node holds memory to this bound and

@@ -21,13 +21,13 @@ use capture_worker::CaptureWorker;
 pub use summary::{EventLatency, Summary};
 
 use crate::{
-    capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     clock::WallClock,
     control::{protocol, server::Servers},
     elf::layout::CounterReader,
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::CpuProfile,
+    formats::capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     formats::jsonl::JsonlSink,
     probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
     stats,

@@ -13,7 +13,9 @@ use bitcoin::Network;
 use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
 
 use super::block::*;
-use crate::capture::{CaptureFile, CaptureRecord, Direction, TruncatedRecord, MESSAGE_TYPE_SIZE};
+use crate::formats::capture::{
+    CaptureFile, CaptureRecord, Direction, TruncatedRecord, MESSAGE_TYPE_SIZE,
+};
 use crate::p2p::{checksum, HEADER_LEN};
 
 /// One interface of a section: how to read its packets and timestamps.

@@ -13,7 +13,7 @@ use bitcoin::Network;
 
 use super::block::*;
 use crate::address::split_host_port;
-use crate::capture::Direction;
+use crate::formats::capture::Direction;
 use crate::formats::timeline::{CaptureMessage, CapturePeer, Timeline};
 use crate::p2p::encode_frame;
 
