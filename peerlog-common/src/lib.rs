@@ -121,6 +121,24 @@ pub enum Direction {
     Outbound = 1,
 }
 
+impl Direction {
+    /// `"recv"` or `"sent"`: how Bitcoin Core's capture files
+    /// (`msgs_recv.dat`, `msgs_sent.dat`) and its message-capture-parser.py
+    /// name the direction.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Inbound => "recv",
+            Self::Outbound => "sent",
+        }
+    }
+}
+
+impl core::fmt::Display for Direction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The peer address string did not fit [`ADDR_LEN`] and was cut.
 pub const FLAG_ADDR_TRUNCATED: u8 = 1 << 0;
 /// The payload is not copied: the peer or message type is filtered out, or

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use peerlog::{
-    formats::capture::{read_capture_tree, CaptureFile, Direction as CaptureDirection},
+    formats::capture::{read_capture_tree, CaptureFile},
     p2p::{self, HandshakeOptions, P2pClient, Transcript, TranscriptDirection as PeerDirection},
 };
 
@@ -582,8 +582,8 @@ pub fn assert_capture_matches(
         );
     }
     for (capture_dir, client_dir) in [
-        (CaptureDirection::Recv, PeerDirection::Sent),
-        (CaptureDirection::Sent, PeerDirection::Received),
+        (peerlog_common::Direction::Inbound, PeerDirection::Sent),
+        (peerlog_common::Direction::Outbound, PeerDirection::Received),
     ] {
         let records: Vec<_> = ours
             .iter()

@@ -486,7 +486,7 @@ where
     for c in &connections {
         let records: Vec<_> = peerlog_tests::capture_of(&files, c.local)
             .into_iter()
-            .filter(|f| f.direction == peerlog::formats::capture::Direction::Recv)
+            .filter(|f| f.direction == peerlog_common::Direction::Inbound)
             .flat_map(|f| &f.records)
             .collect();
         ensure!(

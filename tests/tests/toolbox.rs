@@ -24,13 +24,14 @@ use bitcoin::p2p::message::NetworkMessage;
 use libtest_mimic::{Arguments, Trial};
 use peerlog::{
     formats::capture::{
-        CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, Direction, MESSAGE_TYPE_SIZE,
+        CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, MESSAGE_TYPE_SIZE,
     },
     formats::pcapng::{read::parse_pcapng, write::write_pcapng},
     formats::timeline::{Selection, Timeline},
     toolbox::decode,
     toolbox::show,
 };
+use peerlog_common::Direction;
 use peerlog_tests::{fixture, *};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -716,7 +717,7 @@ fn replay_reports_a_disconnection() -> Result<()> {
     let pongs: Vec<&[u8]> = replayed
         .messages
         .iter()
-        .filter(|m| m.direction == Direction::Sent && m.record.msg_type == "pong")
+        .filter(|m| m.direction == Direction::Outbound && m.record.msg_type == "pong")
         .map(|m| m.record.payload.as_slice())
         .collect();
     ensure!(pongs == [&1u64.to_le_bytes()[..]], "{pongs:?}");
@@ -835,7 +836,7 @@ fn replay_reproduces_responses() -> Result<()> {
     let from_node = |t: &Timeline| -> Vec<(String, Vec<u8>)> {
         t.messages
             .iter()
-            .filter(|m| m.direction == Direction::Sent)
+            .filter(|m| m.direction == Direction::Outbound)
             .filter(|m| !(m.record.msg_type == "pong" && m.record.payload == barrier))
             .map(|m| {
                 let varies = ["version", "ping"].contains(&m.record.msg_type.as_str());
@@ -948,7 +949,7 @@ fn check_capture_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
         path: PathBuf::from("fuzz/10.0.0.1_8333/msgs_recv.dat"),
         peer_addr: Some("10.0.0.1:8333".into()),
         connection: None,
-        direction: Direction::Recv,
+        direction: Direction::Inbound,
         records,
         truncated: None,
     };

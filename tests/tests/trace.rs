@@ -330,14 +330,14 @@ fn peer_and_msg_type_filters() -> Result<()> {
         "peer B was captured despite --peer {a_addr}"
     );
     let ours = capture_of(&files, a.local_addr());
-    let types = |dir: peerlog::formats::capture::Direction, t: &str| -> usize {
+    let types = |dir: peerlog_common::Direction, t: &str| -> usize {
         ours.iter()
             .filter(|f| f.direction == dir)
             .flat_map(|f| &f.records)
             .filter(|r| r.msg_type == t)
             .count()
     };
-    use peerlog::formats::capture::Direction::{Recv, Sent};
+    use peerlog_common::Direction::{Inbound as Recv, Outbound as Sent};
     // Our five pings and the node's five answers; the node may also ping us.
     ensure!(
         types(Recv, "ping") == 5,
@@ -647,15 +647,16 @@ fn ring_overflow_is_counted_never_silent() -> Result<()> {
         );
     }
     let ours = capture_of(&files, local);
-    let captured = |dir: peerlog::formats::capture::Direction| -> Vec<&peerlog::formats::capture::CaptureRecord> {
-        ours.iter()
-            .filter(|f| f.direction == dir)
-            .flat_map(|f| &f.records)
-            .collect()
-    };
+    let captured =
+        |dir: peerlog_common::Direction| -> Vec<&peerlog::formats::capture::CaptureRecord> {
+            ours.iter()
+                .filter(|f| f.direction == dir)
+                .flat_map(|f| &f.records)
+                .collect()
+        };
     let (received, sent) = (
-        captured(peerlog::formats::capture::Direction::Recv),
-        captured(peerlog::formats::capture::Direction::Sent),
+        captured(peerlog_common::Direction::Inbound),
+        captured(peerlog_common::Direction::Outbound),
     );
     let big_records: Vec<_> = received
         .iter()

@@ -22,7 +22,7 @@
 use std::io::{self, Write};
 
 use bitcoin::hex::DisplayHex;
-use peerlog_common::{ConnectionEventKind, Direction, MempoolEventKind};
+use peerlog_common::{ConnectionEventKind, MempoolEventKind};
 use serde_json::{json, Value};
 
 use crate::{
@@ -35,14 +35,6 @@ use crate::{
 pub struct JsonlSink {
     out: Box<dyn Write + Send>,
     with_payload: bool,
-}
-
-/// `recv` or `sent`, the words of Bitcoin Core's capture file names.
-pub fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Inbound => "recv",
-        Direction::Outbound => "sent",
-    }
 }
 
 impl JsonlSink {
@@ -93,7 +85,7 @@ impl JsonlSink {
             "addr": &*m.addr,
             "connection_type": &*m.conn_type,
             "conn_type": &*m.conn_type,
-            "direction": direction_name(m.direction),
+            "direction": m.direction.name(),
             "msg_type": m.msg_type,
             "size": m.payload_size,
             "payload_copied": m.payload.is_some(),
@@ -185,6 +177,7 @@ fn misbehaving(m: &Misbehaving, clock: &WallClock) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peerlog_common::Direction;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

@@ -9,6 +9,7 @@
 //! layout, by its peer id and connect time, which is what `--peer` filters
 //! match on (the same [`PeerFilter`] language as `peerlog trace`).
 
+use peerlog_common::Direction;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
@@ -21,9 +22,7 @@ use anyhow::{Context, Result};
 use jiff::civil;
 
 use crate::filter::{PeerFilter, PeerSelector};
-use crate::formats::capture::{
-    read_capture_tree, CaptureFile, CaptureRecord, Direction, TruncatedRecord,
-};
+use crate::formats::capture::{read_capture_tree, CaptureFile, CaptureRecord, TruncatedRecord};
 use crate::formats::pcapng;
 use crate::peers::PeerIdentity;
 
@@ -291,8 +290,8 @@ impl Timeline {
             let peer = &mut peers[m.peer];
             if peer.conn_type.is_empty() && m.record.msg_type == "version" {
                 peer.conn_type = match m.direction {
-                    Direction::Recv => "inbound",
-                    Direction::Sent => "outbound",
+                    Direction::Inbound => "inbound",
+                    Direction::Outbound => "outbound",
                 };
             }
         }
@@ -514,7 +513,10 @@ mod tests {
     fn file(dir: &str, direction: Direction, records: &[(u64, &str)]) -> CaptureFile {
         let addr = crate::formats::capture::peer_addr_from_dir_name(dir);
         CaptureFile {
-            path: PathBuf::from(format!("{dir}/{}", direction.file_name())),
+            path: PathBuf::from(format!(
+                "{dir}/{}",
+                crate::formats::capture::file_name(direction)
+            )),
             peer_addr: addr,
             connection: None,
             direction,
@@ -534,22 +536,22 @@ mod tests {
         vec![
             file(
                 "10.0.0.1_8333",
-                Direction::Recv,
+                Direction::Inbound,
                 &[(10, "version"), (30, "verack"), (50, "ping")],
             ),
             file(
                 "10.0.0.1_8333",
-                Direction::Sent,
+                Direction::Outbound,
                 &[(20, "version"), (30, "verack"), (60, "pong")],
             ),
             file(
                 "[2001_db8__1]_8333",
-                Direction::Sent,
+                Direction::Outbound,
                 &[(5, "version"), (40, "ping")],
             ),
             file(
                 "[2001_db8__1]_8333",
-                Direction::Recv,
+                Direction::Inbound,
                 &[(15, "version"), (45, "pong")],
             ),
         ]
@@ -561,7 +563,7 @@ mod tests {
         let times: Vec<u64> = t.messages.iter().map(|m| m.record.time_micros).collect();
         assert_eq!(times, [5, 10, 15, 20, 30, 30, 40, 45, 50, 60]);
         // Equal times: the recv file of the directory came first.
-        assert_eq!(t.messages[4].direction, Direction::Recv);
+        assert_eq!(t.messages[4].direction, Direction::Inbound);
         assert_eq!(t.peers.len(), 2);
         assert_eq!(t.peers[0].addr, "[2001:db8::1]:8333");
         assert_eq!(t.peers[0].conn_type, "outbound");
@@ -599,10 +601,14 @@ mod tests {
         let files = vec![
             file(
                 "10.0.0.1_8333",
-                Direction::Recv,
+                Direction::Inbound,
                 &[(10, "a"), (50, "b"), (20, "c"), (60, "d")],
             ),
-            file("10.0.0.1_8333", Direction::Sent, &[(30, "x"), (55, "y")]),
+            file(
+                "10.0.0.1_8333",
+                Direction::Outbound,
+                &[(30, "x"), (55, "y")],
+            ),
         ];
         let t = Timeline::from_files(Path::new("x"), files, &Selection::default());
         let types: Vec<&str> = t

@@ -18,10 +18,10 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::formats::capture::Direction;
 use crate::formats::timeline::{format_time, SelectArgs, Timeline};
 use crate::p2p::RawMessage;
 use crate::stats::{matcher::Pending, Traffic};
+use peerlog_common::Direction;
 
 /// Buckets of the terminal sparkline: one line of a terminal.
 const SPARKLINE_BUCKETS: usize = 60;
@@ -234,8 +234,8 @@ impl RateSeries {
         for m in &timeline.messages {
             let i = ((m.record.time_micros - first) / bucket_micros) as usize;
             match m.direction {
-                Direction::Recv => series.recv[i] += 1,
-                Direction::Sent => series.sent[i] += 1,
+                Direction::Inbound => series.recv[i] += 1,
+                Direction::Outbound => series.sent[i] += 1,
             }
         }
         series
@@ -351,7 +351,7 @@ impl CaptureAnalysis {
         for m in &timeline.messages {
             let record = &m.record;
             let bytes = record.payload.len() as u64;
-            let by_node = m.direction == Direction::Sent;
+            let by_node = m.direction == Direction::Outbound;
             let peer = &mut peers[m.peer];
             peer.first = peer.first.min(record.time_micros);
             peer.last = peer.last.max(record.time_micros);
@@ -753,7 +753,10 @@ mod tests {
         };
         Timeline::from_files(
             Path::new("capture"),
-            vec![file(Direction::Recv, recv), file(Direction::Sent, sent)],
+            vec![
+                file(Direction::Inbound, recv),
+                file(Direction::Outbound, sent),
+            ],
             &Selection::default(),
         )
     }

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::formats::capture::{CaptureLayout, CaptureWriter, Direction};
+use crate::formats::capture::{CaptureLayout, CaptureWriter};
 use crate::formats::pcapng;
 use crate::formats::timeline::{NetworkArg, SelectArgs, Timeline};
 use crate::toolbox::decode;
 use crate::toolbox::show::message_json;
+use peerlog_common::Direction;
 
 /// Output formats of `peerlog convert`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -171,7 +172,7 @@ pub fn write_core(timeline: &Timeline, dir: &Path, layout: CaptureLayout) -> Res
         let peer = &timeline.peers[message.peer];
         // In the core layout the connection is not used.
         let connection = peer.connection.unwrap_or((0, 0));
-        let inbound = message.direction == Direction::Recv;
+        let inbound = message.direction == Direction::Inbound;
         writer.append(&peer.addr, connection, inbound, &message.record)?;
     }
     writer.flush()?;

@@ -33,9 +33,10 @@ use anyhow::{bail, Context, Result};
 use bitcoin::p2p::message::NetworkMessage;
 use serde::Serialize;
 
-use crate::formats::capture::{CaptureLayout, CaptureWriter, Direction};
+use crate::formats::capture::{CaptureLayout, CaptureWriter};
 use crate::formats::timeline::{CaptureMessage, NetworkArg, SelectArgs};
 use crate::p2p::{self, HandshakeOptions, P2pClient, P2pError};
+use peerlog_common::Direction;
 
 /// How long to listen after each message at `--speed max`, so that the
 /// node's answers are read while they come and neither side's buffers fill.
@@ -334,13 +335,13 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
     let received: Vec<&CaptureMessage> = timeline
         .messages
         .iter()
-        .filter(|m| m.direction == Direction::Recv)
+        .filter(|m| m.direction == Direction::Inbound)
         .collect();
     let mut original_responses = BTreeMap::new();
     for m in timeline
         .messages
         .iter()
-        .filter(|m| m.direction == Direction::Sent)
+        .filter(|m| m.direction == Direction::Outbound)
     {
         *original_responses
             .entry(m.record.msg_type.clone())
@@ -513,7 +514,7 @@ mod tests {
     fn msg(t: u64, ty: &str) -> CaptureMessage {
         CaptureMessage {
             peer: 0,
-            direction: Direction::Recv,
+            direction: Direction::Inbound,
             record: CaptureRecord {
                 time_micros: t,
                 msg_type: ty.into(),

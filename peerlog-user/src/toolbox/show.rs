@@ -54,7 +54,7 @@ pub fn message_json(timeline: &Timeline, message: &CaptureMessage, decoded: Deco
     let peer = &timeline.peers[message.peer];
     let record = &message.record;
     let mut object = json!({
-        "direction": message.direction.as_str(),
+        "direction": message.direction.name(),
         "time": record.time_micros,
         "size": record.payload.len(),
         "msgtype": record.msg_type,

@@ -287,7 +287,7 @@ impl Tracer {
                 log::warn!(
                     "peer {} {} {} of {} bytes: only {} bytes arrived ({}); not written to the capture",
                     i.message.peer_id,
-                    crate::formats::jsonl::direction_name(i.message.direction),
+                    i.message.direction,
                     i.message.msg_type,
                     i.message.payload_size,
                     i.received,
@@ -362,7 +362,7 @@ impl Tracer {
             log::warn!(
                 "peer {} {} {}: its address is unknown (the record naming the peer was lost); not written to the capture",
                 m.peer_id,
-                crate::formats::jsonl::direction_name(m.direction),
+                m.direction,
                 m.msg_type
             );
             return (true, None);

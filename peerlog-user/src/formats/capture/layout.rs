@@ -2,7 +2,7 @@
 //! the peer and connection directory names, and the file of each
 //! [`Direction`].
 
-use std::fmt;
+use peerlog_common::Direction;
 
 use super::CaptureError;
 
@@ -13,37 +13,11 @@ pub(super) const SENT_FILE_NAME: &str = "msgs_sent.dat";
 /// The files of a peer, indexed by `usize::from(inbound)`.
 pub(super) const FILE_NAMES: [&str; 2] = [SENT_FILE_NAME, RECV_FILE_NAME];
 
-/// Which way a message went, seen from bitcoind; selects the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Received from the peer (`net:inbound_message`), in `msgs_recv.dat`.
-    Recv,
-    /// Sent to the peer (`net:outbound_message`), in `msgs_sent.dat`.
-    Sent,
-}
-
-impl Direction {
-    /// The capture file holding messages of this direction.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Self::Recv => RECV_FILE_NAME,
-            Self::Sent => SENT_FILE_NAME,
-        }
-    }
-
-    /// `"recv"` or `"sent"`, as message-capture-parser.py's `direction` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Recv => "recv",
-            Self::Sent => "sent",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The capture file holding messages of this direction.
+pub fn file_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Inbound => RECV_FILE_NAME,
+        Direction::Outbound => SENT_FILE_NAME,
     }
 }
 

@@ -42,7 +42,7 @@ mod tests;
 mod write;
 
 pub use error::{CaptureError, TruncatedRecord};
-pub use layout::{peer_addr_from_dir_name, peer_dir_name, CaptureLayout, Direction};
+pub use layout::{file_name, peer_addr_from_dir_name, peer_dir_name, CaptureLayout};
 pub use read::{read_capture_file, read_capture_tree, CaptureFile, CaptureReader};
 pub use write::{CaptureStats, CaptureWriter};
 

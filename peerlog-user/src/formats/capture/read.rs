@@ -2,6 +2,7 @@
 //! record; [`read_capture_file`] and [`read_capture_tree`] read whole files
 //! and directory trees, with what their paths say about them.
 
+use peerlog_common::Direction;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use super::layout::{
     parse_connection_dir_name, peer_addr_from_dir_name, RECV_FILE_NAME, SENT_FILE_NAME,
 };
 use super::{
-    check_msg_type_field, CaptureError, CaptureRecord, Direction, TruncatedRecord, LENGTH_SIZE,
+    check_msg_type_field, CaptureError, CaptureRecord, TruncatedRecord, LENGTH_SIZE,
     MAX_PROTOCOL_MESSAGE_LENGTH, MESSAGE_TYPE_SIZE, RECORD_HEADER_SIZE, TIME_SIZE,
 };
 
@@ -202,8 +203,8 @@ pub struct CaptureFile {
     ///
     /// [`CaptureLayout::PerConnection`]: super::CaptureLayout::PerConnection
     pub connection: Option<(i64, u64)>,
-    /// From the file name: [`Direction::Recv`] when it contains `recv`, as
-    /// message-capture-parser.py decides, else [`Direction::Sent`].
+    /// From the file name: [`Direction::Inbound`] when it contains `recv`, as
+    /// message-capture-parser.py decides, else [`Direction::Outbound`].
     pub direction: Direction,
     /// Every complete record, in file order.
     pub records: Vec<CaptureRecord>,
@@ -216,8 +217,8 @@ pub struct CaptureFile {
 /// record is a [`CaptureError::Corrupt`] naming the byte offset.
 pub fn read_capture_file(path: &Path) -> Result<CaptureFile, CaptureError> {
     let direction = match path.file_stem().map(|s| s.to_string_lossy()) {
-        Some(stem) if stem.contains("recv") => Direction::Recv,
-        _ => Direction::Sent,
+        Some(stem) if stem.contains("recv") => Direction::Inbound,
+        _ => Direction::Outbound,
     };
     let dir_name = |p: Option<&Path>| {
         p.and_then(Path::file_name)

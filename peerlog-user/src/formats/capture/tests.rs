@@ -2,6 +2,7 @@
 //! (round trips, open-file cap, private files, injected write failures, a
 //! real full disk) and the readers (truncated, corrupt, arbitrary input).
 
+use peerlog_common::Direction;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -221,7 +222,7 @@ fn round_trip_both_layouts() {
                 for file in &files {
                     assert_eq!(file.connection, None);
                     let addr = file.peer_addr.clone().unwrap();
-                    let inbound = file.direction == Direction::Recv;
+                    let inbound = file.direction == Direction::Inbound;
                     let mut want: Vec<CaptureRecord> = expected
                         .iter()
                         .filter(|((a, _, d), _)| *a == addr && *d == inbound)
@@ -239,7 +240,7 @@ fn round_trip_both_layouts() {
                     let key = (
                         file.peer_addr.clone().unwrap(),
                         file.connection.unwrap(),
-                        file.direction == Direction::Recv,
+                        file.direction == Direction::Inbound,
                     );
                     assert_eq!(file.records, expected[&key], "{}", file.path.display());
                     assert!(file.truncated.is_none());
@@ -248,7 +249,7 @@ fn round_trip_both_layouts() {
         }
         for file in &files {
             let name = file.path.file_name().unwrap().to_str().unwrap();
-            assert_eq!(name, file.direction.file_name());
+            assert_eq!(name, file_name(file.direction));
         }
         assert!(
             root.join("[__1]_8333").join("msgs_recv.dat").exists()
@@ -275,10 +276,10 @@ fn reads_a_bitcoind_style_tree_and_single_files() {
     for path in [&capture, &peer] {
         let files = read_capture_tree(path).unwrap();
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].direction, Direction::Recv);
+        assert_eq!(files[0].direction, Direction::Inbound);
         assert_eq!(files[0].peer_addr.as_deref(), Some("[::1]:8333"));
         assert_eq!(files[0].records, vec![ping(), verack()]);
-        assert_eq!(files[1].direction, Direction::Sent);
+        assert_eq!(files[1].direction, Direction::Outbound);
         assert_eq!(files[1].records, vec![verack()]);
     }
     let single = read_capture_tree(&peer.join("msgs_sent.dat")).unwrap();
@@ -288,7 +289,7 @@ fn reads_a_bitcoind_style_tree_and_single_files() {
     let renamed = dir.path().join("old_recv_copy.dat");
     fs::copy(peer.join("msgs_recv.dat"), &renamed).unwrap();
     let file = read_capture_file(&renamed).unwrap();
-    assert_eq!((file.direction, file.peer_addr), (Direction::Recv, None));
+    assert_eq!((file.direction, file.peer_addr), (Direction::Inbound, None));
 
     let err = read_capture_tree(&dir.path().join("missing")).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
@@ -674,7 +675,10 @@ fn open_files_are_capped() {
     let files = read_capture_tree(dir.path()).unwrap();
     assert_eq!(files.len(), expected.len());
     for file in files {
-        let key = (file.peer_addr.unwrap(), file.direction == Direction::Recv);
+        let key = (
+            file.peer_addr.unwrap(),
+            file.direction == Direction::Inbound,
+        );
         assert_eq!(file.records, expected[&key]);
         assert_eq!(file.connection, Some((1, 2)));
     }

@@ -10,12 +10,10 @@ use anyhow::{Context, Result};
 use bitcoin::hex::DisplayHex;
 use bitcoin::p2p::Magic;
 use bitcoin::Network;
-use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
+use peerlog_common::{Direction, MAX_PROTOCOL_MESSAGE_LENGTH};
 
 use super::block::*;
-use crate::formats::capture::{
-    CaptureFile, CaptureRecord, Direction, TruncatedRecord, MESSAGE_TYPE_SIZE,
-};
+use crate::formats::capture::{CaptureFile, CaptureRecord, TruncatedRecord, MESSAGE_TYPE_SIZE};
 use crate::p2p::{checksum, HEADER_LEN};
 
 /// One interface of a section: how to read its packets and timestamps.
@@ -468,9 +466,9 @@ pub fn parse_pcapng(bytes: &[u8], path: &Path) -> Result<PcapngCapture> {
         let peer_addr = conn.peer_addr.clone().unwrap_or_else(|| peer.to_string());
         for (half, from_node) in conn.halves.iter().zip([first_is_node, !first_is_node]) {
             let direction = if from_node {
-                Direction::Sent
+                Direction::Outbound
             } else {
-                Direction::Recv
+                Direction::Inbound
             };
             let what = format!(
                 "{} → {}",

@@ -9,11 +9,12 @@ use bitcoin::Network;
 use super::block::*;
 use super::read::parse_pcapng;
 use super::write::{internet_checksum, write_pcapng, Segment};
+use crate::formats::capture::CaptureFile;
 use crate::formats::capture::CaptureRecord;
-use crate::formats::capture::{CaptureFile, Direction};
 use crate::formats::timeline::Selection;
 use crate::formats::timeline::Timeline;
 use crate::p2p::encode_frame;
+use peerlog_common::Direction;
 
 fn timeline(records: &[(u64, bool, &str, Vec<u8>)]) -> Timeline {
     let file = |recv: bool| CaptureFile {
@@ -21,9 +22,9 @@ fn timeline(records: &[(u64, bool, &str, Vec<u8>)]) -> Timeline {
         peer_addr: Some("10.0.0.2:50000".into()),
         connection: None,
         direction: if recv {
-            Direction::Recv
+            Direction::Inbound
         } else {
-            Direction::Sent
+            Direction::Outbound
         },
         records: records
             .iter()
@@ -192,9 +193,9 @@ fn real_traffic_is_reassembled_and_the_listener_is_the_node() {
     assert_eq!(
         got,
         [
-            (Direction::Recv, 21, "ping"),
-            (Direction::Recv, 30, "verack"),
-            (Direction::Sent, 40, "pong")
+            (Direction::Inbound, 21, "ping"),
+            (Direction::Inbound, 30, "verack"),
+            (Direction::Outbound, 40, "pong")
         ]
     );
 }

@@ -13,9 +13,9 @@ use bitcoin::Network;
 
 use super::block::*;
 use crate::address::split_host_port;
-use crate::formats::capture::Direction;
 use crate::formats::timeline::{CaptureMessage, CapturePeer, Timeline};
 use crate::p2p::encode_frame;
+use peerlog_common::Direction;
 
 /// The node's TCP port in synthesized streams: Bitcoin's, and the same for
 /// every stream so that one "Decode As" rule covers them all.
@@ -364,7 +364,7 @@ fn write_message<W: Write>(
     let record = &message.record;
     let frame = encode_frame(magic, &record.msg_type, &record.payload)
         .with_context(|| format!("cannot frame a {} message", record.msg_type))?;
-    let inbound = message.direction == Direction::Recv;
+    let inbound = message.direction == Direction::Inbound;
     let time = record.time_micros;
     let chunks: Vec<&[u8]> = frame.chunks(MAX_SEGMENT).collect();
     for (i, chunk) in chunks.iter().enumerate() {
