@@ -6,8 +6,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -196,24 +195,13 @@ impl Node {
         let mut proc = Proc::spawn("bitcoind", cmd, Stream::Stderr)?;
         let addr = format!("127.0.0.1:{port}");
         let sock: std::net::SocketAddr = addr.parse()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_err() {
-            if let Some(status) = proc.child.try_wait()? {
-                proc.reaped = true;
-                thread::sleep(Duration::from_millis(50));
-                bail!(
-                    "bitcoind exited ({status}) before listening on {addr}:\n{}",
-                    proc.text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "bitcoind did not listen on {addr} within 60 s:\n{}",
-                    proc.text()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        proc.wait_until(
+            || TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok(),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            &format!("before listening on {addr}"),
+            &format!("listen on {addr} within 60 s"),
+        )?;
         let mined = Command::new(cli)
             .args(["-regtest", &datadir_arg])
             .arg(format!("-rpcport={rpc_port}"))

@@ -18,10 +18,10 @@ use anyhow::{bail, Context, Result};
 /// line). Killed when dropped, so an error leaves nothing running.
 pub(super) struct Proc {
     pub(super) what: String,
-    pub(super) child: Child,
+    child: Child,
     lines: mpsc::Receiver<String>,
     text: Arc<Mutex<String>>,
-    pub(super) reaped: bool,
+    reaped: bool,
 }
 
 /// Which output of a [`Proc`] to read.
@@ -109,14 +109,47 @@ impl Proc {
         unsafe { libc::kill(self.pid(), signal) };
     }
 
+    /// Polls `ready` every `poll` until it holds. Fails, with what the
+    /// process printed, if it exits first ("WHAT exited (STATUS) `before`")
+    /// or when `timeout` has passed ("WHAT did not `late`").
+    pub(super) fn wait_until(
+        &mut self,
+        mut ready: impl FnMut() -> bool,
+        timeout: Duration,
+        poll: Duration,
+        before: &str,
+        late: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !ready() {
+            if let Some(status) = self.try_wait()? {
+                bail!("{} exited ({status}) {before}:\n{}", self.what, self.text());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not {late}:\n{}", self.what, self.text());
+            }
+            thread::sleep(poll);
+        }
+        Ok(())
+    }
+
+    /// The exit status if the process has exited; its last lines are then
+    /// in [`Proc::text`].
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped = true;
+            // Let the reader thread take the last lines.
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(status)
+    }
+
     /// Waits for the process to exit, killing it after `timeout`.
     pub(super) fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.reaped = true;
-                // Let the reader thread take the last lines.
-                thread::sleep(Duration::from_millis(50));
+            if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -154,23 +154,13 @@ impl Tracer {
             .arg(workspace_root().join("xtask/bench").join(script))
             .arg(node.binary());
         let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
-        while !fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")) {
-            if let Some(status) = proc.child.try_wait()? {
-                proc.reaped = true;
-                bail!(
-                    "bpftrace exited ({status}) before attaching:\n{}",
-                    proc.text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "bpftrace did not attach within {ATTACH_TIMEOUT:?}:\n{}",
-                    proc.text()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        proc.wait_until(
+            || fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")),
+            ATTACH_TIMEOUT,
+            Duration::from_millis(20),
+            "before attaching",
+            &format!("attach within {ATTACH_TIMEOUT:?}"),
+        )?;
         thread::sleep(BPFTRACE_ATTACH_GRACE);
         Ok(Tracer {
             proc,
