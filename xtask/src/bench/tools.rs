@@ -3,7 +3,7 @@
 //! time, and tracefs for bpftrace.
 
 use std::{
-    env, fs,
+    fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -24,18 +24,9 @@ pub(super) struct Binaries {
 /// Builds the release binaries and finds them (and the twin, which the
 /// tests crate's build script makes) in cargo's own report of the build.
 pub(super) fn build() -> Result<Binaries> {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "peerlog",
-            "-p",
-            "peerlog-tests",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
+    let output = crate::cargo_command()
+        .args(crate::BUILD_RELEASE_BINS)
+        .arg("--message-format=json-render-diagnostics")
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
