@@ -32,22 +32,12 @@ pub(super) fn check_targets(
     rows: &[Row],
     runs: &[Run],
 ) -> Vec<TargetCheck> {
-    let saturating: Vec<&Scenario> = scenarios
-        .iter()
-        .copied()
-        .filter(|s| s.saturating())
-        .collect();
+    let every: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+    let saturating = saturating(scenarios);
     let ratio = |s: &str, c: Config| {
         find(rows, s, c)
             .and_then(|r| r.throughput_ratio)
             .map(|r| r.0)
-    };
-    let all = |checks: &[Option<bool>]| -> Option<bool> {
-        checks
-            .iter()
-            .copied()
-            .collect::<Option<Vec<bool>>>()
-            .map(|v| v.iter().all(|&b| b))
     };
 
     let mut checks = Vec::new();
@@ -56,45 +46,27 @@ pub(super) fn check_targets(
     // time (kernel BPF statistics) over the node's CPU time without it. The
     // node's CPU per message moves by more than 1% between runs on this
     // shared machine, so a difference of two runs could not show it.
-    let per: Vec<(&str, Option<f64>)> = scenarios
-        .iter()
-        .map(|s| {
-            (
-                s.name,
-                find(rows, s.name, Config::Sampling).and_then(|r| r.sampler_cost),
-            )
-        })
-        .collect();
+    let sampling = |s: &str| find(rows, s, Config::Sampling);
     checks.push(in_every_scenario(
         "99 Hz sampling costs the node < 0.2% CPU",
-        &per,
+        &every,
+        |s| sampling(s)?.sampler_cost,
         |c| c < 0.002,
         |c| format!("{:.2}%", c * 100.0),
     ));
 
-    let per: Vec<(&str, Option<f64>)> = scenarios
-        .iter()
-        .map(|s| {
-            (
-                s.name,
-                find(rows, s.name, Config::Sampling).and_then(|r| r.sampler_ns_per_sample),
-            )
-        })
-        .collect();
     checks.push(in_every_scenario(
         "a CPU sample costs the node ≤ 5 µs",
-        &per,
+        &every,
+        |s| sampling(s)?.sampler_ns_per_sample,
         |c| c <= 5000.0,
         |c| format!("{:.2} µs per sample", c / 1000.0),
     ));
 
-    let per: Vec<(&str, Option<f64>)> = saturating
-        .iter()
-        .map(|s| (s.name, ratio(s.name, Config::Capture)))
-        .collect();
     checks.push(in_every_scenario(
         "full capture keeps ≥ 0.95 of untraced throughput",
-        &per,
+        &saturating,
+        |s| ratio(s, Config::Capture),
         |r| r >= 0.95,
         |r| format!("{r:.3}"),
     ));
@@ -104,20 +76,14 @@ pub(super) fn check_targets(
     let range = |s: &str, c: Config| find(rows, s, c).and_then(|r| r.throughput_ratio);
     let per: Vec<_> = saturating
         .iter()
-        .map(|s| {
-            (
-                s.name,
-                range(s.name, Config::Capture),
-                range(s.name, Config::Bpftrace),
-            )
-        })
+        .map(|&s| (s, range(s, Config::Capture), range(s, Config::Bpftrace)))
         .collect();
     checks.push(TargetCheck {
         target: "full capture beats the bpftrace reference on throughput".into(),
-        met: all(&per
-            .iter()
-            .map(|(_, c, b)| Some(c.as_ref()?.0 > b.as_ref()?.0))
-            .collect::<Vec<_>>()),
+        met: all_met(
+            per.iter()
+                .map(|(_, c, b)| Some(c.as_ref()?.0 > b.as_ref()?.0)),
+        ),
         detail: per
             .iter()
             .map(|(s, c, b)| match (c, b) {
@@ -221,21 +187,36 @@ pub(super) fn check_targets(
     checks
 }
 
-/// A target judged in each of `per` (scenario, value): met when every value
-/// passes, not measured when any is missing.
+/// The names of the closed-loop scenarios among `scenarios`.
+fn saturating<'a>(scenarios: &[&'a Scenario]) -> Vec<&'a str> {
+    scenarios
+        .iter()
+        .filter(|s| s.saturating())
+        .map(|s| s.name)
+        .collect()
+}
+
+/// Met when every verdict is, not measured when any is missing.
+fn all_met(verdicts: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
+    verdicts
+        .into_iter()
+        .collect::<Option<Vec<bool>>>()
+        .map(|v| v.iter().all(|&b| b))
+}
+
+/// A target judged on a `figure` of each of `scenarios`: met when every
+/// figure passes, not measured when any is missing.
 fn in_every_scenario(
     target: &str,
-    per: &[(&str, Option<f64>)],
+    scenarios: &[&str],
+    figure: impl Fn(&str) -> Option<f64>,
     pass: impl Fn(f64) -> bool,
     show: impl Fn(f64) -> String,
 ) -> TargetCheck {
+    let per: Vec<(&str, Option<f64>)> = scenarios.iter().map(|&s| (s, figure(s))).collect();
     TargetCheck {
         target: target.into(),
-        met: per
-            .iter()
-            .map(|(_, v)| v.map(&pass))
-            .collect::<Option<Vec<bool>>>()
-            .map(|v| v.iter().all(|&b| b)),
+        met: all_met(per.iter().map(|(_, v)| v.map(&pass))),
         detail: per
             .iter()
             .map(|(s, v)| format!("{s}: {}", v.map_or("n/a".into(), &show)))
@@ -297,36 +278,25 @@ fn issue_10_targets(scenarios: &[&Scenario], rows: &[Row], runs: &[Run]) -> Vec<
 fn issue_12_targets(scenarios: &[&Scenario], rows: &[Row]) -> Vec<TargetCheck> {
     let floor_ratio =
         |s: &str, c: Config| find(rows, s, c).and_then(|r| r.floor_ratio).map(|r| r.0);
-    let saturating: Vec<&str> = scenarios
-        .iter()
-        .filter(|s| s.saturating())
-        .map(|s| s.name)
-        .collect();
+    let saturating = saturating(scenarios);
     let mut checks = Vec::new();
 
-    let per: Vec<(&str, Option<f64>)> = saturating
-        .iter()
-        .map(|&s| (s, floor_ratio(s, Config::Capture)))
-        .collect();
     checks.push(in_every_scenario(
         "#12: --no-accounting --capture keeps ≥ 0.93 of the floor's throughput",
-        &per,
+        &saturating,
+        |s| floor_ratio(s, Config::Capture),
         |r| r >= 0.93,
         |r| format!("{r:.3}"),
     ));
 
-    let per: Vec<(&str, Option<f64>)> = saturating
-        .iter()
-        .map(|&s| {
-            let margin = floor_ratio(s, Config::Capture)
-                .zip(floor_ratio(s, Config::Bpftrace))
-                .map(|(capture, bpftrace)| capture - bpftrace);
-            (s, margin)
-        })
-        .collect();
     checks.push(in_every_scenario(
         "#12: --no-accounting --capture's throughput vs the floor ≥ bpftrace's + 0.05",
-        &per,
+        &saturating,
+        |s| {
+            floor_ratio(s, Config::Capture)
+                .zip(floor_ratio(s, Config::Bpftrace))
+                .map(|(capture, bpftrace)| capture - bpftrace)
+        },
         |m| m >= 0.05,
         |m| format!("{m:+.3}"),
     ));
