@@ -39,6 +39,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// The bpf-linker release that links with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The `cargo` arguments that build what the demo and the bench run:
+/// peerlog, and the tests crate's binaries (the demo, the load generator)
+/// with the twin node its build script makes.
+const BUILD_RELEASE_BINS: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "peerlog",
+    "-p",
+    "peerlog-tests",
+    "--bins",
+];
+
 #[derive(Parser)]
 #[command(about = "peerlog's set-up, build, test, demo and bench driver")]
 struct Cli {
@@ -101,15 +114,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Demo => {
             setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "peerlog",
-                "-p",
-                "peerlog-tests",
-                "--bins",
-            ])?;
+            cargo(BUILD_RELEASE_BINS)?;
             let demo = workspace_root().join("target/release/peerlog-demo");
             run_cmd(Command::new(&demo), "the demo")
         }
@@ -127,9 +132,13 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo that runs this xtask (`CARGO`), else the one on the PATH.
+fn cargo_command() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.args(args).current_dir(workspace_root());
     run_cmd(cmd, &format!("cargo {}", args.join(" ")))
 }
@@ -183,8 +192,7 @@ fn setup() -> Result<()> {
         eprintln!(
             "xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)"
         );
-        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = Command::new(cargo);
+        let mut c = cargo_command();
         c.args([
             "install",
             "bpf-linker",

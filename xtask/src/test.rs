@@ -12,7 +12,7 @@ use std::{
     env,
     io::{self, BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Command, ExitStatus},
+    process::ExitStatus,
 };
 
 use anyhow::{bail, Context, Result};
@@ -125,8 +125,7 @@ fn real_bitcoind_for(
 /// comes and read for the summary; `bitcoind` is the pass's `BITCOIND`.
 fn cargo_test(title: &str, args: &[String], bitcoind: Option<&Path>) -> Result<Pass> {
     eprintln!("xtask: === tests against the {title} ===");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = crate::cargo_command();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
         .current_dir(workspace_root());

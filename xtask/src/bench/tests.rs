@@ -1,0 +1,182 @@
+//! Unit tests of the bench: the parsing of tracer output, the comparisons
+//! within a round, the doc's sections, and the `/proc` readings.
+
+use super::{
+    doc::{document, marked_section, not_run_yet},
+    one_run::Run,
+    plan::{Config, Plan, Scenario},
+    process::thread_waits,
+    results::{Machine, Results, SkippedScenario},
+    rows::rows,
+    sample::{cpu_seconds, memory_mib},
+    targets::{check_targets, find},
+    tools::Tools,
+    tracer::{bpftrace_lost, PeerlogSummary},
+};
+
+#[test]
+fn parses_peerlog_summary() {
+    let stderr = "peerlog: attached to pid 1 (twin, /x): 7 probe sites of 7 tracepoints (semaphores raised by the kernel)\n\
+                  peerlog: stopped (interrupted)\n  peers seen:       2\n  received:         21 messages, 4406219 bytes\n\
+                  \x20 sent:             18 messages, 4420153 bytes\n  capture records:  39\n\
+                  \x20 event latency:    p50 120 µs, p99 9100 µs\n  events lost:      3 (ring_full_chunk=3)\n";
+    assert_eq!(
+        PeerlogSummary::parse(stderr).unwrap(),
+        PeerlogSummary {
+            received: 21,
+            sent: 18,
+            events_lost: 3,
+            latency_us: Some((120, 9100)),
+        }
+    );
+    let without_latency = stderr.replace("  event latency:    p50 120 µs, p99 9100 µs\n", "");
+    assert_eq!(
+        PeerlogSummary::parse(&without_latency).unwrap().latency_us,
+        None
+    );
+    assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
+}
+
+fn results<'a>(tools: &'a Tools, node_kind: &'static str, runs: Vec<Run>) -> Results<'a> {
+    let plan = Plan::new(false);
+    let scenarios: Vec<&Scenario> = plan.scenarios.iter().collect();
+    Results {
+        mode: "full",
+        node_kind,
+        node: format!("the {node_kind} node"),
+        date: "2026-01-01 00:00 UTC".into(),
+        commit: "0000000".into(),
+        machine: Machine::describe(),
+        rounds: 3,
+        duration_secs: 6.0,
+        total_secs: 500.0,
+        tools,
+        rows: rows(&scenarios, tools, &runs),
+        skipped: vec![SkippedScenario {
+            scenario: "blocks".into(),
+            title: "4 peers, ~1 MB block serving".into(),
+            reason: "no such block".into(),
+        }],
+        targets: check_targets(&scenarios, &[], &runs),
+        failures: vec!["relay · bpftrace · round 1: boom\nmore".into()],
+        runs,
+    }
+}
+
+fn tools() -> Tools {
+    Tools {
+        bpftrace: Ok("bpftrace v0.17.0".into()),
+        stats_options: vec![],
+        no_accounting: true,
+    }
+}
+
+#[test]
+fn fills_every_placeholder_of_the_doc() {
+    let tools = tools();
+    let doc = document("", &results(&tools, "twin", vec![]));
+    assert!(!doc.contains('{'), "{doc}");
+    assert!(doc.contains("not available yet"));
+    assert!(doc.contains("- relay · bpftrace · round 1: boom more"));
+    assert!(doc.contains("Not run: 4 peers, ~1 MB block serving: no such block."));
+    assert!(doc.contains("node: the twin node."));
+    assert!(doc.contains(&not_run_yet("bitcoind")), "{doc}");
+}
+
+#[test]
+fn keeps_the_other_nodes_section() {
+    let tools = tools();
+    let twin = document("", &results(&tools, "twin", vec![]));
+    let twin_section = marked_section(&twin, "twin").unwrap().to_string();
+    assert!(twin_section.contains("node: the twin node."));
+    // The twin's section survives a bitcoind run, and the bitcoind's the
+    // next twin run.
+    let both = document(&twin, &results(&tools, "bitcoind", vec![]));
+    assert_eq!(marked_section(&both, "twin").unwrap(), twin_section);
+    let bitcoind_section = marked_section(&both, "bitcoind").unwrap().to_string();
+    assert!(bitcoind_section.contains("node: the bitcoind node."));
+    let again = document(&both, &results(&tools, "twin", vec![]));
+    assert_eq!(
+        marked_section(&again, "bitcoind").unwrap(),
+        bitcoind_section
+    );
+    assert_eq!(again.matches("<!-- bench:twin:begin -->").count(), 1);
+    assert_eq!(again.matches("<!-- bench:bitcoind:end -->").count(), 1);
+}
+
+/// A run with the figures the comparisons read.
+fn run(scenario: &str, config: Config, round: usize, per_sec: f64, cpu_us: f64) -> Run {
+    Run {
+        scenario: scenario.into(),
+        config: config.name().into(),
+        round,
+        window_secs: 5.0,
+        answered_per_sec: per_sec,
+        messages: 1000,
+        answer_p99_us: 0,
+        load_errors: 0,
+        target_cpu_secs: 0.0,
+        target_cpu_us_per_msg: cpu_us,
+        target_cpu_percent: cpu_us / 10.0,
+        loadgen_cpu_percent: 0.0,
+        tracer: None,
+        sampler_cpu_secs: None,
+        sampler_ns_per_sample: None,
+        block_size: None,
+        load: serde_json::Value::Null,
+    }
+}
+
+#[test]
+fn compares_with_the_floor_of_the_same_round() {
+    let runs = vec![
+        run("ping-flood", Config::Untraced, 0, 1000.0, 10.0),
+        run("ping-flood", Config::Floor, 0, 800.0, 12.0),
+        run("ping-flood", Config::Counting, 0, 760.0, 13.0),
+        run("ping-flood", Config::Defaults, 0, 700.0, 14.0),
+        // Another round, on a slower machine: compared within it.
+        run("ping-flood", Config::Untraced, 1, 500.0, 20.0),
+        run("ping-flood", Config::Floor, 1, 400.0, 24.0),
+        run("ping-flood", Config::Counting, 1, 400.0, 25.0),
+        run("ping-flood", Config::Defaults, 1, 380.0, 27.0),
+    ];
+    let plan = Plan::new(false);
+    let scenarios: Vec<&Scenario> = plan.scenarios.iter().take(1).collect();
+    let rows = rows(&scenarios, &tools(), &runs);
+    let counting = find(&rows, "ping-flood", Config::Counting).unwrap();
+    assert_eq!(counting.throughput_ratio, Some((0.78, 0.76, 0.8)));
+    assert_eq!(counting.floor_ratio, Some((0.975, 0.95, 1.0)));
+    assert_eq!(counting.cpu_us_per_msg_beyond_floor, Some(1.0));
+    let floor = find(&rows, "ping-flood", Config::Floor).unwrap();
+    assert_eq!(floor.floor_ratio, Some((1.0, 1.0, 1.0)));
+
+    let targets = check_targets(&scenarios, &rows, &runs);
+    let flood = targets
+        .iter()
+        .find(|t| t.target.contains("defaults ≥ 0.90"))
+        .unwrap();
+    // 700/760 = 0.921 and 380/400 = 0.95: median 0.9355.
+    assert_eq!(flood.met, Some(true), "{}", flood.detail);
+    assert!(flood.detail.contains("0.936"), "{}", flood.detail);
+    // No idle scenario ran: that target is not measured, not missed.
+    let idle = targets.iter().find(|t| t.target.contains("idle")).unwrap();
+    assert_eq!(idle.met, None);
+}
+
+#[test]
+fn counts_bpftrace_losses() {
+    assert_eq!(
+        bpftrace_lost("recv ping\nLost 12 events\nsent pong\nLost 3 events\n"),
+        15
+    );
+    assert_eq!(bpftrace_lost("recv ping\n"), 0);
+}
+
+#[test]
+fn reads_own_cpu_and_rss() {
+    let pid = std::process::id() as i32;
+    assert!(cpu_seconds(pid).unwrap() >= 0.0);
+    let (peak, anon) = memory_mib(pid).unwrap();
+    assert!(peak >= anon && anon > 0.0);
+    assert!(thread_waits(pid).contains(':'));
+}

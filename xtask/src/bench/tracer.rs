@@ -1,0 +1,283 @@
+//! The tracer of a run: `peerlog trace` in one of its configurations, or
+//! bpftrace with the floor's or the reference script; started once the node
+//! runs, stopped after the load, and what it reported on exit.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{
+    node::NodeKind,
+    plan::Config,
+    process::{path_arg, Proc, Stream},
+    sample::memory_mib,
+    tools::{Binaries, Tools},
+};
+use crate::workspace_root;
+
+/// How long a tracer may take to attach (loading eBPF, compiling a bpftrace
+/// script) on a busy two-core machine.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// bpftrace prints "Attaching N probes..." before it attaches, and its
+/// output file is block-buffered, so nothing later shows when the probes are
+/// live. Attaching two probes takes milliseconds; this leaves ample margin,
+/// and each run checks afterwards that bpftrace saw every message of the
+/// window.
+const BPFTRACE_ATTACH_GRACE: Duration = Duration::from_secs(1);
+
+/// A running tracer.
+pub(super) struct Tracer {
+    proc: Proc,
+    /// bpftrace's output file; None for peerlog.
+    bpftrace_output: Option<BpftraceOutput>,
+    /// How it was started, for the results.
+    command: String,
+    /// What it said when it attached (peerlog: how many probe sites).
+    attached: String,
+}
+
+/// Where a bpftrace run writes, and whether its script logs a line per
+/// message (the reference) or nothing (the floor).
+struct BpftraceOutput {
+    path: PathBuf,
+    logs_messages: bool,
+}
+
+/// What a tracer reported, over its whole run.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct TracerRun {
+    /// How it was started.
+    pub(super) command: String,
+    /// Its attach message.
+    attached: String,
+    /// CPU time over the load window, in seconds.
+    cpu_secs: f64,
+    /// The same as a percentage of one core.
+    pub(super) cpu_percent: f64,
+    /// Peak resident set size, MiB. For peerlog this counts the kernel ring
+    /// buffer it maps (twice: its data pages are mapped two times in a row so
+    /// that records never wrap), 32 MiB with the default 16 MiB ring.
+    pub(super) peak_rss_mib: f64,
+    /// Anonymous (heap) RSS at the end of the load, MiB: the tracer's own
+    /// memory, without mapped files and rings.
+    pub(super) rss_anon_mib: f64,
+    /// P2P messages the tracer saw (both directions); None for the floor,
+    /// which has no output.
+    pub(super) events_seen: Option<u64>,
+    /// Events the tracer reported lost.
+    pub(super) events_lost: u64,
+    /// Kernel-to-userspace event latency percentiles, µs (peerlog only).
+    pub(super) latency_p50_us: Option<u64>,
+    pub(super) latency_p99_us: Option<u64>,
+}
+
+impl Tracer {
+    /// Starts the tracer of `config` on the node `pid` and waits until it
+    /// has attached; None when `config` is untraced.
+    pub(super) fn start(
+        config: Config,
+        bins: &Binaries,
+        tools: &Tools,
+        node: &NodeKind,
+        pid: i32,
+        dir: &Path,
+    ) -> Result<Option<Tracer>> {
+        let net_only = || {
+            tools
+                .no_accounting
+                .then(|| "--no-accounting".to_string())
+                .into_iter()
+        };
+        let peerlog_args: Vec<String> = match config {
+            Config::Untraced => return Ok(None),
+            Config::Floor => {
+                return Tracer::bpftrace("empty_probe.bt", node, pid, dir).map(Some);
+            }
+            Config::Bpftrace => {
+                return Tracer::bpftrace("log_p2p_traffic.bt", node, pid, dir).map(Some);
+            }
+            Config::Counting => net_only().collect(),
+            Config::Defaults => Vec::new(),
+            Config::Sampling => net_only()
+                .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
+                .collect(),
+            Config::Capture => net_only()
+                .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
+                .collect(),
+            // peerlog as a user runs it with everything on: its accounting
+            // (on by default), the stats log and the flamegraph sampler.
+            Config::CaptureStats => {
+                let mut args = vec!["--capture".into(), path_arg(&dir.join("capture"))?];
+                for (flag, takes_value) in &tools.stats_options {
+                    args.push(flag.clone());
+                    if *takes_value {
+                        let name = flag.trim_start_matches('-');
+                        args.push(path_arg(&dir.join(name))?);
+                    }
+                }
+                args
+            }
+        };
+        let mut cmd = Command::new(&bins.peerlog);
+        cmd.args(["trace", "--pid", &pid.to_string()])
+            .args(&peerlog_args);
+        let mut proc = Proc::spawn("peerlog trace", cmd, Stream::Stderr)?;
+        let attached = proc.wait_for_line(|l| l.contains("attached"), ATTACH_TIMEOUT)?;
+        Ok(Some(Tracer {
+            proc,
+            bpftrace_output: None,
+            // The run's directory as DIR: the command as a reader would type it.
+            command: format!("peerlog trace --pid PID {}", peerlog_args.join(" "))
+                .replace(&path_arg(dir)?, "DIR")
+                .trim_end()
+                .to_string(),
+            attached,
+        }))
+    }
+
+    /// bpftrace running `xtask/bench/SCRIPT` with the node's binary as `$1`.
+    fn bpftrace(script: &str, node: &NodeKind, pid: i32, dir: &Path) -> Result<Tracer> {
+        let output = dir.join("bpftrace.log");
+        let mut cmd = Command::new("bpftrace");
+        cmd.arg("-p")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&output)
+            .arg(workspace_root().join("xtask/bench").join(script))
+            .arg(node.binary());
+        let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
+        proc.wait_until(
+            || fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")),
+            ATTACH_TIMEOUT,
+            Duration::from_millis(20),
+            "before attaching",
+            &format!("attach within {ATTACH_TIMEOUT:?}"),
+        )?;
+        thread::sleep(BPFTRACE_ATTACH_GRACE);
+        Ok(Tracer {
+            proc,
+            bpftrace_output: Some(BpftraceOutput {
+                path: output,
+                // The floor's empty probes print nothing.
+                logs_messages: script != "empty_probe.bt",
+            }),
+            command: format!(
+                "bpftrace -p PID -o FILE xtask/bench/{script} {}",
+                node.placeholder()
+            ),
+            attached: "Attaching 2 probes...".into(),
+        })
+    }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// Stops the tracer (SIGINT, as a user would) and reads what it reports.
+    pub(super) fn stop(mut self, cpu_secs: f64, window_secs: f64) -> Result<TracerRun> {
+        let (peak_rss_mib, rss_anon_mib) = memory_mib(self.pid())?;
+        self.proc.signal(libc::SIGINT);
+        let status = self.proc.wait(Duration::from_secs(120))?;
+        let stderr = self.proc.text();
+        if !status.success() {
+            bail!("{} failed ({status}):\n{stderr}", self.proc.what);
+        }
+        let (events_seen, events_lost, latency) = match &self.bpftrace_output {
+            Some(BpftraceOutput {
+                path,
+                logs_messages,
+            }) => {
+                let log = fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let seen = logs_messages.then(|| {
+                    log.lines()
+                        .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
+                        .count() as u64
+                });
+                (seen, bpftrace_lost(&log) + bpftrace_lost(&stderr), None)
+            }
+            None => {
+                let summary = PeerlogSummary::parse(&stderr)?;
+                (
+                    Some(summary.received + summary.sent),
+                    summary.events_lost,
+                    summary.latency_us,
+                )
+            }
+        };
+        Ok(TracerRun {
+            command: self.command,
+            attached: self.attached,
+            cpu_secs,
+            cpu_percent: 100.0 * cpu_secs / window_secs,
+            peak_rss_mib,
+            rss_anon_mib,
+            events_seen,
+            events_lost,
+            latency_p50_us: latency.map(|l| l.0),
+            latency_p99_us: latency.map(|l| l.1),
+        })
+    }
+}
+
+/// bpftrace reports perf buffer overflows as "Lost N events".
+pub(super) fn bpftrace_lost(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Lost ")?.strip_suffix(" events"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The figures of `peerlog trace`'s exit summary that the bench uses.
+#[derive(Debug, PartialEq)]
+pub(super) struct PeerlogSummary {
+    pub(super) received: u64,
+    pub(super) sent: u64,
+    pub(super) events_lost: u64,
+    pub(super) latency_us: Option<(u64, u64)>,
+}
+
+impl PeerlogSummary {
+    /// Reads the summary from peerlog's standard error.
+    pub(super) fn parse(stderr: &str) -> Result<PeerlogSummary> {
+        let field = |name: &str| {
+            stderr
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(name))
+                .map(str::trim)
+        };
+        // "12 messages, 3456 bytes" → 12; "0 (ring_full_chunk=3)" → 0.
+        let first_number = |name: &str| -> Result<u64> {
+            field(name)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no `{name}` in peerlog's summary:\n{stderr}"))
+        };
+        // "p50 120 µs, p99 900 µs"
+        let latency_us = field("event latency:").and_then(|v| {
+            let numbers: Vec<u64> = v
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            match numbers[..] {
+                [50, p50, 99, p99] => Some((p50, p99)),
+                _ => None,
+            }
+        });
+        Ok(PeerlogSummary {
+            received: first_number("received:")?,
+            sent: first_number("sent:")?,
+            events_lost: first_number("events lost:")?,
+            latency_us,
+        })
+    }
+}
