@@ -59,7 +59,7 @@ impl Suite {
 }
 
 /// Runs both passes and prints the summary; an error if anything failed.
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     let real_node = real_bitcoind()?;
     let mut passes = vec![cargo_test("twin node", args, None)?];
     let skipped = match real_node {

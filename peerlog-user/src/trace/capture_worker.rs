@@ -48,7 +48,7 @@ enum Work {
 /// [`close_connection`](Self::close_connection) and handed over by
 /// [`send`](Self::send). The first error of the writer stops it; the next
 /// `send` (or [`finish`](Self::finish)) returns it.
-pub struct CaptureWorker {
+pub(crate) struct CaptureWorker {
     root: PathBuf,
     batch: Vec<Work>,
     sender: Option<SyncSender<Vec<Work>>>,
@@ -59,7 +59,7 @@ pub struct CaptureWorker {
 
 impl CaptureWorker {
     /// Starts the thread that owns `writer`.
-    pub fn start(writer: CaptureWriter) -> std::io::Result<Self> {
+    pub(crate) fn start(writer: CaptureWriter) -> std::io::Result<Self> {
         let root = writer.root().to_path_buf();
         let (sender, receiver) = mpsc::sync_channel(MAX_PENDING_BATCHES);
         let thread = thread::Builder::new()
@@ -75,12 +75,12 @@ impl CaptureWorker {
     }
 
     /// The capture's root directory.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// Queues a record (see [`CaptureWriter::append`]).
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
         addr: Arc<str>,
         connection: (i64, u64),
@@ -97,13 +97,13 @@ impl CaptureWorker {
 
     /// Queues the closing of a connection's files (see
     /// [`CaptureWriter::close_connection`]).
-    pub fn close_connection(&mut self, addr: Arc<str>, connection: (i64, u64)) {
+    pub(crate) fn close_connection(&mut self, addr: Arc<str>, connection: (i64, u64)) {
         self.batch.push(Work::CloseConnection { addr, connection });
     }
 
     /// Hands the queued work to the writer. Returns the writer's error once
     /// it stopped (it stops only on an error); the work is then dropped.
-    pub fn send(&mut self) -> Result<(), CaptureError> {
+    pub(crate) fn send(&mut self) -> Result<(), CaptureError> {
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             if let Some(sender) = &self.sender {
@@ -121,7 +121,7 @@ impl CaptureWorker {
     /// Hands over the queued work, lets the writer write everything out and
     /// returns its counters, with its error if [`send`](Self::send) did not
     /// return it already.
-    pub fn finish(mut self) -> (CaptureStats, Result<(), CaptureError>) {
+    pub(crate) fn finish(mut self) -> (CaptureStats, Result<(), CaptureError>) {
         let sent = self.send();
         self.sender = None;
         let written = self.join();
