@@ -1,14 +1,16 @@
 //! The `peerlog` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
 use crate::{
     args::{number_in, seconds_in},
+    control::{protocol::RpcSocket, ControlOptions},
     filter::{PeerFilter, PeerSelector},
     formats::capture::CaptureLayout,
     messages::UsageError,
+    stats::{ReportOptions, StatsFilter},
     trace::{self, TraceOptions},
 };
 
@@ -142,7 +144,78 @@ pub struct TraceArgs {
 
     /// Statistics outputs and the control RPC.
     #[command(flatten)]
-    pub stats: crate::stats::StatsArgs,
+    pub stats: StatsArgs,
+}
+
+/// Statistics options of `peerlog trace`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    /// Write every peer's figures (and the node's) as one JSON line to PATH
+    /// (`-` for stdout) every --stats-interval seconds and when tracing
+    /// stops. A peer that disconnected appears once more, `closed`, with its
+    /// final figures. Schema: docs/stats.md.
+    #[arg(long, value_name = "PATH")]
+    pub stats_log: Option<PathBuf>,
+
+    /// Seconds between stats log lines and between HdrHistogram log
+    /// intervals (0.1 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds_in(0.1, 86_400.0))]
+    pub stats_interval: Duration,
+
+    /// Write HdrHistogram interval logs to DIR, one file per figure
+    /// (`payload_recv_bytes.hlog`, `processmessages_cpu_ns.hlog`, ...), each
+    /// interval holding the node's histogram and one per peer and message type.
+    #[arg(long, value_name = "DIR")]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9435),
+    /// labelled by peer id, address, connection type and network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Only these peers in the stats log and the metrics (repeatable; the
+    /// terms of --peer). Totals always cover every peer.
+    #[arg(long = "stats-peer", value_name = "FILTER")]
+    pub stats_peers: Vec<PeerFilter>,
+
+    /// Only these message types in the per-message-type figures of the stats
+    /// log and the metrics (repeatable; `*other*` is every type Bitcoin Core
+    /// does not know).
+    #[arg(long = "stats-msg-type", value_name = "TYPE")]
+    pub stats_msg_types: Vec<String>,
+
+    /// Listen for control RPC (JSON-RPC 2.0, `peerlog ctl`) on this Unix
+    /// socket instead of /run/peerlog/<PID>.sock.
+    #[arg(long, value_name = "PATH")]
+    pub rpc_socket: Option<PathBuf>,
+
+    /// Do not listen for control RPC.
+    #[arg(long, conflicts_with = "rpc_socket")]
+    pub no_rpc: bool,
+}
+
+impl StatsArgs {
+    /// Checks the arguments: the options of the reports, and of the
+    /// control plane.
+    fn into_options(self) -> anyhow::Result<(ReportOptions, ControlOptions)> {
+        crate::stats::check_msg_types(&self.stats_msg_types)?;
+        let report = ReportOptions {
+            stats_log: self.stats_log,
+            interval: self.stats_interval,
+            hdr_log: self.hdr_log,
+            metrics: self.metrics.is_some(),
+            filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
+        };
+        let control = ControlOptions {
+            rpc: match (self.no_rpc, self.rpc_socket) {
+                (true, _) => RpcSocket::Off,
+                (false, Some(path)) => RpcSocket::Path(path),
+                (false, None) => RpcSocket::Default,
+            },
+            metrics: self.metrics,
+        };
+        Ok((report, control))
+    }
 }
 
 impl TraceArgs {
@@ -163,6 +236,7 @@ impl TraceArgs {
         if self.capture.is_none() && self.jsonl.is_none() {
             log::info!("neither --capture nor --jsonl given: only the summary will be printed");
         }
+        let (report, control) = self.stats.into_options()?;
         Ok(TraceOptions {
             pid: self.pid,
             capture: self.capture,
@@ -175,7 +249,8 @@ impl TraceArgs {
             ring_size: self.ring_size << 20,
             accounting: !self.no_accounting,
             debug_file: self.debug_file,
-            stats: self.stats.into_options()?,
+            report,
+            control,
             flamegraph: self.flamegraph,
             sample_rate: self.sample_rate,
         })
@@ -324,7 +399,7 @@ mod tests {
         let opts = args.into_options().unwrap();
         assert_eq!(opts.duration, Some(Duration::from_millis(500)));
         assert_eq!(opts.ring_size, 1024 << 20);
-        assert_eq!(opts.stats.interval, Duration::from_millis(100));
+        assert_eq!(opts.report.interval, Duration::from_millis(100));
 
         // Every other numeric flag: the parsed value must have its field's
         // type (clap checks that only when the value is taken out).

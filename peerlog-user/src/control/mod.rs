@@ -30,13 +30,28 @@
 //! - [`protocol`]: the requests, their parsing and answers, shared by all;
 //! - [`metrics`]: the figures in Prometheus' text exposition format;
 //! - [`status`]: the answer of `getstatus`;
+//! - [`answer`]: the answers of the report queries, from the figures;
 //! - [`server`]: the socket and the servers, run inside `peerlog trace`;
 //! - [`http`]: the Prometheus endpoint, which only serves;
 //! - [`client`]: `peerlog ctl`.
 
+pub mod answer;
 pub mod client;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod status;
+
+use std::net::SocketAddr;
+
+use protocol::RpcSocket;
+
+/// Where the control plane of `peerlog trace` listens.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// The control RPC socket.
+    pub rpc: RpcSocket,
+    /// The Prometheus endpoint's address, if it is on.
+    pub metrics: Option<SocketAddr>,
+}

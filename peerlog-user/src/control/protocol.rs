@@ -159,6 +159,8 @@ pub struct TraceStatus {
     pub capture: CaptureState,
     /// The control RPC socket, if listening.
     pub rpc_socket: Option<PathBuf>,
+    /// The Prometheus endpoint's address, if it is on.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A JSON-RPC error response to the request `id`.

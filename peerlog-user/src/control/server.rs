@@ -25,10 +25,8 @@ use super::protocol::{
     ask, default_socket, error_response, parse_query, Request, RpcError, RpcSocket, METHODS,
     SOCKET_DIR,
 };
-use crate::{
-    private_fs::{DIR_MODE, FILE_MODE},
-    stats::StatsOptions,
-};
+use super::ControlOptions;
+use crate::private_fs::{DIR_MODE, FILE_MODE};
 
 /// A request line longer than this is refused.
 const MAX_REQUEST_LEN: u64 = 1 << 20;
@@ -50,7 +48,7 @@ pub struct Servers {
 impl Servers {
     /// Starts the servers the options ask for, for a trace of bitcoind `pid`.
     /// Must run inside the tokio runtime.
-    pub fn start(opts: &StatsOptions, pid: i32) -> Result<Self> {
+    pub fn start(opts: &ControlOptions, pid: i32) -> Result<Self> {
         let (sender, requests) = mpsc::channel(QUEUE_LEN);
         let mut tasks = Vec::new();
         let socket = match &opts.rpc {
@@ -391,7 +389,6 @@ mod tests {
 
     use super::*;
     use crate::control::protocol::{Query, ReportQuery};
-    use crate::stats::StatsFilter;
 
     #[tokio::test]
     async fn only_a_stale_socket_is_replaced() {
@@ -459,13 +456,9 @@ mod tests {
     async fn socket_round_trip_with_batch_and_notification() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("t.sock");
-        let opts = StatsOptions {
-            stats_log: None,
-            interval: Duration::from_secs(1),
-            hdr_log: None,
-            metrics: None,
-            filter: StatsFilter::default(),
+        let opts = ControlOptions {
             rpc: RpcSocket::Path(path.clone()),
+            metrics: None,
         };
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let mut servers = Servers::start(&opts, 1).unwrap();

@@ -35,7 +35,7 @@ pub fn status_json(trace: &TraceStatus, report: &stats::Reporter) -> Value {
             "stats_log": opts.stats_log,
             "stats_interval_s": opts.interval.as_secs_f64(),
             "hdr_log": opts.hdr_log,
-            "metrics": opts.metrics.map(|a| format!("http://{a}/metrics")),
+            "metrics": trace.metrics.map(|a| format!("http://{a}/metrics")),
         },
     })
 }

@@ -11,7 +11,9 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::Magic;
 use peerlog_common::MAX_PROTOCOL_MESSAGE_LENGTH;
 
-use crate::formats::capture::MESSAGE_TYPE_SIZE;
+/// Size of the message type field of a v1 header, and of a capture
+/// record (Bitcoin Core's `CMessageHeader::MESSAGE_TYPE_SIZE`).
+pub const MESSAGE_TYPE_SIZE: usize = 12;
 
 /// Size of a v1 message header: magic (4), message type (12), payload
 /// length (4), checksum (4).

@@ -44,7 +44,7 @@ pub use figures::{
 };
 pub use hist::{HdrLog, Hist, HistSummary};
 pub use json::StatsFilter;
-pub use report::{check_msg_types, find_thread, thread_cpu_ns, Reporter, StatsArgs, StatsOptions};
+pub use report::{check_msg_types, find_thread, thread_cpu_ns, ReportOptions, Reporter};
 
 use crate::{
     clock::WallClock,

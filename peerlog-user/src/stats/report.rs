@@ -1,10 +1,9 @@
 //! The periodic outputs of the figures: the stats log (`--stats-log`) and
-//! the HdrHistogram interval logs (`--hdr-log`), the options of every
-//! statistics output, and the `b-msghand` thread's own CPU time.
+//! the HdrHistogram interval logs (`--hdr-log`), their options, and the
+//! `b-msghand` thread's own CPU time.
 
 use std::{
     io::{self, BufWriter, Write},
-    net::SocketAddr,
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -15,79 +14,25 @@ use serde_json::{json, Value};
 use super::{msg_type_key, Collector, Coverage, HdrLog, StatsFilter, OTHER};
 use crate::{
     clock::WallClock,
-    control::{
-        metrics,
-        protocol::{ReportQuery, RpcError, RpcSocket, TraceStatus},
-        status,
-    },
     elf::layout::CounterReader,
     event::Event,
-    filter::PeerFilter,
     peers::{ReportSink, ReportSinks},
 };
 
-/// Statistics options of `peerlog trace`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StatsArgs {
-    /// Write every peer's figures (and the node's) as one JSON line to PATH
-    /// (`-` for stdout) every --stats-interval seconds and when tracing
-    /// stops. A peer that disconnected appears once more, `closed`, with its
-    /// final figures. Schema: docs/stats.md.
-    #[arg(long, value_name = "PATH")]
-    pub stats_log: Option<PathBuf>,
-
-    /// Seconds between stats log lines and between HdrHistogram log
-    /// intervals (0.1 to 86400).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::args::seconds_in(0.1, 86_400.0))]
-    pub stats_interval: Duration,
-
-    /// Write HdrHistogram interval logs to DIR, one file per figure
-    /// (`payload_recv_bytes.hlog`, `processmessages_cpu_ns.hlog`, ...), each
-    /// interval holding the node's histogram and one per peer and message type.
-    #[arg(long, value_name = "DIR")]
-    pub hdr_log: Option<PathBuf>,
-
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9435),
-    /// labelled by peer id, address, connection type and network.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
-
-    /// Only these peers in the stats log and the metrics (repeatable; the
-    /// terms of --peer). Totals always cover every peer.
-    #[arg(long = "stats-peer", value_name = "FILTER")]
-    pub stats_peers: Vec<PeerFilter>,
-
-    /// Only these message types in the per-message-type figures of the stats
-    /// log and the metrics (repeatable; `*other*` is every type Bitcoin Core
-    /// does not know).
-    #[arg(long = "stats-msg-type", value_name = "TYPE")]
-    pub stats_msg_types: Vec<String>,
-
-    /// Listen for control RPC (JSON-RPC 2.0, `peerlog ctl`) on this Unix
-    /// socket instead of /run/peerlog/<PID>.sock.
-    #[arg(long, value_name = "PATH")]
-    pub rpc_socket: Option<PathBuf>,
-
-    /// Do not listen for control RPC.
-    #[arg(long, conflicts_with = "rpc_socket")]
-    pub no_rpc: bool,
-}
-
-/// What the statistics outputs were asked to do.
+/// What the reports of the figures were asked to do.
 #[derive(Debug, Clone)]
-pub struct StatsOptions {
+pub struct ReportOptions {
     /// Stats log path (`-`: stdout).
     pub stats_log: Option<PathBuf>,
     /// Between stats log lines and HdrHistogram intervals.
     pub interval: Duration,
     /// HdrHistogram interval log directory.
     pub hdr_log: Option<PathBuf>,
-    /// Prometheus endpoint address.
-    pub metrics: Option<SocketAddr>,
+    /// Whether a Prometheus endpoint is scraped: closed peers then wait
+    /// for one more scrape.
+    pub metrics: bool,
     /// Peers and message types the stats log and metrics show.
     pub filter: StatsFilter,
-    /// Where the control RPC listens.
-    pub rpc: RpcSocket,
 }
 
 /// Checks message types given to a statistics filter: Bitcoin Core's, or `*other*`.
@@ -101,25 +46,6 @@ pub fn check_msg_types(types: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl StatsArgs {
-    /// Checks the arguments.
-    pub fn into_options(self) -> Result<StatsOptions> {
-        check_msg_types(&self.stats_msg_types)?;
-        Ok(StatsOptions {
-            stats_log: self.stats_log,
-            interval: self.stats_interval,
-            hdr_log: self.hdr_log,
-            metrics: self.metrics,
-            filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
-            rpc: match (self.no_rpc, self.rpc_socket) {
-                (true, _) => RpcSocket::Off,
-                (false, Some(path)) => RpcSocket::Path(path),
-                (false, None) => RpcSocket::Default,
-            },
-        })
-    }
 }
 
 /// The `b-msghand` thread's on-CPU time as the kernel counts it
@@ -160,7 +86,7 @@ pub fn thread_cpu_ns(pid: i32, tid: u32) -> Option<u64> {
 pub struct Reporter {
     /// The figures.
     pub collector: Collector,
-    options: StatsOptions,
+    options: ReportOptions,
     pid: i32,
     started: SystemTime,
     interval_started: SystemTime,
@@ -174,7 +100,7 @@ impl Reporter {
     /// reads bitcoind's per-connection byte counters, when its `CNode`
     /// layout is known.
     pub fn new(
-        options: StatsOptions,
+        options: ReportOptions,
         pid: i32,
         clock: WallClock,
         coverage: Coverage,
@@ -201,7 +127,7 @@ impl Reporter {
         if stats_log.is_some() {
             sinks = sinks.with(ReportSink::StatsLog);
         }
-        if options.metrics.is_some() {
+        if options.metrics {
             sinks = sinks.with(ReportSink::Metrics);
         }
         let msghand = find_thread(pid, "b-msghand").and_then(|tid| {
@@ -240,7 +166,7 @@ impl Reporter {
     }
 
     /// The options.
-    pub fn options(&self) -> &StatsOptions {
+    pub fn options(&self) -> &ReportOptions {
         &self.options
     }
 
@@ -265,25 +191,6 @@ impl Reporter {
             "thread_cpu_ns": thread_ns,
             "attributed_cpu_ns": attributed,
             "covered_share": thread_ns.filter(|&t| t > 0).map(|t| attributed as f64 / t as f64),
-        })
-    }
-
-    /// Answers a question of the control RPC or the metrics endpoint.
-    pub fn answer(&mut self, query: ReportQuery, trace: &TraceStatus) -> Result<Value, RpcError> {
-        Ok(match query {
-            ReportQuery::PeerStats(filter) => Value::Array(self.collector.peers_json(&filter)),
-            ReportQuery::NodeStats(filter) => self.collector.node_json(&filter),
-            ReportQuery::Status => status::status_json(trace, self),
-            ReportQuery::Metrics(filter) => {
-                let filter = filter.unwrap_or_else(|| self.options.filter.clone());
-                let msghand = self.msghand_json();
-                Value::String(metrics::render(
-                    trace,
-                    &mut self.collector,
-                    &msghand,
-                    &filter,
-                ))
-            }
         })
     }
 

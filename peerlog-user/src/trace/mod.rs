@@ -22,7 +22,7 @@ pub use summary::{EventLatency, Summary};
 
 use crate::{
     clock::WallClock,
-    control::{protocol, server::Servers},
+    control::{self, protocol, server::Servers, ControlOptions},
     elf::layout::CounterReader,
     event::{Decoder, Event, Message},
     filter::PeerSelector,
@@ -60,8 +60,10 @@ pub struct TraceOptions {
     pub accounting: bool,
     /// Separate debug file with bitcoind's symbols.
     pub debug_file: Option<PathBuf>,
-    /// Statistics outputs and the control RPC.
-    pub stats: stats::StatsOptions,
+    /// The reports of the figures: stats log, HdrHistogram logs.
+    pub report: stats::ReportOptions,
+    /// The control RPC and the metrics endpoint.
+    pub control: ControlOptions,
     /// Write CPU flamegraphs (every thread, and per peer) to this directory.
     pub flamegraph: Option<PathBuf>,
     /// CPU samples per second per CPU for the flamegraphs.
@@ -208,7 +210,7 @@ impl Tracer {
                     ])
                     .collect();
                 self.status.capture = self.capture_state();
-                self.report.answer(query, &self.status)
+                control::answer::answer(&mut self.report, query, &self.status)
             }
         };
         // The client may have gone meanwhile; nobody to tell then.
@@ -518,7 +520,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let losses = probes.take_losses()?;
     let report = stats::Reporter::new(
-        opts.stats.clone(),
+        opts.report.clone(),
         target.pid,
         clock,
         (&probes.coverage).into(),
@@ -528,7 +530,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             .map(|layout| CounterReader::new(target.pid as u32, layout)),
     )?;
     // Listening before saying "attached", so whoever waits for that can connect.
-    let mut servers = Servers::start(&opts.stats, target.pid)?;
+    let mut servers = Servers::start(&opts.control, target.pid)?;
 
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
@@ -571,6 +573,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             losses: Vec::new(),
             capture: protocol::CaptureState::default(),
             rpc_socket: servers.socket().map(PathBuf::from),
+            metrics: opts.control.metrics,
         },
     };
     if let Some(socket) = servers.socket() {

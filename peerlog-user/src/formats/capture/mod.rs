@@ -46,8 +46,8 @@ pub use layout::{file_name, peer_addr_from_dir_name, peer_dir_name, CaptureLayou
 pub use read::{read_capture_file, read_capture_tree, CaptureFile, CaptureReader};
 pub use write::{CaptureStats, CaptureWriter};
 
-/// Size of the message type field (Bitcoin Core's `CMessageHeader::MESSAGE_TYPE_SIZE`).
-pub const MESSAGE_TYPE_SIZE: usize = 12;
+/// Size of the message type field: the wire's, as Bitcoin Core writes it.
+pub use crate::p2p::frame::MESSAGE_TYPE_SIZE;
 
 /// Size of the time field.
 const TIME_SIZE: usize = 8;
