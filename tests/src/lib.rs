@@ -144,6 +144,22 @@ pub fn trial(
     }
 }
 
+/// One test of a suite: its name, its function, and what may make it skip.
+pub type TestCase<'a> = (&'static str, fn() -> Result<()>, &'a [&'a Option<Skip>]);
+
+/// Runs a suite's tests as libtest would, with the command line's
+/// arguments, and exits with its verdict.
+pub fn run_suite<'a>(
+    args: &libtest_mimic::Arguments,
+    tests: impl IntoIterator<Item = TestCase<'a>>,
+) -> ! {
+    let trials = tests
+        .into_iter()
+        .map(|(name, f, skips)| trial(name, f, skips))
+        .collect();
+    libtest_mimic::run(args, trials).exit()
+}
+
 /// The `peerlog` binary of this build profile, built on first use so that a
 /// plain `cargo test` works too.
 pub fn peerlog_bin() -> Result<PathBuf> {

@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use object::{Object, ObjectSymbol};
 use peerlog::{
     flamegraph::{
@@ -48,8 +48,7 @@ fn main() {
     let ebpf = ebpf_skip();
     let twin = twin_only("the twinburn message and a stripped copy with its debug file");
     let real_node = bitcoind_only();
-    type Test = fn() -> Result<()>;
-    let tests: [(&str, Test, &[&Option<Skip>]); 6] = [
+    let tests: [TestCase; 6] = [
         (
             "burning_peer_owns_the_burn",
             burning_peer_owns_the_burn,
@@ -81,11 +80,7 @@ fn main() {
             &[],
         ),
     ];
-    let trials: Vec<Trial> = tests
-        .into_iter()
-        .map(|(name, f, skips)| trial(name, f, skips))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, tests);
 }
 
 /// The function the twin burns CPU in for `twinburn` messages.

@@ -8,17 +8,16 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Result;
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use peerlog_tests::{
     loadgen::{self, LoadConfig, Report, Window},
-    trial, twin_only, Node, Skip, NETWORK, TWIN,
+    run_suite, twin_only, Node, TestCase, NETWORK, TWIN,
 };
 
 fn main() {
     let args = Arguments::from_args();
     let twin = twin_only("the answers counted are the twin's (its blocks, its prompt getdata)");
-    type Test = fn() -> Result<()>;
-    let tests: [(&str, Test, &[&Option<Skip>]); 3] = [
+    let tests: [TestCase; 3] = [
         (
             "every_request_kind_is_answered",
             every_request_kind_is_answered,
@@ -35,11 +34,7 @@ fn main() {
             &[&twin],
         ),
     ];
-    let trials: Vec<Trial> = tests
-        .into_iter()
-        .map(|(name, f, skips)| trial(name, f, skips))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, tests);
 }
 
 fn config(node: &Node, mix: &str, peers: usize, duration: Duration) -> LoadConfig {

@@ -33,11 +33,11 @@ use bitcoin::{
     absolute, block, hashes::Hash, p2p::message::NetworkMessage, transaction, Amount, Block,
     CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Witness,
 };
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use peerlog::{p2p, stats::msg_type_key};
 use peerlog_tests::{
-    bitcoind_only, connect, ebpf_skip, peerlog_bin, sync, trial, twin_only, Node, Skip, Tracer,
-    TWIN_STRIPPED,
+    bitcoind_only, connect, ebpf_skip, peerlog_bin, run_suite, sync, twin_only, Node, TestCase,
+    Tracer, TWIN_STRIPPED,
 };
 use serde_json::Value;
 
@@ -47,9 +47,8 @@ fn main() {
     let twin_exact =
         twin_only("deterministic mempool and block acceptance and the twinburn message");
     let twin_stripped = twin_only("a stripped copy without its debug file");
-    type Test = fn() -> Result<()>;
     let real_node = bitcoind_only();
-    let tests: [(&str, Test, &[&Option<Skip>]); 6] = [
+    let tests: [TestCase; 6] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -77,11 +76,7 @@ fn main() {
             &[&ebpf],
         ),
     ];
-    let trials: Vec<Trial> = tests
-        .into_iter()
-        .map(|(name, f, skips)| trial(name, f, skips))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, tests);
 }
 
 /// `peerlog ctl --socket SOCKET METHOD PARAMS`, its stdout as JSON.

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::consensus::encode::serialize;
 use bitcoin::p2p::message::NetworkMessage;
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use peerlog::{
     formats::capture::{
         CaptureLayout, CaptureReader, CaptureRecord, CaptureWriter, MESSAGE_TYPE_SIZE,
@@ -48,8 +48,7 @@ fn main() {
     let tshark = tshark_unavailable().map(Skip::ignore);
     let twin =
         twin_only("it starts twins itself, for their 4,000,000-byte block and known answers");
-    type Test = fn() -> Result<()>;
-    let tests: [(&str, Test, &[&Option<Skip>]); 14] = [
+    let tests: [TestCase; 14] = [
         ("fixture_is_reproducible", fixture_is_reproducible, &[]),
         (
             "show_json_matches_expected",
@@ -105,11 +104,7 @@ fn main() {
         ),
         ("fuzz_capture_and_pcapng_readers", fuzz_readers, &[]),
     ];
-    let trials: Vec<Trial> = tests
-        .into_iter()
-        .map(|(name, f, skips)| trial(name, f, skips))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, tests);
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 use std::{fs, path::Path, process::Command, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use peerlog_tests::*;
 
 fn main() {
@@ -22,8 +22,7 @@ fn main() {
     let twin_mempool = twin_only("its mempool accepts unsigned test transactions");
     let twin_stripped = twin_only("a stripped copy with its debug file beside it");
     let twin_no_semaphores = twin_only("a build without USDT semaphores");
-    type Test = fn() -> Result<()>;
-    let tests: [(&str, Test, &[&Option<Skip>]); 13] = [
+    let tests: [TestCase; 13] = [
         (
             "ring_overflow_is_counted_never_silent",
             ring_overflow_is_counted_never_silent,
@@ -78,11 +77,7 @@ fn main() {
             &[],
         ),
     ];
-    let trials: Vec<Trial> = tests
-        .into_iter()
-        .map(|(name, f, skips)| trial(name, f, skips))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_suite(&args, tests);
 }
 
 /// Starts `peerlog trace --capture <tempdir>/capture EXTRA...` on `node`;

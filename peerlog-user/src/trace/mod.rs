@@ -394,7 +394,6 @@ impl Tracer {
             m.direction == Direction::Inbound,
             record,
         );
-        self.summary.records_written += 1;
     }
 
     /// Hands what this round of events queued to the capture writer.
