@@ -219,7 +219,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     sample.header = record_header(RecordKind::CpuSample, tid, unsafe { bpf_ktime_get_ns() });
     // SAFETY: plain data written by the message tracepoints.
     match unsafe { THREAD_CONTEXT.get(&tid) } {
-        Some(context) if context.peer_id >= 0 => {
+        Some(context) => {
             sample.peer_id = context.peer_id;
             sample.slice = context.slice;
         }
