@@ -809,9 +809,7 @@ fn next_slice(
             // (and by sched_switch while it is switched out).
             let c = unsafe { &*context };
             if c.peer_id == peer_id
-                || (c.peer_id >= 0
-                    && c.slice == SliceKind::Processing as u8
-                    && is_block_relay(msg_type))
+                || (c.slice == SliceKind::Processing as u8 && is_block_relay(msg_type))
             {
                 return;
             }

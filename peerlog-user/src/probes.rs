@@ -51,8 +51,9 @@ pub struct ProbeOptions {
     /// Attach the resource-tracking probes (mempool, validation, scheduler)
     /// and keep per-peer CPU slices, besides the `net:*` tracepoints.
     pub accounting: bool,
-    /// Separate debug file with bitcoind's DWARF (`--debug-file`).
-    pub debug_file: Option<PathBuf>,
+    /// Where bitcoind's DWARF is (its `--debug-file` or the one found for
+    /// it), resolved once per attach.
+    pub debug_info: debuginfo::DebugInfo,
     /// Sample every thread of the target (for flamegraphs); None: no
     /// sampling.
     pub sampling: Option<Sampling>,
@@ -216,7 +217,7 @@ impl Probes {
                         .push(format!("{provider}:{name}"));
                 }
             }
-            probes.read_cnode_layout(target, opts.debug_file.as_deref())?;
+            probes.read_cnode_layout(&opts.debug_info)?;
             match probes.attach_scheduler() {
                 Ok(()) => probes.coverage.slices = true,
                 Err(e) => {
@@ -374,16 +375,7 @@ impl Probes {
     /// to the kernel, which then finds each peer's `CNode` and reads its
     /// final byte counters. Only a `--debug-file` that does not fit is an
     /// error; otherwise what is missing is noted in the coverage.
-    fn read_cnode_layout(
-        &mut self,
-        target: &Target,
-        debug_file: Option<&std::path::Path>,
-    ) -> Result<()> {
-        let install_dir = target.exe_display.parent().map(|dir| {
-            std::path::Path::new(&format!("/proc/{}/root", target.pid))
-                .join(dir.strip_prefix("/").unwrap_or(dir))
-        });
-        let found = debuginfo::find(&target.exe, install_dir.as_deref(), debug_file)?;
+    fn read_cnode_layout(&mut self, found: &debuginfo::DebugInfo) -> Result<()> {
         let Some(source) = found.source.clone() else {
             self.coverage.cnode_layout_missing = Some(found.missing_reason());
             return Ok(());

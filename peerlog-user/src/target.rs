@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::elf::debuginfo::{self, DebugInfo};
 use crate::elf::usdt::{self, UsdtProbe};
 use crate::messages::{PrivilegeError, TargetError};
 
@@ -80,6 +81,19 @@ pub fn resolve_pid(pid: i32) -> Result<Resolved> {
 }
 
 impl Target {
+    /// Where the executable's debug information is, by the rules of
+    /// [`debuginfo::find`]: `.gnu_debuglink` files are looked for in the
+    /// executable's directory as the target sees it (through
+    /// `/proc/PID/root`). Attaching needs it twice (the `CNode` layout and
+    /// the flamegraph symbols), so it is found once and handed to both.
+    pub fn debug_info(&self, debug_file: Option<&Path>) -> Result<DebugInfo> {
+        let install_dir = self.exe_display.parent().map(|dir| {
+            Path::new(&format!("/proc/{}/root", self.pid))
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+        });
+        debuginfo::find(&self.exe, install_dir.as_deref(), debug_file)
+    }
+
     /// Resolves `pid` (a process, or one of its threads: see
     /// [`resolve_pid`], said on stderr) and reads the probes of its
     /// executable.

@@ -218,12 +218,14 @@ fn file_safe(addr: &str) -> String {
 impl CpuProfile {
     /// A profile of `target` written to `dir` (created if missing; files
     /// 0600 and never through a symlink, see [`private_fs`]); `debug_file`
-    /// is the executable's `--debug-file`.
+    /// is the executable's `--debug-file`, and `symtab` the file with its
+    /// symbols when it is stripped (see [`Target::debug_info`]).
     pub fn new(
         target: &Target,
         dir: &Path,
         sample_rate: u32,
         debug_file: Option<&Path>,
+        symtab: Option<PathBuf>,
     ) -> Result<Self> {
         let dir = private_fs::create_dir_all(dir)
             .and_then(|()| Dir::open(dir))
@@ -241,7 +243,6 @@ impl CpuProfile {
                 + std::mem::size_of_val(&unwind_tables.buckets[..]))
                 / 1024
         );
-        let symtab = executable_symtab(target, debug_file);
         let debug_file = debug_file.map(Path::to_path_buf);
         let (queue, samples) = mpsc::sync_channel(SAMPLE_QUEUE);
         let worker = thread::Builder::new()
@@ -515,16 +516,6 @@ impl Written<'_> {
         }
         Ok(())
     }
-}
-
-/// The file with the symbol table of the target's executable when it is
-/// stripped: its debug file, looked for in the executable's directory as
-/// the target sees it.
-fn executable_symtab(target: &Target, debug_file: Option<&Path>) -> Option<PathBuf> {
-    let install_dir = target.exe_display.parent().map(|dir| {
-        Path::new(&format!("/proc/{}/root", target.pid)).join(dir.strip_prefix("/").unwrap_or(dir))
-    });
-    symbolize::symtab_file(&target.exe, install_dir.as_deref(), debug_file)
 }
 
 /// Writes through `write` into `file`, just created at `path`.

@@ -23,7 +23,7 @@ pub use summary::{EventLatency, Summary};
 use crate::{
     clock::WallClock,
     control::{self, protocol, server::Servers, ControlOptions},
-    elf::layout::CounterReader,
+    elf::{debuginfo::DebugInfo, layout::CounterReader},
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::CpuProfile,
@@ -441,7 +441,7 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.ok()
 }
 
-fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
+fn open_sinks(opts: &TraceOptions, target: &Target, debug_info: &DebugInfo) -> Result<Sinks> {
     let capture = match &opts.capture {
         Some(dir) => Some(
             CaptureWorker::start(CaptureWriter::new(dir, opts.capture_layout)?)
@@ -470,6 +470,7 @@ fn open_sinks(opts: &TraceOptions, target: &Target) -> Result<Sinks> {
             dir,
             opts.sample_rate,
             opts.debug_file.as_deref(),
+            debug_info.source.clone(),
         )?),
         None => None,
     };
@@ -490,14 +491,21 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     target.require_net_tracepoints()?;
     // Open the outputs before attaching: a capture directory that cannot be
     // written is an error before anything is traced.
-    let mut sinks = open_sinks(&opts, &target)?;
+    // Found once for both users: the accounting's CNode layout and the
+    // flamegraph's symbols.
+    let debug_info = if opts.accounting || opts.flamegraph.is_some() {
+        target.debug_info(opts.debug_file.as_deref())?
+    } else {
+        DebugInfo::default()
+    };
+    let mut sinks = open_sinks(&opts, &target, &debug_info)?;
     let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
     let mut probes = Probes::attach(
         &target,
         &ProbeOptions {
             ring_size: opts.ring_size,
             accounting: opts.accounting,
-            debug_file: opts.debug_file.clone(),
+            debug_info,
             sampling: sinks.flamegraph.as_mut().map(|profile| Sampling {
                 rate: opts.sample_rate,
                 unwind_tables: profile.take_unwind_tables(),
