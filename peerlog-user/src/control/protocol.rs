@@ -216,7 +216,7 @@ pub(crate) fn parse_query(method: &str, params: Value) -> Result<Option<Query>, 
             } else {
                 types
                     .iter()
-                    .try_for_each(|t| crate::probes::msg_type_key(t).map(|_| ()))
+                    .try_for_each(|t| crate::kernel::msg_type_key(t).map(|_| ()))
             };
             checked.map_err(|e| RpcError::invalid_params(format!("{e:#}")))?;
         }

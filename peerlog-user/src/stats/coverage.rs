@@ -2,7 +2,7 @@
 //! not: figures that are not covered are reported as missing, never as zero.
 
 /// What the attached probes can measure beyond the `net:*` tracepoints,
-/// which are always attached (derived from [`crate::probes::Coverage`]);
+/// which are always attached (derived from [`crate::kernel::Attached`]);
 /// figures of what is not covered are reported as missing, never as zero.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Coverage {
@@ -21,9 +21,9 @@ pub struct Coverage {
     pub notes: Vec<String>,
 }
 
-impl From<&crate::probes::Coverage> for Coverage {
+impl From<&crate::kernel::Attached> for Coverage {
     /// What the statistics can measure, from what the probes attached.
-    fn from(probes: &crate::probes::Coverage) -> Self {
+    fn from(probes: &crate::kernel::Attached) -> Self {
         let attached = |tracepoint: &str| probes.tracepoints.iter().any(|t| t == tracepoint);
         let mut notes = Vec::new();
         if let Some(why) = &probes.oncpu_missing {

@@ -652,7 +652,7 @@ fn interval_histograms_tagged_and_reset() {
 
 #[test]
 fn coverage_from_the_probes() {
-    let probes = crate::probes::Coverage {
+    let probes = crate::kernel::Attached {
         tracepoints: [
             "net:inbound_message",
             "mempool:added",

@@ -29,7 +29,7 @@ use crate::{
     flamegraph::CpuProfile,
     formats::capture::{CaptureLayout, CaptureRecord, CaptureWriter},
     formats::jsonl::JsonlSink,
-    probes::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
+    kernel::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
     stats,
     target::{Capabilities, Target},
 };
@@ -530,9 +530,9 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         opts.report.clone(),
         target.pid,
         clock,
-        (&probes.coverage).into(),
+        (&probes.attached).into(),
         probes
-            .coverage
+            .attached
             .cnode_layout
             .map(|layout| CounterReader::new(target.pid as u32, layout)),
     )?;
@@ -542,7 +542,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     eprintln!(
         "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
         probes.sites,
-        probes.coverage.tracepoints.len(),
+        probes.attached.tracepoints.len(),
         if target.has_semaphores() {
             "semaphores raised by the kernel"
         } else {
@@ -550,7 +550,7 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         }
     );
     if opts.accounting {
-        eprintln!("peerlog: accounting: {}", probes.coverage.describe());
+        eprintln!("peerlog: accounting: {}", probes.attached.describe());
     }
     if let (Some(dir), Some(profile)) = (&opts.flamegraph, &mut sinks.flamegraph) {
         profile.sampling_started();

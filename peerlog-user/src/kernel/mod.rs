@@ -1,5 +1,8 @@
-//! Loading peerlog's eBPF object and attaching its programs to a target, and
-//! the controls userspace keeps over the programs while they run.
+//! Loading peerlog's eBPF object and attaching its programs to a target
+//! ([`attach`]), and the controls userspace keeps over the programs while
+//! they run.
+
+pub mod attach;
 
 use std::{io, os::fd::AsFd, path::PathBuf};
 
@@ -21,13 +24,13 @@ use peerlog_common::{
 use serde::Serialize;
 
 use crate::{
-    attach::{ProbeLink, UprobePmu, UprobeTarget},
     elf::btf,
     elf::debuginfo,
     elf::layout::CNodeLayout,
     flamegraph::unwind::UnwindTables,
     target::{Target, NET_TRACEPOINTS},
 };
+use attach::{ProbeLink, UprobePmu, UprobeTarget};
 
 /// Tracepoints other than `net:*` that resource tracking uses, each with its
 /// program: (provider, name, program). Optional: a bitcoind without them is
@@ -71,7 +74,7 @@ pub struct Sampling {
 /// What could be attached, so that every figure that depends on a missing
 /// probe can be reported as missing rather than as zero.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Coverage {
+pub struct Attached {
     /// `provider:name` of every tracepoint attached (all sites).
     pub tracepoints: Vec<String>,
     /// Accounting tracepoints the binary lacks.
@@ -90,7 +93,7 @@ pub struct Coverage {
     pub cnode_layout_missing: Option<String>,
 }
 
-impl Coverage {
+impl Attached {
     /// One line for the operator: what is measured and what is missing, and why.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -129,7 +132,7 @@ pub struct Probes {
     /// Number of probe sites attached.
     pub sites: usize,
     /// What is attached.
-    pub coverage: Coverage,
+    pub attached: Attached,
 }
 
 fn raise_memlock_limit() {
@@ -200,7 +203,7 @@ impl Probes {
             links: Vec::new(),
             sampling: Vec::new(),
             sites: 0,
-            coverage: Coverage::default(),
+            attached: Attached::default(),
         };
         let mut cookie: u32 = 0;
         for name in NET_TRACEPOINTS {
@@ -212,17 +215,17 @@ impl Probes {
                     probes.attach_usdt(&pmu, target, provider, name, program, &mut cookie)?;
                 } else {
                     probes
-                        .coverage
+                        .attached
                         .missing_tracepoints
                         .push(format!("{provider}:{name}"));
                 }
             }
             probes.read_cnode_layout(&opts.debug_info)?;
             match probes.attach_scheduler() {
-                Ok(()) => probes.coverage.slices = true,
+                Ok(()) => probes.attached.slices = true,
                 Err(e) => {
                     log::warn!("on-CPU time is not measured: {e:#}");
-                    probes.coverage.oncpu_missing = Some(format!("{e:#}"));
+                    probes.attached.oncpu_missing = Some(format!("{e:#}"));
                 }
             }
         }
@@ -352,7 +355,7 @@ impl Probes {
             self.links.push(link);
             *cookie += 1;
         }
-        self.coverage.tracepoints.push(format!("{provider}:{name}"));
+        self.attached.tracepoints.push(format!("{provider}:{name}"));
         Ok(())
     }
 
@@ -377,14 +380,14 @@ impl Probes {
     /// error; otherwise what is missing is noted in the coverage.
     fn read_cnode_layout(&mut self, found: &debuginfo::DebugInfo) -> Result<()> {
         let Some(source) = found.source.clone() else {
-            self.coverage.cnode_layout_missing = Some(found.missing_reason());
+            self.attached.cnode_layout_missing = Some(found.missing_reason());
             return Ok(());
         };
-        self.coverage.debug_info = Some(source.clone());
+        self.attached.debug_info = Some(source.clone());
         let layout = match CNodeLayout::from_dwarf(&source) {
             Ok(layout) => layout,
             Err(e) => {
-                self.coverage.cnode_layout_missing = Some(format!("{e:#}"));
+                self.attached.cnode_layout_missing = Some(format!("{e:#}"));
                 return Ok(());
             }
         };
@@ -399,7 +402,7 @@ impl Probes {
         ] {
             config.set(key as u32, offset, 0)?;
         }
-        self.coverage.cnode_layout = Some(layout);
+        self.attached.cnode_layout = Some(layout);
         Ok(())
     }
 
