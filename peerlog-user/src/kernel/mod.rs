@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, UnwindModule, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE,
-    MSG_TYPE_LEN, MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
+    ConfigKey, LossCause, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
+    MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
 };
 use serde::Serialize;
 
@@ -269,37 +269,16 @@ impl Probes {
     /// block of [`UNWIND_ROWS_PER_BLOCK`] per update, their bucket index,
     /// then the modules, and last their count, which switches them on.
     fn load_unwind_tables(&mut self, tables: &UnwindTables) -> Result<()> {
-        let mut rows: Array<_, UnwindRowBlock> = Array::try_from(
-            self.ebpf
-                .map_mut("UNWIND_ROWS")
-                .context("UNWIND_ROWS map")?,
-        )?;
-        for (i, chunk) in tables.rows.chunks(UNWIND_ROWS_PER_BLOCK).enumerate() {
+        let blocks = tables.rows.chunks(UNWIND_ROWS_PER_BLOCK).map(|chunk| {
             let mut block = UnwindRowBlock {
                 rows: [UnwindRow::default(); UNWIND_ROWS_PER_BLOCK],
             };
             block.rows[..chunk.len()].copy_from_slice(chunk);
-            rows.set(i as u32, block, 0)
-                .context("filling the unwind row map")?;
-        }
-        let mut buckets: Array<_, u32> = Array::try_from(
-            self.ebpf
-                .map_mut("UNWIND_BUCKETS")
-                .context("UNWIND_BUCKETS map")?,
-        )?;
-        for (i, row) in tables.buckets.iter().enumerate() {
-            buckets
-                .set(i as u32, row, 0)
-                .context("filling the unwind bucket map")?;
-        }
-        let mut modules: Array<_, UnwindModule> = Array::try_from(
-            self.ebpf
-                .map_mut("UNWIND_MODULES")
-                .context("UNWIND_MODULES map")?,
-        )?;
-        for (i, module) in tables.modules.iter().enumerate() {
-            modules.set(i as u32, *module, 0)?;
-        }
+            block
+        });
+        self.fill_array("UNWIND_ROWS", blocks)?;
+        self.fill_array("UNWIND_BUCKETS", tables.buckets.iter().copied())?;
+        self.fill_array("UNWIND_MODULES", tables.modules.iter().copied())?;
         let mut config: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
         config.set(
@@ -307,6 +286,25 @@ impl Probes {
             tables.modules.len() as u64,
             0,
         )?;
+        Ok(())
+    }
+
+    /// Writes `items` into the array map `name`, from its first entry.
+    fn fill_array<T: aya::Pod>(
+        &mut self,
+        name: &str,
+        items: impl Iterator<Item = T>,
+    ) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("{name} map"))?;
+        let mut array: Array<_, T> = Array::try_from(map)?;
+        for (i, item) in items.enumerate() {
+            array
+                .set(i as u32, item, 0)
+                .with_context(|| format!("filling the {name} map"))?;
+        }
         Ok(())
     }
 
