@@ -81,10 +81,8 @@ impl Member {
                 "bitcoind's CNode has no member {name} (a Bitcoin Core version without it)"
             )),
             Member::WrongType(size) => Some(format!(
-                "CNode::{name} is {} in this bitcoind's DWARF, peerlog reads an 8-byte unsigned integer",
-                size.map_or("not an unsigned integer".to_string(), |s| format!(
-                    "an integer of {s} bytes or not unsigned"
-                ))
+                "CNode::{name} is of a type of {} in this bitcoind's DWARF, not the 8-byte unsigned integer peerlog reads",
+                size.map_or("unknown size".to_string(), |s| format!("{s} bytes"))
             )),
         }
     }
