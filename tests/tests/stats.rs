@@ -34,10 +34,13 @@ use bitcoin::{
     CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Witness,
 };
 use libtest_mimic::Arguments;
-use peerlog::{p2p, stats::msg_type_key};
+use peerlog::{
+    p2p::{self, HandshakeOptions, P2pClient},
+    stats::msg_type_key,
+};
 use peerlog_tests::{
-    bitcoind_only, connect, ebpf_skip, peerlog_bin, run_suite, sync, twin_only, Node, TestCase,
-    Tracer, TWIN_STRIPPED,
+    bitcoind_only, connect, ebpf_skip, malformed, peerlog_bin, run_suite, sync, twin_only, Node,
+    TestCase, Tracer, NETWORK, TWIN_STRIPPED,
 };
 use serde_json::Value;
 
@@ -48,7 +51,7 @@ fn main() {
         twin_only("deterministic mempool and block acceptance and the twinburn message");
     let twin_stripped = twin_only("a stripped copy without its debug file");
     let real_node = bitcoind_only();
-    let tests: [TestCase; 6] = [
+    let tests: [TestCase; 7] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -65,6 +68,11 @@ fn main() {
             &[&ebpf],
         ),
         ("runtime_capture_via_rpc", runtime_capture_via_rpc, &[&ebpf]),
+        (
+            "memory_of_a_peer_that_stops_reading",
+            memory_of_a_peer_that_stops_reading,
+            &[&ebpf],
+        ),
         (
             "missing_probes_are_named",
             missing_probes_are_named,
@@ -892,8 +900,148 @@ fn runtime_capture_via_rpc() -> Result<()> {
     Ok(())
 }
 
+/// A peer that asks for big blocks and stops reading its socket makes the
+/// node hold megabytes in its send queue (`CNode::m_send_memusage`; on a
+/// real regtest node, whose blocks are small, about -maxsendbuffer there
+/// and megabytes of waiting getdata in its receive queue), while a peer that
+/// reads what it asked for holds next to nothing; malformed messages sent
+/// meanwhile neither stop the node nor the readings.
+fn memory_of_a_peer_that_stops_reading() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    // The twin serves a 4,000,000-byte block; a fresh regtest bitcoind has
+    // only blocks of a few hundred bytes, so it is asked for one many times
+    // (50,000 is the most a getdata may carry), in several getdata.
+    //
+    // bitcoind stops serving a peer once `m_send_memusage` plus the message
+    // its transport is sending pass -maxsendbuffer (1 MB by default), so with
+    // regtest's small blocks the send queue settles just under 1 MB; the
+    // getdata messages it has not reached yet wait in the receive queue,
+    // megabytes of them.
+    let (hash, copies, getdatas, send_at_least, recv_at_least) = if node.is_bitcoind() {
+        let best = node.bitcoin_cli(&["getbestblockhash"])?;
+        (best.trim().parse()?, 50_000, 4, 900_000, 1_000_000)
+    } else {
+        let (big, size) = node
+            .blocks
+            .iter()
+            .max_by_key(|(_, size)| *size)
+            .context("the twin serves no block")?;
+        ensure!(
+            *size >= 1_000_000,
+            "the twin's biggest block is {size} bytes"
+        );
+        (big.parse()?, 10, 1, 1_000_000, 0)
+    };
+    let mut reader = connect(&node)?;
+    let mut stalled = connect(&node)?;
+    sync(&mut stalled, 1)?;
+    for _ in 0..getdatas {
+        stalled.send(&p2p::getdata_block(&vec![hash; copies]))?;
+    }
+    // From here on `stalled` never reads: what the node queues for it stays.
+    reader.send(&p2p::getdata_block(&[hash]))?;
+    reader
+        .recv_msg_type("block", Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("waiting for the block: {e}"))?;
+    sync(&mut reader, 2)?;
+    // Every feature must keep the node alive under malformed input.
+    let opts = HandshakeOptions {
+        read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let addr = node.p2p_addr;
+    malformed::run(&malformed::cases(), || {
+        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
+    })
+    .context("malformed messages")?;
+    sync(&mut reader, 3)?;
+
+    let queue = |peers: &Value, local: SocketAddr, which: &str| -> Result<Option<u64>> {
+        Ok(peer_of(peers, local)?["memory"][which].as_u64())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let peers = loop {
+        let peers = ctl(&t.socket, "getpeerstats", "{}")?;
+        let send = queue(&peers, stalled.local_addr(), "send_queue_bytes")?.unwrap_or(0);
+        let recv = queue(&peers, stalled.local_addr(), "recv_queue_bytes")?.unwrap_or(0);
+        if send > send_at_least && recv >= recv_at_least {
+            break peers;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the stalled peer's queues never passed {send_at_least} bytes (send) and \
+             {recv_at_least} (receive): {:#}",
+            peer_of(&peers, stalled.local_addr())?["memory"]
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    let of_reader = queue(&peers, reader.local_addr(), "send_queue_bytes")?
+        .context("the reader's send queue is not read")?;
+    ensure!(
+        of_reader < 100_000,
+        "a peer that reads what it asks for holds {of_reader} bytes in its send queue"
+    );
+    for local in [stalled.local_addr(), reader.local_addr()] {
+        let p = peer_of(&peers, local)?;
+        ensure!(
+            p["memory"]["recv_queue_bytes"].is_u64() && p["memory"]["orphanage_bytes"].is_null(),
+            "{:#}",
+            p["memory"]
+        );
+    }
+    let stalled_id = format!(
+        "peer_id=\"{}\"",
+        peer_of(&peers, stalled.local_addr())?["id"]
+    );
+    let node_stats = ctl(&t.socket, "getnodestats", "{}")?;
+    let memory = &node_stats["memory"];
+    ensure!(
+        memory["send_queue_bytes"].as_u64().unwrap_or(0) > send_at_least
+            && memory["rss_bytes"].as_u64().unwrap_or(0) > 1_000_000,
+        "node memory: {memory:#}"
+    );
+    let status = ctl(&t.socket, "getstatus", "{}")?;
+    let missing = status["missing_figures"].to_string();
+    ensure!(
+        !missing.contains("send_queue_bytes") && !missing.contains("recv_queue_bytes"),
+        "{missing}"
+    );
+    ensure!(missing.contains("memory.orphanage_bytes"), "{missing}");
+    let body = scrape(t.metrics, "/metrics")?;
+    let metric = sample(&body, "peerlog_send_queue_bytes", &[&stalled_id]);
+    ensure!(
+        metric.is_some_and(|v| v > send_at_least as f64),
+        "metrics: send queue {metric:?} of the stalled peer"
+    );
+    ensure!(
+        body.lines()
+            .any(|l| l.starts_with("peerlog_node_rss_bytes ")),
+        "no RSS in the metrics"
+    );
+    // Give the stats log an interval to see it too.
+    thread::sleep(Duration::from_millis(700));
+    let stalled_addr = stalled.local_addr().to_string();
+    drop(stalled);
+    drop(reader);
+    let (_, dir) = t.stop()?;
+    let logged = read_stats_log(dir.path())?.iter().any(|line| {
+        line["peers"].as_array().into_iter().flatten().any(|p| {
+            p["addr"] == stalled_addr.as_str()
+                && p["memory"]["send_queue_bytes"].as_u64().unwrap_or(0) > send_at_least
+        })
+    });
+    ensure!(
+        logged,
+        "the stats log never showed the stalled peer's queue"
+    );
+    node.stop()?;
+    Ok(())
+}
+
 /// Without DWARF (a stripped copy of the twin, its debug file out of
-/// reach), bitcoind's byte counters are reported missing, by name, and null;
+/// reach), bitcoind's byte counters and queue sizes are reported missing, by
+/// name, and null;
 /// the CPU slices need no symbols and still count.
 fn missing_probes_are_named() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -914,8 +1062,22 @@ fn missing_probes_are_named() -> Result<()> {
     let peers = ctl(&socket, "getpeerstats", "{}")?;
     let p = peer_of(&peers, a.local_addr())?;
     ensure!(
-        p["bytesrecv"].is_null() && p["bytessent"].is_null(),
+        p["bytesrecv"].is_null()
+            && p["bytessent"].is_null()
+            && p["memory"]["send_queue_bytes"].is_null()
+            && p["memory"]["recv_queue_bytes"].is_null(),
         "figures that cannot be measured must be null, not zero: {p:#}"
+    );
+    for figure in ["memory.send_queue_bytes", "memory.recv_queue_bytes"] {
+        ensure!(
+            missing.contains(&format!("{figure}: no DWARF")),
+            "{figure} not named missing, with the reason: {status:#}"
+        );
+    }
+    let node_memory = &ctl(&socket, "getnodestats", "{}")?["memory"];
+    ensure!(
+        node_memory["send_queue_bytes"].is_null() && node_memory["rss_bytes"].is_u64(),
+        "the node's queues are unknown, its RSS needs no symbols: {node_memory:#}"
     );
     ensure!(
         u(&p["processing"]["slices"]) >= 2 && p["msghand_cpu_share"].is_number(),

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::protocol::TraceStatus;
 use crate::{
+    elf::layout::QueueBytes,
     peers::{Network, ReportSink},
     stats::{Collector, Figures, Hist, PeerEntry, SliceTotals, Slices, StatsFilter, Traffic},
 };
@@ -122,6 +123,10 @@ enum When {
     Slices,
     /// bitcoind's own byte counters (`Coverage::node_counters`).
     NodeCounters,
+    /// `CNode::m_send_memusage` (`Coverage::send_queue`).
+    SendQueue,
+    /// `CNode::m_msg_process_queue_size` (`Coverage::recv_queue`).
+    RecvQueue,
     /// Mempool effects (`Coverage::mempool`).
     Mempool,
     /// Blocks connected (`Coverage::block_connected`).
@@ -262,6 +267,31 @@ const FAMILIES: &[Family] = &[
         samples: Samples::Own(net_bytes),
     },
     Family {
+        name: "peerlog_send_queue_bytes",
+        kind: "gauge",
+        help: "Memory bitcoind holds in messages queued for the peer that its socket has not taken (CNode::m_send_memusage); the node's is the sum over connected peers",
+        when: When::SendQueue,
+        samples: Samples::Own(|s, e, name| queue_bytes(s, e, name, |q| q.send)),
+    },
+    Family {
+        name: "peerlog_recv_queue_bytes",
+        kind: "gauge",
+        help: "Memory bitcoind holds in the peer's received messages waiting for ProcessMessages (CNode::m_msg_process_queue_size); the node's is the sum over connected peers",
+        when: When::RecvQueue,
+        samples: Samples::Own(|s, e, name| queue_bytes(s, e, name, |q| q.recv)),
+    },
+    Family {
+        name: "peerlog_node_rss_bytes",
+        kind: "gauge",
+        help: "bitcoind's resident set size (VmRSS in /proc/PID/status)",
+        when: When::Always,
+        samples: Samples::Own(|s, e, name| {
+            if let Some(rss) = s.c.node_rss_bytes() {
+                e.sample(name, "", rss as f64);
+            }
+        }),
+    },
+    Family {
         name: "peerlog_ping_rtt_seconds",
         kind: "summary",
         help: "Round trip of our pings to the peer, by nonce",
@@ -385,6 +415,8 @@ fn render_text(
             When::Always => true,
             When::Slices => cov.slices,
             When::NodeCounters => cov.node_counters,
+            When::SendQueue => cov.send_queue,
+            When::RecvQueue => cov.recv_queue,
             When::Mempool => cov.mempool,
             When::Blocks => cov.block_connected,
             When::MsghandThread => msghand["thread_cpu_ns"].as_u64().is_some(),
@@ -426,6 +458,8 @@ fn figures_measured(s: &Scrape, e: &mut Exposition, name: &str) {
     for (figures, on) in [
         ("cpu_slices", cov.slices),
         ("node_counters", cov.node_counters),
+        ("send_queue", cov.send_queue),
+        ("recv_queue", cov.recv_queue),
         ("mempool", cov.mempool),
         ("blocks", cov.block_connected),
     ] {
@@ -485,6 +519,24 @@ fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
                 &with(&labels, &format!("direction=\"{dir}\"")),
                 n as f64,
             );
+        }
+    }
+}
+
+/// One queue's bytes of every exported peer that could be read, and the
+/// node's sum.
+fn queue_bytes(s: &Scrape, e: &mut Exposition, name: &str, pick: fn(QueueBytes) -> Option<u64>) {
+    let rows = s
+        .peers
+        .iter()
+        .map(|p| (peer_labels(p), s.c.node_queues(&p.peer)))
+        .chain(std::iter::once((
+            String::new(),
+            Some(s.c.node_queues_total()),
+        )));
+    for (labels, queues) in rows {
+        if let Some(n) = queues.and_then(pick) {
+            e.sample(name, &labels, n as f64);
         }
     }
 }

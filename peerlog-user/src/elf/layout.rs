@@ -43,6 +43,49 @@ pub struct CNodeLayout {
     pub recv_bytes: u64,
     /// `uint64_t nSendBytes`.
     pub send_bytes: u64,
+    /// `size_t m_send_memusage`: memory held by the messages queued for
+    /// the peer that its socket has not taken.
+    pub send_memusage: Member,
+    /// `size_t m_msg_process_queue_size`: memory held by the received
+    /// messages waiting for `ProcessMessages`.
+    pub msg_process_queue_size: Member,
+}
+
+/// A `CNode` member peerlog can do without: older and newer Bitcoin Core
+/// versions may lack it, and then only the figure it gives is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    /// At this offset, an unsigned integer of 8 bytes.
+    At(u64),
+    /// This bitcoind's `CNode` has no member of that name.
+    Absent,
+    /// The member is there but not an 8-byte unsigned integer (its size,
+    /// if DWARF gives one): not what peerlog knows how to read.
+    WrongType(Option<u64>),
+}
+
+impl Member {
+    /// The offset, if the member can be read.
+    pub fn offset(self) -> Option<u64> {
+        match self {
+            Member::At(offset) => Some(offset),
+            Member::Absent | Member::WrongType(_) => None,
+        }
+    }
+
+    /// Why `CNode::{name}` cannot be read; None when it can.
+    pub fn missing_reason(self, name: &str) -> Option<String> {
+        match self {
+            Member::At(_) => None,
+            Member::Absent => Some(format!(
+                "bitcoind's CNode has no member {name} (a Bitcoin Core version without it)"
+            )),
+            Member::WrongType(size) => Some(format!(
+                "CNode::{name} is of a type of {} in this bitcoind's DWARF, not the 8-byte unsigned integer peerlog reads",
+                size.map_or("unknown size".to_string(), |s| format!("{s} bytes"))
+            )),
+        }
+    }
 }
 
 /// The members looked for: name and the size DWARF must give its type.
@@ -52,6 +95,10 @@ const MEMBERS: [(&str, u64); 4] = [
     ("nRecvBytes", 8),
     ("nSendBytes", 8),
 ];
+
+/// The members whose absence costs only their own figure: `size_t` in
+/// every Bitcoin Core that has them, so DWARF must say 8-byte unsigned.
+const OPTIONAL_MEMBERS: [&str; 2] = ["m_send_memusage", "m_msg_process_queue_size"];
 
 impl CNodeLayout {
     /// Reads the layout from the DWARF of `path` (bitcoind itself, or its
@@ -248,12 +295,63 @@ fn find_in_unit<'a>(unit_bytes: &'a [u8], sections: &Sections<'a>) -> Result<Opt
         *slot = offset;
     }
     let [id, addr_name, recv_bytes, send_bytes] = offsets;
+    let [send_memusage, msg_process_queue_size] = OPTIONAL_MEMBERS.map(|name| -> Result<Member> {
+        let Some(&(offset, ty)) = members.get(name.as_bytes()) else {
+            return Ok(Member::Absent);
+        };
+        let Some(ty) = ty else {
+            return Ok(Member::WrongType(None));
+        };
+        Ok(match unsigned_size(&header, &abbrevs, ty)? {
+            Some(8) => Member::At(offset),
+            _ => Member::WrongType(type_size(&header, &abbrevs, ty)?),
+        })
+    });
     Ok(Some(CNodeLayout {
         id,
         addr_name,
         recv_bytes,
         send_bytes,
+        send_memusage: send_memusage?,
+        msg_process_queue_size: msg_process_queue_size?,
     }))
+}
+
+/// The byte size of the type at `offset` if it is an unsigned integer
+/// (through typedefs such as `size_t`, and qualifiers); None for anything
+/// else, e.g. a `std::atomic` a later version might wrap the counter in.
+fn unsigned_size(
+    header: &gimli::UnitHeader<Slice<'_>>,
+    abbrevs: &gimli::Abbreviations,
+    mut offset: UnitOffset,
+) -> Result<Option<u64>> {
+    // A chain of typedefs and qualifiers is short; the bound stops a cycle.
+    for _ in 0..16 {
+        let entry = header.entry(abbrevs, offset)?;
+        if entry.tag() == gimli::DW_TAG_base_type {
+            let unsigned = matches!(
+                entry.attr_value(gimli::DW_AT_encoding),
+                Some(AttributeValue::Encoding(gimli::DW_ATE_unsigned))
+            );
+            let size = entry
+                .attr_value(gimli::DW_AT_byte_size)
+                .and_then(|v| v.udata_value());
+            return Ok(size.filter(|_| unsigned));
+        }
+        let passes = [
+            gimli::DW_TAG_typedef,
+            gimli::DW_TAG_const_type,
+            gimli::DW_TAG_volatile_type,
+        ];
+        if !passes.contains(&entry.tag()) {
+            return Ok(None);
+        }
+        match entry.attr_value(gimli::DW_AT_type) {
+            Some(AttributeValue::UnitRef(next)) => offset = next,
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// The byte size of the type at `offset`, through typedefs and qualifiers.
@@ -277,6 +375,16 @@ fn type_size(
         }
     }
     Ok(None)
+}
+
+/// Memory a peer makes bitcoind hold in its `CNode`'s queues, in bytes as
+/// bitcoind counts them; None for a member this bitcoind lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueBytes {
+    /// `CNode::m_send_memusage`.
+    pub send: Option<u64>,
+    /// `CNode::m_msg_process_queue_size`.
+    pub recv: Option<u64>,
 }
 
 /// Reads a live bitcoind's per-peer counters out of its memory.
@@ -303,6 +411,23 @@ impl CounterReader {
         // Checked again after the counters: the peer may have gone meanwhile.
         let again = self.read_u64(cnode + self.layout.id)?;
         (id as i64 == peer_id && again == id).then_some((recv, sent))
+    }
+
+    /// The queue sizes of the `CNode` at `cnode`, if it is still peer
+    /// `peer_id`'s (checked as in [`CounterReader::bytes`]); a member this
+    /// bitcoind lacks is None in the result.
+    pub fn queues(&self, cnode: u64, peer_id: i64) -> Option<QueueBytes> {
+        let id = self.read_u64(cnode + self.layout.id)?;
+        let read = |member: Member| -> Option<Option<u64>> {
+            match member.offset() {
+                Some(offset) => self.read_u64(cnode + offset).map(Some),
+                None => Some(None),
+            }
+        };
+        let send = read(self.layout.send_memusage)?;
+        let recv = read(self.layout.msg_process_queue_size)?;
+        let again = self.read_u64(cnode + self.layout.id)?;
+        (id as i64 == peer_id && again == id).then_some(QueueBytes { send, recv })
     }
 
     fn read_u64(&self, address: u64) -> Option<u64> {
@@ -341,17 +466,56 @@ mod tests {
     #[test]
     fn counters_are_read_only_for_the_right_id() {
         // A fake CNode in this process: id at 0, m_addr_name at 8, counters at 40 and 48.
-        let node: [u64; 7] = [42, 0, 0, 0, 0, 1234, 5678];
+        // The queues at 56 and 64.
+        let node: [u64; 9] = [42, 0, 0, 0, 0, 1234, 5678, 4_000_000, 300];
         let layout = CNodeLayout {
             id: 0,
             addr_name: 8,
             recv_bytes: 40,
             send_bytes: 48,
+            send_memusage: Member::At(56),
+            msg_process_queue_size: Member::At(64),
         };
         let reader = CounterReader::new(std::process::id(), layout);
         let at = node.as_ptr() as u64;
         assert_eq!(reader.bytes(at, 42), Some((1234, 5678)));
         assert_eq!(reader.bytes(at, 41), None);
         assert_eq!(reader.bytes(8, 42), None);
+        assert_eq!(
+            reader.queues(at, 42),
+            Some(QueueBytes {
+                send: Some(4_000_000),
+                recv: Some(300)
+            })
+        );
+        // Another peer's CNode (freed and reused) gives nothing.
+        assert_eq!(reader.queues(at, 41), None);
+        assert_eq!(reader.queues(8, 42), None);
+        // A member this bitcoind lacks leaves only its own figure out.
+        let older = CounterReader::new(
+            std::process::id(),
+            CNodeLayout {
+                msg_process_queue_size: Member::Absent,
+                ..layout
+            },
+        );
+        assert_eq!(
+            older.queues(at, 42),
+            Some(QueueBytes {
+                send: Some(4_000_000),
+                recv: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_member_says_why() {
+        assert_eq!(Member::At(8).missing_reason("m_send_memusage"), None);
+        let absent = Member::Absent.missing_reason("m_send_memusage").unwrap();
+        assert!(absent.contains("no member m_send_memusage"), "{absent}");
+        let wrong = Member::WrongType(Some(4))
+            .missing_reason("m_send_memusage")
+            .unwrap();
+        assert!(wrong.contains("4 bytes"), "{wrong}");
     }
 }

@@ -12,6 +12,11 @@ pub struct Coverage {
     /// Whether bitcoind's per-connection byte counters are read (its `CNode`
     /// layout is known from DWARF).
     pub node_counters: bool,
+    /// Whether `CNode::m_send_memusage` is read (`memory.send_queue_bytes`).
+    pub send_queue: bool,
+    /// Whether `CNode::m_msg_process_queue_size` is read
+    /// (`memory.recv_queue_bytes`).
+    pub recv_queue: bool,
     /// Whether the `mempool:*` tracepoints are attached.
     pub mempool: bool,
     /// Whether `validation:block_connected` is attached.
@@ -31,6 +36,23 @@ impl From<&crate::kernel::Attached> for Coverage {
         }
         if let Some(why) = &probes.cnode_layout_missing {
             notes.push(format!("bytesrecv, bytessent: {why}"));
+            notes.push(format!("{SEND_QUEUE}: {why}"));
+            notes.push(format!("{RECV_QUEUE}: {why}"));
+        }
+        if let Some(layout) = &probes.cnode_layout {
+            let members = [
+                (SEND_QUEUE, layout.send_memusage, "m_send_memusage"),
+                (
+                    RECV_QUEUE,
+                    layout.msg_process_queue_size,
+                    "m_msg_process_queue_size",
+                ),
+            ];
+            for (figure, member, name) in members {
+                if let Some(why) = member.missing_reason(name) {
+                    notes.push(format!("{figure}: {why}"));
+                }
+            }
         }
         notes.extend(
             probes
@@ -41,6 +63,12 @@ impl From<&crate::kernel::Attached> for Coverage {
         Self {
             slices: probes.slices && probes.oncpu_missing.is_none(),
             node_counters: probes.cnode_layout.is_some(),
+            send_queue: probes
+                .cnode_layout
+                .is_some_and(|l| l.send_memusage.offset().is_some()),
+            recv_queue: probes
+                .cnode_layout
+                .is_some_and(|l| l.msg_process_queue_size.offset().is_some()),
             mempool: ["added", "removed", "replaced", "rejected"]
                 .iter()
                 .all(|name| attached(&format!("mempool:{name}"))),
@@ -50,11 +78,19 @@ impl From<&crate::kernel::Attached> for Coverage {
     }
 }
 
+/// The figure of `CNode::m_send_memusage`, as the notes and
+/// `missing_figures` name it.
+const SEND_QUEUE: &str = "memory.send_queue_bytes";
+/// The figure of `CNode::m_msg_process_queue_size`.
+const RECV_QUEUE: &str = "memory.recv_queue_bytes";
+
 /// Figures peerlog gives up by design, each with the reason: measuring them
-/// would cost the node a probe hit per socket call or per message.
-pub const NOT_MEASURED: [&str; 2] = [
+/// would cost the node a probe hit per socket call or per message, or could
+/// not be done honestly.
+pub const NOT_MEASURED: [&str; 3] = [
     "queueing delay per message type: needs a probe on ProcessMessage, one more probe hit in bitcoind per message",
     "b-net CPU per peer (receiving, BIP324 decryption, sending): needs probes on CNode::ReceiveMsgBytes and CConnman::SocketSendData, two more probe hits per message",
+    "memory.orphanage_bytes: TxOrphanage keeps its per-peer usage in a hash map inside PeerManagerImpl, to which peerlog learns no pointer; walking another process's standard-library containers while bitcoind changes them would be a guess",
 ];
 
 impl Coverage {
@@ -83,6 +119,15 @@ impl Coverage {
             "bytesrecv, bytessent",
             &note("bytesrecv, bytessent: "),
         );
+        for (ok, figure) in [(self.send_queue, SEND_QUEUE), (self.recv_queue, RECV_QUEUE)] {
+            let prefix = format!("{figure}: ");
+            let why = self
+                .notes
+                .iter()
+                .find_map(|n| n.strip_prefix(&prefix))
+                .unwrap_or("bitcoind's CNode layout is not known");
+            need(ok, figure, why);
+        }
         need(
             self.mempool,
             "mempool",

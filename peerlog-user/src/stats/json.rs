@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Collector, Coverage, Figures, MsgTypeFigures, PeerEntry, Traffic};
 use crate::{
+    elf::layout::QueueBytes,
     filter::{PeerFilter, PeerSelector},
     peers::{Network, NodeBytes, Peer},
 };
@@ -48,6 +49,8 @@ impl Coverage {
         json!({
             "cpu_slices": self.slices,
             "node_counters": self.node_counters,
+            "send_queue": self.send_queue,
+            "recv_queue": self.recv_queue,
             "mempool": self.mempool,
             "block_connected": self.block_connected,
             "notes": self.notes,
@@ -89,6 +92,8 @@ impl Collector {
         out.insert("msghand_cpu_share".into(), json!(share));
         let bytes = cov.node_counters.then(|| self.node_bytes(p)).flatten();
         self.figures_json(f, bytes, filter, &mut out);
+        let queues = self.node_queues(p).unwrap_or_default();
+        out.insert("memory".into(), memory_json(queues));
         let per_msg = |key: &str| f.per_msg.get(key).cloned().unwrap_or_default();
         let (cmpct, getblocktxn, blocktxn) = (
             per_msg("cmpctblock"),
@@ -128,6 +133,9 @@ impl Collector {
         );
         let bytes = self.coverage.node_counters.then(|| self.node_bytes_total());
         self.figures_json(&self.total, bytes, filter, &mut out);
+        let mut memory = memory_json(self.node_queues_total());
+        memory["rss_bytes"] = json!(self.node_rss_bytes());
+        out.insert("memory".into(), memory);
         let has_slices = self.coverage.slices;
         let msg_types: Map<String, Value> = self
             .total
@@ -235,4 +243,15 @@ impl Collector {
             out.insert(name.to_string(), value);
         }
     }
+}
+
+/// The `memory` object of a peer or the node: what bitcoind holds in the
+/// connections' queues; the orphanage share is never read (see
+/// `NOT_MEASURED`), so it is always null.
+fn memory_json(queues: QueueBytes) -> Value {
+    json!({
+        "send_queue_bytes": queues.send,
+        "recv_queue_bytes": queues.recv,
+        "orphanage_bytes": null,
+    })
 }

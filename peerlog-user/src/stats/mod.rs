@@ -48,7 +48,7 @@ pub use report::{check_msg_types, find_thread, thread_cpu_ns, ReportOptions, Rep
 
 use crate::{
     clock::WallClock,
-    elf::layout::CounterReader,
+    elf::layout::{CounterReader, QueueBytes},
     event::{BlockConnected, Connection, CpuSlice, Event, MempoolChange, Message},
     peers::{self, NodeBytes, PeerTable, ReportSink, ReportSinks},
 };
@@ -162,6 +162,8 @@ pub struct Collector {
     counters: Option<CounterReader>,
     /// Final byte counters of the closed peers no longer kept.
     dropped_bytes: NodeBytes,
+    /// bitcoind's process id, for its resident set size.
+    pid: Option<u32>,
 }
 
 impl Collector {
@@ -181,7 +183,50 @@ impl Collector {
             tx_order: VecDeque::new(),
             counters: None,
             dropped_bytes: NodeBytes::default(),
+            pid: None,
         }
+    }
+
+    /// Reports process `pid`'s resident set size with the node's memory.
+    pub fn with_process(mut self, pid: u32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+
+    /// What the peer makes bitcoind hold in its connection's queues now,
+    /// read from its `CNode`; None for a closed peer (its queues are being
+    /// freed), an unknown `CNode`, or a read that found another peer there.
+    pub fn node_queues(&self, p: &peers::Peer) -> Option<QueueBytes> {
+        if p.closed {
+            return None;
+        }
+        let (cnode, reader) = (p.cnode?, self.counters.as_ref()?);
+        reader.queues(cnode, p.id)
+    }
+
+    /// The queues of every connected peer read, summed; a figure this
+    /// bitcoind does not give stays None.
+    pub fn node_queues_total(&self) -> QueueBytes {
+        let cov = &self.coverage;
+        let mut total = QueueBytes {
+            send: cov.send_queue.then_some(0),
+            recv: cov.recv_queue.then_some(0),
+        };
+        for q in self.peers.iter().filter_map(|e| self.node_queues(&e.peer)) {
+            for (sum, part) in [(&mut total.send, q.send), (&mut total.recv, q.recv)] {
+                if let (Some(sum), Some(part)) = (sum.as_mut(), part) {
+                    *sum += part;
+                }
+            }
+        }
+        total
+    }
+
+    /// bitcoind's resident set size in bytes (`VmRSS` of
+    /// `/proc/PID/status`); None when it cannot be read.
+    pub fn node_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        vm_rss_bytes(&status)
     }
 
     /// Reads bitcoind's byte counters through `reader` from now on.
@@ -552,6 +597,13 @@ impl Collector {
         }
         out
     }
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in bytes (the kernel gives kB).
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]

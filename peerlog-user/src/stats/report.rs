@@ -138,7 +138,8 @@ impl Reporter {
         });
         Ok(Self {
             collector: {
-                let collector = Collector::new(clock, coverage, hdr_log.is_some(), sinks);
+                let collector = Collector::new(clock, coverage, hdr_log.is_some(), sinks)
+                    .with_process(pid as u32);
                 match counters {
                     Some(reader) => collector.with_counters(reader),
                     None => collector,

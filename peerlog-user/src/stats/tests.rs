@@ -1,6 +1,7 @@
 //! Unit tests of the live accounting.
 
 use super::*;
+use crate::elf::layout::Member;
 use crate::event::{IncompleteMessage, Misbehaving};
 use crate::peers::{CLOSED_PEERS_KEPT, CLOSED_PEERS_MAX};
 use bitcoin::{consensus::serialize, hashes::Hash as _};
@@ -12,6 +13,8 @@ fn full_coverage() -> Coverage {
     Coverage {
         slices: true,
         node_counters: true,
+        send_queue: true,
+        recv_queue: true,
         mempool: true,
         block_connected: true,
         notes: Vec::new(),
@@ -673,7 +676,69 @@ fn coverage_from_the_probes() {
     assert!(c.slices && !c.node_counters && c.mempool && !c.block_connected);
     let missing = c.missing_figures().join("\n");
     assert!(
-        missing.contains("bytesrecv, bytessent: no DWARF"),
+        missing.contains("bytesrecv, bytessent: no DWARF")
+            && missing.contains("memory.send_queue_bytes: no DWARF")
+            && missing.contains("memory.recv_queue_bytes: no DWARF"),
         "{missing}"
     );
+    assert!(!c.send_queue && !c.recv_queue);
+
+    // A bitcoind whose CNode has the counters but not the receive queue's
+    // size: only that figure is missing, with its reason.
+    let layout = crate::elf::layout::CNodeLayout {
+        id: 0,
+        addr_name: 8,
+        recv_bytes: 40,
+        send_bytes: 48,
+        send_memusage: Member::At(56),
+        msg_process_queue_size: Member::Absent,
+    };
+    let c = Coverage::from(&crate::probes::Coverage {
+        cnode_layout: Some(layout),
+        cnode_layout_missing: None,
+        ..probes
+    });
+    assert!(c.node_counters && c.send_queue && !c.recv_queue);
+    let missing = c.missing_figures().join("\n");
+    assert!(
+        missing.contains(
+            "memory.recv_queue_bytes: bitcoind's CNode has no member m_msg_process_queue_size"
+        ) && !missing.contains("memory.send_queue_bytes")
+            && missing.contains("memory.orphanage_bytes"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn memory_is_null_where_not_read() {
+    let c = collector().with_process(std::process::id());
+    let node = c.node_json(&StatsFilter::default());
+    // Covered but no peer: the sums are zero; the orphanage is never read.
+    assert_eq!(node["memory"]["send_queue_bytes"], 0);
+    assert_eq!(node["memory"]["recv_queue_bytes"], 0);
+    assert!(node["memory"]["orphanage_bytes"].is_null());
+    assert!(node["memory"]["rss_bytes"].as_u64().unwrap() > 0);
+    let mut c = collector();
+    c.handle(&msg(
+        1,
+        1,
+        1,
+        Direction::Inbound,
+        "ping",
+        Some(vec![0; 8]),
+        0,
+    ));
+    // No CNode known: the peer's queues are unknown, not empty.
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    assert!(v["memory"]["send_queue_bytes"].is_null(), "{v:#}");
+    assert!(v["memory"]["recv_queue_bytes"].is_null(), "{v:#}");
+    // Without a process, no RSS.
+    assert!(c.node_json(&StatsFilter::default())["memory"]["rss_bytes"].is_null());
+}
+
+#[test]
+fn vm_rss_is_read_in_bytes() {
+    let status = "Name:\tbitcoind\nVmHWM:\t  9000 kB\nVmRSS:\t  123456 kB\nRssAnon:\t 1 kB\n";
+    assert_eq!(vm_rss_bytes(status), Some(123_456 * 1024));
+    assert_eq!(vm_rss_bytes("Name:\tkthreadd\n"), None);
 }
