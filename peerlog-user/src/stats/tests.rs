@@ -693,7 +693,7 @@ fn coverage_from_the_probes() {
         send_memusage: Member::At(56),
         msg_process_queue_size: Member::Absent,
     };
-    let c = Coverage::from(&crate::probes::Coverage {
+    let c = Coverage::from(&crate::kernel::Attached {
         cnode_layout: Some(layout),
         cnode_layout_missing: None,
         ..probes
