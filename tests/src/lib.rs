@@ -211,8 +211,14 @@ pub struct Node {
 impl Node {
     /// Starts the node the tests run against: `BITCOIND` if set, else the twin.
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts the node the tests run against, a real bitcoind with these
+    /// extra options (the twin takes none of bitcoind's options).
+    pub fn start_with(bitcoind_args: &[&str]) -> Result<Self> {
         match bitcoind() {
-            Some(path) => Self::start_bitcoind(&path),
+            Some(path) => Self::start_bitcoind(&path, bitcoind_args),
             None => Self::start_twin(Path::new(TWIN), &[]),
         }
     }
@@ -270,8 +276,9 @@ impl Node {
     }
 
     /// Starts a real bitcoind on regtest, loopback only, with its own
-    /// `-capturemessages` on so peerlog's capture can be compared with it.
-    pub fn start_bitcoind(binary: &Path) -> Result<Self> {
+    /// `-capturemessages` on so peerlog's capture can be compared with it,
+    /// and `extra` options.
+    pub fn start_bitcoind(binary: &Path, extra: &[&str]) -> Result<Self> {
         let datadir = tempfile::tempdir()?;
         let port = free_port()?;
         let rpc_port = free_port()?;
@@ -295,6 +302,7 @@ impl Node {
                 "-listenonion=0",
                 "-printtoconsole=0",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;

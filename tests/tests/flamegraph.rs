@@ -344,7 +344,7 @@ fn burning_peer_owns_the_burn() -> Result<()> {
 /// and `b-msghand` with the default probes attached.
 fn bitcoind_threads_unwind() -> Result<()> {
     let binary = bitcoind().context("BITCOIND is not set")?;
-    let node = Node::start_bitcoind(&binary)?;
+    let node = Node::start_bitcoind(&binary, &[])?;
     let dir = tempfile::tempdir()?;
     let flame = dir.path().join("flame");
     let tracer = Tracer::start(

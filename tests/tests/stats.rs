@@ -902,25 +902,28 @@ fn runtime_capture_via_rpc() -> Result<()> {
 
 /// A peer that asks for big blocks and stops reading its socket makes the
 /// node hold megabytes in its send queue (`CNode::m_send_memusage`; on a
-/// real regtest node, whose blocks are small, about -maxsendbuffer there
-/// and megabytes of waiting getdata in its receive queue), while a peer that
+/// real regtest node, whose blocks are small, up to its -maxsendbuffer, and
+/// megabytes of waiting getdata in its receive queue), while a peer that
 /// reads what it asked for holds next to nothing; malformed messages sent
 /// meanwhile neither stop the node nor the readings.
 fn memory_of_a_peer_that_stops_reading() -> Result<()> {
-    let node = Node::start()?;
+    // bitcoind stops serving a peer once its send queue passes
+    // -maxsendbuffer (1 MB by default): 8 MB lets a stalled peer make it
+    // hold megabytes, as a node with a larger buffer or bigger blocks would.
+    let node = Node::start_with(&["-maxsendbuffer=8000"])?;
     let t = StatsTrace::start(&node, &[])?;
     // The twin serves a 4,000,000-byte block; a fresh regtest bitcoind has
     // only blocks of a few hundred bytes, so it is asked for one many times
     // (50,000 is the most a getdata may carry), in several getdata.
     //
     // bitcoind stops serving a peer once `m_send_memusage` plus the message
-    // its transport is sending pass -maxsendbuffer (1 MB by default), so with
-    // regtest's small blocks the send queue settles just under 1 MB; the
-    // getdata messages it has not reached yet wait in the receive queue,
-    // megabytes of them.
+    // its transport is sending pass -maxsendbuffer, so with regtest's small
+    // blocks the send queue settles just under those 8 MB; the getdata
+    // messages it has not reached yet wait in the receive queue, megabytes
+    // of them.
     let (hash, copies, getdatas, send_at_least, recv_at_least) = if node.is_bitcoind() {
         let best = node.bitcoin_cli(&["getbestblockhash"])?;
-        (best.trim().parse()?, 50_000, 4, 900_000, 1_000_000)
+        (best.trim().parse()?, 50_000, 4, 4_000_000, 1_000_000)
     } else {
         let (big, size) = node
             .blocks
