@@ -323,51 +323,56 @@ fn find_in_unit<'a>(unit_bytes: &'a [u8], sections: &Sections<'a>) -> Result<Opt
 fn unsigned_size(
     header: &gimli::UnitHeader<Slice<'_>>,
     abbrevs: &gimli::Abbreviations,
-    mut offset: UnitOffset,
+    offset: UnitOffset,
 ) -> Result<Option<u64>> {
-    // A chain of typedefs and qualifiers is short; the bound stops a cycle.
-    for _ in 0..16 {
-        let entry = header.entry(abbrevs, offset)?;
+    let passes = [
+        gimli::DW_TAG_typedef,
+        gimli::DW_TAG_const_type,
+        gimli::DW_TAG_volatile_type,
+    ];
+    follow_type(header, abbrevs, offset, |entry| {
         if entry.tag() == gimli::DW_TAG_base_type {
             let unsigned = matches!(
                 entry.attr_value(gimli::DW_AT_encoding),
                 Some(AttributeValue::Encoding(gimli::DW_ATE_unsigned))
             );
-            let size = entry
-                .attr_value(gimli::DW_AT_byte_size)
-                .and_then(|v| v.udata_value());
-            return Ok(size.filter(|_| unsigned));
+            Some(byte_size(entry).filter(|_| unsigned))
+        } else if passes.contains(&entry.tag()) {
+            None
+        } else {
+            Some(None)
         }
-        let passes = [
-            gimli::DW_TAG_typedef,
-            gimli::DW_TAG_const_type,
-            gimli::DW_TAG_volatile_type,
-        ];
-        if !passes.contains(&entry.tag()) {
-            return Ok(None);
-        }
-        match entry.attr_value(gimli::DW_AT_type) {
-            Some(AttributeValue::UnitRef(next)) => offset = next,
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
+    })
 }
 
 /// The byte size of the type at `offset`, through typedefs and qualifiers.
 fn type_size(
     header: &gimli::UnitHeader<Slice<'_>>,
     abbrevs: &gimli::Abbreviations,
-    mut offset: UnitOffset,
+    offset: UnitOffset,
 ) -> Result<Option<u64>> {
+    follow_type(header, abbrevs, offset, |entry| byte_size(entry).map(Some))
+}
+
+fn byte_size(entry: &gimli::DebuggingInformationEntry<Slice<'_>>) -> Option<u64> {
+    entry
+        .attr_value(gimli::DW_AT_byte_size)
+        .and_then(|v| v.udata_value())
+}
+
+/// Walks the type chain from `offset` (each entry's `DW_AT_type`) until
+/// `answer` gives an answer for an entry; None when the chain ends first.
+fn follow_type<T>(
+    header: &gimli::UnitHeader<Slice<'_>>,
+    abbrevs: &gimli::Abbreviations,
+    mut offset: UnitOffset,
+    mut answer: impl FnMut(&gimli::DebuggingInformationEntry<Slice<'_>>) -> Option<Option<T>>,
+) -> Result<Option<T>> {
     // A chain of typedefs and qualifiers is short; the bound stops a cycle.
     for _ in 0..16 {
         let entry = header.entry(abbrevs, offset)?;
-        if let Some(size) = entry
-            .attr_value(gimli::DW_AT_byte_size)
-            .and_then(|v| v.udata_value())
-        {
-            return Ok(Some(size));
+        if let Some(found) = answer(&entry) {
+            return Ok(found);
         }
         match entry.attr_value(gimli::DW_AT_type) {
             Some(AttributeValue::UnitRef(next)) => offset = next,
