@@ -47,10 +47,10 @@ impl Plan {
                 block_size: None,
             },
         ];
-        // The full plan: 4 scenarios × 8 configurations × 3 rounds × (5 s
-        // + ~1.7 s of set-up) ≈ 11 minutes on two cores, within the ~12
-        // minutes per node kind the bench may take; against a bitcoind the
-        // block scenario is skipped, ≈ 8 minutes. Fewer rounds would leave
+        // The full plan: 4 scenarios × 9 configurations × 3 rounds × (5 s
+        // + ~1.7 s of set-up) ≈ 12 minutes on two cores, the most a node
+        // kind's bench may take; against a bitcoind the block scenario is
+        // skipped, ≈ 9 minutes. Fewer rounds would leave
         // no median worth the name, shorter windows too few ticks of CPU
         // time (10 ms each) for the idle scenario's 1-point target.
         let (rounds, duration) = if smoke {
@@ -106,11 +106,16 @@ pub(super) enum Config {
     /// Counting plus 99 Hz CPU sampling: what sampling alone costs the node
     /// (issue 4), next to `Counting`.
     Sampling,
+    /// Defaults plus a stats log line every second: each line reads every
+    /// peer's byte counters and queues out of bitcoind's memory, from
+    /// peerlog's process. Next to `Defaults`, what those reads cost the node
+    /// (issue 14).
+    MemoryReads,
 }
 
 impl Config {
     /// Every configuration, in order.
-    pub(super) const ALL: [Config; 8] = [
+    pub(super) const ALL: [Config; 9] = [
         Config::Untraced,
         Config::Floor,
         Config::Counting,
@@ -119,6 +124,7 @@ impl Config {
         Config::CaptureStats,
         Config::Bpftrace,
         Config::Sampling,
+        Config::MemoryReads,
     ];
 
     /// Its name in the results and the runs' directories.
@@ -132,6 +138,7 @@ impl Config {
             Config::CaptureStats => "peerlog-capture-stats",
             Config::Bpftrace => "bpftrace",
             Config::Sampling => "peerlog-count-sampling",
+            Config::MemoryReads => "peerlog-stats-1s",
         }
     }
 
@@ -144,6 +151,7 @@ impl Config {
                 | Config::Capture
                 | Config::CaptureStats
                 | Config::Sampling
+                | Config::MemoryReads
         )
     }
 

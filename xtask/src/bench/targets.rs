@@ -184,6 +184,7 @@ pub(super) fn check_targets(
 
     checks.extend(issue_10_targets(scenarios, rows, runs));
     checks.extend(issue_12_targets(scenarios, rows));
+    checks.extend(issue_14_targets(scenarios, runs));
     checks
 }
 
@@ -344,4 +345,92 @@ pub(super) fn targets_text(checks: &[TargetCheck]) -> String {
             format!("- {}: {verdict} ({})\n", c.target, c.detail)
         })
         .collect()
+}
+
+/// Issue 14: reading every peer's queues out of bitcoind's memory happens in
+/// peerlog's process, so it costs the node nothing measurable: a stats log
+/// every second (all reads, every second) next to the defaults, round by
+/// round.
+fn issue_14_targets(scenarios: &[&Scenario], runs: &[Run]) -> Vec<TargetCheck> {
+    let ran = |name: &str| scenarios.iter().any(|s| s.name == name);
+    let readings = |scenario: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.scenario == scenario && r.config == Config::MemoryReads.name())
+            .filter_map(|r| r.tracer.as_ref()?.queue_readings)
+            .map(|n| n as f64)
+            .collect()
+    };
+    let shown_readings = |scenario: &str| {
+        let n = readings(scenario);
+        if n.is_empty() {
+            "no readings counted".to_string()
+        } else {
+            format!("{:.0} queue readings a run (median)", median(n))
+        }
+    };
+    // Without readings the comparison would measure nothing.
+    let read = |scenario: &str| readings(scenario).iter().any(|&n| n > 0.0);
+    let mut checks = Vec::new();
+
+    let idle = per_round(
+        runs,
+        "idle",
+        Config::MemoryReads,
+        Config::Defaults,
+        |m, d| Some(m.target_cpu_percent - d.target_cpu_percent),
+    );
+    checks.push(TargetCheck {
+        target: "#14: with 125 idle peers, node CPU with memory reads every second \
+                 ≤ defaults + 0.5 percentage point"
+            .into(),
+        met: (ran("idle") && !idle.is_empty() && read("idle")).then(|| median(idle.clone()) <= 0.5),
+        detail: if idle.is_empty() {
+            "not measured".into()
+        } else {
+            format!(
+                "reads − defaults per round: {} pp, median {:+.2}; {}",
+                idle.iter()
+                    .map(|d| format!("{d:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(idle.clone()),
+                shown_readings("idle")
+            )
+        },
+    });
+
+    let saturating = saturating(scenarios);
+    let per_scenario: Vec<_> = saturating
+        .iter()
+        .map(|&s| {
+            let ratios = per_round(
+                runs,
+                s,
+                Config::MemoryReads,
+                Config::Defaults,
+                throughput_ratio,
+            );
+            (s, spread(&ratios).filter(|_| read(s)))
+        })
+        .collect();
+    checks.push(TargetCheck {
+        target: "#14: throughput with memory reads every second ≥ 0.95 × defaults' (same round)"
+            .into(),
+        met: all_met(
+            per_scenario
+                .iter()
+                .map(|(_, v)| v.map(|(m, _, _)| m >= 0.95)),
+        ),
+        detail: per_scenario
+            .iter()
+            .map(|(s, v)| match v {
+                Some((m, lo, hi)) => {
+                    format!("{s}: {m:.3} ({lo:.2}–{hi:.2}), {}", shown_readings(s))
+                }
+                None => format!("{s}: n/a"),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    });
+    checks
 }

@@ -11,8 +11,27 @@ use super::{
     sample::{cpu_seconds, memory_mib},
     targets::{check_targets, find},
     tools::Tools,
-    tracer::{bpftrace_lost, PeerlogSummary},
+    tracer::{bpftrace_lost, queue_readings, PeerlogSummary},
 };
+
+#[test]
+fn counts_the_queue_readings_of_a_stats_log() {
+    let dir = std::env::temp_dir().join(format!("peerlog-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("stats-log");
+    // Two lines: two peers read, then one read and one whose queues were
+    // not (a closed peer's figures are null).
+    std::fs::write(
+        &log,
+        "{\"peers\":[{\"memory\":{\"send_queue_bytes\":0}},{\"memory\":{\"send_queue_bytes\":24}}]}\n\
+         {\"peers\":[{\"memory\":{\"send_queue_bytes\":7}},{\"memory\":{\"send_queue_bytes\":null}}]}\n",
+    )
+    .unwrap();
+    assert_eq!(queue_readings(&log).unwrap(), 3);
+    std::fs::write(&log, "not json\n").unwrap();
+    assert!(queue_readings(&log).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
 
 #[test]
 fn parses_peerlog_summary() {

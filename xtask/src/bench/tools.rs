@@ -146,6 +146,9 @@ impl Tools {
                     .into(),
             ),
             Config::Floor | Config::Bpftrace => self.bpftrace.as_ref().err().cloned(),
+            Config::MemoryReads if !self.stats_options.iter().any(|(f, _)| f == "--stats-log") => {
+                Some("not available yet: `peerlog trace --help` lists no --stats-log".into())
+            }
             Config::Sampling if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") => {
                 Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
             }
@@ -175,6 +178,7 @@ impl Tools {
             Config::CaptureStats => self.stats_label(),
             Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
             Config::Sampling => "peerlog --no-accounting, 99 Hz sampling".into(),
+            Config::MemoryReads => "peerlog, defaults + stats log every second".into(),
         }
     }
 }

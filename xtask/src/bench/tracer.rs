@@ -42,6 +42,9 @@ pub(super) struct Tracer {
     command: String,
     /// What it said when it attached (peerlog: how many probe sites).
     attached: String,
+    /// The stats log it writes, when its readings of bitcoind's memory are
+    /// counted.
+    stats_log: Option<PathBuf>,
 }
 
 /// Where a bpftrace run writes, and whether its script logs a line per
@@ -77,6 +80,10 @@ pub(super) struct TracerRun {
     /// Kernel-to-userspace event latency percentiles, µs (peerlog only).
     pub(super) latency_p50_us: Option<u64>,
     pub(super) latency_p99_us: Option<u64>,
+    /// How many times, over its whole run, it read a peer's queues out of
+    /// bitcoind's memory: the peers whose stats log entries carry a
+    /// measured `memory.send_queue_bytes` (memory-read runs only).
+    pub(super) queue_readings: Option<u64>,
 }
 
 impl Tracer {
@@ -112,6 +119,12 @@ impl Tracer {
             Config::Capture => net_only()
                 .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
                 .collect(),
+            Config::MemoryReads => vec![
+                "--stats-log".into(),
+                path_arg(&dir.join("stats-log"))?,
+                "--stats-interval".into(),
+                "1".into(),
+            ],
             // peerlog as a user runs it with everything on: its accounting
             // (on by default), the stats log and the flamegraph sampler.
             Config::CaptureStats => {
@@ -140,6 +153,7 @@ impl Tracer {
                 .trim_end()
                 .to_string(),
             attached,
+            stats_log: (config == Config::MemoryReads).then(|| dir.join("stats-log")),
         }))
     }
 
@@ -174,6 +188,7 @@ impl Tracer {
                 node.placeholder()
             ),
             attached: "Attaching 2 probes...".into(),
+            stats_log: None,
         })
     }
 
@@ -225,8 +240,28 @@ impl Tracer {
             events_lost,
             latency_p50_us: latency.map(|l| l.0),
             latency_p99_us: latency.map(|l| l.1),
+            queue_readings: self.stats_log.as_deref().map(queue_readings).transpose()?,
         })
     }
+}
+
+/// The peers, summed over a stats log's lines, whose send queue was read
+/// from bitcoind's memory (a figure that could not be read is `null`).
+pub(super) fn queue_readings(stats_log: &Path) -> Result<u64> {
+    let text = fs::read_to_string(stats_log)
+        .with_context(|| format!("reading {}", stats_log.display()))?;
+    let mut readings = 0;
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("a line of {} is not JSON", stats_log.display()))?;
+        readings += line["peers"].as_array().map_or(0, |peers| {
+            peers
+                .iter()
+                .filter(|p| p["memory"]["send_queue_bytes"].is_u64())
+                .count() as u64
+        });
+    }
+    Ok(readings)
 }
 
 /// bpftrace reports perf buffer overflows as "Lost N events".
