@@ -24,6 +24,7 @@
 //! What the attached probes cannot measure is said, not zeroed: the
 //! [`Coverage`] names the missing figures, and they are `null` in the JSON.
 
+pub mod card;
 mod coverage;
 mod figures;
 mod hist;

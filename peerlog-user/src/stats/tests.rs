@@ -742,3 +742,121 @@ fn vm_rss_is_read_in_bytes() {
     assert_eq!(vm_rss_bytes(status), Some(123_456 * 1024));
     assert_eq!(vm_rss_bytes("Name:\tkthreadd\n"), None);
 }
+
+#[test]
+fn report_card_flags_and_ranks_by_its_rules() {
+    use Direction::{Inbound, Outbound};
+    let mut c = collector();
+    // Every peer says something, so each has a row.
+    for id in 0..7 {
+        c.handle(&msg(1, MS, id, Inbound, "verack", None, 0));
+    }
+    // Peer 0 serves a block first.
+    c.handle(&msg(1, 2 * MS, 0, Inbound, "block", None, 300));
+    c.handle(&block(Some(0)));
+    // Peer 1 sends a consensus-invalid transaction, and bitcoind says so.
+    c.handle(&mempool(
+        MempoolEventKind::Rejected,
+        Some(1),
+        1,
+        0,
+        "bad-txns-vin-empty",
+    ));
+    c.handle(&Event::Misbehaving(Misbehaving {
+        ktime_ns: 3 * MS,
+        peer_id: 1,
+        reason: "invalid tx".into(),
+    }));
+    // Peer 2 burns the message handler's CPU with few messages; the others
+    // send many cheap ones.
+    c.handle(&slice(
+        SliceKind::Processing,
+        2,
+        "twinburn",
+        0,
+        90 * MS,
+        Some(90 * MS),
+    ));
+    for id in [3, 4, 5] {
+        for n in 0..20 {
+            c.handle(&msg(1, 4 * MS + n, id, Inbound, "addr", None, 30));
+        }
+        c.handle(&slice(SliceKind::Processing, id, "addr", 0, MS, Some(MS)));
+    }
+    // Peer 4 relays two transactions the mempool accepts; peer 5 one it
+    // has already: nothing new, but no misbehaviour.
+    c.handle(&mempool(MempoolEventKind::Added, Some(4), 2, 100, ""));
+    c.handle(&mempool(MempoolEventKind::Added, Some(4), 3, 100, ""));
+    c.handle(&mempool(
+        MempoolEventKind::Rejected,
+        Some(5),
+        2,
+        0,
+        "txn-already-in-mempool",
+    ));
+    // Peer 6 answers none of our three pings.
+    for nonce in 1..=3u64 {
+        c.handle(&msg(
+            1,
+            5 * MS,
+            6,
+            Outbound,
+            "ping",
+            Some(serialize(&nonce)),
+            8,
+        ));
+    }
+
+    let all = StatsFilter::new(Vec::new(), Vec::new());
+    let card = card::card(&c.peers_json(&all), &c.node_json(&all)).unwrap();
+    let order: Vec<i64> = card.peers.iter().map(|p| p.id).collect();
+    // Unflagged first: the block (0), the transactions (4), then by CPU
+    // time (3 and 5 tie: lower id); then one flag (6 with no CPU time
+    // before 2), then two (1).
+    assert_eq!(order, vec![0, 4, 3, 5, 6, 2, 1], "{card:#?}");
+    assert_eq!(
+        card.peers.iter().map(|p| p.rank).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    let flags = |id: i64| -> Vec<&str> {
+        let p = card.peers.iter().find(|p| p.id == id).unwrap();
+        p.flags.iter().map(|f| f.flag).collect()
+    };
+    assert_eq!(flags(1), vec!["misbehaving", "invalid-txs"]);
+    assert_eq!(flags(2), vec!["cpu-hog"]);
+    assert_eq!(flags(6), vec!["unresponsive"]);
+    for id in [0, 3, 4, 5] {
+        assert!(flags(id).is_empty(), "peer {id}: {:?}", flags(id));
+    }
+    let five = card.peers.iter().find(|p| p.id == 5).unwrap();
+    assert_eq!((five.cost.txs_duplicate, five.cost.txs_invalid), (1, 0));
+    let one = card.peers.iter().find(|p| p.id == 1).unwrap();
+    assert!(one.flags[1].because.contains("bad-txns-vin-empty × 1"));
+    let hog = card.peers.iter().find(|p| p.id == 2).unwrap();
+    assert!(hog.cost.cpu_share.unwrap() > 0.9 && hog.cost.msgs_recv_share < 0.05);
+
+    // The mix: every peer here is inbound over IPv4.
+    assert_eq!(card.connection_mix.len(), 1);
+    let mix = &card.connection_mix[0];
+    assert_eq!(
+        (mix.peers, mix.flagged, mix.new_blocks, mix.txs_accepted),
+        (7, 3, 1, 2)
+    );
+}
+
+#[test]
+fn report_card_of_a_stalled_peer_and_of_rows_it_cannot_read() {
+    let mut c = collector();
+    c.handle(&msg(1, MS, 0, Direction::Inbound, "verack", None, 0));
+    let all = StatsFilter::new(Vec::new(), Vec::new());
+    let mut peers = c.peers_json(&all);
+    // What bitcoind would hold for a peer that stopped reading.
+    peers[0]["memory"]["send_queue_bytes"] = serde_json::json!(4_000_000);
+    let card = card::card(&peers, &c.node_json(&all)).unwrap();
+    assert_eq!(card.peers[0].flags[0].flag, "stalling");
+    assert!(card.peers[0].flags[0].because.contains("4000000"));
+
+    peers[0].as_object_mut().unwrap().remove("ping");
+    let err = card::card(&peers, &c.node_json(&all)).unwrap_err();
+    assert!(format!("{err:#}").contains("peer 0"), "{err:#}");
+}

@@ -1,0 +1,511 @@
+//! The peer report card: for each peer what it brings the node (value),
+//! what it costs the node (cost), and what it did wrong (flags, each with
+//! its rule and the figures that raised it), ranked best first by a rule
+//! anyone can redo from the row; and the same summed by connection type and
+//! network, to weigh the mix of connections.
+//!
+//! A card is computed from the figures as `getpeerstats` and
+//! `getnodestats` give them, which are also what a stats log line holds
+//! (`peers` and `node`): the live `getpeerreport` and `peerlog report` over
+//! a stats log give the same card for the same figures by construction.
+//!
+//! peerlog only reports. Nothing here acts on the node: a rule that
+//! disconnected peers would be a rule an attacker could learn to pass while
+//! it pushed honest peers out (see the README).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A peer is `cpu-hog` when its share of the message handler's on-CPU time
+/// is at least this…
+pub const CPU_HOG_MIN_SHARE: f64 = 0.10;
+/// …and at least this many times its share of the messages received.
+pub const CPU_HOG_RATIO: f64 = 3.0;
+/// A peer is `unresponsive` when this many of our pings are unanswered:
+/// Bitcoin Core keeps one ping in flight, so one may be on its way.
+pub const UNRESPONSIVE_PINGS: u64 = 2;
+/// …or this many of our `getdata` transaction requests wait for their
+/// `tx` or `notfound`: Bitcoin Core itself never has more in flight to a
+/// peer (`MAX_PEER_TX_REQUEST_IN_FLIGHT`).
+pub const UNRESPONSIVE_GETDATA: u64 = 100;
+/// A peer is `stalling` when bitcoind holds this many bytes of messages for
+/// it that its socket has not taken: Bitcoin Core's default
+/// `-maxsendbuffer` (1000 kB), at which it stops serving the peer
+/// (`fPauseSend`).
+pub const STALLING_SEND_QUEUE_BYTES: u64 = 1_000_000;
+
+/// Rejection reasons of transactions that are only already known: bytes
+/// that brought nothing new, not misbehaviour.
+const DUPLICATE_REASONS: [&str; 3] = [
+    "txn-already-in-mempool",
+    "txn-already-known",
+    "txn-same-nonwitness-data-in-mempool",
+];
+
+/// The ranking rule, in words; [`rank`] applies it.
+pub const RANKING_RULE: &str = "fewer flags first (peers without flags before any flagged one); \
+    then more blocks served first \
+    (value.new_blocks), more transactions accepted into the mempool (value.txs_accepted), \
+    more of our getdata answered with the transaction (value.getdata_answered), \
+    less on-CPU time in the message handler (cost.cpu_ns, unknown last); then the lower peer id";
+
+/// The flags and their rules, in words, as the card states them.
+pub const FLAG_RULES: [(&str, &str); 5] = [
+    (
+        "misbehaving",
+        "bitcoind reported the peer misbehaving (net:misbehaving) at least once",
+    ),
+    (
+        "invalid-txs",
+        "at least one transaction rejected for breaking consensus rules: a reason \
+         `bad-txns-*` (but `bad-txns-inputs-missingorspent`, which orphans get) or \
+         `mandatory-script-verify-flag-failed*`",
+    ),
+    (
+        "cpu-hog",
+        "message handler on-CPU share ≥ 10% and ≥ 3 × the peer's share of the messages received",
+    ),
+    (
+        "unresponsive",
+        "≥ 2 of our pings without pong, or ≥ 100 of our getdata transaction requests \
+         without tx or notfound",
+    ),
+    (
+        "stalling",
+        "bitcoind holds ≥ 1,000,000 bytes of messages for the peer that its socket has \
+         not taken (send_queue_bytes; Bitcoin Core's default -maxsendbuffer)",
+    ),
+];
+
+/// Flags no card can raise yet, with why.
+pub const FLAGS_NOT_EVALUATED: [(&str, &str); 1] = [(
+    "addr-flood",
+    "needs the entry counts of addr/addrv2 payloads, which statistics do not read yet",
+)];
+
+/// Figures a card lacks, with why.
+pub const NOT_MEASURED: [(&str, &str); 1] = [(
+    "value.txs_announced_first",
+    "first announcements across peers are not tracked yet; value.txs_accepted counts \
+     the peer's transactions the mempool accepted, whoever announced them first",
+)];
+
+/// The figures of one peer a card reads: a subset of a `getpeerstats` row.
+#[derive(Debug, Clone, Deserialize)]
+struct PeerFigures {
+    id: i64,
+    addr: String,
+    network: Option<String>,
+    connection_type: String,
+    closed: bool,
+    misbehaving: u64,
+    bytesrecv: Option<u64>,
+    bytessent: Option<u64>,
+    payloadrecv: u64,
+    payloadsent: u64,
+    msgsrecv: u64,
+    cpu_ns: Option<u64>,
+    msghand_cpu_share: Option<f64>,
+    mempool: Option<MempoolFigures>,
+    blocks: Option<BlockFigures>,
+    tx_relay: TxRelayFigures,
+    getdata_tx_latency_ns: Counted,
+    getdata_tx_pending: u64,
+    ping: PingFigures,
+    memory: MemoryFigures,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct MempoolFigures {
+    accepted: u64,
+    rejected_by_reason: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct BlockFigures {
+    new_blocks: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TxRelayFigures {
+    notfound_recv: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Counted {
+    count: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PingFigures {
+    pings_sent: u64,
+    pongs_matched: u64,
+    min_rtt_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct MemoryFigures {
+    send_queue_bytes: Option<u64>,
+    recv_queue_bytes: Option<u64>,
+}
+
+/// The node figures a card reads: a subset of `getnodestats`.
+#[derive(Debug, Clone, Deserialize)]
+struct NodeFigures {
+    msgsrecv: u64,
+}
+
+/// What a peer brings the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeerValue {
+    /// Blocks that became the tip when the peer's `block`, `cmpctblock` or
+    /// `blocktxn` was processed: served first.
+    pub new_blocks: Option<u64>,
+    /// The peer's transactions the mempool accepted.
+    pub txs_accepted: Option<u64>,
+    /// Our `getdata` transaction requests the peer answered with the
+    /// transaction.
+    pub getdata_answered: u64,
+    /// The lowest ping round trip, milliseconds.
+    pub ping_min_ms: Option<f64>,
+}
+
+/// What a peer costs the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeerCost {
+    /// On-CPU time of bitcoind's message handler for the peer, ns.
+    pub cpu_ns: Option<u64>,
+    /// Its share of the message handler's on-CPU time.
+    pub cpu_share: Option<f64>,
+    /// The peer's share of the messages the node received.
+    pub msgs_recv_share: f64,
+    /// Bytes received from and sent to the peer: bitcoind's own counters
+    /// (`bytesrecv`, `bytessent`) where read, else the payload bytes.
+    pub bytes_recv: u64,
+    /// See `bytes_recv`.
+    pub bytes_sent: u64,
+    /// Transactions rejected for breaking consensus rules.
+    pub txs_invalid: u64,
+    /// Transactions rejected as already known: bytes that brought nothing.
+    pub txs_duplicate: u64,
+    /// Transactions rejected by policy (fees, standardness, limits).
+    pub txs_rejected_policy: u64,
+    /// Every rejection by its reason.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// `notfound` entries the peer answered our requests with.
+    pub notfound: u64,
+    /// Bytes bitcoind holds for the peer, not yet taken by its socket.
+    pub send_queue_bytes: Option<u64>,
+    /// Bytes of the peer's messages waiting to be processed.
+    pub recv_queue_bytes: Option<u64>,
+}
+
+/// A flag a peer raised: which, by what rule, on which figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagHit {
+    /// The flag's name (see [`FLAG_RULES`]).
+    pub flag: &'static str,
+    /// The figures that raised it.
+    pub because: String,
+}
+
+/// One peer's row of the card.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerCard {
+    /// 1 for the best peer.
+    pub rank: usize,
+    /// Peer id, as in `getpeerinfo`.
+    pub id: i64,
+    /// Address, as in `getpeerinfo`.
+    pub addr: String,
+    /// Network, as in `getpeerinfo`.
+    pub network: Option<String>,
+    /// Connection type, as in `getpeerinfo`.
+    pub connection_type: String,
+    /// The connection is closed; the figures are final.
+    pub closed: bool,
+    /// What it brings.
+    pub value: PeerValue,
+    /// What it costs.
+    pub cost: PeerCost,
+    /// What it did wrong.
+    pub flags: Vec<FlagHit>,
+}
+
+/// Value and cost summed over the peers of one connection type and network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MixRow {
+    /// Connection type, as in `getpeerinfo`.
+    pub connection_type: String,
+    /// Network, as in `getpeerinfo`.
+    pub network: Option<String>,
+    /// Peers in the group (closed ones included).
+    pub peers: u64,
+    /// Peers with at least one flag.
+    pub flagged: u64,
+    /// Blocks served first.
+    pub new_blocks: u64,
+    /// Transactions accepted.
+    pub txs_accepted: u64,
+    /// getdata answered.
+    pub getdata_answered: u64,
+    /// On-CPU time, ns (peers whose time is known).
+    pub cpu_ns: u64,
+    /// Bytes both ways.
+    pub bytes: u64,
+    /// The same per peer: blocks, transactions, CPU ns, bytes.
+    pub per_peer: MixPerPeer,
+}
+
+/// A [`MixRow`]'s sums divided by its peers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MixPerPeer {
+    /// Blocks served first per peer.
+    pub new_blocks: f64,
+    /// Transactions accepted per peer.
+    pub txs_accepted: f64,
+    /// On-CPU ns per peer.
+    pub cpu_ns: f64,
+    /// Bytes per peer.
+    pub bytes: f64,
+}
+
+/// A named rule, as the card states it: a flag's, or why a flag or a
+/// figure is missing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rule {
+    /// The flag or figure.
+    pub name: &'static str,
+    /// Its rule, or why it is missing.
+    pub rule: &'static str,
+}
+
+/// The report card of every peer of a moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Card {
+    /// Best first.
+    pub peers: Vec<PeerCard>,
+    /// By connection type and network.
+    pub connection_mix: Vec<MixRow>,
+    /// How peers are ranked, in words.
+    pub ranking_rule: &'static str,
+    /// The flags' rules.
+    pub flag_rules: Vec<Rule>,
+    /// Flags no card raises yet, and why.
+    pub flags_not_evaluated: Vec<Rule>,
+    /// Figures a card lacks, and why.
+    pub not_measured: Vec<Rule>,
+}
+
+/// The card of `peers` (rows as `getpeerstats` gives them) on a node whose
+/// figures are `node` (as `getnodestats` gives them).
+pub fn card(peers: &[Value], node: &Value) -> Result<Card> {
+    let node: NodeFigures = serde_json::from_value(node.clone())
+        .context("the node's figures are not those of this peerlog")?;
+    let mut rows = Vec::with_capacity(peers.len());
+    for p in peers {
+        let figures: PeerFigures = serde_json::from_value(p.clone()).with_context(|| {
+            format!(
+                "the figures of peer {} are not those of this peerlog",
+                p.get("id").map_or("without id".into(), Value::to_string)
+            )
+        })?;
+        rows.push(peer_card(figures, &node));
+    }
+    rank(&mut rows);
+    let rules = |list: &[(&'static str, &'static str)]| {
+        list.iter()
+            .map(|&(name, rule)| Rule { name, rule })
+            .collect()
+    };
+    Ok(Card {
+        connection_mix: connection_mix(&rows),
+        peers: rows,
+        ranking_rule: RANKING_RULE,
+        flag_rules: rules(&FLAG_RULES),
+        flags_not_evaluated: rules(&FLAGS_NOT_EVALUATED),
+        not_measured: rules(&NOT_MEASURED),
+    })
+}
+
+fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
+    let mut cost = PeerCost {
+        cpu_ns: p.cpu_ns,
+        cpu_share: p.msghand_cpu_share,
+        msgs_recv_share: if node.msgsrecv > 0 {
+            p.msgsrecv as f64 / node.msgsrecv as f64
+        } else {
+            0.0
+        },
+        bytes_recv: p.bytesrecv.unwrap_or(p.payloadrecv),
+        bytes_sent: p.bytessent.unwrap_or(p.payloadsent),
+        notfound: p.tx_relay.notfound_recv,
+        send_queue_bytes: p.memory.send_queue_bytes,
+        recv_queue_bytes: p.memory.recv_queue_bytes,
+        ..PeerCost::default()
+    };
+    if let Some(mempool) = &p.mempool {
+        for (reason, &n) in &mempool.rejected_by_reason {
+            match RejectionKind::of(reason) {
+                RejectionKind::Invalid => cost.txs_invalid += n,
+                RejectionKind::Duplicate => cost.txs_duplicate += n,
+                RejectionKind::Policy => cost.txs_rejected_policy += n,
+            }
+        }
+        cost.rejected_by_reason = mempool.rejected_by_reason.clone();
+    }
+    let value = PeerValue {
+        new_blocks: p.blocks.as_ref().map(|b| b.new_blocks),
+        txs_accepted: p.mempool.as_ref().map(|m| m.accepted),
+        getdata_answered: p.getdata_tx_latency_ns.count,
+        ping_min_ms: p.ping.min_rtt_ns.map(|ns| ns as f64 / 1e6),
+    };
+    let flags = flags(&p, &cost);
+    PeerCard {
+        rank: 0,
+        id: p.id,
+        addr: p.addr,
+        network: p.network,
+        connection_type: p.connection_type,
+        closed: p.closed,
+        value,
+        cost,
+        flags,
+    }
+}
+
+/// Why the mempool turned a transaction down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RejectionKind {
+    /// It breaks consensus rules.
+    Invalid,
+    /// The node has it already.
+    Duplicate,
+    /// Policy: fees, standardness, package and mempool limits, missing inputs.
+    Policy,
+}
+
+impl RejectionKind {
+    /// The kind of Bitcoin Core's rejection `reason` (`mempool:rejected`).
+    fn of(reason: &str) -> Self {
+        if DUPLICATE_REASONS.contains(&reason) {
+            RejectionKind::Duplicate
+        } else if (reason.starts_with("bad-txns-") && reason != "bad-txns-inputs-missingorspent")
+            || reason.starts_with("mandatory-script-verify-flag-failed")
+        {
+            RejectionKind::Invalid
+        } else {
+            RejectionKind::Policy
+        }
+    }
+}
+
+/// The flags a peer raises, by [`FLAG_RULES`].
+fn flags(p: &PeerFigures, cost: &PeerCost) -> Vec<FlagHit> {
+    let mut hits = Vec::new();
+    let mut hit = |flag: &'static str, because: String| hits.push(FlagHit { flag, because });
+    if p.misbehaving > 0 {
+        hit("misbehaving", format!("misbehaving = {}", p.misbehaving));
+    }
+    if cost.txs_invalid > 0 {
+        let reasons: Vec<String> = cost
+            .rejected_by_reason
+            .iter()
+            .filter(|(r, _)| RejectionKind::of(r) == RejectionKind::Invalid)
+            .map(|(r, n)| format!("{r} × {n}"))
+            .collect();
+        hit(
+            "invalid-txs",
+            format!(
+                "{} invalid transactions: {}",
+                cost.txs_invalid,
+                reasons.join(", ")
+            ),
+        );
+    }
+    if let Some(share) = cost.cpu_share {
+        if share >= CPU_HOG_MIN_SHARE && share >= CPU_HOG_RATIO * cost.msgs_recv_share {
+            hit(
+                "cpu-hog",
+                format!(
+                    "on-CPU share {:.1}% for {:.1}% of the messages received",
+                    share * 100.0,
+                    cost.msgs_recv_share * 100.0
+                ),
+            );
+        }
+    }
+    let unanswered_pings = p.ping.pings_sent.saturating_sub(p.ping.pongs_matched);
+    if unanswered_pings >= UNRESPONSIVE_PINGS || p.getdata_tx_pending >= UNRESPONSIVE_GETDATA {
+        hit(
+            "unresponsive",
+            format!(
+                "{unanswered_pings} of {} pings unanswered, {} getdata requests waiting",
+                p.ping.pings_sent, p.getdata_tx_pending
+            ),
+        );
+    }
+    if let Some(bytes) = cost.send_queue_bytes {
+        if bytes >= STALLING_SEND_QUEUE_BYTES {
+            hit("stalling", format!("send_queue_bytes = {bytes}"));
+        }
+    }
+    hits
+}
+
+/// Sorts `rows` by [`RANKING_RULE`] and numbers them.
+fn rank(rows: &mut [PeerCard]) {
+    rows.sort_by(|a, b| {
+        let key = |c: &PeerCard| {
+            (
+                c.flags.len(),
+                std::cmp::Reverse(c.value.new_blocks.unwrap_or(0)),
+                std::cmp::Reverse(c.value.txs_accepted.unwrap_or(0)),
+                std::cmp::Reverse(c.value.getdata_answered),
+                c.cost.cpu_ns.unwrap_or(u64::MAX),
+                c.id,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.rank = i + 1;
+    }
+}
+
+/// The rows summed by connection type and network.
+fn connection_mix(rows: &[PeerCard]) -> Vec<MixRow> {
+    let mut groups: BTreeMap<(String, Option<String>), MixRow> = BTreeMap::new();
+    for r in rows {
+        let g = groups
+            .entry((r.connection_type.clone(), r.network.clone()))
+            .or_insert_with(|| MixRow {
+                connection_type: r.connection_type.clone(),
+                network: r.network.clone(),
+                ..MixRow::default()
+            });
+        g.peers += 1;
+        g.flagged += u64::from(!r.flags.is_empty());
+        g.new_blocks += r.value.new_blocks.unwrap_or(0);
+        g.txs_accepted += r.value.txs_accepted.unwrap_or(0);
+        g.getdata_answered += r.value.getdata_answered;
+        g.cpu_ns += r.cost.cpu_ns.unwrap_or(0);
+        g.bytes += r.cost.bytes_recv + r.cost.bytes_sent;
+    }
+    groups
+        .into_values()
+        .map(|mut g| {
+            let n = g.peers as f64;
+            g.per_peer = MixPerPeer {
+                new_blocks: g.new_blocks as f64 / n,
+                txs_accepted: g.txs_accepted as f64 / n,
+                cpu_ns: g.cpu_ns as f64 / n,
+                bytes: g.bytes as f64 / n,
+            };
+            g
+        })
+        .collect()
+}
