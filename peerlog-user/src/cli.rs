@@ -49,9 +49,14 @@ pub enum Command {
     /// Replay a captured peer's messages into a node as a new peer, and
     /// record what the node answers.
     Replay(crate::toolbox::replay::ReplayArgs),
+    /// The peer report card of a stats log (`peerlog trace --stats-log`):
+    /// which peers are worth their cost and which misbehave, best first,
+    /// and the value and cost of each connection type and network.
+    Report(crate::toolbox::report::ReportArgs),
     /// Ask a running `peerlog trace` over its control RPC: per-peer figures
-    /// (getpeerstats), node figures (getnodestats), status (getstatus), or
-    /// switch the capture on and off (setcapture).
+    /// (getpeerstats), node figures (getnodestats), the peer report card
+    /// (getpeerreport), status (getstatus), or switch the capture on and
+    /// off (setcapture).
     Ctl(crate::control::client::CtlArgs),
     /// Re-render, merge or filter the collapsed stacks (`*.folded`) of
     /// `peerlog trace --flamegraph` into a flamegraph SVG, without tracing
@@ -286,6 +291,7 @@ pub fn main() -> ExitCode {
         Command::Stats(args) => crate::toolbox::analysis::run(args),
         Command::Convert(args) => crate::toolbox::convert::run(args),
         Command::Replay(args) => crate::toolbox::replay::run(args),
+        Command::Report(args) => crate::toolbox::report::run(args),
         Command::Ctl(args) => crate::control::client::ctl(args),
         Command::Flamegraph(args) => args.run(),
     };

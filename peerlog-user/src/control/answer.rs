@@ -1,5 +1,6 @@
 //! The answers of the report queries (`getpeerstats`, `getnodestats`,
-//! `getstatus`, a metrics scrape), from the figures of the running trace.
+//! `getpeerreport`, `getstatus`, a metrics scrape), from the figures of the
+//! running trace.
 
 use serde_json::Value;
 
@@ -8,7 +9,7 @@ use super::{
     protocol::{ReportQuery, RpcError, TraceStatus},
     status,
 };
-use crate::stats::Reporter;
+use crate::stats::{card, Reporter, StatsFilter};
 
 /// Answers a question of the control RPC or the metrics endpoint.
 pub fn answer(
@@ -19,6 +20,16 @@ pub fn answer(
     Ok(match query {
         ReportQuery::PeerStats(filter) => Value::Array(report.collector.peers_json(&filter)),
         ReportQuery::NodeStats(filter) => report.collector.node_json(&filter),
+        ReportQuery::PeerReport => {
+            // From the same rows `getpeerstats` and a stats log line hold, so
+            // `peerlog report` over a stats log gives the same card.
+            let all = StatsFilter::new(Vec::new(), Vec::new());
+            let peers = report.collector.peers_json(&all);
+            let node = report.collector.node_json(&all);
+            let card =
+                card::card(&peers, &node).map_err(|e| RpcError::internal(format!("{e:#}")))?;
+            serde_json::to_value(card).map_err(|e| RpcError::internal(e.to_string()))?
+        }
         ReportQuery::Status => status::status_json(trace, report),
         ReportQuery::Metrics(filter) => {
             let filter = filter.unwrap_or_else(|| report.options().filter.clone());

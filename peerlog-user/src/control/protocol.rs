@@ -33,7 +33,7 @@ pub enum RpcSocket {
 }
 
 /// The methods, for `help`.
-pub(crate) const METHODS: [(&str, &str); 5] = [
+pub(crate) const METHODS: [(&str, &str); 6] = [
     (
         "getpeerstats",
         "{\"peers\": [FILTER...], \"msg_types\": [TYPE...]} -> [peer figures]",
@@ -41,6 +41,10 @@ pub(crate) const METHODS: [(&str, &str); 5] = [
     (
         "getnodestats",
         "{\"msg_types\": [TYPE...]} -> the whole node's figures",
+    ),
+    (
+        "getpeerreport",
+        "-> the peer report card: value, cost and flags per peer, best first, and the connection mix",
     ),
     (
         "getstatus",
@@ -95,6 +99,8 @@ pub enum ReportQuery {
     PeerStats(StatsFilter),
     /// `getnodestats`.
     NodeStats(StatsFilter),
+    /// `getpeerreport`.
+    PeerReport,
     /// `getstatus`.
     Status,
     /// A scrape of the Prometheus endpoint, with its filter (None: the
@@ -185,7 +191,7 @@ pub(crate) fn parse_query(method: &str, params: Value) -> Result<Option<Query>, 
         "getpeerstats" => &["peers", "msg_types"],
         "getnodestats" => &["msg_types"],
         "setcapture" => &["enabled", "peers", "msg_types"],
-        "getstatus" | "help" => &[],
+        "getpeerreport" | "getstatus" | "help" => &[],
         _ => {
             return Err(RpcError {
                 code: -32601,
@@ -231,6 +237,7 @@ pub(crate) fn parse_query(method: &str, params: Value) -> Result<Option<Query>, 
             Vec::new(),
             msg_types(true)?.unwrap_or_default(),
         ))),
+        "getpeerreport" => Query::Report(ReportQuery::PeerReport),
         "getstatus" => Query::Report(ReportQuery::Status),
         "setcapture" => {
             let enabled = match params.get("enabled") {
