@@ -51,10 +51,15 @@ fn main() {
         twin_only("deterministic mempool and block acceptance and the twinburn message");
     let twin_stripped = twin_only("a stripped copy without its debug file");
     let real_node = bitcoind_only();
-    let tests: [TestCase; 7] = [
+    let tests: [TestCase; 8] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
+            &[&ebpf, &twin_exact],
+        ),
+        (
+            "report_card_ranks_and_flags_peers",
+            report_card_ranks_and_flags_peers,
             &[&ebpf, &twin_exact],
         ),
         (
@@ -195,6 +200,197 @@ fn msghand_cpu(pid: i32) -> Result<(u64, u64)> {
 /// and sending slices), ns.
 fn msghand_ns(figures: &Value) -> u64 {
     u(&figures["processing"]["cpu_ns"]) + u(&figures["sending"]["cpu_ns"])
+}
+
+/// Five peers of known worth: the report card ranks and flags them by its
+/// rules, live (`getpeerreport`) and offline (`peerlog report` over the
+/// stats log) alike.
+fn report_card_ranks_and_flags_peers() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let mut invalid = connect(&node)?;
+    let mut burner = connect(&node)?;
+    let mut announcer = connect(&node)?;
+    let mut server = connect(&node)?;
+    let mut idle = connect(&node)?;
+    for (i, p) in [
+        &mut invalid,
+        &mut burner,
+        &mut announcer,
+        &mut server,
+        &mut idle,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sync(p, 1000 + i as u64)?;
+    }
+    // Announces and sends three valid transactions.
+    let valid: Vec<Transaction> = (0..3).map(|i| p2p::test_transaction(300 + i, 2)).collect();
+    // Announces and sends two transactions without outputs.
+    let bad: Vec<Transaction> = (0..2)
+        .map(|i| p2p::invalid_test_transaction(400 + i))
+        .collect();
+    for (peer, txs) in [(&mut announcer, &valid), (&mut invalid, &bad)] {
+        let wtxids: Vec<_> = txs.iter().map(|t| t.compute_wtxid()).collect();
+        peer.send(&p2p::inv_wtx(&wtxids))?;
+        peer.recv_msg_type("getdata", Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("waiting for getdata: {e}"))?;
+        for tx in txs.iter() {
+            peer.send(&NetworkMessage::Tx(tx.clone()))?;
+        }
+        sync(peer, 2)?;
+    }
+    server.send(&NetworkMessage::Block(new_block(7)))?;
+    sync(&mut server, 2)?;
+    for _ in 0..4 {
+        burner.send_raw("twinburn", &2_000_000u32.to_le_bytes())?;
+    }
+    sync(&mut burner, 2)?;
+    // Every feature must keep the node alive under malformed input.
+    let opts = HandshakeOptions {
+        read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let addr = node.p2p_addr;
+    malformed::run(&malformed::cases(), || {
+        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
+    })
+    .context("malformed messages")?;
+    for p in [
+        &mut invalid,
+        &mut burner,
+        &mut announcer,
+        &mut server,
+        &mut idle,
+    ] {
+        sync(p, 99)?;
+    }
+    let ours = [
+        ("server", server.local_addr()),
+        ("announcer", announcer.local_addr()),
+        ("idle", idle.local_addr()),
+        ("burner", burner.local_addr()),
+        ("invalid", invalid.local_addr()),
+    ];
+    // Our five peers' rows of a card, in its order, by name.
+    let rows_of = |card: &Value| -> Result<Vec<(&'static str, Value)>> {
+        let peers = card["peers"].as_array().context("a card without peers")?;
+        Ok(peers
+            .iter()
+            .filter_map(|row| {
+                let (name, _) = ours
+                    .iter()
+                    .find(|(_, a)| row["addr"] == a.to_string().as_str())?;
+                Some((*name, row.clone()))
+            })
+            .collect())
+    };
+    let flags = |row: &Value| -> Vec<String> {
+        row["flags"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|f| f["flag"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let live = ctl(&t.socket, "getpeerreport", "{}")?;
+    let rows = rows_of(&live)?;
+    let order: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+    // The block first, then the transactions, then the idle peer; the two
+    // flagged ones last.
+    ensure!(
+        order[..3] == ["server", "announcer", "idle"],
+        "ranked {order:?}: {live:#}"
+    );
+    for (name, row) in &rows {
+        let f = flags(row);
+        let expected: &[&str] = match *name {
+            "burner" => &["cpu-hog"],
+            "invalid" => &["invalid-txs"],
+            _ => &[],
+        };
+        ensure!(
+            expected.iter().all(|e| f.iter().any(|g| g == e))
+                && (!expected.is_empty() || f.is_empty()),
+            "{name}: flags {f:?}, expected {expected:?}: {row:#}"
+        );
+    }
+    let announcer_row = &rows[1].1;
+    ensure!(
+        u(&announcer_row["value"]["txs_accepted"]) == 3
+            && u(&announcer_row["value"]["getdata_answered"]) == 3,
+        "announcer: {announcer_row:#}"
+    );
+    let invalid_row = &rows.iter().find(|(n, _)| *n == "invalid").unwrap().1;
+    ensure!(
+        u(&invalid_row["cost"]["txs_invalid"]) == 2,
+        "invalid: {invalid_row:#}"
+    );
+    ensure!(
+        live["connection_mix"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|g| g["connection_type"] == "inbound")),
+        "connection mix: {}",
+        live["connection_mix"]
+    );
+
+    // Offline, over the stats log: a line written after a live card on a
+    // quiet node holds the same figures. The stats log drops peers it has
+    // reported closed (the malformed ones), so our five are compared.
+    let mut tries = 0;
+    loop {
+        let live = ctl(&t.socket, "getpeerreport", "{}")?;
+        let asked = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as u64;
+        // Two ticks of the 0.5 s stats interval.
+        thread::sleep(Duration::from_millis(1100));
+        let line = read_stats_log(t.dir.path())?
+            .into_iter()
+            .find(|l| l["time_us"].as_u64().is_some_and(|t| t > asked))
+            .context("no stats line after the live card")?;
+        let out = Command::new(peerlog_bin()?)
+            .arg("report")
+            .arg(t.dir.path().join("stats.jsonl"))
+            .args([
+                "--json",
+                "--at",
+                &format!("{:.6}", u(&line["time_us"]) as f64 / 1e6),
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "peerlog report failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let offline: Value = serde_json::from_slice(&out.stdout)?;
+        let strip = |rows: Vec<(&'static str, Value)>| -> Vec<(&'static str, Value)> {
+            rows.into_iter()
+                .map(|(n, mut row)| {
+                    // Ranks count the other peers too, which differ.
+                    row.as_object_mut().map(|o| o.remove("rank"));
+                    (n, row)
+                })
+                .collect()
+        };
+        let (a, b) = (strip(rows_of(&live)?), strip(rows_of(&offline)?));
+        if a == b {
+            break;
+        }
+        tries += 1;
+        ensure!(
+            tries < 5,
+            "the offline card differs from the live one:\nlive {a:#?}\noffline {b:#?}"
+        );
+    }
+    // The node still answers after all of it.
+    sync(&mut idle, 100)?;
+    t.stop()?;
+    Ok(())
 }
 
 /// Bytes of these messages on a v1 connection: a 24-byte header each.
