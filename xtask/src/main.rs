@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod test;
 
 /// Debian packages the build and the tests need: Debian's rustc with its
@@ -29,6 +30,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "binutils",
     "bpftrace",
     "tshark", // the toolbox tests check `convert --to pcapng` with Wireshark's dissector
+    // `cargo xtask dist`: dpkg-shlibdeps (the package's Depends, by
+    // cargo-deb) and systemd-analyze (the unit's test and CI's check).
+    "dpkg-dev",
+    "systemd",
     // The runtime libraries of Bitcoin Core's bitcoind, which `cargo xtask
     // test` runs the suite against a second time.
     "libevent-core-2.1-7",
@@ -89,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// Set up, then build what an operator installs on a node (no LLVM or
+    /// bpf-linker needed there): a Debian package in target/dist/ with the
+    /// release peerlog, its systemd unit, man pages and shell completions;
+    /// checks what the package holds.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +131,10 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Bench { smoke } => {
             setup()?;
             bench::run(smoke)
+        }
+        Cmd::Dist => {
+            setup()?;
+            dist::run()
         }
     }
 }

@@ -192,6 +192,11 @@ fn put_u64(buf: &mut [u8], at: usize, v: u64) {
 /// Adds the call and, for permission errors, the capabilities it needs.
 fn annotate(err: io::Error, call: &str) -> io::Error {
     let hint = match err.raw_os_error() {
+        // The kernel's uprobe PMU checks for CAP_SYS_ADMIN alone (EACCES
+        // with CAP_BPF and CAP_PERFMON, measured on 6.18).
+        Some(libc::EPERM) | Some(libc::EACCES) if call.contains("uprobe") => {
+            " (the kernel opens uprobes only for CAP_SYS_ADMIN; run as root or grant it with setcap)"
+        }
         Some(libc::EPERM) | Some(libc::EACCES) => {
             " (needs CAP_PERFMON and CAP_BPF, or CAP_SYS_ADMIN; run as root or grant them with setcap)"
         }
