@@ -18,7 +18,10 @@ pub fn answer(
 ) -> Result<Value, RpcError> {
     Ok(match query {
         ReportQuery::PeerStats(filter) => Value::Array(report.collector.peers_json(&filter)),
-        ReportQuery::NodeStats(filter) => report.collector.node_json(&filter),
+        ReportQuery::NodeStats(filter) => {
+            let readings = report.collector.read_node();
+            report.collector.node_json(&filter, &readings)
+        }
         ReportQuery::Status => status::status_json(trace, report),
         ReportQuery::Metrics(filter) => {
             let filter = filter.unwrap_or_else(|| report.options().filter.clone());

@@ -17,7 +17,10 @@ use super::protocol::TraceStatus;
 use crate::{
     elf::layout::QueueBytes,
     peers::{Network, ReportSink},
-    stats::{Collector, Figures, Hist, PeerEntry, SliceTotals, Slices, StatsFilter, Traffic},
+    stats::{
+        Collector, Figures, Hist, NodeReadings, PeerEntry, SliceTotals, Slices, StatsFilter,
+        Traffic,
+    },
 };
 
 /// Peers exported at most per scrape; Bitcoin Core allows 125 connections by default.
@@ -106,6 +109,8 @@ struct Scrape<'a> {
     c: &'a Collector,
     msghand: &'a Value,
     filter: &'a StatsFilter,
+    /// bitcoind's own figures, read once for the whole scrape.
+    readings: NodeReadings,
     /// The peers exported: due, selected, at most [`MAX_PEERS`].
     peers: Vec<&'a PeerEntry>,
     /// Peers selected but beyond [`MAX_PEERS`].
@@ -286,7 +291,7 @@ const FAMILIES: &[Family] = &[
         help: "bitcoind's resident set size (VmRSS in /proc/PID/status)",
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
-            if let Some(rss) = s.c.node_rss_bytes() {
+            if let Some(rss) = s.readings.rss_bytes {
                 e.sample(name, "", rss as f64);
             }
         }),
@@ -404,6 +409,7 @@ fn render_text(
         c,
         msghand,
         filter,
+        readings: c.read_node(),
         peers,
         omitted,
         rows,
@@ -506,10 +512,10 @@ fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
     let bytes = s
         .peers
         .iter()
-        .map(|p| (peer_labels(p), s.c.node_bytes(&p.peer)))
+        .map(|p| (peer_labels(p), s.readings.bytes(p.peer.id)))
         .chain(std::iter::once((
             String::new(),
-            Some(s.c.node_bytes_total()),
+            Some(s.readings.bytes_total),
         )));
     for (labels, b) in bytes {
         let Some(b) = b else { continue };
@@ -529,10 +535,10 @@ fn queue_bytes(s: &Scrape, e: &mut Exposition, name: &str, pick: fn(QueueBytes) 
     let rows = s
         .peers
         .iter()
-        .map(|p| (peer_labels(p), s.c.node_queues(&p.peer)))
+        .map(|p| (peer_labels(p), s.readings.queues(p.peer.id)))
         .chain(std::iter::once((
             String::new(),
-            Some(s.c.node_queues_total()),
+            Some(s.readings.queues_total),
         )));
     for (labels, queues) in rows {
         if let Some(n) = queues.and_then(pick) {

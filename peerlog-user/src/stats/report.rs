@@ -227,17 +227,18 @@ impl Reporter {
     fn write_stats_line(&mut self, now: SystemTime) -> Result<()> {
         let filter = &self.options.filter;
         let c = &self.collector;
+        let readings = c.read_node();
         let peers: Vec<Value> = c
             .peers()
             .iter()
             .filter(|e| e.peer.due(ReportSink::StatsLog) && filter.shows_peer(&e.peer))
-            .map(|e| c.peer_json(e, filter))
+            .map(|e| c.peer_json(e, filter, &readings))
             .collect();
         let line = json!({
             "time_us": now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64,
             "uptime_s": now.duration_since(self.started).unwrap_or_default().as_secs_f64(),
             "missing_figures": c.coverage().missing_figures(),
-            "node": c.node_json(filter),
+            "node": c.node_json(filter, &readings),
             "msghand_thread": self.msghand_json(),
             "peers": peers,
         });

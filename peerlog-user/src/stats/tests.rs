@@ -230,7 +230,7 @@ fn final_bytes_of_closed_peers_stay_in_the_totals() {
     assert!(c.peers().iter().count() < CLOSED_PEERS_KEPT + 2);
     let n = CLOSED_PEERS_KEPT as u64 + 2;
     assert_eq!(
-        c.node_bytes_total(),
+        c.read_node().bytes_total,
         NodeBytes {
             recv: 100 * n,
             sent: 10 * n
@@ -238,7 +238,7 @@ fn final_bytes_of_closed_peers_stay_in_the_totals() {
     );
     let kept = c.peers().iter().next().unwrap();
     assert_eq!(
-        c.node_bytes(&kept.peer),
+        c.read_node().bytes(kept.peer.id),
         Some(NodeBytes {
             recv: 100,
             sent: 10
@@ -537,7 +537,7 @@ fn missing_coverage_is_null_not_zero() {
         Some(vec![0; 8]),
         0,
     ));
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
     for field in [
         "processing",
         "sending",
@@ -577,6 +577,7 @@ fn missing_coverage_is_null_not_zero() {
     let v = c.peer_json(
         c.peer(1).unwrap(),
         &StatsFilter::new(vec![], vec!["pong".into()]),
+        &c.read_node(),
     );
     assert_eq!(v["processing"]["cpu_ns"], 6);
     assert_eq!(v["processing"]["cpu_ns_per_slice"]["count"], 1);
@@ -588,7 +589,7 @@ fn missing_coverage_is_null_not_zero() {
         serde_json::json!({}),
         "filtered to pong"
     );
-    let node = c.node_json(&StatsFilter::default());
+    let node = c.node_json(&StatsFilter::default(), &c.read_node());
     assert_eq!(node["peers_connected"], 2);
     assert_eq!(node["msg_types"]["ping"]["recv"]["msgs"], 1);
     let only = c.peers_json(&StatsFilter::new(vec!["id=2".parse().unwrap()], vec![]));
@@ -712,7 +713,7 @@ fn coverage_from_the_probes() {
 #[test]
 fn memory_is_null_where_not_read() {
     let c = collector().with_process(std::process::id());
-    let node = c.node_json(&StatsFilter::default());
+    let node = c.node_json(&StatsFilter::default(), &c.read_node());
     // Covered but no peer: the sums are zero; the orphanage is never read.
     assert_eq!(node["memory"]["send_queue_bytes"], 0);
     assert_eq!(node["memory"]["recv_queue_bytes"], 0);
@@ -729,11 +730,11 @@ fn memory_is_null_where_not_read() {
         0,
     ));
     // No CNode known: the peer's queues are unknown, not empty.
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
     assert!(v["memory"]["send_queue_bytes"].is_null(), "{v:#}");
     assert!(v["memory"]["recv_queue_bytes"].is_null(), "{v:#}");
     // Without a process, no RSS.
-    assert!(c.node_json(&StatsFilter::default())["memory"]["rss_bytes"].is_null());
+    assert!(c.node_json(&StatsFilter::default(), &c.read_node())["memory"]["rss_bytes"].is_null());
 }
 
 #[test]
