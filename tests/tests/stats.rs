@@ -737,11 +737,12 @@ fn bytes_match_getpeerinfo_v1_and_v2() -> Result<()> {
     Ok(())
 }
 
-/// A peer that disconnects appears once more in the stats log and in the
-/// metrics, closed and with its final figures, and then no more.
+/// A peer that disconnects appears once more in the stats log and, with a
+/// grace of 0, in the metrics, closed and with its final figures, and then
+/// no more.
 fn closed_peers_are_reported_once() -> Result<()> {
     let node = Node::start()?;
-    let t = StatsTrace::start(&node, &[])?;
+    let t = StatsTrace::start(&node, &["--metrics-closed-grace", "0"])?;
     let mut a = connect(&node)?;
     let mut b = connect(&node)?;
     for nonce in 1..=3 {

@@ -1,6 +1,8 @@
 //! The answers of the report queries (`getpeerstats`, `getnodestats`,
 //! `getstatus`, a metrics scrape), from the figures of the running trace.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde_json::Value;
 
 use super::{
@@ -24,14 +26,22 @@ pub fn answer(
         }
         ReportQuery::Status => status::status_json(trace, report),
         ReportQuery::Metrics(filter) => {
-            let filter = filter.unwrap_or_else(|| report.options().filter.clone());
+            let options = report.options();
+            let filter = filter.unwrap_or_else(|| options.filter.clone());
+            let series = options.series;
             let msghand = report.msghand_json();
-            Value::String(metrics::render(
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let req = metrics::ScrapeRequest {
                 trace,
-                &mut report.collector,
-                &msghand,
-                &filter,
-            ))
+                msghand: &msghand,
+                filter: &filter,
+                series: &series,
+                now_unix,
+            };
+            Value::String(metrics::render(&mut report.collector, &req))
         }
     })
 }

@@ -32,6 +32,7 @@ pub mod matcher;
 pub mod payload;
 mod readings;
 mod report;
+mod series;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -47,6 +48,7 @@ pub use hist::{HdrLog, Hist, HistSummary};
 pub use json::StatsFilter;
 pub use readings::NodeReadings;
 pub use report::{check_msg_types, find_thread, thread_cpu_ns, ReportOptions, Reporter};
+pub use series::{PeerSeries, PeersBy, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS};
 
 use crate::{
     clock::WallClock,

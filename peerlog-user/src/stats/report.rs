@@ -31,6 +31,8 @@ pub struct ReportOptions {
     /// Whether a Prometheus endpoint is scraped: closed peers then wait
     /// for one more scrape.
     pub metrics: bool,
+    /// Which peers get series of their own in the metrics.
+    pub series: super::PeerSeries,
     /// Peers and message types the stats log and metrics show.
     pub filter: StatsFilter,
 }

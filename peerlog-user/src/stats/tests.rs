@@ -743,3 +743,55 @@ fn vm_rss_is_read_in_bytes() {
     assert_eq!(vm_rss_bytes(status), Some(123_456 * 1024));
     assert_eq!(vm_rss_bytes("Name:\tkthreadd\n"), None);
 }
+
+#[test]
+fn series_go_to_the_peers_that_cost_the_most_cpu() {
+    let rule = PeerSeries {
+        max_peers: 1,
+        by: PeersBy::Cpu,
+        closed_grace_s: 0,
+    };
+    let sinks = ReportSinks::default().with(ReportSink::Metrics);
+    let mut c = Collector::new(WallClock::sample(), full_coverage(), false, sinks);
+    // Peer 1 moves more bytes, peer 2 costs more CPU.
+    c.handle(&msg(1, 1, 1, Direction::Inbound, "tx", None, 5000));
+    c.handle(&msg(1, 1, 2, Direction::Inbound, "tx", None, 10));
+    c.handle(&slice(
+        SliceKind::Processing,
+        2,
+        "tx",
+        0,
+        10 * MS,
+        Some(5 * MS),
+    ));
+    let ids = |c: &Collector, rule: &PeerSeries| {
+        let (peers, omitted) = c.series_peers(rule, &StatsFilter::default());
+        (peers.iter().map(|e| e.peer.id).collect::<Vec<_>>(), omitted)
+    };
+    assert_eq!(ids(&c, &rule), (vec![2], 1));
+    let by_traffic = PeerSeries {
+        by: PeersBy::Traffic,
+        ..rule
+    };
+    assert_eq!(ids(&c, &by_traffic), (vec![1], 1));
+    // Without CPU slices measured, CPU ranks by traffic; ties go to the
+    // lower peer id.
+    let mut c = Collector::new(
+        WallClock::sample(),
+        Coverage {
+            slices: false,
+            ..full_coverage()
+        },
+        false,
+        sinks,
+    );
+    c.handle(&msg(1, 1, 3, Direction::Inbound, "tx", None, 10));
+    c.handle(&msg(1, 1, 4, Direction::Inbound, "tx", None, 10));
+    c.handle(&msg(1, 1, 5, Direction::Inbound, "tx", None, 5000));
+    assert_eq!(ids(&c, &rule), (vec![5], 2));
+    let two = PeerSeries {
+        max_peers: 2,
+        ..by_traffic
+    };
+    assert_eq!(ids(&c, &two), (vec![3, 5], 1));
+}
