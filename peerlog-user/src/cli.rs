@@ -179,7 +179,7 @@ pub struct StatsArgs {
     /// 100000); the others count in the node's series and in
     /// `peerlog_peers_omitted`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS,
-          value_parser = number_in(1, 100_000, " peers"))]
+          value_parser = number_in(1_usize, 100_000, " peers"))]
     pub metrics_max_peers: usize,
 
     /// Which peers get series of their own: those that moved the most
@@ -192,7 +192,7 @@ pub struct StatsArgs {
     /// scrape this many seconds after it closed (0 to 86400; 0: the next
     /// scrape only).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CLOSED_GRACE_S,
-          value_parser = number_in(0, 86_400, " seconds"))]
+          value_parser = number_in(0_u64, 86_400, " seconds"))]
     pub metrics_closed_grace: u64,
 
     /// Only these peers in the stats log and the metrics (repeatable; the
