@@ -265,7 +265,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "peerlog_peer_closed",
         kind: "gauge",
-        help: "1 for a peer that disconnected: its final figures, exported once",
+        help: "1 for a peer that disconnected: its final figures, exported until its grace has passed",
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
             for (row, p) in s.peer_rows() {
