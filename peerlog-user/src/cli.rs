@@ -10,7 +10,9 @@ use crate::{
     filter::{PeerFilter, PeerSelector},
     formats::capture::CaptureLayout,
     messages::UsageError,
-    stats::{ReportOptions, StatsFilter},
+    stats::{
+        PeerSeries, PeersBy, ReportOptions, StatsFilter, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS,
+    },
     trace::{self, TraceOptions},
 };
 
@@ -178,6 +180,26 @@ pub struct StatsArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Give at most N peers series of their own in the metrics (1 to
+    /// 100000); the others count in the node's series and in
+    /// `peerlog_peers_omitted`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS,
+          value_parser = number_in(1_usize, 100_000, " peers"))]
+    pub metrics_max_peers: usize,
+
+    /// Which peers get series of their own: those that moved the most
+    /// payload bytes both ways (`traffic`), or that cost the message handler
+    /// the most on-CPU time (`cpu`; by traffic when CPU accounting is off).
+    #[arg(long, value_name = "RANK", value_enum, default_value_t = PeersBy::Traffic)]
+    pub metrics_peers_by: PeersBy,
+
+    /// Keep a closed peer's series, with its final figures, until the first
+    /// scrape this many seconds after it closed (0 to 86400; 0: the next
+    /// scrape only).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CLOSED_GRACE_S,
+          value_parser = number_in(0_u64, 86_400, " seconds"))]
+    pub metrics_closed_grace: u64,
+
     /// Only these peers in the stats log and the metrics (repeatable; the
     /// terms of --peer). Totals always cover every peer.
     #[arg(long = "stats-peer", value_name = "FILTER")]
@@ -209,6 +231,11 @@ impl StatsArgs {
             interval: self.stats_interval,
             hdr_log: self.hdr_log,
             metrics: self.metrics.is_some(),
+            series: PeerSeries {
+                max_peers: self.metrics_max_peers,
+                by: self.metrics_peers_by,
+                closed_grace_s: self.metrics_closed_grace,
+            },
             filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
         };
         let control = ControlOptions {

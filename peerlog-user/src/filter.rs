@@ -11,7 +11,7 @@
 //! | `127.0.0.1:18444`, `[::1]:8333` | that address and port |
 //! | `10.0.0.0/8`, `2001:db8::/32` | addresses in the CIDR range |
 //! | `abc…xyz.onion`, `host=name` | that host name, any port |
-//! | `ipv4`, `ipv6`, `onion`, `i2p`, `cjdns`, `net=…` | the peer's network |
+//! | `ipv4`, `ipv6`, `onion`, `i2p`, `cjdns`, `not_publicly_routable`, `net=…` | the peer's network |
 //! | `inbound`, `outbound-full-relay`, `block-relay-only`, `manual`, `feeler`, `addr-fetch`, `private-broadcast`, `type=…` | the connection type |
 //! | `outbound`, `type=outbound` | every connection type but `inbound` |
 

@@ -39,8 +39,10 @@ use peerlog::{
     stats::msg_type_key,
 };
 use peerlog_tests::{
-    bitcoind_only, connect, ebpf_skip, malformed, peerlog_bin, run_suite, sync, twin_only, Node,
-    TestCase, Tracer, NETWORK, TWIN_STRIPPED,
+    bitcoind_only, connect, ebpf_skip,
+    loadgen::{self, LoadConfig},
+    malformed, peerlog_bin, run_suite, standard_traffic, sync, twin_only, Node, TestCase, Tracer,
+    NETWORK, TWIN_STRIPPED,
 };
 use serde_json::Value;
 
@@ -51,7 +53,8 @@ fn main() {
         twin_only("deterministic mempool and block acceptance and the twinburn message");
     let twin_stripped = twin_only("a stripped copy without its debug file");
     let real_node = bitcoind_only();
-    let tests: [TestCase; 8] = [
+    let twin_blocks = twin_only("the load generator asks for the twin's blocks");
+    let tests: [TestCase; 10] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -86,6 +89,16 @@ fn main() {
         (
             "bad_rpc_requests_get_clear_errors",
             bad_rpc_requests_get_clear_errors,
+            &[&ebpf],
+        ),
+        (
+            "metrics_keep_to_the_busiest_peers",
+            metrics_keep_to_the_busiest_peers,
+            &[&ebpf, &twin_blocks],
+        ),
+        (
+            "the_dashboard_queries_exported_metrics",
+            the_dashboard_queries_exported_metrics,
             &[&ebpf],
         ),
     ];
@@ -933,11 +946,12 @@ fn bytes_match_getpeerinfo_v1_and_v2() -> Result<()> {
     Ok(())
 }
 
-/// A peer that disconnects appears once more in the stats log and in the
-/// metrics, closed and with its final figures, and then no more.
+/// A peer that disconnects appears once more in the stats log and, with a
+/// grace of 0, in the metrics, closed and with its final figures, and then
+/// no more.
 fn closed_peers_are_reported_once() -> Result<()> {
     let node = Node::start()?;
-    let t = StatsTrace::start(&node, &[])?;
+    let t = StatsTrace::start(&node, &["--metrics-closed-grace", "0"])?;
     let mut a = connect(&node)?;
     let mut b = connect(&node)?;
     for nonce in 1..=3 {
@@ -1340,6 +1354,354 @@ fn bad_rpc_requests_get_clear_errors() -> Result<()> {
         !peerlog::control::protocol::default_socket(node.pid()).exists(),
         "a default socket was created although --rpc-socket was given"
     );
+    node.stop()?;
+    Ok(())
+}
+
+/// One sample of the exposition format: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Every sample of a scrape (label values without escapes, as peerlog's
+/// own labels in these tests are).
+fn samples(body: &str) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').context("a sample without value")?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').context("unclosed labels")?),
+            None => (series, ""),
+        };
+        let mut map = BTreeMap::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once("=\"").context("a label without value")?;
+            map.insert(k.to_string(), v.trim_end_matches('"').to_string());
+        }
+        out.push((name.to_string(), map, value.parse()?));
+    }
+    Ok(out)
+}
+
+/// Sends the malformed cases to the node over fresh connections; an error
+/// when the node stops answering.
+fn send_malformed(node: &Node) -> Result<()> {
+    let opts = HandshakeOptions {
+        read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let addr = node.p2p_addr;
+    malformed::run(&malformed::cases(), || {
+        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
+    })
+    .context("malformed messages")?;
+    Ok(())
+}
+
+/// Waits until the trace has seen every peer of the node close.
+fn all_peers_closed(socket: &Path) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let peers = ctl(socket, "getpeerstats", "{}")?;
+        if peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["closed"] == true)
+        {
+            return Ok(peers);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "peers still connected: {peers:#}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// More peers than `--metrics-max-peers` (the load generator's, and the
+/// malformed messages' connections): exactly that many peers have series
+/// of their own, the busiest by payload bytes, closed ones kept for the
+/// grace period; the node's series still count every peer.
+fn metrics_keep_to_the_busiest_peers() -> Result<()> {
+    const MAX: usize = 3;
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &["--metrics-max-peers", "3"])?;
+    let config = LoadConfig {
+        target: node.p2p_addr,
+        network: NETWORK,
+        peers: 6,
+        mix: "ping=1,relay=1,getheaders=1,block=1".parse()?,
+        rate: 0.0,
+        max_in_flight: 4,
+        duration: Duration::from_secs(2),
+        answer_timeout: Duration::from_secs(10),
+        blocks: node
+            .blocks
+            .iter()
+            .map(|(h, _)| h.parse())
+            .collect::<Result<_, _>>()?,
+    };
+    let load = thread::spawn(move || loadgen::run(&config, |_| {}));
+    send_malformed(&node)?;
+    let report = load.join().expect("the load generator panicked")?;
+    ensure!(
+        report.connected == 6 && report.requests_answered > 0,
+        "the load generator: {} peers connected, {} answers",
+        report.connected,
+        report.requests_answered
+    );
+    let mut alive = connect(&node)?;
+    sync(&mut alive, 1)?;
+    drop(alive);
+    let peers = all_peers_closed(&t.socket)?;
+    let peers = peers.as_array().unwrap();
+    ensure!(peers.len() > MAX + 6, "only {} peers", peers.len());
+
+    let body = scrape(t.metrics, "/metrics")?;
+    let all = samples(&body)?;
+    let exported: Vec<&str> = all
+        .iter()
+        .filter(|(name, _, _)| name == "peerlog_peer_closed")
+        .map(|(_, l, _)| l["peer_id"].as_str())
+        .collect();
+    ensure!(exported.len() == MAX, "per-peer series of {exported:?}");
+    let omitted = sample_of(&all, "peerlog_peers_omitted", &[])?;
+    ensure!(
+        omitted as usize == peers.len() - MAX,
+        "{omitted} peers omitted of {}",
+        peers.len()
+    );
+    // No peer left out moved more payload bytes than one exported.
+    let weight = |p: &Value| u(&p["payloadrecv"]) + u(&p["payloadsent"]);
+    let (mut inside, mut outside): (Vec<&Value>, Vec<&Value>) = peers
+        .iter()
+        .partition(|p| exported.contains(&p["id"].to_string().as_str()));
+    ensure!(
+        inside.len() == MAX,
+        "exported ids {exported:?} not among the peers"
+    );
+    inside.sort_by_key(|p| weight(p));
+    outside.sort_by_key(|p| weight(p));
+    ensure!(
+        weight(inside[0]) >= weight(outside.last().unwrap()),
+        "a busier peer was left out: {} < {}",
+        weight(inside[0]),
+        weight(outside.last().unwrap())
+    );
+    // The node's series count every peer: they equal getnodestats, and
+    // the sums over the peers.
+    let node_stats = ctl(&t.socket, "getnodestats", "{}")?;
+    for (direction, field) in [
+        ("recv", "payloadrecv_per_msg"),
+        ("sent", "payloadsent_per_msg"),
+    ] {
+        let per_msg = node_stats[field].as_object().context("per message type")?;
+        ensure!(!per_msg.is_empty(), "no {field}");
+        for (msg_type, bytes) in per_msg {
+            let labels = [("direction", direction), ("msg_type", msg_type.as_str())];
+            let exported = sample_of(&all, "peerlog_payload_bytes_total", &labels)?;
+            // A peer that never had this type lacks the key.
+            let of_peers: u64 = peers
+                .iter()
+                .filter_map(|p| p[field][msg_type].as_u64())
+                .sum();
+            ensure!(
+                exported as u64 == u(bytes) && of_peers == u(bytes),
+                "{direction} {msg_type}: metrics {exported}, node {bytes}, peers {of_peers}"
+            );
+        }
+    }
+    t.stop()?;
+    node.stop()?;
+    Ok(())
+}
+
+/// The value of the sample `name` whose labels are exactly `labels`.
+fn sample_of(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    all.iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .with_context(|| format!("no sample {name} {labels:?}"))
+}
+
+/// The metric names a PromQL expression reads: identifiers that are not
+/// functions (followed by `(`), keywords, label names (inside `{}` or the
+/// lists of `by`, `without`, `on`, `ignoring`, `group_left`,
+/// `group_right`), durations and ranges (inside `[]`), strings, numbers or
+/// Grafana variables (`$…`).
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    // Aggregation operators may be followed by `by (…)` rather than `(`.
+    const KEYWORDS: [&str; 27] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "atan2",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+    ];
+    const LABEL_LISTS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let (mut i, mut braces, mut brackets, mut label_list) = (0, 0, 0, false);
+    let mut after_list_keyword = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+            }
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            '[' => brackets += 1,
+            ']' => brackets -= 1,
+            '(' if after_list_keyword => label_list = true,
+            ')' if label_list => label_list = false,
+            '$' => {
+                while i + 1 < chars.len() && (chars[i + 1].is_alphanumeric() || chars[i + 1] == '_')
+                {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                while i + 1 < chars.len() && (chars[i + 1].is_alphanumeric() || chars[i + 1] == '.')
+                {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i + 1 < chars.len()
+                    && (chars[i + 1].is_ascii_alphanumeric()
+                        || chars[i + 1] == '_'
+                        || chars[i + 1] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..=i].iter().collect();
+                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+                after_list_keyword = LABEL_LISTS.contains(&word.to_ascii_lowercase().as_str());
+                let is_name = braces == 0
+                    && brackets == 0
+                    && !label_list
+                    && next != Some(&'(')
+                    && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str());
+                if is_name && !names.contains(&word) {
+                    names.push(word);
+                }
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            after_list_keyword = false;
+        }
+        i += 1;
+    }
+    names
+}
+
+/// Every `expr` in a Grafana dashboard, at any depth.
+fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", Value::String(expr)) => out.push(expr.clone()),
+                    _ => dashboard_exprs(value, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| dashboard_exprs(i, out)),
+        _ => {}
+    }
+}
+
+/// Every metric the shipped Grafana dashboard queries is exported by a
+/// live trace, while the node gets malformed messages.
+fn the_dashboard_queries_exported_metrics() -> Result<()> {
+    // The tokenizer itself, on what it must tell apart.
+    assert_eq!(
+        promql_metric_names(
+            "sum by (peer_id, addr) (rate(peerlog_a_total{peer_id!=\"\",x=~\"$i\"}[$__rate_interval] offset 5m)) \
+             / on (instance) group_left (conn_type) peerlog_b > bool 0.5e3 or vector(1)"
+        ),
+        ["peerlog_a_total", "peerlog_b"]
+    );
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/peerlog-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    ensure!(
+        exprs.len() >= 10,
+        "only {} queries in the dashboard",
+        exprs.len()
+    );
+
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let mut peer = connect(&node)?;
+    standard_traffic(&node, &mut peer)?;
+    send_malformed(&node)?;
+    sync(&mut peer, 100)?;
+    let exported: Vec<String> = samples(&scrape(t.metrics, "/metrics")?)?
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    for expr in &exprs {
+        let names = promql_metric_names(expr);
+        ensure!(!names.is_empty(), "no metric in {expr:?}");
+        for name in names {
+            ensure!(name.starts_with("peerlog_"), "{name:?} read from {expr:?}");
+            ensure!(
+                exported.contains(&name),
+                "{name} (in {expr:?}) is not exported"
+            );
+        }
+    }
+    drop(peer);
+    t.stop()?;
     node.stop()?;
     Ok(())
 }

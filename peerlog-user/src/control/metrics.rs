@@ -1,12 +1,15 @@
 //! The figures in Prometheus' text exposition format, as the endpoint of
 //! [`super::http`] serves them.
 //!
-//! Per-peer series carry the labels `peer_id`, `addr`, `connection_type`
-//! and `network`. Label sets stay bounded: at most [`MAX_PEERS`] peers are
-//! exported (the oldest connections, by peer id; `peerlog_peers_omitted`
-//! counts the others, which the node totals still include), message types
-//! are Bitcoin Core's plus `*other*`, and a closed peer is exported in one
-//! more scrape, with its final figures, then dropped.
+//! Per-peer series carry the labels `peer_id`, `addr`, `conn_type` and
+//! `network` (`getpeerinfo`'s names of the connection type and network).
+//! Label sets stay bounded: at most `--metrics-max-peers` peers are exported
+//! per scrape, chosen by the rule of [`crate::stats::PeerSeries`];
+//! `peerlog_peers_omitted` counts the others, which the node's series (the
+//! same families without peer labels) still include. Message types are
+//! Bitcoin Core's plus `*other*`. A closed peer is exported with its final
+//! figures until the first scrape `--metrics-closed-grace` seconds after it
+//! closed, then dropped.
 
 use std::fmt::Write as _;
 
@@ -16,12 +19,12 @@ use serde_json::Value;
 use super::protocol::TraceStatus;
 use crate::{
     elf::layout::QueueBytes,
-    peers::{Network, ReportSink},
-    stats::{Collector, Figures, Hist, PeerEntry, SliceTotals, Slices, StatsFilter, Traffic},
+    peers::{Network, NodeBytes},
+    stats::{
+        Collector, Figures, Hist, PeerEntry, PeerSeries, SliceTotals, Slices, StatsFilter, Traffic,
+    },
 };
 
-/// Peers exported at most per scrape; Bitcoin Core allows 125 connections by default.
-pub const MAX_PEERS: usize = 256;
 /// The quantiles exported for distributions.
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
@@ -80,39 +83,99 @@ fn slices(f: &Figures, kind: SliceKind) -> &Slices {
 fn peer_labels(e: &PeerEntry) -> String {
     let p = &e.peer;
     format!(
-        "peer_id=\"{}\",addr=\"{}\",connection_type=\"{}\",network=\"{}\"",
+        "peer_id=\"{}\",addr=\"{}\",conn_type=\"{}\",network=\"{}\"",
         p.id,
         label_value(&p.addr),
         label_value(&p.conn_type),
-        p.network.map_or("", Network::name)
+        p.identity().network().map_or("", Network::name)
     )
 }
 
-/// Renders every metric; marks closed peers reported.
-pub fn render(
-    trace: &TraceStatus,
-    collector: &mut Collector,
-    msghand: &Value,
-    filter: &StatsFilter,
-) -> String {
-    let text = render_text(trace, collector, msghand, filter);
-    collector.reported(ReportSink::Metrics);
+/// What one scrape asks for.
+pub struct ScrapeRequest<'a> {
+    /// The trace's status: its losses.
+    pub trace: &'a TraceStatus,
+    /// The b-msghand thread's figures, as the stats log shows them.
+    pub msghand: &'a Value,
+    /// The peers and message types shown.
+    pub filter: &'a StatsFilter,
+    /// Which peers get series of their own.
+    pub series: &'a PeerSeries,
+    /// The time of the scrape, unix seconds: closed peers whose grace has
+    /// passed by then are exported for the last time.
+    pub now_unix: u64,
+}
+
+/// Renders every metric; notes the scrape, so closed peers whose grace has
+/// passed are not exported again.
+pub fn render(collector: &mut Collector, req: &ScrapeRequest) -> String {
+    let text = render_text(collector, req);
+    collector.scraped(req.series, req.now_unix);
     text
+}
+
+/// One row of a family: a peer's series, or the node's.
+struct Row<'a> {
+    /// The peer's labels; empty for the node.
+    labels: String,
+    /// The peer, or None for the node.
+    peer: Option<&'a PeerEntry>,
+    /// Its figures.
+    figures: &'a Figures,
+    /// bitcoind's byte counters, when known.
+    bytes: Option<NodeBytes>,
+    /// bitcoind's queues, when read.
+    queues: Option<QueueBytes>,
 }
 
 /// What one scrape exports: the figures, and the rows cut from them.
 struct Scrape<'a> {
-    trace: &'a TraceStatus,
+    req: &'a ScrapeRequest<'a>,
     c: &'a Collector,
-    msghand: &'a Value,
-    filter: &'a StatsFilter,
-    /// The peers exported: due, selected, at most [`MAX_PEERS`].
-    peers: Vec<&'a PeerEntry>,
-    /// Peers selected but beyond [`MAX_PEERS`].
+    /// bitcoind's resident set size, read with the rows.
+    rss_bytes: Option<u64>,
+    /// Peers selected beyond the cap.
     omitted: usize,
     /// Per-peer and node series of the same figure share a family: one row
-    /// per exported peer with its labels, then the node's without labels.
-    rows: Vec<(String, &'a Figures)>,
+    /// per exported peer with its labels, then the node's without labels;
+    /// bitcoind's own figures come from one reading of its memory.
+    rows: Vec<Row<'a>>,
+}
+
+impl<'a> Scrape<'a> {
+    fn new(c: &'a Collector, req: &'a ScrapeRequest<'a>) -> Self {
+        let readings = c.read_node();
+        let (peers, omitted) = c.series_peers(req.series, req.filter);
+        let rows = peers
+            .into_iter()
+            .map(|p| Row {
+                labels: peer_labels(p),
+                peer: Some(p),
+                figures: &p.stats.figures,
+                bytes: readings.bytes(p.peer.id),
+                queues: readings.queues(p.peer.id),
+            })
+            .chain(std::iter::once(Row {
+                labels: String::new(),
+                peer: None,
+                figures: c.total(),
+                bytes: Some(readings.bytes_total),
+                queues: Some(readings.queues_total),
+            }))
+            .collect();
+        Self {
+            req,
+            c,
+            rss_bytes: readings.rss_bytes,
+            omitted,
+            rows,
+        }
+    }
+
+    /// The rows of exported peers.
+    fn peer_rows(&self) -> impl Iterator<Item = (&Row<'a>, &'a PeerEntry)> {
+        self.rows.iter().filter_map(|r| Some((r, r.peer?)))
+    }
 }
 
 /// When a family is exported: always, or when its figures are measured.
@@ -202,11 +265,11 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "peerlog_peer_closed",
         kind: "gauge",
-        help: "1 for a peer that disconnected: its final figures, exported once",
+        help: "1 for a peer that disconnected: its final figures, exported until its grace has passed",
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
-            for p in &s.peers {
-                e.sample(name, &peer_labels(p), if p.peer.closed { 1.0 } else { 0.0 });
+            for (row, p) in s.peer_rows() {
+                e.sample(name, &row.labels, if p.peer.closed { 1.0 } else { 0.0 });
             }
         }),
     },
@@ -286,7 +349,7 @@ const FAMILIES: &[Family] = &[
         help: "bitcoind's resident set size (VmRSS in /proc/PID/status)",
         when: When::Always,
         samples: Samples::Own(|s, e, name| {
-            if let Some(rss) = s.c.node_rss_bytes() {
+            if let Some(rss) = s.rss_bytes {
                 e.sample(name, "", rss as f64);
             }
         }),
@@ -381,33 +444,8 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-fn render_text(
-    trace: &TraceStatus,
-    c: &Collector,
-    msghand: &Value,
-    filter: &StatsFilter,
-) -> String {
-    let shown: Vec<&PeerEntry> = c
-        .peers()
-        .iter()
-        .filter(|e| e.peer.due(ReportSink::Metrics) && filter.shows_peer(&e.peer))
-        .collect();
-    let omitted = shown.len().saturating_sub(MAX_PEERS);
-    let peers = shown[..shown.len() - omitted].to_vec();
-    let rows = peers
-        .iter()
-        .map(|p| (peer_labels(p), &p.stats.figures))
-        .chain(std::iter::once((String::new(), c.total())))
-        .collect();
-    let scrape = Scrape {
-        trace,
-        c,
-        msghand,
-        filter,
-        peers,
-        omitted,
-        rows,
-    };
+fn render_text(c: &Collector, req: &ScrapeRequest) -> String {
+    let scrape = Scrape::new(c, req);
     let cov = c.coverage();
     let mut e = Exposition { out: String::new() };
     for family in FAMILIES {
@@ -419,7 +457,7 @@ fn render_text(
             When::RecvQueue => cov.recv_queue,
             When::Mempool => cov.mempool,
             When::Blocks => cov.block_connected,
-            When::MsghandThread => msghand["thread_cpu_ns"].as_u64().is_some(),
+            When::MsghandThread => req.msghand["thread_cpu_ns"].as_u64().is_some(),
         };
         if !exported {
             continue;
@@ -427,13 +465,13 @@ fn render_text(
         e.family(family.name, family.kind, family.help);
         match family.samples {
             Samples::PerRow(value) => {
-                for (labels, f) in &scrape.rows {
-                    e.sample(family.name, labels, value(f));
+                for row in &scrape.rows {
+                    e.sample(family.name, &row.labels, value(row.figures));
                 }
             }
             Samples::SummaryPerRow(hist) => {
-                for (labels, f) in &scrape.rows {
-                    e.summary_seconds(family.name, labels, hist(f));
+                for row in &scrape.rows {
+                    e.summary_seconds(family.name, &row.labels, hist(row.figures));
                 }
             }
             Samples::PerMsgType(value) => per_msg_type(&scrape, &mut e, family.name, value),
@@ -469,23 +507,27 @@ fn figures_measured(s: &Scrape, e: &mut Exposition, name: &str) {
 }
 
 fn events_lost(s: &Scrape, e: &mut Exposition, name: &str) {
-    for (cause, n) in &s.trace.losses {
+    for (cause, n) in &s.req.trace.losses {
         e.sample(name, &format!("cause=\"{cause}\""), *n as f64);
     }
 }
 
 fn msghand_thread_cpu(s: &Scrape, e: &mut Exposition, name: &str) {
-    if let Some(ns) = s.msghand["thread_cpu_ns"].as_u64() {
+    if let Some(ns) = s.req.msghand["thread_cpu_ns"].as_u64() {
         e.sample(name, "", ns as f64 / 1e9);
     }
 }
 
 fn per_msg_type(s: &Scrape, e: &mut Exposition, name: &str, value: fn(&Traffic) -> u64) {
-    for (labels, f) in &s.rows {
-        for (key, m) in f.per_msg.iter().filter(|(k, _)| s.filter.shows_msg_type(k)) {
+    for row in &s.rows {
+        let shown = |(k, _): &(&&str, _)| s.req.filter.shows_msg_type(k);
+        for (key, m) in row.figures.per_msg.iter().filter(shown) {
             for (dir, t) in [("recv", m.recv), ("sent", m.sent)] {
                 if t.msgs > 0 {
-                    let l = with(labels, &format!("direction=\"{dir}\",msg_type=\"{key}\""));
+                    let l = with(
+                        &row.labels,
+                        &format!("direction=\"{dir}\",msg_type=\"{key}\""),
+                    );
                     e.sample(name, &l, value(&t) as f64);
                 }
             }
@@ -494,31 +536,20 @@ fn per_msg_type(s: &Scrape, e: &mut Exposition, name: &str, value: fn(&Traffic) 
 }
 
 fn per_slice_kind(s: &Scrape, e: &mut Exposition, name: &str, value: fn(&SliceTotals) -> f64) {
-    for (labels, f) in &s.rows {
+    for row in &s.rows {
         for kind in [SliceKind::Processing, SliceKind::Sending] {
-            let l = with(labels, &format!("slice=\"{}\"", kind.name()));
-            e.sample(name, &l, value(&slices(f, kind).totals));
+            let l = with(&row.labels, &format!("slice=\"{}\"", kind.name()));
+            e.sample(name, &l, value(&slices(row.figures, kind).totals));
         }
     }
 }
 
 fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
-    let bytes = s
-        .peers
-        .iter()
-        .map(|p| (peer_labels(p), s.c.node_bytes(&p.peer)))
-        .chain(std::iter::once((
-            String::new(),
-            Some(s.c.node_bytes_total()),
-        )));
-    for (labels, b) in bytes {
-        let Some(b) = b else { continue };
+    for row in &s.rows {
+        let Some(b) = row.bytes else { continue };
         for (dir, n) in [("recv", b.recv), ("sent", b.sent)] {
-            e.sample(
-                name,
-                &with(&labels, &format!("direction=\"{dir}\"")),
-                n as f64,
-            );
+            let l = with(&row.labels, &format!("direction=\"{dir}\""));
+            e.sample(name, &l, n as f64);
         }
     }
 }
@@ -526,24 +557,16 @@ fn net_bytes(s: &Scrape, e: &mut Exposition, name: &str) {
 /// One queue's bytes of every exported peer that could be read, and the
 /// node's sum.
 fn queue_bytes(s: &Scrape, e: &mut Exposition, name: &str, pick: fn(QueueBytes) -> Option<u64>) {
-    let rows = s
-        .peers
-        .iter()
-        .map(|p| (peer_labels(p), s.c.node_queues(&p.peer)))
-        .chain(std::iter::once((
-            String::new(),
-            Some(s.c.node_queues_total()),
-        )));
-    for (labels, queues) in rows {
-        if let Some(n) = queues.and_then(pick) {
-            e.sample(name, &labels, n as f64);
+    for row in &s.rows {
+        if let Some(n) = row.queues.and_then(pick) {
+            e.sample(name, &row.labels, n as f64);
         }
     }
 }
 
 fn tx_inventory(s: &Scrape, e: &mut Exposition, name: &str) {
-    for (labels, f) in &s.rows {
-        let r = &f.tx_relay;
+    for row in &s.rows {
+        let r = &row.figures.tx_relay;
         for (msg, recv, sent) in [
             ("inv", r.inv_recv, r.inv_sent),
             ("getdata", r.getdata_recv, r.getdata_sent),
@@ -551,7 +574,10 @@ fn tx_inventory(s: &Scrape, e: &mut Exposition, name: &str) {
             ("tx", r.tx_recv, r.tx_sent),
         ] {
             for (dir, n) in [("recv", recv), ("sent", sent)] {
-                let l = with(labels, &format!("direction=\"{dir}\",msg_type=\"{msg}\""));
+                let l = with(
+                    &row.labels,
+                    &format!("direction=\"{dir}\",msg_type=\"{msg}\""),
+                );
                 e.sample(name, &l, n as f64);
             }
         }
@@ -560,22 +586,167 @@ fn tx_inventory(s: &Scrape, e: &mut Exposition, name: &str) {
 
 fn msghand_cpu_share(s: &Scrape, e: &mut Exposition, name: &str) {
     let all = s.c.total().msghand_cpu_ns();
-    for p in &s.peers {
+    for (row, p) in s.peer_rows() {
         let share = if all > 0 {
             p.stats.figures.msghand_cpu_ns() as f64 / all as f64
         } else {
             0.0
         };
-        e.sample(name, &peer_labels(p), share);
+        e.sample(name, &row.labels, share);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use peerlog_common::{ConnectionEventKind, Direction};
+
     use super::*;
+    use crate::{
+        clock::WallClock,
+        event::{Connection, Event, Message},
+        peers::{ReportSink, ReportSinks},
+        stats::{Coverage, PeersBy},
+    };
+
+    fn coverage() -> Coverage {
+        Coverage {
+            slices: true,
+            node_counters: false,
+            send_queue: false,
+            recv_queue: false,
+            mempool: true,
+            block_connected: true,
+            notes: Vec::new(),
+        }
+    }
+
+    /// A `tx` of `bytes` bytes from peer `id`, an inbound IPv4 peer.
+    fn tx_from(id: i64, bytes: u64) -> Event {
+        Event::Message(Message {
+            ktime_ns: 1,
+            tid: 1,
+            peer_id: id,
+            cnode: None,
+            addr: format!("10.0.0.{id}:8333").into(),
+            conn_type: "inbound".into(),
+            msg_type: "tx".into(),
+            direction: Direction::Inbound,
+            payload_size: bytes,
+            payload: None,
+            addr_truncated: false,
+        })
+    }
+
+    fn closed(id: i64) -> Event {
+        Event::Connection(Connection {
+            ktime_ns: 1,
+            kind: ConnectionEventKind::Closed,
+            peer_id: id,
+            addr: format!("10.0.0.{id}:8333"),
+            conn_type: "inbound".into(),
+            network: 1,
+            value: 1_700_000_000,
+            final_bytes: None,
+        })
+    }
+
+    fn scrape(c: &mut Collector, series: &PeerSeries, now_unix: u64) -> String {
+        let trace = TraceStatus {
+            pid: 1,
+            exe: "bitcoind".into(),
+            probe_sites: 0,
+            losses: vec![("ring_full".into(), 3)],
+            capture: Default::default(),
+            rpc_socket: None,
+            metrics: None,
+        };
+        let req = ScrapeRequest {
+            trace: &trace,
+            msghand: &Value::Null,
+            filter: &StatsFilter::default(),
+            series,
+            now_unix,
+        };
+        render(c, &req)
+    }
+
+    /// The peer ids with series of their own in `text`.
+    fn exported(text: &str) -> Vec<i64> {
+        text.lines()
+            .filter(|l| l.starts_with("peerlog_peer_closed{"))
+            .map(|l| {
+                let id = l.split("peer_id=\"").nth(1).unwrap();
+                id[..id.find('"').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap();
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
 
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn the_busiest_peers_get_series_and_the_node_keeps_every_one() {
+        let sinks = ReportSinks::default().with(ReportSink::Metrics);
+        let mut c = Collector::new(WallClock::sample(), coverage(), false, sinks);
+        // Peer id i sent i * 100 bytes: 5 and 4 are the busiest.
+        for id in 1..=5 {
+            c.handle(&tx_from(id, id as u64 * 100));
+        }
+        let series = PeerSeries {
+            max_peers: 2,
+            by: PeersBy::Traffic,
+            closed_grace_s: 60,
+        };
+        let text = scrape(&mut c, &series, 0);
+        assert_eq!(exported(&text), vec![4, 5]);
+        assert_eq!(value(&text, "peerlog_peers_omitted "), 3.0);
+        let node = "peerlog_payload_bytes_total{direction=\"recv\",msg_type=\"tx\"} ";
+        assert_eq!(value(&text, node), 1500.0, "the node counts every peer");
+        assert!(text.contains(
+            "peerlog_payload_bytes_total{peer_id=\"5\",addr=\"10.0.0.5:8333\",\
+             conn_type=\"inbound\",network=\"ipv4\",direction=\"recv\",msg_type=\"tx\"} 500"
+        ));
+        assert!(text.contains("peerlog_events_lost_total{cause=\"ring_full\"} 3"));
+    }
+
+    #[test]
+    fn closed_peers_stay_for_their_grace_then_go() {
+        let sinks = ReportSinks::default().with(ReportSink::Metrics);
+        let mut c = Collector::new(WallClock::sample(), coverage(), false, sinks);
+        c.handle(&tx_from(1, 10));
+        c.handle(&tx_from(2, 10));
+        c.handle(&closed(1));
+        let at = c.peer(1).unwrap().peer.closed_unix.unwrap();
+        let series = PeerSeries {
+            max_peers: 10,
+            by: PeersBy::Traffic,
+            closed_grace_s: 300,
+        };
+        let closed_1 = "peerlog_peer_closed{peer_id=\"1\"";
+        // Scrapes within the grace show the final figures.
+        for now in [at, at + 100, at + 299] {
+            let text = scrape(&mut c, &series, now);
+            assert_eq!(exported(&text), vec![1, 2], "at +{}", now - at);
+            assert_eq!(value(&text, closed_1), 1.0);
+        }
+        // The first scrape past the grace shows them for the last time.
+        assert_eq!(exported(&scrape(&mut c, &series, at + 301)), vec![1, 2]);
+        assert_eq!(exported(&scrape(&mut c, &series, at + 302)), vec![2]);
+        // A grace of 0: the next scrape after the close, only.
+        let series = PeerSeries {
+            closed_grace_s: 0,
+            ..series
+        };
+        c.handle(&closed(2));
+        let at = c.peer(2).unwrap().peer.closed_unix.unwrap();
+        assert_eq!(exported(&scrape(&mut c, &series, at)), vec![2]);
+        assert!(exported(&scrape(&mut c, &series, at)).is_empty());
     }
 }

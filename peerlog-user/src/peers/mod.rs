@@ -106,6 +106,8 @@ pub struct Peer {
     pub conntime_known: bool,
     /// Whether the connection closed.
     pub closed: bool,
+    /// When the connection closed, unix seconds (the closing event's time).
+    pub closed_unix: Option<u64>,
     /// Whether bitcoind evicted the peer (`net:evicted_inbound_connection`).
     pub evicted: bool,
     /// Whether the peer filter selects the peer for capture and reports. A
@@ -222,6 +224,7 @@ impl<F: Clone> PeerTable<F> {
                     conntime: unix,
                     conntime_known: false,
                     closed: false,
+                    closed_unix: None,
                     evicted: false,
                     selected: true,
                     cnode: None,
@@ -262,6 +265,7 @@ impl<F: Clone> PeerTable<F> {
                 peer.evicted |= c.kind == ConnectionEventKind::Evicted;
                 if c.kind == ConnectionEventKind::Closed && !peer.closed {
                     peer.closed = true;
+                    peer.closed_unix = Some(unix);
                     peer.unreported = sinks;
                     peer.cnode = None;
                     peer.final_bytes = c.final_bytes.map(|(recv, sent)| NodeBytes { recv, sent });
@@ -300,9 +304,19 @@ impl<F: Clone> PeerTable<F> {
     /// or filtered out); returns the closed peers dropped since nobody owes
     /// them a report any more.
     pub fn reported(&mut self, sink: ReportSink) -> Vec<Entry<F>> {
+        self.reported_closed_by(sink, u64::MAX)
+    }
+
+    /// Notes that `sink` reported the closed peers that closed at or before
+    /// `cutoff` (unix seconds) for the last time; the others it owes more
+    /// reports. Returns the closed peers dropped since nobody owes them a
+    /// report any more.
+    pub fn reported_closed_by(&mut self, sink: ReportSink, cutoff: u64) -> Vec<Entry<F>> {
         for id in &self.closed {
             if let Some(e) = self.entries.get_mut(id) {
-                e.peer.unreported = e.peer.unreported.without(sink);
+                if e.peer.closed_unix.is_some_and(|t| t <= cutoff) {
+                    e.peer.unreported = e.peer.unreported.without(sink);
+                }
             }
         }
         self.prune()
@@ -396,6 +410,7 @@ mod tests {
         assert!(seen.closed);
         let p = &table.get(7).unwrap().peer;
         assert!(p.closed && p.conntime_known);
+        assert_eq!(p.closed_unix, Some(9));
         assert_eq!(p.conntime, 1_700_000_000);
         assert_eq!(p.cnode, None, "bitcoind frees the CNode");
         assert_eq!(p.final_bytes, Some(NodeBytes { recv: 10, sent: 20 }));
@@ -414,9 +429,18 @@ mod tests {
         }
         assert!(table.get(0).unwrap().peer.due(ReportSink::Metrics));
         assert!(!table.get(0).unwrap().peer.due(ReportSink::StatsLog));
-        let dropped = table.reported(ReportSink::Metrics);
-        assert_eq!(dropped.len(), 10, "the oldest beyond those kept");
-        assert!(table.get(0).is_none() && table.get(10).is_some());
-        assert_eq!(table.seen(), n as usize);
+        table.connection(&closed(n), 5);
+        assert!(
+            table.reported_closed_by(ReportSink::Metrics, 0).is_empty(),
+            "closed after the cutoff: still owed"
+        );
+        assert!(table.get(0).unwrap().peer.due(ReportSink::Metrics));
+        let dropped = table.reported_closed_by(ReportSink::Metrics, 1);
+        assert_eq!(dropped.len(), 11, "the oldest beyond those kept");
+        assert!(table.get(n).unwrap().peer.due(ReportSink::Metrics));
+        assert!(table.get(10).is_none() && table.get(11).is_some());
+        assert_eq!(table.seen(), n as usize + 1);
+        assert!(table.reported(ReportSink::Metrics).is_empty());
+        assert!(!table.get(n).unwrap().peer.due(ReportSink::Metrics));
     }
 }

@@ -19,12 +19,18 @@ pub enum Network {
     I2p,
     /// `NET_CJDNS` (5).
     Cjdns,
+    /// `NET_UNROUTABLE` (0): what bitcoind's connection tracepoints report,
+    /// like `getpeerinfo`, for an address outside the public internet
+    /// (loopback, RFC 1918, link-local, ...).
+    #[serde(rename = "not_publicly_routable")]
+    NotPubliclyRoutable,
 }
 
 impl Network {
     /// The network for Bitcoin Core's enum value.
     pub fn from_core(v: u32) -> Option<Self> {
         Some(match v {
+            0 => Self::NotPubliclyRoutable,
             1 => Self::Ipv4,
             2 => Self::Ipv6,
             3 => Self::Onion,
@@ -42,6 +48,7 @@ impl Network {
             "onion" | "tor" => Self::Onion,
             "i2p" => Self::I2p,
             "cjdns" => Self::Cjdns,
+            "not_publicly_routable" => Self::NotPubliclyRoutable,
             _ => return None,
         })
     }
@@ -54,12 +61,15 @@ impl Network {
             Self::Onion => "onion",
             Self::I2p => "i2p",
             Self::Cjdns => "cjdns",
+            Self::NotPubliclyRoutable => "not_publicly_routable",
         }
     }
 
     /// Infers the network from an address string, for peers whose connection
     /// event peerlog did not see (connected before it attached). CJDNS
-    /// addresses are IPv6 in fc00::/8, as Bitcoin Core treats them.
+    /// addresses are IPv6 in fc00::/8, as Bitcoin Core treats them. Only the
+    /// tracepoints tell `not_publicly_routable`: the string gives the
+    /// address family.
     pub fn from_addr(addr: &str) -> Option<Self> {
         let (host, _) = split_host_port(addr);
         if host.ends_with(".onion") {
@@ -91,5 +101,7 @@ mod tests {
         assert_eq!(Network::from_addr("abc.onion:8333"), Some(Network::Onion));
         assert_eq!(Network::from_addr("abc.b32.i2p:0"), Some(Network::I2p));
         assert_eq!(Network::from_addr("localhost:8333"), None);
+        let unroutable = Network::from_core(0).unwrap();
+        assert_eq!(Network::from_name(unroutable.name()), Some(unroutable));
     }
 }

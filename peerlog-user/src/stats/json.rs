@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Collector, Coverage, Figures, MsgTypeFigures, PeerEntry, Traffic};
+use super::{Collector, Coverage, Figures, MsgTypeFigures, NodeReadings, PeerEntry, Traffic};
 use crate::{
     elf::layout::QueueBytes,
     filter::{PeerFilter, PeerSelector},
@@ -59,17 +59,20 @@ impl Coverage {
 }
 
 impl Collector {
-    /// The peers `filter` selects, as `getpeerstats` returns them.
+    /// The peers `filter` selects, as `getpeerstats` returns them, from
+    /// one reading of bitcoind's memory.
     pub fn peers_json(&self, filter: &StatsFilter) -> Vec<Value> {
+        let readings = self.read_node();
         self.peers()
             .iter()
             .filter(|e| filter.shows_peer(&e.peer))
-            .map(|e| self.peer_json(e, filter))
+            .map(|e| self.peer_json(e, filter, &readings))
             .collect()
     }
 
-    /// One peer: who it is (named as in `getpeerinfo`) and its figures.
-    pub fn peer_json(&self, e: &PeerEntry, filter: &StatsFilter) -> Value {
+    /// One peer: who it is (named as in `getpeerinfo`) and its figures,
+    /// bitcoind's own taken from `readings`.
+    pub fn peer_json(&self, e: &PeerEntry, filter: &StatsFilter, readings: &NodeReadings) -> Value {
         let (p, stats) = (&e.peer, &e.stats);
         let mut out = Map::new();
         out.insert("id".into(), json!(p.id));
@@ -90,9 +93,9 @@ impl Collector {
             })
             .flatten();
         out.insert("msghand_cpu_share".into(), json!(share));
-        let bytes = cov.node_counters.then(|| self.node_bytes(p)).flatten();
+        let bytes = cov.node_counters.then(|| readings.bytes(p.id)).flatten();
         self.figures_json(f, bytes, filter, &mut out);
-        let queues = self.node_queues(p).unwrap_or_default();
+        let queues = readings.queues(p.id).unwrap_or_default();
         out.insert("memory".into(), memory_json(queues));
         let per_msg = |key: &str| f.per_msg.get(key).cloned().unwrap_or_default();
         let (cmpct, getblocktxn, blocktxn) = (
@@ -122,8 +125,9 @@ impl Collector {
 
     /// The whole node, as `getnodestats` returns it: the same figures as a
     /// peer, summed over every peer ever seen (dropped ones too), plus the
-    /// distributions per message type and what belongs to no peer.
-    pub fn node_json(&self, filter: &StatsFilter) -> Value {
+    /// distributions per message type and what belongs to no peer;
+    /// bitcoind's own figures taken from `readings`.
+    pub fn node_json(&self, filter: &StatsFilter, readings: &NodeReadings) -> Value {
         let mut out = Map::new();
         let connected = self.peers().connected();
         out.insert("peers_connected".into(), json!(connected));
@@ -131,10 +135,10 @@ impl Collector {
             "peers_closed_kept".into(),
             json!(self.peers().iter().count() - connected),
         );
-        let bytes = self.coverage.node_counters.then(|| self.node_bytes_total());
+        let bytes = self.coverage.node_counters.then_some(readings.bytes_total);
         self.figures_json(&self.total, bytes, filter, &mut out);
-        let mut memory = memory_json(self.node_queues_total());
-        memory["rss_bytes"] = json!(self.node_rss_bytes());
+        let mut memory = memory_json(readings.queues_total);
+        memory["rss_bytes"] = json!(readings.rss_bytes);
         out.insert("memory".into(), memory);
         let has_slices = self.coverage.slices;
         let msg_types: Map<String, Value> = self

@@ -31,7 +31,9 @@ mod hist;
 mod json;
 pub mod matcher;
 pub mod payload;
+mod readings;
 mod report;
+mod series;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -45,11 +47,13 @@ pub use figures::{
 };
 pub use hist::{HdrLog, Hist, HistSummary};
 pub use json::StatsFilter;
+pub use readings::NodeReadings;
 pub use report::{check_msg_types, find_thread, thread_cpu_ns, ReportOptions, Reporter};
+pub use series::{PeerSeries, PeersBy, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS};
 
 use crate::{
     clock::WallClock,
-    elf::layout::{CounterReader, QueueBytes},
+    elf::layout::CounterReader,
     event::{BlockConnected, Connection, CpuSlice, Event, MempoolChange, Message},
     peers::{self, NodeBytes, PeerTable, ReportSink, ReportSinks},
 };
@@ -194,38 +198,9 @@ impl Collector {
         self
     }
 
-    /// What the peer makes bitcoind hold in its connection's queues now,
-    /// read from its `CNode`; None for a closed peer (its queues are being
-    /// freed), an unknown `CNode`, or a read that found another peer there.
-    pub fn node_queues(&self, p: &peers::Peer) -> Option<QueueBytes> {
-        if p.closed {
-            return None;
-        }
-        let (cnode, reader) = (p.cnode?, self.counters.as_ref()?);
-        reader.queues(cnode, p.id)
-    }
-
-    /// The queues of every connected peer read, summed; a figure this
-    /// bitcoind does not give stays None.
-    pub fn node_queues_total(&self) -> QueueBytes {
-        let cov = &self.coverage;
-        let mut total = QueueBytes {
-            send: cov.send_queue.then_some(0),
-            recv: cov.recv_queue.then_some(0),
-        };
-        for q in self.peers.iter().filter_map(|e| self.node_queues(&e.peer)) {
-            for (sum, part) in [(&mut total.send, q.send), (&mut total.recv, q.recv)] {
-                if let (Some(sum), Some(part)) = (sum.as_mut(), part) {
-                    *sum += part;
-                }
-            }
-        }
-        total
-    }
-
     /// bitcoind's resident set size in bytes (`VmRSS` of
     /// `/proc/PID/status`); None when it cannot be read.
-    pub fn node_rss_bytes(&self) -> Option<u64> {
+    fn node_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         vm_rss_bytes(&status)
     }
@@ -234,32 +209,6 @@ impl Collector {
     pub fn with_counters(mut self, reader: CounterReader) -> Self {
         self.counters = Some(reader);
         self
-    }
-
-    /// bitcoind's byte counters of the peer's connection, as
-    /// `getpeerinfo` would show them now: read from its `CNode` while it is
-    /// connected, the final ones after it closed; None when unknown.
-    pub fn node_bytes(&self, p: &peers::Peer) -> Option<NodeBytes> {
-        if let Some(bytes) = p.final_bytes {
-            return Some(bytes);
-        }
-        let (cnode, reader) = (p.cnode?, self.counters.as_ref()?);
-        reader
-            .bytes(cnode, p.id)
-            .map(|(recv, sent)| NodeBytes { recv, sent })
-    }
-
-    /// The byte counters of every connection seen, summed: the closed ones
-    /// with their final figures, the open ones as of now.
-    pub fn node_bytes_total(&self) -> NodeBytes {
-        let mut total = self.dropped_bytes;
-        for e in self.peers.iter() {
-            if let Some(b) = self.node_bytes(&e.peer) {
-                total.recv += b.recv;
-                total.sent += b.sent;
-            }
-        }
-        total
     }
 
     /// What the probes cover.

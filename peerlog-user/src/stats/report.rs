@@ -31,6 +31,8 @@ pub struct ReportOptions {
     /// Whether a Prometheus endpoint is scraped: closed peers then wait
     /// for one more scrape.
     pub metrics: bool,
+    /// Which peers get series of their own in the metrics.
+    pub series: super::PeerSeries,
     /// Peers and message types the stats log and metrics show.
     pub filter: StatsFilter,
 }
@@ -227,17 +229,18 @@ impl Reporter {
     fn write_stats_line(&mut self, now: SystemTime) -> Result<()> {
         let filter = &self.options.filter;
         let c = &self.collector;
+        let readings = c.read_node();
         let peers: Vec<Value> = c
             .peers()
             .iter()
             .filter(|e| e.peer.due(ReportSink::StatsLog) && filter.shows_peer(&e.peer))
-            .map(|e| c.peer_json(e, filter))
+            .map(|e| c.peer_json(e, filter, &readings))
             .collect();
         let line = json!({
             "time_us": now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64,
             "uptime_s": now.duration_since(self.started).unwrap_or_default().as_secs_f64(),
             "missing_figures": c.coverage().missing_figures(),
-            "node": c.node_json(filter),
+            "node": c.node_json(filter, &readings),
             "msghand_thread": self.msghand_json(),
             "peers": peers,
         });

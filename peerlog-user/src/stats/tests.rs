@@ -230,7 +230,7 @@ fn final_bytes_of_closed_peers_stay_in_the_totals() {
     assert!(c.peers().iter().count() < CLOSED_PEERS_KEPT + 2);
     let n = CLOSED_PEERS_KEPT as u64 + 2;
     assert_eq!(
-        c.node_bytes_total(),
+        c.read_node().bytes_total,
         NodeBytes {
             recv: 100 * n,
             sent: 10 * n
@@ -238,7 +238,7 @@ fn final_bytes_of_closed_peers_stay_in_the_totals() {
     );
     let kept = c.peers().iter().next().unwrap();
     assert_eq!(
-        c.node_bytes(&kept.peer),
+        c.read_node().bytes(kept.peer.id),
         Some(NodeBytes {
             recv: 100,
             sent: 10
@@ -537,7 +537,7 @@ fn missing_coverage_is_null_not_zero() {
         Some(vec![0; 8]),
         0,
     ));
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
     for field in [
         "processing",
         "sending",
@@ -577,6 +577,7 @@ fn missing_coverage_is_null_not_zero() {
     let v = c.peer_json(
         c.peer(1).unwrap(),
         &StatsFilter::new(vec![], vec!["pong".into()]),
+        &c.read_node(),
     );
     assert_eq!(v["processing"]["cpu_ns"], 6);
     assert_eq!(v["processing"]["cpu_ns_per_slice"]["count"], 1);
@@ -588,7 +589,7 @@ fn missing_coverage_is_null_not_zero() {
         serde_json::json!({}),
         "filtered to pong"
     );
-    let node = c.node_json(&StatsFilter::default());
+    let node = c.node_json(&StatsFilter::default(), &c.read_node());
     assert_eq!(node["peers_connected"], 2);
     assert_eq!(node["msg_types"]["ping"]["recv"]["msgs"], 1);
     let only = c.peers_json(&StatsFilter::new(vec!["id=2".parse().unwrap()], vec![]));
@@ -712,7 +713,7 @@ fn coverage_from_the_probes() {
 #[test]
 fn memory_is_null_where_not_read() {
     let c = collector().with_process(std::process::id());
-    let node = c.node_json(&StatsFilter::default());
+    let node = c.node_json(&StatsFilter::default(), &c.read_node());
     // Covered but no peer: the sums are zero; the orphanage is never read.
     assert_eq!(node["memory"]["send_queue_bytes"], 0);
     assert_eq!(node["memory"]["recv_queue_bytes"], 0);
@@ -729,11 +730,11 @@ fn memory_is_null_where_not_read() {
         0,
     ));
     // No CNode known: the peer's queues are unknown, not empty.
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default());
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
     assert!(v["memory"]["send_queue_bytes"].is_null(), "{v:#}");
     assert!(v["memory"]["recv_queue_bytes"].is_null(), "{v:#}");
     // Without a process, no RSS.
-    assert!(c.node_json(&StatsFilter::default())["memory"]["rss_bytes"].is_null());
+    assert!(c.node_json(&StatsFilter::default(), &c.read_node())["memory"]["rss_bytes"].is_null());
 }
 
 #[test]
@@ -808,7 +809,7 @@ fn report_card_flags_and_ranks_by_its_rules() {
     }
 
     let all = StatsFilter::new(Vec::new(), Vec::new());
-    let card = card::card(&c.peers_json(&all), &c.node_json(&all)).unwrap();
+    let card = card::card(&c.peers_json(&all), &c.node_json(&all, &c.read_node())).unwrap();
     let order: Vec<i64> = card.peers.iter().map(|p| p.id).collect();
     // Unflagged first: the block (0), the transactions (4), then by CPU
     // time (3 and 5 tie: lower id); then one flag (6 with no CPU time
@@ -852,11 +853,63 @@ fn report_card_of_a_stalled_peer_and_of_rows_it_cannot_read() {
     let mut peers = c.peers_json(&all);
     // What bitcoind would hold for a peer that stopped reading.
     peers[0]["memory"]["send_queue_bytes"] = serde_json::json!(4_000_000);
-    let card = card::card(&peers, &c.node_json(&all)).unwrap();
+    let card = card::card(&peers, &c.node_json(&all, &c.read_node())).unwrap();
     assert_eq!(card.peers[0].flags[0].flag, "stalling");
     assert!(card.peers[0].flags[0].because.contains("4000000"));
 
     peers[0].as_object_mut().unwrap().remove("ping");
-    let err = card::card(&peers, &c.node_json(&all)).unwrap_err();
+    let err = card::card(&peers, &c.node_json(&all, &c.read_node())).unwrap_err();
     assert!(format!("{err:#}").contains("peer 0"), "{err:#}");
+}
+
+#[test]
+fn series_go_to_the_peers_that_cost_the_most_cpu() {
+    let rule = PeerSeries {
+        max_peers: 1,
+        by: PeersBy::Cpu,
+        closed_grace_s: 0,
+    };
+    let sinks = ReportSinks::default().with(ReportSink::Metrics);
+    let mut c = Collector::new(WallClock::sample(), full_coverage(), false, sinks);
+    // Peer 1 moves more bytes, peer 2 costs more CPU.
+    c.handle(&msg(1, 1, 1, Direction::Inbound, "tx", None, 5000));
+    c.handle(&msg(1, 1, 2, Direction::Inbound, "tx", None, 10));
+    c.handle(&slice(
+        SliceKind::Processing,
+        2,
+        "tx",
+        0,
+        10 * MS,
+        Some(5 * MS),
+    ));
+    let ids = |c: &Collector, rule: &PeerSeries| {
+        let (peers, omitted) = c.series_peers(rule, &StatsFilter::default());
+        (peers.iter().map(|e| e.peer.id).collect::<Vec<_>>(), omitted)
+    };
+    assert_eq!(ids(&c, &rule), (vec![2], 1));
+    let by_traffic = PeerSeries {
+        by: PeersBy::Traffic,
+        ..rule
+    };
+    assert_eq!(ids(&c, &by_traffic), (vec![1], 1));
+    // Without CPU slices measured, CPU ranks by traffic; ties go to the
+    // lower peer id.
+    let mut c = Collector::new(
+        WallClock::sample(),
+        Coverage {
+            slices: false,
+            ..full_coverage()
+        },
+        false,
+        sinks,
+    );
+    c.handle(&msg(1, 1, 3, Direction::Inbound, "tx", None, 10));
+    c.handle(&msg(1, 1, 4, Direction::Inbound, "tx", None, 10));
+    c.handle(&msg(1, 1, 5, Direction::Inbound, "tx", None, 5000));
+    assert_eq!(ids(&c, &rule), (vec![5], 2));
+    let two = PeerSeries {
+        max_peers: 2,
+        ..by_traffic
+    };
+    assert_eq!(ids(&c, &two), (vec![3, 5], 1));
 }
