@@ -24,11 +24,13 @@
 //! What the attached probes cannot measure is said, not zeroed: the
 //! [`Coverage`] names the missing figures, and they are `null` in the JSON.
 
+pub mod compact;
 mod coverage;
 mod figures;
 mod hist;
 mod json;
 pub mod matcher;
+mod output;
 pub mod payload;
 mod report;
 
