@@ -4,7 +4,7 @@
 //! or compact ([`super::compact`]).
 
 use std::{
-    fs::File,
+    fs::{self, File},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
     time::SystemTime,
@@ -122,7 +122,7 @@ impl StatsLogOut {
         let (Some(retention), Some((_, file))) = (&mut self.retention, &self.current) else {
             return Ok(());
         };
-        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         retention.enforce(size).context("deleting old stats logs")?;
         Ok(())
     }
@@ -221,4 +221,94 @@ fn generation_prefix(path: &Path) -> (PathBuf, String) {
 fn create(path: &Path) -> Result<File> {
     crate::private_fs::create_file(path)
         .with_context(|| format!("cannot create the stats log {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::list_generations;
+    use crate::stats::compact::Expander;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const T0: u64 = 1_796_181_300;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn line(n: u64) -> Value {
+        json!({"time_us": n, "node": {"msgs": n},
+               "peers": [{"id": 1, "addr": "10.0.0.1:8333", "msgs": n, "padding": "x".repeat(200)},
+                         {"id": 2, "addr": "10.0.0.2:8333", "msgs": 7}]})
+    }
+
+    #[test]
+    fn stats_logs_rotate_start_full_and_stay_under_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.jsonl");
+        let rotation = Rotation {
+            interval: Some(Duration::from_secs(60)),
+            max_bytes: Some(2500),
+        };
+        let mut log = StatsLogOut::open(&path, rotation, true, at(T0)).unwrap();
+        // Six lines a minute for five minutes.
+        let mut written = Vec::new();
+        for i in 0..30 {
+            let l = line(i);
+            log.write_line(l.clone(), at(T0 + i * 10)).unwrap();
+            written.push(l);
+        }
+        drop(log);
+        assert!(!path.exists());
+        let files = list_generations(dir.path(), "stats.jsonl.").unwrap();
+        let starts: Vec<u64> = files.iter().map(|f| f.0).collect();
+        // Some generations went, whole and oldest first; the cap holds.
+        let first = starts[0];
+        assert!(starts.len() >= 2 && first > T0, "{starts:?}");
+        assert_eq!(starts, (first..=T0 + 240).step_by(60).collect::<Vec<_>>());
+        let total: u64 = files
+            .iter()
+            .map(|f| fs::metadata(&f.1).unwrap().len())
+            .sum();
+        assert!(total <= 2500, "{total}");
+        // Every file starts full; together they rebuild the lines written.
+        let mut expander = Expander::default();
+        let mut rebuilt = Vec::new();
+        for (_, file) in &files {
+            let text = fs::read_to_string(file).unwrap();
+            for (i, l) in text.lines().enumerate() {
+                let l: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(l.get("delta").is_none(), i == 0);
+                rebuilt.push(expander.expand(l).unwrap());
+            }
+        }
+        assert_eq!(rebuilt, written[(first - T0) as usize / 10..]);
+    }
+
+    #[test]
+    fn hdr_logs_rotate_into_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            interval: Some(Duration::from_secs(60)),
+            max_bytes: None,
+        };
+        let mut out = HdrLogOut::open(dir.path(), rotation, at(T0)).unwrap();
+        let mut h = hdrhistogram::Histogram::<u64>::new(2).unwrap();
+        h.record(5).unwrap();
+        for secs in [T0 + 10, T0 + 70, T0 + 75, T0 + 200] {
+            out.at(at(secs))
+                .unwrap()
+                .write("x_ns", None, &h, at(secs - 5), Duration::from_secs(5))
+                .unwrap();
+            out.flush().unwrap();
+        }
+        let gens = list_generations(dir.path(), "").unwrap();
+        let starts: Vec<u64> = gens.iter().map(|g| g.0).collect();
+        assert_eq!(starts, [T0, T0 + 60, T0 + 180]);
+        for (_, d) in gens {
+            let text = fs::read_to_string(d.join("x_ns.hlog")).unwrap();
+            assert!(text.starts_with("#peerlog"), "{text}");
+        }
+    }
 }
