@@ -212,7 +212,7 @@ impl Retention {
         let mut done = Enforced::default();
         let mut total: u64 = current_bytes + self.closed.iter().map(|c| c.2).sum::<u64>();
         while total > self.max_bytes && !self.closed.is_empty() {
-            let (_, path, size) = self.closed.remove(0);
+            let (start, path, size) = self.closed.remove(0);
             let removed = if path.is_dir() {
                 fs::remove_dir_all(&path)
             } else {
@@ -223,7 +223,7 @@ impl Retention {
                 // Someone else removed it: it no longer takes room either.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    self.closed.insert(0, (0, path.clone(), size));
+                    self.closed.insert(0, (start, path.clone(), size));
                     return Err(io::Error::new(
                         e.kind(),
                         format!("cannot delete the old generation {}: {e}", path.display()),

@@ -123,7 +123,11 @@ impl StatsLogOut {
             return Ok(());
         };
         let size = fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        retention.enforce(size).context("deleting old stats logs")?;
+        // Failing to delete an old generation is no reason to stop the
+        // stats log: said, and tried again at the next line.
+        if let Err(e) = retention.enforce(size) {
+            log::warn!("stats log: {e}");
+        }
         Ok(())
     }
 }
@@ -188,9 +192,9 @@ impl HdrLogOut {
         self.log.flush()?;
         if let (Some(retention), Some((_, dir))) = (&mut self.retention, &self.current) {
             let size = crate::rotation::size_on_disk(dir).unwrap_or(0);
-            retention
-                .enforce(size)
-                .context("deleting old HdrHistogram logs")?;
+            if let Err(e) = retention.enforce(size) {
+                log::warn!("HdrHistogram logs: {e}");
+            }
         }
         Ok(())
     }

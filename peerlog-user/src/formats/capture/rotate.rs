@@ -176,9 +176,15 @@ impl RotatingWriter {
             return Ok(());
         };
         let current = self.current_bytes_before + self.current.stats().bytes_written;
-        let done = retention
-            .enforce(current)
-            .map_err(|e| root_error(&self.root, e))?;
+        // A generation that cannot be deleted (its permissions changed under
+        // us) is no reason to stop capturing: say so, and try again later.
+        let done = match retention.enforce(current) {
+            Ok(done) => done,
+            Err(e) => {
+                log::warn!("capture: {e}; trying again at the next flush");
+                return Ok(());
+            }
+        };
         for (path, _) in done.deleted {
             self.rotation_stats.generations_deleted += 1;
             self.rotation_stats.records_deleted += self.records_in.remove(&path).unwrap_or(0);
