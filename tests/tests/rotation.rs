@@ -37,8 +37,9 @@ fn main() {
     run_suite(&args, tests);
 }
 
-/// The size cap of the capture in the test: a few of its one-second
-/// generations under the ping traffic below.
+/// The size cap of the capture in the test: about one of its one-second
+/// generations under the ping traffic below (one holding a large malformed
+/// message is alone over it, and then the only one kept).
 const CAPTURE_CAP: u64 = 40_000;
 
 /// Runs `peerlog ARGS`, failing with its stderr; returns its stdout.
@@ -126,11 +127,18 @@ fn rotated_outputs_read_back_whole() -> Result<()> {
     let mut pinger = connect(&node)?;
     let started = Instant::now();
     let mut pings = 0u64;
+    let mut read_live = 0;
     // Over five seconds, so over several one-second generations.
     while started.elapsed() < Duration::from_secs(5) {
         pings += 1;
         sync(&mut pinger, pings)?;
         thread::sleep(Duration::from_millis(2));
+        // Reading the tree while the trace writes and deletes in it.
+        if started.elapsed() > Duration::from_secs(2 + read_live) && read_live < 3 {
+            read_live += 1;
+            peerlog(&[Path::new("stats"), &capture])
+                .context("reading the capture while it is written")?;
+        }
     }
     attacker
         .join()
@@ -151,7 +159,7 @@ fn rotated_outputs_read_back_whole() -> Result<()> {
     let deleted_records = summary_number(&out.stderr, "(with")?;
     let generations = list_generations(&capture, "")?;
     ensure!(
-        started_gens >= 4 && generations.len() >= 2,
+        started_gens >= 4 && !generations.is_empty(),
         "{started_gens} generations started, {} kept:\n{}",
         generations.len(),
         out.stderr
