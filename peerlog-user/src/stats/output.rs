@@ -177,6 +177,9 @@ impl HdrLogOut {
                 let dir = self.dir.join(generation_name(slot));
                 self.log = HdrLog::create(&dir, now)?;
                 let (old_start, old_dir) = self.current.replace((slot, dir)).expect("rotating");
+                // A generation in which nothing was recorded leaves no empty
+                // directory behind (remove_dir removes only an empty one).
+                let _ = fs::remove_dir(&old_dir);
                 if let Some(retention) = &mut self.retention {
                     retention
                         .close(old_start, old_dir)
