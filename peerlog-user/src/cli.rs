@@ -5,11 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    args::{number_in, seconds_in},
+    args::{byte_size, number_in, rotate_interval, seconds_in},
     control::{protocol::RpcSocket, ControlOptions},
     filter::{PeerFilter, PeerSelector},
     formats::capture::CaptureLayout,
     messages::UsageError,
+    rotation::Rotation,
     stats::{
         PeerSeries, PeersBy, ReportOptions, StatsFilter, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS,
     },
@@ -86,6 +87,10 @@ pub struct TraceArgs {
     /// (DIR/<addr>_<port>/peer<ID>-<connect time>/).
     #[arg(long, value_enum, default_value = "core", value_name = "LAYOUT")]
     pub capture_layout: CaptureLayout,
+
+    /// Rotation and size caps of the capture and the stats outputs.
+    #[command(flatten)]
+    pub rotation: Box<RotationArgs>,
 
     /// Stream one JSON object per event to PATH (`-` for stdout): messages,
     /// connections opened/closed/evicted, misbehaviour.
@@ -237,6 +242,8 @@ impl StatsArgs {
                 closed_grace_s: self.metrics_closed_grace,
             },
             filter: StatsFilter::new(self.stats_peers, self.stats_msg_types),
+            rotation: Rotation::NONE,
+            compact: false,
         };
         let control = ControlOptions {
             rpc: match (self.no_rpc, self.rpc_socket) {
@@ -247,6 +254,80 @@ impl StatsArgs {
             metrics: self.metrics,
         };
         Ok((report, control))
+    }
+}
+
+/// Rotation and size caps of `peerlog trace`'s long-running outputs
+/// (README, "Rotation and size caps").
+#[derive(Debug, Clone, clap::Args)]
+pub struct RotationArgs {
+    /// Start a new capture generation every DURATION (`30s`, `15m`, `1h`,
+    /// `1d`; whole seconds): a subdirectory of the --capture DIR named by its
+    /// UTC start time (DIR/20261202T031500Z/), each a complete capture in the
+    /// --capture-layout. Generations start at multiples of DURATION since
+    /// the UNIX epoch. `peerlog show`, `stats` and `convert` read DIR whole
+    /// (in time order) or one generation.
+    #[arg(long, value_name = "DURATION", requires = "capture", value_parser = rotate_interval)]
+    pub capture_rotate: Option<Duration>,
+
+    /// Delete the oldest whole capture generations to keep DIR's generations
+    /// under SIZE (`500M`, `10G`, `512MiB`; M and G are decimal). The
+    /// generation being written is never deleted; when it alone is over SIZE
+    /// that is said once on stderr and writing goes on.
+    #[arg(long, value_name = "SIZE", requires = "capture_rotate", value_parser = byte_size)]
+    pub capture_max_bytes: Option<u64>,
+
+    /// Start a new generation of the stats log and of the HdrHistogram logs
+    /// every DURATION (same forms as --capture-rotate): the stats log goes
+    /// to PATH.<UTC start> (stats.jsonl.20261202T031500Z), the HdrHistogram
+    /// logs to DIR/<UTC start>/, each file complete with its own header.
+    #[arg(long, value_name = "DURATION", value_parser = rotate_interval)]
+    pub stats_rotate: Option<Duration>,
+
+    /// Delete the oldest stats log generations to keep them under SIZE, and
+    /// likewise, separately, the oldest HdrHistogram log generations (same
+    /// rules as --capture-max-bytes).
+    #[arg(long, value_name = "SIZE", requires = "stats_rotate", value_parser = byte_size)]
+    pub stats_max_bytes: Option<u64>,
+
+    /// Write the stats log compactly: the first line of each file is full,
+    /// every later line only what changed since the line before it (rules in
+    /// docs/stats.md; `peerlog::stats::compact::Expander` rebuilds full lines).
+    #[arg(long)]
+    pub stats_log_compact: bool,
+}
+
+impl RotationArgs {
+    /// Checks the flags against the outputs they apply to, and sets them
+    /// on the report options; returns the capture's rotation.
+    fn apply(self, stats: &StatsArgs, report: &mut ReportOptions) -> anyhow::Result<Rotation> {
+        let is_stdout = stats
+            .stats_log
+            .as_ref()
+            .is_some_and(|p| p.as_os_str() == "-");
+        if self.stats_rotate.is_some() && stats.stats_log.is_none() && stats.hdr_log.is_none() {
+            return Err(UsageError(
+                "--stats-rotate needs --stats-log PATH or --hdr-log DIR to rotate".into(),
+            )
+            .into());
+        }
+        if self.stats_rotate.is_some() && is_stdout {
+            return Err(
+                UsageError("--stats-rotate cannot rotate a stats log on stdout".into()).into(),
+            );
+        }
+        if self.stats_log_compact && stats.stats_log.is_none() {
+            return Err(UsageError("--stats-log-compact needs --stats-log PATH".into()).into());
+        }
+        report.rotation = Rotation {
+            interval: self.stats_rotate,
+            max_bytes: self.stats_max_bytes,
+        };
+        report.compact = self.stats_log_compact;
+        Ok(Rotation {
+            interval: self.capture_rotate,
+            max_bytes: self.capture_max_bytes,
+        })
     }
 }
 
@@ -265,14 +346,16 @@ impl TraceArgs {
                  cannot be told apart by peer; only all.svg is written"
             );
         }
+        let (mut report, control) = self.stats.clone().into_options()?;
         if self.capture.is_none() && self.jsonl.is_none() {
             log::info!("neither --capture nor --jsonl given: only the summary will be printed");
         }
-        let (report, control) = self.stats.into_options()?;
+        let capture_rotation = (*self.rotation).clone().apply(&self.stats, &mut report)?;
         Ok(TraceOptions {
             pid: self.pid,
             capture: self.capture,
             capture_layout: self.capture_layout,
+            capture_rotation,
             jsonl: self.jsonl,
             payload_in_jsonl: self.payload,
             peers: PeerSelector::new(self.peers),

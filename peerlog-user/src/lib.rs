@@ -25,6 +25,7 @@ pub mod messages;
 pub mod p2p;
 pub mod peers;
 pub mod private_fs;
+pub mod rotation;
 pub mod stats;
 pub mod target;
 pub mod toolbox;

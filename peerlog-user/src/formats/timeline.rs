@@ -8,6 +8,10 @@
 //! `addr:port` of its directory name and, in peerlog's per-connection
 //! layout, by its peer id and connect time, which is what `--peer` filters
 //! match on (the same [`PeerFilter`] language as `peerlog trace`).
+//!
+//! A rotated capture (`peerlog trace --capture-rotate`) is read whole from
+//! its root, every generation in time order, or one generation from its
+//! directory: each generation is a complete capture.
 
 use peerlog_common::Direction;
 use std::cmp::Reverse;
@@ -256,8 +260,15 @@ impl Timeline {
         let mut truncated = Vec::new();
         let mut peers: Vec<CapturePeer> = Vec::new();
         let mut index: HashMap<(String, Option<(i64, u64)>), usize> = HashMap::new();
-        // (peer, direction, records) per file, in the order of the files.
-        let mut sources = Vec::with_capacity(files.len());
+        // (peer, direction, records) per file, in the order of the files;
+        // the files of one peer and direction in several generations of a
+        // rotated capture (`<root>/<UTC start>/...`, sorted by path, so in
+        // time order) make one source, their records one after the other,
+        // so that a clock step back at a generation boundary keeps them in
+        // the order they were written, as within one file.
+        let mut sources: Vec<(usize, Direction, Vec<CaptureRecord>)> =
+            Vec::with_capacity(files.len());
+        let mut source_of: HashMap<(usize, Direction), usize> = HashMap::new();
         for file in files {
             if let Some(record) = file.truncated {
                 truncated.push(TruncatedFile {
@@ -280,9 +291,20 @@ impl Timeline {
                     });
                     peers.len() - 1
                 });
-            sources.push((peer, file.direction, file.records.into_iter().peekable()));
+            match source_of.get(&(peer, file.direction)) {
+                Some(&i) => sources[i].2.extend(file.records),
+                None => {
+                    source_of.insert((peer, file.direction), sources.len());
+                    sources.push((peer, file.direction, file.records));
+                }
+            }
         }
-        let mut all = merge(sources);
+        let mut all = merge(
+            sources
+                .into_iter()
+                .map(|(peer, direction, records)| (peer, direction, records.into_iter().peekable()))
+                .collect(),
+        );
 
         // Who spoke first decides the connection type; that is a property
         // of the whole connection, so it is settled before any filtering.

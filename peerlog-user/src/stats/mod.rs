@@ -25,11 +25,13 @@
 //! [`Coverage`] names the missing figures, and they are `null` in the JSON.
 
 pub mod card;
+pub mod compact;
 mod coverage;
 mod figures;
 mod hist;
 mod json;
 pub mod matcher;
+mod output;
 pub mod payload;
 mod readings;
 mod report;

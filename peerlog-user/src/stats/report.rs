@@ -3,20 +3,21 @@
 //! `b-msghand` thread's own CPU time.
 
 use std::{
-    io::{self, BufWriter, Write},
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::{msg_type_key, Collector, Coverage, HdrLog, StatsFilter, OTHER};
+use super::output::{HdrLogOut, StatsLogOut};
+use super::{msg_type_key, Collector, Coverage, StatsFilter, OTHER};
 use crate::{
     clock::WallClock,
     elf::layout::CounterReader,
     event::Event,
     peers::{ReportSink, ReportSinks},
+    rotation::Rotation,
 };
 
 /// What the reports of the figures were asked to do.
@@ -35,6 +36,11 @@ pub struct ReportOptions {
     pub series: super::PeerSeries,
     /// Peers and message types the stats log and metrics show.
     pub filter: StatsFilter,
+    /// Rotation and size cap of the stats log and of the HdrHistogram
+    /// logs (each capped on its own).
+    pub rotation: Rotation,
+    /// Write the stats log compactly ([`super::compact`]).
+    pub compact: bool,
 }
 
 /// Checks message types given to a statistics filter: Bitcoin Core's, or `*other*`.
@@ -92,8 +98,8 @@ pub struct Reporter {
     pid: i32,
     started: SystemTime,
     interval_started: SystemTime,
-    stats_log: Option<BufWriter<Box<dyn Write + Send>>>,
-    hdr_log: Option<HdrLog>,
+    stats_log: Option<StatsLogOut>,
+    hdr_log: Option<HdrLogOut>,
     msghand: Option<ThreadBaseline>,
 }
 
@@ -109,21 +115,15 @@ impl Reporter {
         counters: Option<CounterReader>,
     ) -> Result<Self> {
         let started = SystemTime::now();
-        let stats_log = match &options.stats_log {
-            Some(path) if path.as_os_str() == "-" => Some(BufWriter::new(
-                Box::new(io::stdout()) as Box<dyn Write + Send>
-            )),
-            Some(path) => {
-                let file = crate::private_fs::create_file(path)
-                    .with_context(|| format!("cannot create the stats log {}", path.display()))?;
-                Some(BufWriter::new(Box::new(file) as Box<dyn Write + Send>))
-            }
-            None => None,
-        };
+        let stats_log = options
+            .stats_log
+            .as_deref()
+            .map(|path| StatsLogOut::open(path, options.rotation, options.compact, started))
+            .transpose()?;
         let hdr_log = options
             .hdr_log
             .as_deref()
-            .map(|dir| HdrLog::create(dir, started))
+            .map(|dir| HdrLogOut::open(dir, options.rotation, started))
             .transpose()?;
         let mut sinks = ReportSinks::default();
         if stats_log.is_some() {
@@ -203,16 +203,17 @@ impl Reporter {
         if self.stats_log.is_some() {
             self.write_stats_line(now)?;
         }
-        if let Some(log) = &mut self.hdr_log {
+        if let Some(out) = &mut self.hdr_log {
             let start = self.interval_started;
             let length = now.duration_since(start).unwrap_or_default();
+            let log = out.at(now)?;
             for (figure, tag, hist) in self.collector.interval_hists() {
                 if let Some(h) = hist.interval() {
                     log.write(figure, tag.as_deref(), h, start, length)?;
                 }
                 hist.reset_interval();
             }
-            log.flush()?;
+            out.flush()?;
         }
         self.interval_started = now;
         Ok(())
@@ -245,14 +246,7 @@ impl Reporter {
             "peers": peers,
         });
         let out = self.stats_log.as_mut().expect("checked by the caller");
-        let written = serde_json::to_writer(&mut *out, &line)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        if let Err(e) = written {
-            let name = self.options.stats_log.as_deref().unwrap_or("-".as_ref());
-            return Err(e).with_context(|| format!("writing the stats log {}", name.display()));
-        }
+        out.write_line(line, now)?;
         self.collector.reported(ReportSink::StatsLog);
         Ok(())
     }

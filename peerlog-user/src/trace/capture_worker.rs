@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::formats::capture::{CaptureError, CaptureRecord, CaptureStats, CaptureWriter};
+use crate::formats::capture::{
+    CaptureError, CaptureRecord, CaptureStats, RotatingWriter, RotationStats,
+};
 
 /// Batches in flight at most: past that the trace loop waits for the
 /// writer, so a disk slower than the node holds memory to this bound and
@@ -28,7 +30,7 @@ const MAX_PENDING_BATCHES: usize = 64;
 /// file lags the node by at most this much.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One step of the writer's work, as [`CaptureWriter`]'s methods take it.
+/// One step of the writer's work, as [`RotatingWriter`]'s methods take it.
 enum Work {
     Append {
         addr: Arc<str>,
@@ -42,7 +44,7 @@ enum Work {
     },
 }
 
-/// A [`CaptureWriter`] running on its own thread.
+/// A [`RotatingWriter`] running on its own thread.
 ///
 /// Work is queued with [`append`](Self::append) and
 /// [`close_connection`](Self::close_connection) and handed over by
@@ -52,14 +54,17 @@ pub(crate) struct CaptureWorker {
     root: PathBuf,
     batch: Vec<Work>,
     sender: Option<SyncSender<Vec<Work>>>,
-    thread: Option<JoinHandle<(CaptureStats, Result<(), CaptureError>)>>,
+    thread: Option<JoinHandle<(Counters, Result<(), CaptureError>)>>,
     /// The writer's counters, once it ended.
-    stats: CaptureStats,
+    stats: Counters,
 }
+
+/// The writer's counters: of the records, and of rotation.
+pub(crate) type Counters = (CaptureStats, RotationStats);
 
 impl CaptureWorker {
     /// Starts the thread that owns `writer`.
-    pub(crate) fn start(writer: CaptureWriter) -> std::io::Result<Self> {
+    pub(crate) fn start(writer: RotatingWriter) -> std::io::Result<Self> {
         let root = writer.root().to_path_buf();
         let (sender, receiver) = mpsc::sync_channel(MAX_PENDING_BATCHES);
         let thread = thread::Builder::new()
@@ -70,7 +75,7 @@ impl CaptureWorker {
             batch: Vec::new(),
             sender: Some(sender),
             thread: Some(thread),
-            stats: CaptureStats::default(),
+            stats: Counters::default(),
         })
     }
 
@@ -79,7 +84,7 @@ impl CaptureWorker {
         &self.root
     }
 
-    /// Queues a record (see [`CaptureWriter::append`]).
+    /// Queues a record (see [`RotatingWriter::append`]).
     pub(crate) fn append(
         &mut self,
         addr: Arc<str>,
@@ -96,7 +101,7 @@ impl CaptureWorker {
     }
 
     /// Queues the closing of a connection's files (see
-    /// [`CaptureWriter::close_connection`]).
+    /// [`RotatingWriter::close_connection`]).
     pub(crate) fn close_connection(&mut self, addr: Arc<str>, connection: (i64, u64)) {
         self.batch.push(Work::CloseConnection { addr, connection });
     }
@@ -121,7 +126,7 @@ impl CaptureWorker {
     /// Hands over the queued work, lets the writer write everything out and
     /// returns its counters, with its error if [`send`](Self::send) did not
     /// return it already.
-    pub(crate) fn finish(mut self) -> (CaptureStats, Result<(), CaptureError>) {
+    pub(crate) fn finish(mut self) -> (Counters, Result<(), CaptureError>) {
         let sent = self.send();
         self.sender = None;
         let written = self.join();
@@ -148,9 +153,9 @@ impl CaptureWorker {
 /// [`FLUSH_INTERVAL`] and when the trace loop hangs up, and stops at the
 /// first error.
 fn write_batches(
-    mut writer: CaptureWriter,
+    mut writer: RotatingWriter,
     batches: Receiver<Vec<Work>>,
-) -> (CaptureStats, Result<(), CaptureError>) {
+) -> (Counters, Result<(), CaptureError>) {
     let mut flushed = Instant::now();
     let result = (|| loop {
         let wait = FLUSH_INTERVAL.saturating_sub(flushed.elapsed());
@@ -181,5 +186,5 @@ fn write_batches(
             Err(RecvTimeoutError::Disconnected) => return writer.flush(),
         }
     })();
-    (writer.stats(), result)
+    ((writer.stats(), writer.rotation_stats()), result)
 }

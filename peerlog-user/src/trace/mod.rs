@@ -27,7 +27,7 @@ use crate::{
     event::{Decoder, Event, Message},
     filter::PeerSelector,
     flamegraph::CpuProfile,
-    formats::capture::{CaptureLayout, CaptureRecord, CaptureWriter},
+    formats::capture::{CaptureLayout, CaptureRecord, RotatingWriter},
     formats::jsonl::JsonlSink,
     kernel::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
     stats,
@@ -43,6 +43,8 @@ pub struct TraceOptions {
     pub capture: Option<PathBuf>,
     /// Directory layout of the capture.
     pub capture_layout: CaptureLayout,
+    /// Rotation and size cap of the capture.
+    pub capture_rotation: crate::rotation::Rotation,
     /// JSON-lines output; `-` is stdout.
     pub jsonl: Option<PathBuf>,
     /// Put payloads (hex) into the JSON lines.
@@ -444,8 +446,13 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
 fn open_sinks(opts: &TraceOptions, target: &Target, debug_info: &DebugInfo) -> Result<Sinks> {
     let capture = match &opts.capture {
         Some(dir) => Some(
-            CaptureWorker::start(CaptureWriter::new(dir, opts.capture_layout)?)
-                .context("starting the capture writer")?,
+            CaptureWorker::start(RotatingWriter::new(
+                dir,
+                opts.capture_layout,
+                opts.capture_rotation,
+                crate::rotation::now_secs(),
+            )?)
+            .context("starting the capture writer")?,
         ),
         None => None,
     };
@@ -673,9 +680,10 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     }
     let mut flush_result = tracer.flush();
     if let Some(capture) = tracer.sinks.capture.take() {
-        let (stats, written) = capture.finish();
+        let ((stats, rotation), written) = capture.finish();
         // What reached the files, not what was handed over.
         tracer.summary.records_written = stats.records_written;
+        tracer.summary.capture_rotation = rotation;
         flush_result = flush_result.and(written.context("capture stopped"));
     }
     let report_result = tracer.report.finish();

@@ -5,7 +5,9 @@ use std::fmt;
 use hdrhistogram::Histogram;
 use peerlog_common::LossCause;
 
-use crate::{clock::WallClock, flamegraph::ProfileReport, stats::Traffic};
+use crate::{
+    clock::WallClock, flamegraph::ProfileReport, formats::capture::RotationStats, stats::Traffic,
+};
 
 /// What a trace saw, printed when it ends.
 #[derive(Debug, Default, Clone)]
@@ -18,6 +20,8 @@ pub struct Summary {
     pub sent: Traffic,
     /// Capture records written.
     pub records_written: u64,
+    /// Capture generations started and deleted (`--capture-rotate`).
+    pub capture_rotation: RotationStats,
     /// Events lost in the kernel, by cause.
     pub kernel_losses: Vec<(LossCause, u64)>,
     /// Messages whose payload did not arrive whole.
@@ -114,6 +118,15 @@ impl fmt::Display for Summary {
             self.sent.msgs, self.sent.bytes
         )?;
         writeln!(f, "  capture records:  {}", self.records_written)?;
+        let rotation = &self.capture_rotation;
+        if rotation.generations > 0 {
+            writeln!(
+                f,
+                "  capture generations: {} started, {} deleted by the size cap \
+                 (with {} records of this trace)",
+                rotation.generations, rotation.generations_deleted, rotation.records_deleted
+            )?;
+        }
         if self.event_latency.count() > 0 {
             writeln!(
                 f,

@@ -30,13 +30,16 @@
 //! One job per file: this one is the record codec ([`CaptureRecord`] and
 //! the field sizes); `layout.rs` is where files go (the directory layouts,
 //! peer and connection directory names, [`Direction`] and its file);
-//! `write.rs` is [`CaptureWriter`]; `read.rs` is [`CaptureReader`],
+//! `write.rs` is [`CaptureWriter`]; `rotate.rs` is [`RotatingWriter`],
+//! which starts a new generation (a complete capture in a subdirectory
+//! named by its UTC start time) every interval; `read.rs` is [`CaptureReader`],
 //! [`read_capture_file`] and [`read_capture_tree`]; `error.rs` is
 //! [`CaptureError`].
 
 mod error;
 mod layout;
 mod read;
+mod rotate;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -44,6 +47,7 @@ mod write;
 pub use error::{CaptureError, TruncatedRecord};
 pub use layout::{file_name, peer_addr_from_dir_name, peer_dir_name, CaptureLayout};
 pub use read::{read_capture_file, read_capture_tree, CaptureFile, CaptureReader};
+pub use rotate::{RotatingWriter, RotationStats};
 pub use write::{CaptureStats, CaptureWriter};
 
 /// Size of the message type field: the wire's, as Bitcoin Core writes it.

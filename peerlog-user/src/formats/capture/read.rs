@@ -257,7 +257,11 @@ pub fn read_capture_file(path: &Path) -> Result<CaptureFile, CaptureError> {
 ///
 /// In a directory tree only files named `msgs_recv.dat` and `msgs_sent.dat`
 /// are read; symbolic links to directories are not followed (no loops).
-/// Files come sorted by path. The first corrupt or unreadable file ends the
+/// Files come sorted by path, so the generations of a rotated capture
+/// (`<root>/<UTC start>/...`) come in time order. Files and directories that
+/// vanish during the walk (old generations deleted by the size cap of a
+/// running trace) are skipped; a generation being written reads up to its
+/// last whole record. The first corrupt or unreadable file ends the
 /// walk with its error; use [`read_capture_file`] per file to go on past it.
 pub fn read_capture_tree(path: &Path) -> Result<Vec<CaptureFile>, CaptureError> {
     let read_error = |path: &Path, source| CaptureError::Read {
@@ -271,7 +275,12 @@ pub fn read_capture_tree(path: &Path) -> Result<Vec<CaptureFile>, CaptureError> 
     let mut found = Vec::new();
     let mut pending = vec![path.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = fs::read_dir(&dir).map_err(|e| read_error(&dir, e))?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A generation deleted by a rotating writer's cap while we walk.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != path => continue,
+            Err(e) => return Err(read_error(&dir, e)),
+        };
         for entry in entries {
             let entry = entry.map_err(|e| read_error(&dir, e))?;
             let entry_path = entry.path();
@@ -287,5 +296,15 @@ pub fn read_capture_tree(path: &Path) -> Result<Vec<CaptureFile>, CaptureError> 
         }
     }
     found.sort();
-    found.iter().map(|file| read_capture_file(file)).collect()
+    let mut files = Vec::with_capacity(found.len());
+    for file in &found {
+        match read_capture_file(file) {
+            Ok(file) => files.push(file),
+            // Deleted since the walk found it: an old generation of a
+            // rotated capture that the writer's size cap removed meanwhile.
+            Err(CaptureError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(files)
 }
