@@ -521,10 +521,11 @@ impl Tracer {
             let mut reader = BufReader::new(pipe);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                // Collected first: whoever is told "attached" may read it.
+                collected.lock().unwrap().push_str(&line);
                 if line.contains("attached") {
                     let _ = tx.send(());
                 }
-                collected.lock().unwrap().push_str(&line);
                 line.clear();
             }
         });
