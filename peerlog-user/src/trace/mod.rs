@@ -833,9 +833,16 @@ impl Tracer {
 
 /// Where `--follow` waits for the next bitcoind, in words.
 fn waiting_for(locator: &Locator) -> String {
-    match locator.pid_file() {
-        Ok(Some(path)) => format!("{} to name a new bitcoind", path.display()),
-        _ => "a new bitcoind".into(),
+    match locator {
+        // Which chain's pid file it will be is not known until one appears.
+        Locator::Datadir { dir, chain: None } => format!(
+            "a bitcoind.pid in {} or its chain directories to name a new bitcoind",
+            dir.display()
+        ),
+        _ => match locator.pid_file() {
+            Ok(Some(path)) => format!("{} to name a new bitcoind", path.display()),
+            _ => "a new bitcoind".into(),
+        },
     }
 }
 
