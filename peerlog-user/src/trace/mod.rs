@@ -899,7 +899,12 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
         msg_types: opts.msg_types.clone(),
         sinks,
         control: None,
-        summary: Summary::default(),
+        summary: Summary {
+            // Every cause from the start, zeros included, even while no
+            // process was attached yet; each attachment adds its counts.
+            kernel_losses: LossCause::ALL.iter().map(|&cause| (cause, 0)).collect(),
+            ..Summary::default()
+        },
         report,
         capture_enabled: copy_payloads,
         payload_in_jsonl: opts.jsonl.is_some() && opts.payload_in_jsonl,
