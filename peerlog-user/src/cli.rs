@@ -14,6 +14,7 @@ use crate::{
     stats::{
         PeerSeries, PeersBy, ReportOptions, StatsFilter, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS,
     },
+    target::find::{Chain, Locator},
     trace::{self, TraceOptions},
 };
 
@@ -39,7 +40,7 @@ pub enum Command {
     /// Prints a line containing "attached" on stderr once every probe is live,
     /// and a summary when it stops (SIGINT/SIGTERM, --duration, or when the
     /// target exits).
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
     /// Show the messages of a capture (bitcoind's -capturemessages or
     /// peerlog's), one line each with a decoded summary, or as JSON.
     Show(crate::toolbox::show::ShowArgs),
@@ -71,9 +72,32 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     /// Process id of bitcoind, e.g. `--pid $(pidof bitcoind)`; the id of
-    /// one of its threads stands for the process.
-    #[arg(long, value_parser = number_in(1, i32::MAX, ""))]
-    pub pid: i32,
+    /// one of its threads stands for the process. Without --pid, --datadir
+    /// or --pidfile: the only running process whose executable has
+    /// bitcoind's USDT probes (bitcoind, or v30's bitcoin-node).
+    #[arg(long, value_parser = number_in(1, i32::MAX, ""), conflicts_with_all = ["datadir", "pidfile"])]
+    pub pid: Option<i32>,
+
+    /// bitcoind's data directory (its -datadir): trace the process its
+    /// bitcoind.pid names, found in DIR or in DIR's chain directory
+    /// (testnet3, testnet4, signet, regtest).
+    #[arg(long, value_name = "DIR", conflicts_with = "pidfile")]
+    pub datadir: Option<PathBuf>,
+
+    /// With --datadir: the chain whose pid file to read, when DIR has
+    /// several.
+    #[arg(long, value_enum, value_name = "NAME", requires = "datadir")]
+    pub chain: Option<Chain>,
+
+    /// Trace the process this pid file names (bitcoind's -pid).
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Keep running when bitcoind exits: wait until its pid file (--datadir
+    /// or --pidfile) names a new process, and attach to it; the capture,
+    /// the figures and the control plane carry on.
+    #[arg(long)]
+    pub follow: bool,
 
     /// Write every message of the selected peers, full payload, to DIR in
     /// Bitcoin Core's -capturemessages format (DIR/<addr>_<port>/msgs_recv.dat
@@ -351,8 +375,35 @@ impl TraceArgs {
             log::info!("neither --capture nor --jsonl given: only the summary will be printed");
         }
         let capture_rotation = (*self.rotation).clone().apply(&self.stats, &mut report)?;
+        let locator = match (self.pid, self.datadir, self.pidfile) {
+            (Some(pid), _, _) => Locator::Pid(pid),
+            (None, Some(dir), _) => Locator::Datadir {
+                dir,
+                chain: self.chain,
+            },
+            (None, None, Some(path)) => Locator::PidFile(path),
+            (None, None, None) => Locator::Auto,
+        };
+        if self.follow && !locator.can_follow() {
+            return Err(UsageError(
+                "--follow needs a pid file to find the next bitcoind: pass --datadir DIR or \
+                 --pidfile PATH instead of --pid"
+                    .into(),
+            )
+            .into());
+        }
+        if self.follow && self.flamegraph.is_some() {
+            // The profile's unwind tables and symbols are those of one executable.
+            return Err(UsageError(
+                "--flamegraph profiles one bitcoind process; it cannot be combined with --follow"
+                    .into(),
+            )
+            .into());
+        }
+        locator.check()?;
         Ok(TraceOptions {
-            pid: self.pid,
+            locator,
+            follow: self.follow,
             capture: self.capture,
             capture_layout: self.capture_layout,
             capture_rotation,

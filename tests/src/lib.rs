@@ -193,6 +193,65 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A twin running: the process, its P2P address, the blocks it serves.
+type TwinStarted = (Child, SocketAddr, Vec<(String, usize)>);
+
+/// Starts the twin with `args` and waits until it says its port and blocks.
+fn spawn_twin(binary: &Path, args: &[String]) -> Result<TwinStarted> {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting the twin node {}", binary.display()))?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut p2p_addr = None;
+    let mut blocks = Vec::new();
+    while p2p_addr.is_none() || blocks.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("the twin node did not report its port and blocks in time"))?;
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            p2p_addr = Some(addr.trim().parse()?);
+        } else if let Some(rest) = line.strip_prefix("block ") {
+            let mut parts = rest.split_whitespace();
+            let hash = parts.next().context("block line")?.to_string();
+            let size = parts.next().context("block line")?.parse()?;
+            blocks.push((hash, size));
+        }
+    }
+    Ok((child, p2p_addr.unwrap(), blocks))
+}
+
+/// Starts bitcoind with `args` and waits until it listens on `p2p_addr`.
+fn spawn_bitcoind(binary: &Path, args: &[String], p2p_addr: SocketAddr) -> Result<Child> {
+    let child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect_timeout(&p2p_addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!("bitcoind did not listen on {p2p_addr} within 60 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Ok(child)
+}
+
 /// A node to trace.
 pub struct Node {
     child: Child,
@@ -202,6 +261,11 @@ pub struct Node {
     pub blocks: Vec<(String, usize)>,
     /// For a real bitcoind: its data directory (with `-capturemessages`).
     datadir: Option<tempfile::TempDir>,
+    /// For a twin started with [`Node::start_with_datadir`]: the data
+    /// directory whose `regtest/` it writes its pid file in.
+    twin_datadir: Option<tempfile::TempDir>,
+    /// The command line it runs with, to start it again ([`Node::start_again`]).
+    args: Vec<String>,
     /// For a real bitcoind: its RPC port.
     rpc_port: Option<u16>,
     /// Which binary runs.
@@ -228,48 +292,68 @@ impl Node {
         self.datadir.is_some()
     }
 
+    /// Starts the node the tests run against with a data directory and its
+    /// pid file in `DATADIR/regtest/bitcoind.pid`, as `bitcoind -regtest`
+    /// keeps it: a real bitcoind (`BITCOIND`) has one anyway; the twin is
+    /// given `-datadir=DATADIR/regtest`.
+    pub fn start_with_datadir() -> Result<Self> {
+        if bitcoind().is_some() {
+            return Self::start();
+        }
+        let datadir = tempfile::tempdir()?;
+        let chain_dir = datadir.path().join("regtest");
+        std::fs::create_dir(&chain_dir)?;
+        let arg = format!("-datadir={}", chain_dir.display());
+        let mut node = Self::start_twin(Path::new(TWIN), &[&arg])?;
+        node.twin_datadir = Some(datadir);
+        Ok(node)
+    }
+
+    /// The data directory, for a real bitcoind or a twin started with one.
+    pub fn datadir(&self) -> Option<&Path> {
+        self.datadir
+            .as_ref()
+            .or(self.twin_datadir.as_ref())
+            .map(tempfile::TempDir::path)
+    }
+
+    /// Stops the node (SIGTERM: a clean shutdown, which removes its pid
+    /// file), to start it again with [`Node::start_again`].
+    pub fn shut_down(&mut self) -> Result<ExitStatus> {
+        signal(self.pid(), libc::SIGTERM);
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+    }
+
+    /// Starts the node again after [`Node::shut_down`], with the same
+    /// options, on the same port and with the same data directory.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.is_bitcoind() {
+            self.child = spawn_bitcoind(&self.binary, &self.args, self.p2p_addr)?;
+            self.bitcoin_cli(&["-rpcwait", "getblockcount"])?;
+        } else {
+            let mut args = self.args.clone();
+            // The last -port wins: the port the first run picked.
+            args.push(format!("-port={}", self.p2p_addr.port()));
+            (self.child, _, _) = spawn_twin(&self.binary, &args)?;
+        }
+        Ok(())
+    }
+
     /// Starts a twin node binary with extra arguments.
     pub fn start_twin(binary: &Path, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(binary)
-            .args(["-port=0", "-printport"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting the twin node {}", binary.display()))?;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut p2p_addr = None;
-        let mut blocks = Vec::new();
-        while p2p_addr.is_none() || blocks.len() < 2 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("the twin node did not report its port and blocks in time"))?;
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                p2p_addr = Some(addr.trim().parse()?);
-            } else if let Some(rest) = line.strip_prefix("block ") {
-                let mut parts = rest.split_whitespace();
-                let hash = parts.next().context("block line")?.to_string();
-                let size = parts.next().context("block line")?.parse()?;
-                blocks.push((hash, size));
-            }
-        }
+        let args: Vec<String> = ["-port=0", "-printport"]
+            .iter()
+            .chain(extra)
+            .map(ToString::to_string)
+            .collect();
+        let (child, p2p_addr, blocks) = spawn_twin(binary, &args)?;
         Ok(Self {
             child,
-            p2p_addr: p2p_addr.unwrap(),
+            p2p_addr,
             blocks,
             datadir: None,
+            twin_datadir: None,
+            args,
             rpc_port: None,
             binary: binary.to_path_buf(),
         })
@@ -282,13 +366,16 @@ impl Node {
         let datadir = tempfile::tempdir()?;
         let port = free_port()?;
         let rpc_port = free_port()?;
-        let child = Command::new(binary)
-            .arg("-regtest")
-            .arg(format!("-datadir={}", datadir.path().display()))
-            .arg(format!("-bind=127.0.0.1:{port}"))
-            .arg(format!("-port={port}"))
-            .arg(format!("-rpcport={rpc_port}"))
-            .args([
+        let args: Vec<String> = [
+            "-regtest".to_string(),
+            format!("-datadir={}", datadir.path().display()),
+            format!("-bind=127.0.0.1:{port}"),
+            format!("-port={port}"),
+            format!("-rpcport={rpc_port}"),
+        ]
+        .into_iter()
+        .chain(
+            [
                 "-rpcbind=127.0.0.1",
                 "-rpcallowip=127.0.0.1",
                 "-capturemessages",
@@ -301,24 +388,21 @@ impl Node {
                 "-discover=0",
                 "-listenonion=0",
                 "-printtoconsole=0",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(ToString::to_string),
+        )
+        .collect();
         let p2p_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect_timeout(&p2p_addr, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                bail!("bitcoind did not listen on {p2p_addr} within 60 s");
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        let child = spawn_bitcoind(binary, &args, p2p_addr)?;
         let node = Self {
             child,
             p2p_addr,
             blocks: Vec::new(),
             datadir: Some(datadir),
+            twin_datadir: None,
+            args,
             rpc_port: Some(rpc_port),
             binary: binary.to_path_buf(),
         };
@@ -413,8 +497,16 @@ pub struct TraceOutput {
 impl Tracer {
     /// Starts `peerlog trace --pid PID ARGS...` and waits until it says it is attached.
     pub fn start(pid: i32, args: &[&str]) -> Result<Self> {
+        let pid = pid.to_string();
+        Self::start_finding(&[&["--pid", pid.as_str()][..], args].concat())
+    }
+
+    /// Starts `peerlog trace ARGS...`, which find the node themselves
+    /// (`--datadir`, `--pidfile`, or none), and waits until it says it is
+    /// attached.
+    pub fn start_finding(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(peerlog_bin()?)
-            .args(["trace", "--pid", &pid.to_string()])
+            .arg("trace")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -429,10 +521,11 @@ impl Tracer {
             let mut reader = BufReader::new(pipe);
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                // Collected first: whoever is told "attached" may read it.
+                collected.lock().unwrap().push_str(&line);
                 if line.contains("attached") {
                     let _ = tx.send(());
                 }
-                collected.lock().unwrap().push_str(&line);
                 line.clear();
             }
         });
@@ -461,6 +554,11 @@ impl Tracer {
     /// Process id of peerlog itself.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// What peerlog wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Sends SIGINT and waits for the summary.

@@ -2979,7 +2979,8 @@ static void Usage(FILE* f)
         "  -maxinbound=<n>       evict the oldest inbound peer beyond <n> (default %d)\n"
         "  -twinrbf              conflicting transactions with a higher fee replace (mempool:replaced)\n"
         "  -blocksize=<n>        size in bytes of the medium built-in block, at most (default %zu)\n"
-        "  -debug                log to stderr\n",
+        "  -debug                log to stderr\n"
+        "  -datadir=<dir>        write <dir>/bitcoind.pid once listening; removed on shutdown\n",
         REGTEST_DEFAULT_PORT, DEFAULT_MAX_INBOUND, DEFAULT_MEDIUM_BLOCK_SIZE);
 }
 
@@ -3016,6 +3017,7 @@ int main(int argc, char** argv)
 {
     CConnman::Options opts;
     bool print_port = false;
+    std::string datadir;
     bool full_rbf = false;
     size_t medium_block_size = DEFAULT_MEDIUM_BLOCK_SIZE;
     for (int i = 1; i < argc; ++i) {
@@ -3061,6 +3063,12 @@ int main(int argc, char** argv)
             full_rbf = ParseBoolArg(value);
         } else if (name == "debug") {
             g_debug = ParseBoolArg(value);
+        } else if (name == "datadir") {
+            if (value.empty()) {
+                std::fprintf(stderr, "Error: -datadir needs a directory\n");
+                return 1;
+            }
+            datadir = value;
         } else if (name == "regtest") {
             // always regtest
         } else if (name == "h" || name == "help" || name == "?") {
@@ -3105,6 +3113,19 @@ int main(int argc, char** argv)
         return 1;
     }
 
+    // Like bitcoind's CreatePidFile: DATADIR/bitcoind.pid, removed again on
+    // a clean shutdown (a killed node leaves it behind, stale).
+    const std::string pid_file = datadir.empty() ? "" : datadir + "/bitcoind.pid";
+    if (!pid_file.empty()) {
+        FILE* f = std::fopen(pid_file.c_str(), "w");
+        if (!f) {
+            std::fprintf(stderr, "Error: cannot write %s: %s\n", pid_file.c_str(), std::strerror(errno));
+            return 1;
+        }
+        std::fprintf(f, "%d\n", int(getpid()));
+        std::fclose(f);
+    }
+
     if (print_port) std::printf("listening on 127.0.0.1:%u\n", connman.GetListenPort());
     std::printf("block %s %zu\n", GetHex(big->hash).c_str(), big->ser_with_witness.size());
     std::printf("block %s %zu\n", GetHex(medium->hash).c_str(), medium->ser_with_witness.size());
@@ -3119,5 +3140,6 @@ int main(int argc, char** argv)
     connman.Stop();
     mempool.m_signals = nullptr;
     chainman.m_signals = nullptr;
+    if (!pid_file.empty()) std::remove(pid_file.c_str());
     return 0;
 }

@@ -652,9 +652,11 @@ mod tests {
 
     fn scrape(c: &mut Collector, series: &PeerSeries, now_unix: u64) -> String {
         let trace = TraceStatus {
-            pid: 1,
-            exe: "bitcoind".into(),
-            probe_sites: 0,
+            attached: Some(crate::control::protocol::AttachedStatus {
+                pid: 1,
+                exe: "bitcoind".into(),
+                probe_sites: 0,
+            }),
             losses: vec![("ring_full".into(), 3)],
             capture: Default::default(),
             rpc_socket: None,

@@ -21,6 +21,12 @@ pub fn default_socket(pid: i32) -> PathBuf {
     Path::new(SOCKET_DIR).join(format!("{pid}.sock"))
 }
 
+/// The default socket of a `--follow` trace, by peerlog's own `pid`: it
+/// stays the same while the bitcoind pid changes with every restart.
+pub fn follow_socket(pid: u32) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("follow-{pid}.sock"))
+}
+
 /// Where the control RPC listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RpcSocket {
@@ -153,12 +159,9 @@ impl RpcError {
 /// by the trace loop.
 #[derive(Debug, Clone)]
 pub struct TraceStatus {
-    /// bitcoind's pid.
-    pub pid: i32,
-    /// bitcoind's executable.
-    pub exe: PathBuf,
-    /// USDT probe sites attached.
-    pub probe_sites: usize,
+    /// The bitcoind process traced now: its pid, executable and the USDT
+    /// probe sites attached; None while `--follow` waits for the next one.
+    pub attached: Option<AttachedStatus>,
     /// Every loss counter by name, kernel and userspace, zeros included.
     pub losses: Vec<(String, u64)>,
     /// The capture settings.
@@ -167,6 +170,17 @@ pub struct TraceStatus {
     pub rpc_socket: Option<PathBuf>,
     /// The Prometheus endpoint's address, if it is on.
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The bitcoind process a trace is attached to.
+#[derive(Debug, Clone)]
+pub struct AttachedStatus {
+    /// bitcoind's pid.
+    pub pid: i32,
+    /// bitcoind's executable.
+    pub exe: PathBuf,
+    /// USDT probe sites attached.
+    pub probe_sites: usize,
 }
 
 /// A JSON-RPC error response to the request `id`.

@@ -22,8 +22,7 @@ use tokio::{
 };
 
 use super::protocol::{
-    ask, default_socket, error_response, parse_query, Request, RpcError, RpcSocket, METHODS,
-    SOCKET_DIR,
+    ask, error_response, parse_query, Request, RpcError, RpcSocket, METHODS, SOCKET_DIR,
 };
 use super::ControlOptions;
 use crate::private_fs::{DIR_MODE, FILE_MODE};
@@ -46,9 +45,10 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Starts the servers the options ask for, for a trace of bitcoind `pid`.
-    /// Must run inside the tokio runtime.
-    pub fn start(opts: &ControlOptions, pid: i32) -> Result<Self> {
+    /// Starts the servers the options ask for; the RPC socket is
+    /// `default_socket` unless the options name one. Must run inside the
+    /// tokio runtime.
+    pub fn start(opts: &ControlOptions, default_socket: PathBuf) -> Result<Self> {
         let (sender, requests) = mpsc::channel(QUEUE_LEN);
         let mut tasks = Vec::new();
         let socket = match &opts.rpc {
@@ -56,7 +56,7 @@ impl Servers {
             RpcSocket::Path(path) => Some((path.clone(), bind(path, false)?)),
             RpcSocket::Default => {
                 remove_dead_sockets();
-                let path = default_socket(pid);
+                let path = default_socket;
                 match bind(&path, true) {
                     Ok(bound) => Some((path, bound)),
                     Err(e) => {
@@ -461,7 +461,8 @@ mod tests {
             metrics: None,
         };
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let mut servers = Servers::start(&opts, 1).unwrap();
+        let mut servers =
+            Servers::start(&opts, crate::control::protocol::default_socket(1)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // A second trace on the same socket is refused.

@@ -17,11 +17,13 @@ pub fn status_json(trace: &TraceStatus, report: &stats::Reporter) -> Value {
     let opts = report.options();
     let uptime = report.started().elapsed().unwrap_or_default();
     json!({
-        "pid": trace.pid,
-        "exe": trace.exe,
+        "state": if trace.attached.is_some() { "attached" } else { "waiting" },
+        "pid": trace.attached.as_ref().map(|a| a.pid),
+        "exe": trace.attached.as_ref().map(|a| &a.exe),
+        "attaches": c.attaches(),
         "started_at": report.started().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
         "uptime_s": uptime.as_secs_f64(),
-        "probe_sites": trace.probe_sites,
+        "probe_sites": trace.attached.as_ref().map(|a| a.probe_sites),
         "coverage": c.coverage().to_json(),
         "missing_figures": c.coverage().missing_figures(),
         "events": c.events(),

@@ -322,6 +322,29 @@ impl<F: Clone> PeerTable<F> {
         self.prune()
     }
 
+    /// Closes every connected peer: the process they were peers of exited
+    /// (`--follow`), without a closing event for each. Their figures are
+    /// final; bitcoind's final byte counters are unknown. Returns their ids.
+    pub fn close_all(&mut self) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for e in self.entries.values_mut().filter(|e| !e.peer.closed) {
+            e.peer.closed = true;
+            e.peer.unreported = self.sinks;
+            e.peer.cnode = None;
+            ids.push(e.peer.id);
+        }
+        self.closed.extend(&ids);
+        ids
+    }
+
+    /// Drops every peer and returns them: a new process numbers its peers
+    /// from 0 again, and must not meet the previous process's peers under
+    /// their ids.
+    pub fn drain(&mut self) -> Vec<Entry<F>> {
+        self.closed.clear();
+        std::mem::take(&mut self.entries).into_values().collect()
+    }
+
     /// Drops the closed peers beyond what is kept, and returns them.
     pub fn prune(&mut self) -> Vec<Entry<F>> {
         let mut dropped = Vec::new();
@@ -416,6 +439,28 @@ mod tests {
         assert_eq!(p.final_bytes, Some(NodeBytes { recv: 10, sent: 20 }));
         assert!(!table.connection(&closed(7), 9).closed, "closed once");
         assert_eq!((table.seen(), table.connected()), (1, 0));
+    }
+
+    #[test]
+    fn a_new_process_meets_none_of_the_old_peers() {
+        let mut table = PeerTable::new(ReportSinks::default().with(ReportSink::StatsLog), ());
+        table.observe(0, "127.0.0.1:1000", "inbound", 1);
+        table.observe(1, "127.0.0.1:1001", "inbound", 1);
+        table.connection(&closed(1), 2);
+        assert_eq!(table.close_all(), vec![0], "only the connected one");
+        let p = &table.get(0).unwrap().peer;
+        assert!(
+            p.closed && p.due(ReportSink::StatsLog),
+            "reported closed once more"
+        );
+        assert_eq!(table.connected(), 0);
+        assert_eq!(table.drain().len(), 2);
+        let (e, _) = table.observe(0, "127.0.0.1:2000", "inbound", 3);
+        assert!(
+            !e.peer.closed && e.peer.addr == "127.0.0.1:2000",
+            "a new peer 0"
+        );
+        assert_eq!(table.seen(), 3, "every peer of every process");
     }
 
     #[test]

@@ -135,6 +135,10 @@ impl Collector {
             "peers_closed_kept".into(),
             json!(self.peers().iter().count() - connected),
         );
+        // `--follow` traces one bitcoind process after the other: the one
+        // traced now (null while waiting for the next), and how many so far.
+        out.insert("pid".into(), json!(self.process()));
+        out.insert("attaches".into(), json!(self.attaches()));
         let bytes = self.coverage.node_counters.then_some(readings.bytes_total);
         self.figures_json(&self.total, bytes, filter, &mut out);
         let mut memory = memory_json(readings.queues_total);

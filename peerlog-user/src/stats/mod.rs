@@ -169,8 +169,11 @@ pub struct Collector {
     counters: Option<CounterReader>,
     /// Final byte counters of the closed peers no longer kept.
     dropped_bytes: NodeBytes,
-    /// bitcoind's process id, for its resident set size.
+    /// bitcoind's process id, for its resident set size; None while no
+    /// process is traced.
     pid: Option<u32>,
+    /// bitcoind processes traced so far (`--follow` traces one after the other).
+    attaches: u64,
 }
 
 impl Collector {
@@ -191,13 +194,58 @@ impl Collector {
             counters: None,
             dropped_bytes: NodeBytes::default(),
             pid: None,
+            attaches: 0,
         }
     }
 
-    /// Reports process `pid`'s resident set size with the node's memory.
-    pub fn with_process(mut self, pid: u32) -> Self {
+    /// Starts on bitcoind process `pid`, with the coverage of its probes and
+    /// a reader of its byte counters: the trace's first process, or the next
+    /// one `--follow` found. The peers of the previous process (closed by
+    /// [`Collector::detach_process`]) go, their figures staying in the
+    /// totals: the new process numbers its peers from 0 again.
+    pub fn attach_process(
+        &mut self,
+        pid: u32,
+        coverage: Coverage,
+        counters: Option<CounterReader>,
+    ) {
+        let dropped = self.peers.drain();
+        self.forget(dropped);
         self.pid = Some(pid);
-        self
+        self.coverage = coverage;
+        self.counters = counters;
+        self.attaches += 1;
+    }
+
+    /// The traced process exited: every peer of it is closed with its final
+    /// figures, and what was matched by peer id (transactions and their
+    /// senders, pending requests) is forgotten. The transactions peers
+    /// relayed left that process's mempool with it.
+    pub fn detach_process(&mut self) {
+        for id in self.peers.close_all() {
+            if let Some(e) = self.peers.get_mut(id) {
+                e.stats.getdata.clear();
+                e.stats.pings.clear();
+            }
+        }
+        let relayed: Vec<bitcoin::Txid> = self.relayed.keys().copied().collect();
+        for txid in relayed {
+            self.mempool_left(&txid);
+        }
+        self.tx_senders.clear();
+        self.tx_order.clear();
+        self.pid = None;
+        self.counters = None;
+    }
+
+    /// The process traced now, if any.
+    pub fn process(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// bitcoind processes traced so far, the current one included.
+    pub fn attaches(&self) -> u64 {
+        self.attaches
     }
 
     /// bitcoind's resident set size in bytes (`VmRSS` of
@@ -205,12 +253,6 @@ impl Collector {
     fn node_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         vm_rss_bytes(&status)
-    }
-
-    /// Reads bitcoind's byte counters through `reader` from now on.
-    pub fn with_counters(mut self, reader: CounterReader) -> Self {
-        self.counters = Some(reader);
-        self
     }
 
     /// What the probes cover.

@@ -62,6 +62,9 @@ pub fn check_msg_types(types: &[String]) -> Result<()> {
 struct ThreadBaseline {
     tid: u32,
     cpu_ns_at_start: u64,
+    /// CPU time attributed to peers before this process was traced (the
+    /// processes `--follow` traced before).
+    attributed_at_start: u64,
 }
 
 /// The thread of `pid` named `name` (`/proc/PID/task/*/comm`), if exactly one.
@@ -95,7 +98,8 @@ pub struct Reporter {
     /// The figures.
     pub collector: Collector,
     options: ReportOptions,
-    pid: i32,
+    /// The bitcoind process traced now; None while `--follow` waits.
+    pid: Option<i32>,
     started: SystemTime,
     interval_started: SystemTime,
     stats_log: Option<StatsLogOut>,
@@ -104,16 +108,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Opens the outputs for a trace of `pid` that starts now; `counters`
-    /// reads bitcoind's per-connection byte counters, when its `CNode`
-    /// layout is known.
-    pub fn new(
-        options: ReportOptions,
-        pid: i32,
-        clock: WallClock,
-        coverage: Coverage,
-        counters: Option<CounterReader>,
-    ) -> Result<Self> {
+    /// Opens the outputs for a trace that starts now; its first process
+    /// comes with [`Reporter::attach`].
+    pub fn new(options: ReportOptions, clock: WallClock) -> Result<Self> {
         let started = SystemTime::now();
         let stats_log = options
             .stats_log
@@ -132,29 +129,40 @@ impl Reporter {
         if options.metrics {
             sinks = sinks.with(ReportSink::Metrics);
         }
-        let msghand = find_thread(pid, "b-msghand").and_then(|tid| {
-            Some(ThreadBaseline {
-                tid,
-                cpu_ns_at_start: thread_cpu_ns(pid, tid)?,
-            })
-        });
         Ok(Self {
-            collector: {
-                let collector = Collector::new(clock, coverage, hdr_log.is_some(), sinks)
-                    .with_process(pid as u32);
-                match counters {
-                    Some(reader) => collector.with_counters(reader),
-                    None => collector,
-                }
-            },
+            collector: Collector::new(clock, Coverage::default(), hdr_log.is_some(), sinks),
             options,
-            pid,
+            pid: None,
             started,
             interval_started: started,
             stats_log,
             hdr_log,
-            msghand,
+            msghand: None,
         })
+    }
+
+    /// Starts on bitcoind process `pid` with the coverage of its probes;
+    /// `counters` reads its per-connection byte counters, when its `CNode`
+    /// layout is known (see [`Collector::attach_process`]).
+    pub fn attach(&mut self, pid: i32, coverage: Coverage, counters: Option<CounterReader>) {
+        self.collector
+            .attach_process(pid as u32, coverage, counters);
+        let attributed_at_start = self.collector.total().msghand_cpu_ns();
+        self.msghand = find_thread(pid, "b-msghand").and_then(|tid| {
+            Some(ThreadBaseline {
+                tid,
+                cpu_ns_at_start: thread_cpu_ns(pid, tid)?,
+                attributed_at_start,
+            })
+        });
+        self.pid = Some(pid);
+    }
+
+    /// The traced process exited (see [`Collector::detach_process`]).
+    pub fn detach(&mut self) {
+        self.collector.detach_process();
+        self.msghand = None;
+        self.pid = None;
     }
 
     /// Accounts one event; returns the peer it named, if any (see
@@ -182,13 +190,15 @@ impl Reporter {
     /// peerlog attributed to peers in CPU slices; null when the thread is not
     /// found by name.
     pub fn msghand_json(&self) -> Value {
-        let Some(base) = self.msghand else {
+        let (Some(base), Some(pid)) = (self.msghand, self.pid) else {
             return Value::Null;
         };
         let thread_ns =
-            thread_cpu_ns(self.pid, base.tid).map(|now| now.saturating_sub(base.cpu_ns_at_start));
+            thread_cpu_ns(pid, base.tid).map(|now| now.saturating_sub(base.cpu_ns_at_start));
         let total = self.collector.total();
-        let attributed = total.msghand_cpu_ns();
+        let attributed = total
+            .msghand_cpu_ns()
+            .saturating_sub(base.attributed_at_start);
         json!({
             "tid": base.tid,
             "thread_cpu_ns": thread_ns,

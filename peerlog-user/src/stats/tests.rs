@@ -712,7 +712,8 @@ fn coverage_from_the_probes() {
 
 #[test]
 fn memory_is_null_where_not_read() {
-    let c = collector().with_process(std::process::id());
+    let mut c = collector();
+    c.attach_process(std::process::id(), full_coverage(), None);
     let node = c.node_json(&StatsFilter::default(), &c.read_node());
     // Covered but no peer: the sums are zero; the orphanage is never read.
     assert_eq!(node["memory"]["send_queue_bytes"], 0);

@@ -1,6 +1,14 @@
 //! `peerlog trace`: load the eBPF programs, attach them to a running
 //! bitcoind, and run events through the peer table into the sinks until told
 //! to stop, the duration is over, or the target exits.
+//!
+//! What lives for the whole trace (the sinks, the figures and their
+//! reports, the control servers, the summary) is the [`Tracer`]; what lives
+//! for one bitcoind process (its executable's probes, the kernel programs
+//! attached to them, their ring buffer, switches and loss counters) is an
+//! [`Attachment`]. Without `--follow` a trace has one attachment; with it,
+//! one after the other, the trace waiting in between for the pid file to
+//! name the next process.
 
 mod capture_worker;
 mod summary;
@@ -30,15 +38,21 @@ use crate::{
     formats::capture::{CaptureLayout, CaptureRecord, RotatingWriter},
     formats::jsonl::JsonlSink,
     kernel::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
+    messages::TargetError,
     stats,
-    target::{Capabilities, Target},
+    target::{
+        find::{Found, Locator, Process},
+        Capabilities, Target,
+    },
 };
 
 /// Everything `peerlog trace` can be asked to do.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
-    /// Process id of bitcoind.
-    pub pid: i32,
+    /// How to find bitcoind.
+    pub locator: Locator,
+    /// When bitcoind exits, wait for the next one and attach to it.
+    pub follow: bool,
     /// Root directory of the capture, if capturing.
     pub capture: Option<PathBuf>,
     /// Directory layout of the capture.
@@ -123,7 +137,10 @@ struct Tracer {
     selector: PeerSelector,
     msg_types: Vec<String>,
     sinks: Sinks,
-    control: KernelControl,
+    /// The kernel's switches of the process traced now; None while waiting
+    /// for the next one (`setcapture` then only changes what the next
+    /// attachment starts with).
+    control: Option<KernelControl>,
     summary: Summary,
     /// The peer table with the figures of each peer, and their outputs.
     report: stats::Reporter,
@@ -179,7 +196,10 @@ impl Tracer {
         // A new peer starts selected, as the kernel treats it; `setcapture`
         // may select one it had not.
         if collector.set_selected(id, selected) {
-            if let Err(e) = self.control.set_peer_payloads(id, selected) {
+            let Some(control) = &mut self.control else {
+                return;
+            };
+            if let Err(e) = control.set_peer_payloads(id, selected) {
                 // Payloads of this peer keep being copied (or not) as
                 // before; what is written still follows the selection.
                 log::warn!("could not set the kernel capture policy of peer {id}: {e}");
@@ -187,13 +207,17 @@ impl Tracer {
         }
     }
 
-    /// Answers a control RPC or metrics request.
-    fn answer(&mut self, request: protocol::Request, losses: &LossCounters) {
+    /// Answers a control RPC or metrics request; `losses` are the kernel's
+    /// counters of the process traced now, if any.
+    fn answer(&mut self, request: protocol::Request, losses: Option<&LossCounters>) {
         let result = match request.query {
             protocol::Query::SetCapture(change) => self.set_capture(change),
             protocol::Query::Report(query) => {
-                self.status.losses = losses
-                    .read()
+                let mut kernel = self.summary.kernel_losses.clone();
+                if let Some(losses) = losses {
+                    add_losses(&mut kernel, losses.read());
+                }
+                self.status.losses = kernel
                     .into_iter()
                     .map(|(cause, n)| (cause.name().to_string(), n))
                     .chain([
@@ -248,7 +272,9 @@ impl Tracer {
             ));
         }
         if let Some(types) = change.msg_types {
-            self.control.set_msg_types(&types).map_err(internal)?;
+            if let Some(control) = &mut self.control {
+                control.set_msg_types(&types).map_err(internal)?;
+            }
             self.msg_types = types;
         }
         if let Some(terms) = change.peers {
@@ -266,7 +292,9 @@ impl Tracer {
             }
         }
         if let Some(on) = change.enabled {
-            self.control.set_copy_payloads(on).map_err(internal)?;
+            if let Some(control) = &mut self.control {
+                control.set_copy_payloads(on).map_err(internal)?;
+            }
             if let Some(jsonl) = &mut self.sinks.jsonl {
                 jsonl.set_payloads(on && self.payload_in_jsonl);
             }
@@ -419,6 +447,20 @@ impl Tracer {
 /// the bound on the event latency of a quiet node.
 const RING_POLL_INTERVAL: Duration = Duration::from_millis(4);
 
+/// How often `--follow` reads the pid file while it waits for the next
+/// bitcoind.
+const PID_FILE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Adds loss counts to `into`, cause by cause.
+fn add_losses(into: &mut Vec<(LossCause, u64)>, more: Vec<(LossCause, u64)>) {
+    for (cause, n) in more {
+        match into.iter_mut().find(|(c, _)| *c == cause) {
+            Some((_, sum)) => *sum += n,
+            None => into.push((cause, n)),
+        }
+    }
+}
+
 /// Handles every record in the ring.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
@@ -443,7 +485,13 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.ok()
 }
 
-fn open_sinks(opts: &TraceOptions, target: &Target, debug_info: &DebugInfo) -> Result<Sinks> {
+/// Opens the outputs; `target` is the first process, when it is known
+/// before the trace starts (always, but with `--follow`).
+fn open_sinks(
+    opts: &TraceOptions,
+    target: Option<&Target>,
+    debug_info: &DebugInfo,
+) -> Result<Sinks> {
     let capture = match &opts.capture {
         Some(dir) => Some(
             CaptureWorker::start(RotatingWriter::new(
@@ -473,7 +521,8 @@ fn open_sinks(opts: &TraceOptions, target: &Target, debug_info: &DebugInfo) -> R
     };
     let flamegraph = match &opts.flamegraph {
         Some(dir) => Some(CpuProfile::new(
-            target,
+            // The command line refuses --flamegraph with --follow.
+            target.context("--flamegraph profiles one process, found before tracing starts")?,
             dir,
             opts.sample_rate,
             opts.debug_file.as_deref(),
@@ -488,16 +537,12 @@ fn open_sinks(opts: &TraceOptions, target: &Target, debug_info: &DebugInfo) -> R
     })
 }
 
-async fn run_async(opts: TraceOptions) -> Result<Summary> {
-    // Handle SIGINT/SIGTERM from the start: whoever sees "attached" may stop
-    // us at once, and must get a flushed capture and a summary, not a kill.
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Capabilities::current()?.require_tracing()?;
-    let target = Target::open(opts.pid)?;
+/// Reads the executable of process `pid`, its probes and, when the
+/// options need it, its debug information: anew for every process, since
+/// the binary may have been upgraded between two.
+fn open_target(pid: i32, opts: &TraceOptions) -> Result<(Target, DebugInfo)> {
+    let target = Target::open(pid)?;
     target.require_net_tracepoints()?;
-    // Open the outputs before attaching: a capture directory that cannot be
-    // written is an error before anything is traced.
     // Found once for both users: the accounting's CNode layout and the
     // flamegraph's symbols.
     let debug_info = if opts.accounting || opts.flamegraph.is_some() {
@@ -505,179 +550,464 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     } else {
         DebugInfo::default()
     };
-    let mut sinks = open_sinks(&opts, &target, &debug_info)?;
-    let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
-    let mut probes = Probes::attach(
-        &target,
-        &ProbeOptions {
-            ring_size: opts.ring_size,
-            accounting: opts.accounting,
-            debug_info,
-            sampling: sinks.flamegraph.as_mut().map(|profile| Sampling {
-                rate: opts.sample_rate,
-                unwind_tables: profile.take_unwind_tables(),
-            }),
-        },
-    )?;
-    let mut control = probes.take_control()?;
-    control.set_msg_types(&opts.msg_types)?;
-    control.set_copy_payloads(copy_payloads)?;
-    if opts.accounting {
-        // Statistics read these payloads whether or not the capture takes them.
-        control.set_stats_types(&stats::payload::PAYLOAD_TYPES)?;
-    }
-    let clock = WallClock::sample();
-    let ring = probes.take_ring()?;
-    // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open
-    // for as long as it is registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let losses = probes.take_losses()?;
-    let report = stats::Reporter::new(
-        opts.report.clone(),
-        target.pid,
-        clock,
-        (&probes.attached).into(),
-        probes
-            .attached
-            .cnode_layout
-            .map(|layout| CounterReader::new(target.pid as u32, layout)),
-    )?;
-    // Listening before saying "attached", so whoever waits for that can connect.
-    let mut servers = Servers::start(&opts.control, target.pid)?;
+    Ok((target, debug_info))
+}
 
-    eprintln!(
-        "peerlog: attached to {target}: {} probe sites of {} tracepoints ({})",
-        probes.sites,
-        probes.attached.tracepoints.len(),
-        if target.has_semaphores() {
-            "semaphores raised by the kernel"
-        } else {
-            "no semaphores: bitcoind before v29"
+/// The kernel side of one bitcoind process: the probes attached to its
+/// executable and what peerlog reads from them.
+struct Attachment {
+    target: Target,
+    probes: Probes,
+    ring: AsyncFd<RingBuf<MapData>>,
+    losses: LossCounters,
+    /// Readable once the process exited; None where pidfd_open is missing.
+    exited: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Attachment {
+    /// Attaches the kernel programs to `target`'s probes, switched as the
+    /// tracer's settings are now, and points the figures at the process.
+    fn attach(
+        target: Target,
+        debug_info: DebugInfo,
+        opts: &TraceOptions,
+        tracer: &mut Tracer,
+    ) -> Result<Self> {
+        let mut probes = Probes::attach(
+            &target,
+            &ProbeOptions {
+                ring_size: opts.ring_size,
+                accounting: opts.accounting,
+                debug_info,
+                sampling: tracer.sinks.flamegraph.as_mut().map(|profile| Sampling {
+                    rate: opts.sample_rate,
+                    unwind_tables: profile.take_unwind_tables(),
+                }),
+            },
+        )?;
+        let mut control = probes.take_control()?;
+        control.set_msg_types(&tracer.msg_types)?;
+        control.set_copy_payloads(tracer.capture_enabled)?;
+        if opts.accounting {
+            // Statistics read these payloads whether or not the capture takes them.
+            control.set_stats_types(&stats::payload::PAYLOAD_TYPES)?;
         }
-    );
-    if opts.accounting {
-        eprintln!("peerlog: accounting: {}", probes.attached.describe());
-    }
-    if let (Some(dir), Some(profile)) = (&opts.flamegraph, &mut sinks.flamegraph) {
-        profile.sampling_started();
-        eprintln!(
-            "peerlog: sampling every thread at {} Hz on {} CPUs for flamegraphs in {}",
-            opts.sample_rate,
-            probes.sampled_cpus(),
-            dir.display()
+        let ring = probes.take_ring()?;
+        // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays
+        // open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let losses = probes.take_losses()?;
+        tracer.report.attach(
+            target.pid,
+            (&probes.attached).into(),
+            probes
+                .attached
+                .cnode_layout
+                .map(|layout| CounterReader::new(target.pid as u32, layout)),
         );
+        tracer.control = Some(control);
+        tracer.decoder = Decoder::new();
+        tracer.status.attached = Some(protocol::AttachedStatus {
+            pid: target.pid,
+            exe: target.exe_display.clone(),
+            probe_sites: probes.sites,
+        });
+        let exited = pidfd(target.pid);
+        Ok(Self {
+            target,
+            probes,
+            ring,
+            losses,
+            exited,
+        })
     }
 
+    /// Says on stderr what is attached; whoever waits for "attached" may
+    /// connect to the control socket from then on.
+    fn announce(&mut self, opts: &TraceOptions, tracer: &mut Tracer) {
+        eprintln!(
+            "peerlog: attached to {}: {} probe sites of {} tracepoints ({})",
+            self.target,
+            self.probes.sites,
+            self.probes.attached.tracepoints.len(),
+            if self.target.has_semaphores() {
+                "semaphores raised by the kernel"
+            } else {
+                "no semaphores: bitcoind before v29"
+            }
+        );
+        if opts.accounting {
+            eprintln!("peerlog: accounting: {}", self.probes.attached.describe());
+        }
+        if let (Some(dir), Some(profile)) = (&opts.flamegraph, &mut tracer.sinks.flamegraph) {
+            profile.sampling_started();
+            eprintln!(
+                "peerlog: sampling every thread at {} Hz on {} CPUs for flamegraphs in {}",
+                opts.sample_rate,
+                self.probes.sampled_cpus(),
+                dir.display()
+            );
+        }
+    }
+
+    /// Traces the process until it exits or the trace must stop.
+    async fn run(&mut self, tracer: &mut Tracer, life: &mut Lifelong) -> Result<Stop> {
+        let pid = self.target.pid;
+        let (target, ring, losses) = (&self.target, &mut self.ring, &self.losses);
+        // The kernel side wakes peerlog only when the ring is filling up (a
+        // wake-up per record would cost bitcoind's thread microseconds each):
+        // the ring is read on this tick too.
+        let mut ring_tick = tokio::time::interval(RING_POLL_INTERVAL);
+        ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let target_exit = async {
+            match &self.exited {
+                Some(fd) => {
+                    let _ = fd.readable().await;
+                }
+                None => loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if !target.is_alive() {
+                        break;
+                    }
+                },
+            }
+        };
+        tokio::pin!(target_exit);
+        let mut events = Vec::new();
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let drained = drain_ring(guard.get_inner_mut(), tracer, &mut events);
+                    guard.clear_ready();
+                    drained?;
+                }
+                _ = ring_tick.tick() => drain_ring(ring.get_mut(), tracer, &mut events)?,
+                chore = life.next() => {
+                    if let Some(reason) = tracer.chore(chore, Some(losses))? {
+                        return Ok(Stop::End(reason));
+                    }
+                }
+                _ = &mut target_exit => return Ok(Stop::Exited(format!("pid {pid} exited"))),
+            }
+        }
+    }
+
+    /// Detaches the probes, then (when `drain`, not after an error) takes
+    /// what is still in the ring: those events happened while tracing. The
+    /// kernel's losses go into the summary.
+    fn close(mut self, tracer: &mut Tracer, drain: bool) -> Result<()> {
+        self.probes.detach();
+        if let Some(profile) = &mut tracer.sinks.flamegraph {
+            profile.sampling_stopped();
+        }
+        let mut result = Ok(());
+        if drain {
+            let mut events = Vec::new();
+            result = drain_ring(self.ring.get_mut(), tracer, &mut events);
+            tracer.decoder.finish(&mut events);
+            for event in events.drain(..) {
+                result = result.and_then(|()| tracer.handle(event));
+            }
+        }
+        add_losses(&mut tracer.summary.kernel_losses, self.losses.read());
+        tracer.control = None;
+        tracer.status.attached = None;
+        result
+    }
+}
+
+/// Why tracing a process ended.
+enum Stop {
+    /// The trace ends, for this reason.
+    End(String),
+    /// The process exited; the reason, in words.
+    Exited(String),
+}
+
+/// Work that comes whether or not a process is traced.
+enum Chore {
+    /// A control RPC or metrics request.
+    Request(protocol::Request),
+    /// Time to flush the outputs.
+    Flush,
+    /// Time for the periodic reports.
+    Report,
+    /// The trace must end, for this reason.
+    End(&'static str),
+}
+
+/// What lives for the whole trace besides the tracer: the signals, the
+/// control servers, the ticks of the periodic work, the deadline.
+struct Lifelong {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    servers: Servers,
+    flush_tick: tokio::time::Interval,
+    stats_tick: Option<tokio::time::Interval>,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Lifelong {
+    /// The next chore. Every branch is cancel-safe: it runs inside the
+    /// `select!` of a process traced or waited for.
+    async fn next(&mut self) -> Chore {
+        let stats = async {
+            match &mut self.stats_tick {
+                Some(tick) => tick.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let deadline = async {
+            match &mut self.deadline {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = self.servers.next() => Chore::Request(request),
+            _ = self.flush_tick.tick() => Chore::Flush,
+            _ = stats => Chore::Report,
+            _ = self.sigint.recv() => Chore::End("interrupted"),
+            _ = self.sigterm.recv() => Chore::End("terminated"),
+            _ = deadline => Chore::End("duration reached"),
+        }
+    }
+}
+
+impl Tracer {
+    /// Does a chore; returns the reason when the trace must end.
+    fn chore(&mut self, chore: Chore, losses: Option<&LossCounters>) -> Result<Option<String>> {
+        match chore {
+            Chore::Request(request) => self.answer(request, losses),
+            Chore::Flush => self.flush()?,
+            Chore::Report => self.report.tick()?,
+            Chore::End(reason) => return Ok(Some(reason.to_string())),
+        }
+        Ok(None)
+    }
+
+    /// The traced process exited and `--follow` waits for the next: the
+    /// capture files of its connections are closed, its peers closed with
+    /// their final figures, and the periodic outputs report them so.
+    fn process_gone(&mut self) -> Result<()> {
+        if let Some(capture) = &mut self.sinks.capture {
+            for e in self.report.collector.peers().iter() {
+                if !e.peer.closed && !e.peer.addr.is_empty() {
+                    capture.close_connection(
+                        e.peer.addr.as_str().into(),
+                        (e.peer.id, e.peer.conntime),
+                    );
+                }
+            }
+        }
+        self.report.detach();
+        self.flush()?;
+        if self.report.interval().is_some() {
+            self.report.tick()?;
+        }
+        Ok(())
+    }
+
+    /// Waits, doing the chores, until `locator` finds a process other than
+    /// `gone` (the one that exited). Ok(Err(reason)) when the trace must end.
+    async fn wait_for_process(
+        &mut self,
+        life: &mut Lifelong,
+        locator: &Locator,
+        gone: Option<Process>,
+    ) -> Result<Result<Process, String>> {
+        let mut poll = tokio::time::interval(PID_FILE_POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Found::Process(p) = locator.find()? {
+                        if Some(p) != gone {
+                            return Ok(Ok(p));
+                        }
+                    }
+                }
+                chore = life.next() => {
+                    if let Some(reason) = self.chore(chore, None)? {
+                        return Ok(Err(reason));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where `--follow` waits for the next bitcoind, in words.
+fn waiting_for(locator: &Locator) -> String {
+    match locator {
+        // Which chain's pid file it will be is not known until one appears.
+        Locator::Datadir { dir, chain: None } => format!(
+            "a bitcoind.pid in {} or its chain directories to name a new bitcoind",
+            dir.display()
+        ),
+        _ => match locator.pid_file() {
+            Ok(Some(path)) => format!("{} to name a new bitcoind", path.display()),
+            _ => "a new bitcoind".into(),
+        },
+    }
+}
+
+async fn run_async(opts: TraceOptions) -> Result<Summary> {
+    // Handle SIGINT/SIGTERM from the start: whoever sees "attached" may stop
+    // us at once, and must get a flushed capture and a summary, not a kill.
+    let sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Capabilities::current()?.require_tracing()?;
+    // Without --follow the process must run now; with it, the trace may
+    // start by waiting for one.
+    let mut next = match opts.locator.find()? {
+        Found::Process(p) => Some(p),
+        Found::NotRunning(why) if opts.follow => {
+            eprintln!(
+                "peerlog: no bitcoind yet ({why}); waiting for {}",
+                waiting_for(&opts.locator)
+            );
+            None
+        }
+        Found::NotRunning(why) => {
+            return Err(TargetError(format!("{why}; is bitcoind running?")).into())
+        }
+    };
+    // The first process's probes are read before any output opens: a
+    // target that cannot be traced is an error before anything is written.
+    let mut first = match next {
+        Some(p) => Some(open_target(p.pid, &opts)?),
+        None => None,
+    };
+    // Open the outputs before attaching: a capture directory that cannot be
+    // written is an error before anything is traced.
+    let sinks = open_sinks(
+        &opts,
+        first.as_ref().map(|(target, _)| target),
+        first
+            .as_ref()
+            .map_or(&DebugInfo::default(), |(_, debug_info)| debug_info),
+    )?;
+    let clock = WallClock::sample();
+    let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
+    let report = stats::Reporter::new(opts.report.clone(), clock)?;
+    // Listening before saying "attached", so whoever waits for that can
+    // connect. With --follow the socket outlives every bitcoind pid.
+    let default_socket = match (&first, opts.follow) {
+        (Some((target, _)), false) => protocol::default_socket(target.pid),
+        _ => protocol::follow_socket(std::process::id()),
+    };
+    let servers = Servers::start(&opts.control, default_socket)?;
     let mut tracer = Tracer {
         clock,
         decoder: Decoder::new(),
         selector: opts.peers.clone(),
         msg_types: opts.msg_types.clone(),
         sinks,
-        control,
-        summary: Summary::default(),
+        control: None,
+        summary: Summary {
+            // Every cause from the start, zeros included, even while no
+            // process was attached yet; each attachment adds its counts.
+            kernel_losses: LossCause::ALL.iter().map(|&cause| (cause, 0)).collect(),
+            ..Summary::default()
+        },
         report,
         capture_enabled: copy_payloads,
         payload_in_jsonl: opts.jsonl.is_some() && opts.payload_in_jsonl,
         status: protocol::TraceStatus {
-            pid: target.pid,
-            exe: target.exe_display.clone(),
-            probe_sites: probes.sites,
+            attached: None,
             losses: Vec::new(),
             capture: protocol::CaptureState::default(),
             rpc_socket: servers.socket().map(PathBuf::from),
             metrics: opts.control.metrics,
         },
     };
-    if let Some(socket) = servers.socket() {
+    let stats_tick = match tracer.report.interval() {
+        Some(period) => {
+            let first_tick = tokio::time::Instant::now()
+                .checked_add(period)
+                .context("--stats-interval is too long")?;
+            let mut tick = tokio::time::interval_at(first_tick, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some(tick)
+        }
+        None => None,
+    };
+    let mut life = Lifelong {
+        sigint,
+        sigterm,
+        servers,
+        flush_tick: tokio::time::interval(Duration::from_secs(1)),
+        stats_tick,
+        deadline: opts.duration.map(|d| Box::pin(tokio::time::sleep(d))),
+    };
+    if let Some(socket) = life.servers.socket() {
         eprintln!("peerlog: control RPC on {}", socket.display());
     }
 
-    let exited = pidfd(target.pid);
-    let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
-    // The kernel side wakes peerlog only when the ring is filling up (a
-    // wake-up per record would cost bitcoind's thread microseconds each):
-    // the ring is read on this tick too.
-    let mut ring_tick = tokio::time::interval(RING_POLL_INTERVAL);
-    ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stats_on = tracer.report.interval().is_some();
-    let stats_period = tracer.report.interval().unwrap_or(Duration::from_secs(1));
-    let first_stats = tokio::time::Instant::now()
-        .checked_add(stats_period)
-        .context("--stats-interval is too long")?;
-    let mut stats_tick = tokio::time::interval_at(first_stats, stats_period);
-    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = async {
-        match opts.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let target_exit = async {
-        match &exited {
-            Some(fd) => {
-                let _ = fd.readable().await;
-            }
-            None => loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if !target.is_alive() {
-                    break;
-                }
-            },
-        }
-    };
-    tokio::pin!(target_exit);
-
-    let mut events = Vec::new();
     let outcome: Result<String> = loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let drained = drain_ring(guard.get_inner_mut(), &mut tracer, &mut events);
-                guard.clear_ready();
-                if let Err(e) = drained {
+        let process = match next.take() {
+            Some(p) => p,
+            None => match tracer
+                .wait_for_process(&mut life, &opts.locator, None)
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(reason)) => break Ok(reason),
+                Err(e) => break Err(e),
+            },
+        };
+        let opened = match first.take() {
+            Some(opened) => Ok(opened),
+            None => open_target(process.pid, &opts),
+        };
+        let attached = opened.and_then(|(target, debug_info)| {
+            Attachment::attach(target, debug_info, &opts, &mut tracer)
+        });
+        let mut attachment = match attached {
+            Ok(a) => a,
+            // The process named went before peerlog could attach: wait for the next.
+            Err(e) if opts.follow && Process::running(process.pid) != Some(process) => {
+                eprintln!(
+                    "peerlog: pid {} exited before attaching ({e:#}); waiting for {}",
+                    process.pid,
+                    waiting_for(&opts.locator)
+                );
+                next = None;
+                continue;
+            }
+            // Nothing traced yet: the error alone says it, without a summary.
+            Err(e) if tracer.report.collector.attaches() == 0 => return Err(e),
+            Err(e) => break Err(e),
+        };
+        attachment.announce(&opts, &mut tracer);
+        let stop = attachment.run(&mut tracer, &mut life).await;
+        let closed = attachment.close(&mut tracer, stop.is_ok());
+        match stop {
+            Ok(Stop::Exited(why)) if opts.follow => {
+                if let Err(e) = closed.and_then(|()| tracer.process_gone()) {
                     break Err(e);
                 }
-            }
-            _ = ring_tick.tick() => {
-                if let Err(e) = drain_ring(ring.get_mut(), &mut tracer, &mut events) {
-                    break Err(e);
+                eprintln!("peerlog: {why}; waiting for {}", waiting_for(&opts.locator));
+                match tracer
+                    .wait_for_process(&mut life, &opts.locator, Some(process))
+                    .await
+                {
+                    Ok(Ok(p)) => next = Some(p),
+                    Ok(Err(reason)) => break Ok(reason),
+                    Err(e) => break Err(e),
                 }
             }
-            _ = flush_tick.tick() => {
-                if let Err(e) = tracer.flush() {
-                    break Err(e);
-                }
-            }
-            request = servers.next() => tracer.answer(request, &losses),
-            _ = stats_tick.tick(), if stats_on => {
-                if let Err(e) = tracer.report.tick() {
-                    break Err(e);
-                }
-            }
-            _ = sigint.recv() => break Ok("interrupted".to_string()),
-            _ = sigterm.recv() => break Ok("terminated".to_string()),
-            _ = &mut deadline => break Ok("duration reached".to_string()),
-            _ = &mut target_exit => break Ok(format!("pid {} exited", target.pid)),
+            Ok(Stop::End(reason) | Stop::Exited(reason)) => break closed.map(|()| reason),
+            Err(e) => break Err(e),
         }
     };
+    finish(tracer, outcome)
+}
 
-    // Detach first so no new records arrive, then take what is still in the
-    // ring: those events happened while tracing.
-    probes.detach();
-    if let Some(profile) = &mut tracer.sinks.flamegraph {
-        profile.sampling_stopped();
-    }
-    let mut drain_result = Ok(());
-    if outcome.is_ok() {
-        drain_result = drain_ring(ring.get_mut(), &mut tracer, &mut events);
-        tracer.decoder.finish(&mut events);
-        for event in events.drain(..) {
-            tracer.handle(event)?;
-        }
-    }
+/// Ends the trace: the last of the capture and the reports, the summary.
+fn finish(mut tracer: Tracer, outcome: Result<String>) -> Result<Summary> {
     let mut flush_result = tracer.flush();
     if let Some(capture) = tracer.sinks.capture.take() {
         let ((stats, rotation), written) = capture.finish();
@@ -690,8 +1020,8 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
 
     let collector = &tracer.report.collector;
     tracer.summary.peers = collector.peers().seen();
+    tracer.summary.attaches = collector.attaches();
     (tracer.summary.recv, tracer.summary.sent) = (collector.total().recv, collector.total().sent);
-    tracer.summary.kernel_losses = losses.read();
     let profile_result = match tracer.sinks.flamegraph.take() {
         Some(profile) => profile
             .finish(tracer.summary.lost(LossCause::RingFullSample))
@@ -700,7 +1030,6 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     };
     match outcome {
         Ok(reason) => {
-            drain_result?;
             flush_result?;
             report_result?;
             profile_result?;

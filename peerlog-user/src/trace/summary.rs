@@ -12,6 +12,8 @@ use crate::{
 /// What a trace saw, printed when it ends.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// bitcoind processes traced: 1, plus one per restart `--follow` followed.
+    pub attaches: u64,
     /// Peers seen.
     pub peers: usize,
     /// Messages received by the node.
@@ -106,6 +108,14 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "peerlog: stopped ({})", self.stop_reason)?;
+        if self.attaches > 1 {
+            writeln!(
+                f,
+                "  processes traced: {} (--follow: {} restarts)",
+                self.attaches,
+                self.attaches - 1
+            )?;
+        }
         writeln!(f, "  peers seen:       {}", self.peers)?;
         writeln!(
             f,

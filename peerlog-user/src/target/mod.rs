@@ -1,5 +1,7 @@
-//! The process to trace: finding its executable, its USDT probes, and
-//! checking that peerlog has the privileges to trace it.
+//! The process to trace: finding it ([`find`]), its executable, its USDT
+//! probes, and checking that peerlog has the privileges to trace it.
+
+pub mod find;
 
 use std::{
     fmt, fs,
