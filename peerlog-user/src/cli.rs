@@ -20,7 +20,7 @@ use crate::{
 
 /// Per-peer P2P message capture and resource tracking for a running Bitcoin
 /// Core bitcoind, through its USDT tracepoints and eBPF. Needs root (or
-/// CAP_BPF and CAP_PERFMON).
+/// CAP_SYS_ADMIN, which the kernel asks for to open uprobes).
 #[derive(Debug, Parser)]
 #[command(name = "peerlog", version, about, long_about = None)]
 pub struct Cli {

@@ -40,7 +40,7 @@ pub const MAX_MESSAGE: usize = 4_000_000;
 pub fn ebpf_unavailable() -> Option<String> {
     // SAFETY: trivial libc call.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: loading eBPF needs CAP_BPF and CAP_PERFMON".into());
+        return Some("not root: attaching uprobes needs CAP_SYS_ADMIN".into());
     }
     if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
         return Some("this kernel has no uprobe PMU (CONFIG_UPROBE_EVENTS)".into());

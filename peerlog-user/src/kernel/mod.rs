@@ -154,7 +154,7 @@ fn raise_memlock_limit() {
 fn privilege_hint(e: &aya::EbpfError) -> &'static str {
     let text = e.to_string();
     if text.contains("Operation not permitted") || text.contains("EPERM") {
-        " (loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN: run as root)"
+        " (loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN, which attaching uprobes needs anyway: run as root)"
     } else {
         ""
     }

@@ -13,13 +13,17 @@ use serde_json::Value;
 
 use crate::{
     formats::timeline::{format_time, parse_time},
-    stats::card::{self, Card},
+    stats::{
+        card::{self, Card},
+        compact::Expander,
+    },
 };
 
 /// Arguments of `peerlog report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// A stats log written by `peerlog trace --stats-log`.
+    /// A stats log written by `peerlog trace --stats-log`, full or compact
+    /// (`--stats-log-compact`); with `--stats-rotate`, one of its files.
     #[arg(value_name = "STATS_LOG")]
     pub stats_log: PathBuf,
 
@@ -63,6 +67,8 @@ fn find_line(args: &ReportArgs) -> Result<(u64, Value)> {
     let path = &args.stats_log;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut found = None;
+    // A compact log's lines say what changed: each is rebuilt in full.
+    let mut expander = Expander::default();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
@@ -88,6 +94,9 @@ fn find_line(args: &ReportArgs) -> Result<(u64, Value)> {
         if args.at.is_some_and(|at| time_us > at) {
             break;
         }
+        let value = expander
+            .expand(value)
+            .with_context(|| format!("{}:{}: a compact line", path.display(), n + 1))?;
         found = Some((time_us, value));
     }
     found.with_context(|| match args.at {
@@ -247,6 +256,25 @@ mod tests {
         write_text(&card, time, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("ranking: fewer flags first"), "{text}");
+
+        // A compact log gives the same last line as the full one.
+        let mut compactor = crate::stats::compact::Compactor::default();
+        let compact: Vec<String> = [line(1_000_000, &[0]), line(2_000_000, &[0, 1])]
+            .iter()
+            .map(|l| {
+                compactor
+                    .compact(serde_json::from_str(l).unwrap())
+                    .to_string()
+            })
+            .collect();
+        assert!(compact[1].contains("\"delta\":true"), "{}", compact[1]);
+        std::fs::write(&path, compact.join("\n")).unwrap();
+        let (time, expanded) = find_line(&args(path.clone(), None)).unwrap();
+        assert_eq!(time, 2_000_000);
+        assert_eq!(
+            expanded,
+            serde_json::from_str::<Value>(&line(2_000_000, &[0, 1])).unwrap()
+        );
 
         std::fs::write(&path, "{\"not\": \"a stats log\"}\n").unwrap();
         let err = find_line(&args(path.clone(), None)).unwrap_err();
