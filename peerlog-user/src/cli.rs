@@ -10,11 +10,11 @@ use crate::{
     filter::{PeerFilter, PeerSelector},
     formats::capture::CaptureLayout,
     messages::UsageError,
+    node::find::{Chain, Locator},
     rotation::Rotation,
     stats::{
         PeerSeries, PeersBy, ReportOptions, StatsFilter, DEFAULT_CLOSED_GRACE_S, DEFAULT_MAX_PEERS,
     },
-    target::find::{Chain, Locator},
     trace::{self, TraceOptions},
 };
 

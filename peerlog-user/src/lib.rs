@@ -6,8 +6,8 @@
 //! decodes them; [`peers`] keeps the state of every peer, with the figures
 //! of [`stats`] hanging off it; the sinks ([`formats::capture`],
 //! [`formats::jsonl`], [`flamegraph`], [`control`]) write them out or answer
-//! for them. [`trace`] runs that pipeline; [`target`] and [`elf`] find the
-//! target and read its executable; [`cli`] is the command line. See
+//! for them. [`trace`] runs that pipeline; [`node`] and [`elf`] find the
+//! traced bitcoind and read its executable; [`cli`] is the command line. See
 //! ARCHITECTURE.md.
 
 pub mod address;
@@ -22,11 +22,11 @@ pub mod flamegraph;
 pub mod formats;
 pub mod kernel;
 pub mod messages;
+pub mod node;
 pub mod p2p;
 pub mod peers;
 pub mod private_fs;
 pub mod rotation;
 pub mod stats;
-pub mod target;
 pub mod toolbox;
 pub mod trace;

@@ -339,6 +339,18 @@ impl Node {
         Ok(())
     }
 
+    /// A copy of the twin named `bitcoin-node` in `bin_dir` (as Bitcoin
+    /// Core v30's multiprocess binary is named), running with
+    /// `-datadir=DATADIR`: a node found by its probes, not its name.
+    pub fn start_as_bitcoin_node(bin_dir: &Path, datadir: &Path) -> Result<Self> {
+        let exe = bin_dir.join("bitcoin-node");
+        if !exe.exists() {
+            std::fs::copy(TWIN, &exe).context("copying the twin")?;
+        }
+        std::fs::create_dir_all(datadir)?;
+        Self::start_twin(&exe, &[&format!("-datadir={}", datadir.display())])
+    }
+
     /// Starts a twin node binary with extra arguments.
     pub fn start_twin(binary: &Path, extra: &[&str]) -> Result<Self> {
         let args: Vec<String> = ["-port=0", "-printport"]

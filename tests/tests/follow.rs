@@ -293,30 +293,17 @@ fn same_as_bitcoind_capture(
     Ok(())
 }
 
-/// A copy of the twin named `bitcoin-node` (as Bitcoin Core v30's
-/// multiprocess binary is), running with `-datadir=DIR`.
-fn start_bitcoin_node(bin_dir: &Path, datadir: &Path) -> Result<Node> {
-    let exe = bin_dir.join("bitcoin-node");
-    if !exe.exists() {
-        fs::copy(TWIN, &exe).context("copying the twin")?;
-    }
-    fs::create_dir_all(datadir)?;
-    Node::start_twin(&exe, &[&format!("-datadir={}", datadir.display())])
-}
-
 /// Without --pid, --datadir or --pidfile, peerlog looks for processes by
 /// their USDT probes, not their name: two `bitcoin-node`s are both found,
 /// and peerlog asks which one, naming each with its pid, executable and
 /// data directory.
 ///
-/// The case of a single candidate, which peerlog then traces, is not run
-/// here: other tests (and other suites) run nodes at the same time, so this
-/// test cannot make its node the only one; `candidates_are_found_by_their_probes`
-/// in peerlog's unit tests runs the same scan over a /proc of its own.
+/// The case of a single candidate, which peerlog then traces, is the suite
+/// `autodetect`'s: the other tests of this one run nodes at the same time.
 fn several_nodes_found_by_their_probes_are_named() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let a = start_bitcoin_node(dir.path(), &dir.path().join("a"))?;
-    let b = start_bitcoin_node(dir.path(), &dir.path().join("b"))?;
+    let a = Node::start_as_bitcoin_node(dir.path(), &dir.path().join("a"))?;
+    let b = Node::start_as_bitcoin_node(dir.path(), &dir.path().join("b"))?;
     let out = Command::new(peerlog_bin()?)
         .args(["trace", "--duration", "1"])
         .output()?;

@@ -221,39 +221,15 @@ fn msghand_ns(figures: &Value) -> u64 {
 fn report_card_ranks_and_flags_peers() -> Result<()> {
     let node = Node::start()?;
     let t = StatsTrace::start(&node, &[])?;
-    let mut invalid = connect(&node)?;
-    let mut burner = connect(&node)?;
-    let mut announcer = connect(&node)?;
-    let mut server = connect(&node)?;
-    let mut idle = connect(&node)?;
-    for (i, p) in [
-        &mut invalid,
-        &mut burner,
-        &mut announcer,
-        &mut server,
-        &mut idle,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        sync(p, 1000 + i as u64)?;
-    }
+    let [mut invalid, mut burner, mut announcer, mut server, mut idle] = connect_peers(&node)?;
     // Announces and sends three valid transactions.
     let valid: Vec<Transaction> = (0..3).map(|i| p2p::test_transaction(300 + i, 2)).collect();
+    relay_transactions(&mut announcer, &valid.iter().collect::<Vec<_>>())?;
     // Announces and sends two transactions without outputs.
     let bad: Vec<Transaction> = (0..2)
         .map(|i| p2p::invalid_test_transaction(400 + i))
         .collect();
-    for (peer, txs) in [(&mut announcer, &valid), (&mut invalid, &bad)] {
-        let wtxids: Vec<_> = txs.iter().map(|t| t.compute_wtxid()).collect();
-        peer.send(&p2p::inv_wtx(&wtxids))?;
-        peer.recv_msg_type("getdata", Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!("waiting for getdata: {e}"))?;
-        for tx in txs.iter() {
-            peer.send(&NetworkMessage::Tx(tx.clone()))?;
-        }
-        sync(peer, 2)?;
-    }
+    relay_transactions(&mut invalid, &bad.iter().collect::<Vec<_>>())?;
     server.send(&NetworkMessage::Block(new_block(7)))?;
     sync(&mut server, 2)?;
     for _ in 0..4 {
@@ -406,6 +382,39 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     Ok(())
 }
 
+/// `N` peers of `node`, each past its handshake and a ping, connected in
+/// order (so their peer ids rise in that order).
+fn connect_peers<const N: usize>(node: &Node) -> Result<[P2pClient; N]> {
+    let mut peers = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut peer = connect(node)?;
+        sync(&mut peer, 1000 + i as u64)?;
+        peers.push(peer);
+    }
+    peers
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("not {N} peers"))
+}
+
+/// `peer` announces `txs` by wtxid, the node asks for every one of them,
+/// and `peer` sends each; returns once the node has processed them.
+fn relay_transactions(peer: &mut P2pClient, txs: &[&Transaction]) -> Result<()> {
+    let wtxids: Vec<_> = txs.iter().map(|t| t.compute_wtxid()).collect();
+    peer.send(&p2p::inv_wtx(&wtxids))?;
+    let getdata = peer
+        .recv_msg_type("getdata", Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("waiting for getdata: {e}"))?;
+    ensure!(
+        matches!(getdata.decode(), Ok(NetworkMessage::GetData(ref items)) if items.len() == txs.len()),
+        "the node asked for {getdata:?}, not the {} announced transactions",
+        txs.len()
+    );
+    for tx in txs {
+        peer.send(&NetworkMessage::Tx((*tx).clone()))?;
+    }
+    sync(peer, 2)
+}
+
 /// Bytes of these messages on a v1 connection: a 24-byte header each.
 fn v1_wire_bytes<'a>(msgs: impl Iterator<Item = &'a p2p::TranscriptEntry>) -> u64 {
     msgs.map(|m| 24 + m.payload.len() as u64).sum()
@@ -542,16 +551,7 @@ fn peer_figures_are_exact() -> Result<()> {
          is missing: {status:#}"
     );
 
-    let mut txer = connect(&node)?;
-    let mut server = connect(&node)?;
-    let mut pinger = connect(&node)?;
-    let mut burner = connect(&node)?;
-    for (i, p) in [&mut txer, &mut server, &mut pinger, &mut burner]
-        .into_iter()
-        .enumerate()
-    {
-        sync(p, 1000 + i as u64)?;
-    }
+    let [mut txer, mut server, mut pinger, mut burner] = connect_peers(&node)?;
 
     // The transaction peer: announces 5 valid and 2 invalid transactions by
     // wtxid, and sends each when the node asks for it.
@@ -559,20 +559,7 @@ fn peer_figures_are_exact() -> Result<()> {
     let invalid: Vec<Transaction> = (0..2)
         .map(|i| p2p::invalid_test_transaction(200 + i))
         .collect();
-    let all: Vec<&Transaction> = valid.iter().chain(&invalid).collect();
-    let wtxids: Vec<_> = all.iter().map(|t| t.compute_wtxid()).collect();
-    txer.send(&p2p::inv_wtx(&wtxids))?;
-    let getdata = txer
-        .recv_msg_type("getdata", Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("waiting for getdata: {e}"))?;
-    ensure!(
-        matches!(getdata.decode(), Ok(NetworkMessage::GetData(ref items)) if items.len() == 7),
-        "the node asked for {getdata:?}, not the 7 announced transactions"
-    );
-    for tx in &all {
-        txer.send(&NetworkMessage::Tx((*tx).clone()))?;
-    }
-    sync(&mut txer, 2)?;
+    relay_transactions(&mut txer, &valid.iter().chain(&invalid).collect::<Vec<_>>())?;
 
     // The block peer: serves a block the node does not know.
     server.send(&NetworkMessage::Block(new_block(1)))?;

@@ -41,7 +41,7 @@ fn ctl_socket(args: &CtlArgs) -> Result<PathBuf> {
     }
     if let Some(pid) = args.pid {
         // A thread id names its process's trace, as in `peerlog trace`.
-        let pid = crate::target::resolve_pid(pid).map_or(pid, |r| r.pid);
+        let pid = crate::node::resolve_pid(pid).map_or(pid, |r| r.pid);
         return Ok(default_socket(pid));
     }
     // Only sockets a running peerlog answers on: a killed one leaves its file.

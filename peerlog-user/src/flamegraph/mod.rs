@@ -30,9 +30,9 @@ use peerlog_common::WalkStop;
 
 use crate::{
     event::CpuSample,
+    node::Target,
     peers::Peer,
     private_fs::{self, Dir},
-    target::Target,
 };
 use folded::{peer_frame, peer_of_frame, FoldedStacks};
 use symbolize::Symbols;

@@ -28,7 +28,7 @@ use crate::{
     elf::debuginfo,
     elf::layout::CNodeLayout,
     flamegraph::unwind::UnwindTables,
-    target::{Target, NET_TRACEPOINTS},
+    node::{Target, NET_TRACEPOINTS},
 };
 use attach::{ProbeLink, UprobePmu, UprobeTarget};
 

@@ -39,11 +39,11 @@ use crate::{
     formats::jsonl::JsonlSink,
     kernel::{KernelControl, LossCounters, ProbeOptions, Probes, Sampling},
     messages::TargetError,
-    stats,
-    target::{
+    node::{
         find::{Found, Locator, Process},
         Capabilities, Target,
     },
+    stats,
 };
 
 /// Everything `peerlog trace` can be asked to do.

@@ -1,5 +1,6 @@
-//! The process to trace: finding it ([`find`]), its executable, its USDT
-//! probes, and checking that peerlog has the privileges to trace it.
+//! The node to trace, a bitcoind process: finding it ([`find`]), its
+//! executable, its USDT probes, and checking that peerlog has the
+//! privileges to trace it.
 
 pub mod find;
 
