@@ -6,7 +6,6 @@
 //! Tests that cannot run here are reported as ignored, with the reason.
 
 use std::{
-    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
