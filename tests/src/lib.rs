@@ -160,6 +160,23 @@ pub fn run_suite<'a>(
     libtest_mimic::run(args, trials).exit()
 }
 
+/// Sends every malformed case to `node` over fresh connections
+/// ([`malformed::run`]); an error, naming the case, when the node stops
+/// answering. Every feature's test traces through this: the node must stay
+/// alive under malformed input.
+pub fn send_malformed(node: &Node) -> Result<()> {
+    let opts = HandshakeOptions {
+        read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let addr = node.p2p_addr;
+    malformed::run(&malformed::cases(), || {
+        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
+    })
+    .context("malformed messages")?;
+    Ok(())
+}
+
 /// The `peerlog` binary of this build profile, built on first use so that a
 /// plain `cargo test` works too.
 pub fn peerlog_bin() -> Result<PathBuf> {

@@ -8,17 +8,13 @@
 //! test's node) anyway cannot give the test a node of its own to find, and
 //! the test is then ignored, naming those processes.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use libtest_mimic::Arguments;
-use peerlog::{
-    node::find::candidates,
-    p2p::{HandshakeOptions, P2pClient},
-};
+use peerlog::node::find::candidates;
 use peerlog_tests::{
-    connect, ebpf_skip, malformed, run_suite, sync, twin_only, Node, Skip, TestCase, Tracer,
-    NETWORK,
+    connect, ebpf_skip, run_suite, send_malformed, sync, twin_only, Node, Skip, TestCase, Tracer,
 };
 
 fn main() {
@@ -61,15 +57,7 @@ fn the_only_node_is_found_by_its_probes() -> Result<()> {
     let mut peer = connect(&node)?;
     sync(&mut peer, 1)?;
     // Every feature must keep the node alive under malformed input.
-    let opts = HandshakeOptions {
-        read_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let addr = node.p2p_addr;
-    malformed::run(&malformed::cases(), || {
-        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
-    })
-    .context("malformed messages")?;
+    send_malformed(&node)?;
     sync(&mut peer, 2)?;
     let out = tracer.stop()?;
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);

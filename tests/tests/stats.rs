@@ -35,14 +35,14 @@ use bitcoin::{
 };
 use libtest_mimic::Arguments;
 use peerlog::{
-    p2p::{self, HandshakeOptions, P2pClient},
+    p2p::{self, P2pClient},
     stats::msg_type_key,
 };
 use peerlog_tests::{
     bitcoind_only, connect, ebpf_skip,
     loadgen::{self, LoadConfig},
-    malformed, peerlog_bin, run_suite, standard_traffic, sync, twin_only, Node, TestCase, Tracer,
-    NETWORK, TWIN_STRIPPED,
+    peerlog_bin, run_suite, send_malformed, standard_traffic, sync, twin_only, Node, TestCase,
+    Tracer, NETWORK, TWIN_STRIPPED,
 };
 use serde_json::Value;
 
@@ -237,15 +237,7 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     }
     sync(&mut burner, 2)?;
     // Every feature must keep the node alive under malformed input.
-    let opts = HandshakeOptions {
-        read_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let addr = node.p2p_addr;
-    malformed::run(&malformed::cases(), || {
-        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
-    })
-    .context("malformed messages")?;
+    send_malformed(&node)?;
     for p in [
         &mut invalid,
         &mut burner,
@@ -1156,15 +1148,7 @@ fn memory_of_a_peer_that_stops_reading() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("waiting for the block: {e}"))?;
     sync(&mut reader, 2)?;
     // Every feature must keep the node alive under malformed input.
-    let opts = HandshakeOptions {
-        read_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let addr = node.p2p_addr;
-    malformed::run(&malformed::cases(), || {
-        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
-    })
-    .context("malformed messages")?;
+    send_malformed(&node)?;
     sync(&mut reader, 3)?;
 
     let queue = |peers: &Value, local: SocketAddr, which: &str| -> Result<Option<u64>> {
@@ -1369,21 +1353,6 @@ fn samples(body: &str) -> Result<Vec<Sample>> {
         out.push((name.to_string(), map, value.parse()?));
     }
     Ok(out)
-}
-
-/// Sends the malformed cases to the node over fresh connections; an error
-/// when the node stops answering.
-fn send_malformed(node: &Node) -> Result<()> {
-    let opts = HandshakeOptions {
-        read_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let addr = node.p2p_addr;
-    malformed::run(&malformed::cases(), || {
-        Ok(P2pClient::connect(addr, NETWORK, opts.clone())?)
-    })
-    .context("malformed messages")?;
-    Ok(())
 }
 
 /// Waits until the trace has seen every peer of the node close.
