@@ -266,26 +266,36 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
                 t_rec.msg_type,
                 t_rec.payload.len()
             );
-            // peerlog stamps a message when the tracepoint hands it over,
-            // bitcoind right after the tracepoint returns: peerlog's time is
-            // at most bitcoind's, and after bitcoind's stamp of the record
-            // before (one thread writes a file's records in turn). How long
-            // the thread was preempted in between is the scheduler's
-            // business, not a fault of either. The slack is for the
-            // monotonic-to-wall clock conversion.
+            // peerlog stamps a message when its tracepoint fires. bitcoind
+            // stamps a received message right after `net:inbound_message`
+            // (ProcessMessages), but a sent one just before
+            // `net:outbound_message` (PushMessage captures, then traces).
+            // So peerlog's time of a received record lies between
+            // bitcoind's stamps of the record before and of this one, and
+            // of a sent record between bitcoind's stamps of this one and of
+            // the next (one thread writes a file's records in turn; a sent
+            // record's stamp comes before bitcoind writes it to the file,
+            // which on a loaded machine can take a millisecond). The slack
+            // is for the monotonic-to-wall clock conversion.
             const SLACK_MICROS: u64 = 1000;
-            let earliest = i
-                .checked_sub(1)
-                .map_or(0, |j| t.records[j].time_micros.saturating_sub(SLACK_MICROS));
+            let stamp = |j: usize| t.records.get(j).map(|r| r.time_micros);
+            let (earliest, latest) = match t.direction {
+                peerlog_common::Direction::Inbound => (
+                    i.checked_sub(1).and_then(stamp).unwrap_or(0),
+                    Some(t_rec.time_micros),
+                ),
+                peerlog_common::Direction::Outbound => (t_rec.time_micros, stamp(i + 1)),
+            };
             ensure!(
-                (earliest..=t_rec.time_micros + SLACK_MICROS).contains(&o_rec.time_micros),
-                "{} record {i} ({}, {} bytes): peerlog's time {} is not between bitcoind's time of the record before ({}) and of this one ({})",
+                o_rec.time_micros + SLACK_MICROS >= earliest
+                    && latest.is_none_or(|l| o_rec.time_micros <= l + SLACK_MICROS),
+                "{} record {i} ({}, {} bytes, {}): peerlog's time {} is not between bitcoind's \
+                 times {earliest} and {latest:?}",
                 o.path.display(),
                 o_rec.msg_type,
                 o_rec.payload.len(),
+                t.direction,
                 o_rec.time_micros,
-                earliest + SLACK_MICROS,
-                t_rec.time_micros
             );
         }
     }
