@@ -36,7 +36,7 @@ use bitcoin::{
 use libtest_mimic::Arguments;
 use peerlog::{
     p2p::{self, P2pClient},
-    stats::msg_type_key,
+    stats::{card, msg_type_key},
 };
 use peerlog_tests::{
     bitcoind_only, connect, ebpf_skip,
@@ -54,7 +54,7 @@ fn main() {
     let twin_stripped = twin_only("a stripped copy without its debug file");
     let real_node = bitcoind_only();
     let twin_blocks = twin_only("the load generator asks for the twin's blocks");
-    let tests: [TestCase; 10] = [
+    let tests: [TestCase; 11] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -64,6 +64,11 @@ fn main() {
             "report_card_ranks_and_flags_peers",
             report_card_ranks_and_flags_peers,
             &[&ebpf, &twin_exact],
+        ),
+        (
+            "report_card_on_a_real_bitcoind",
+            report_card_on_a_real_bitcoind,
+            &[&ebpf, &real_node],
         ),
         (
             "bytes_match_getpeerinfo_v1_and_v2",
@@ -235,6 +240,11 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     for _ in 0..4 {
         burner.send_raw("twinburn", &2_000_000u32.to_le_bytes())?;
     }
+    // The burner also announces the announcer's transactions late, and
+    // pushes one unasked: nothing first, and bytes that brought nothing.
+    let wtxids: Vec<_> = valid.iter().map(|t| t.compute_wtxid()).collect();
+    burner.send(&p2p::inv_wtx(&wtxids))?;
+    burner.send(&NetworkMessage::Tx(valid[0].clone()))?;
     sync(&mut burner, 2)?;
     // Every feature must keep the node alive under malformed input.
     send_malformed(&node)?;
@@ -303,8 +313,18 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     let announcer_row = &rows[1].1;
     ensure!(
         u(&announcer_row["value"]["txs_accepted"]) == 3
-            && u(&announcer_row["value"]["getdata_answered"]) == 3,
+            && u(&announcer_row["value"]["getdata_answered"]) == 3
+            && u(&announcer_row["value"]["txs_announced_first"]) == 3
+            && u(&announcer_row["value"]["txs_announced_first_accepted"]) == 3,
         "announcer: {announcer_row:#}"
+    );
+    let burner_row = &rows.iter().find(|(n, _)| *n == "burner").unwrap().1;
+    let pushed = bitcoin::consensus::serialize(&valid[0]).len() as u64;
+    ensure!(
+        u(&burner_row["value"]["txs_announced_first"]) == 0
+            && u(&burner_row["cost"]["tx_bytes_duplicate"]) == pushed
+            && u(&burner_row["cost"]["tx_bytes_unsolicited"]) == pushed,
+        "burner ({pushed}-byte transaction pushed): {burner_row:#}"
     );
     let invalid_row = &rows.iter().find(|(n, _)| *n == "invalid").unwrap().1;
     ensure!(
@@ -386,6 +406,137 @@ fn connect_peers<const N: usize>(node: &Node) -> Result<[P2pClient; N]> {
     peers
         .try_into()
         .map_err(|_| anyhow::anyhow!("not {N} peers"))
+}
+
+/// On a real bitcoind: a peer that relays a new block first ranks above an
+/// idle one, and a peer that sends transactions breaking consensus rules
+/// (bitcoind disconnects it) ranks last and is flagged `invalid-txs`.
+fn report_card_on_a_real_bitcoind() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let [mut server, mut idle, mut invalid] = connect_peers(&node)?;
+    let block = block_on_tip(&node)?;
+    server.send(&NetworkMessage::Block(block.clone()))?;
+    sync(&mut server, 2)?;
+    let best = node.bitcoin_cli(&["getbestblockhash"])?;
+    ensure!(
+        best.trim() == block.block_hash().to_string(),
+        "bitcoind did not take the block: its tip is {best}"
+    );
+    // Only now is the node out of initial block download, where it ignores
+    // transactions; it disconnects the sender at the first invalid one.
+    for i in 0..2 {
+        invalid.send(&NetworkMessage::Tx(p2p::invalid_test_transaction(500 + i)))?;
+    }
+    // Every feature must keep the node alive under malformed input.
+    send_malformed(&node)?;
+    sync(&mut idle, 3)?;
+    let ours = [
+        ("server", server.local_addr()),
+        ("idle", idle.local_addr()),
+        ("invalid", invalid.local_addr()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (card, rows) = loop {
+        let card = ctl(&t.socket, "getpeerreport", "{}")?;
+        let rows: Vec<(&str, Value)> = card["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| {
+                let (name, _) = ours
+                    .iter()
+                    .find(|(_, a)| row["addr"] == a.to_string().as_str())?;
+                Some((*name, row.clone()))
+            })
+            .collect();
+        let rejected = rows
+            .iter()
+            .any(|(n, r)| *n == "invalid" && u(&r["cost"]["txs_invalid"]) >= 1);
+        if rejected {
+            break (card, rows);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the invalid transactions were never rejected: {card:#}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    let order: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+    ensure!(
+        order == ["server", "idle", "invalid"],
+        "ranked {order:?}: {card:#}"
+    );
+    let flags = |row: &Value| row["flags"].to_string();
+    ensure!(
+        u(&rows[0].1["value"]["new_blocks"]) == 1 && rows[0].1["flags"] == serde_json::json!([]),
+        "server: {:#}",
+        rows[0].1
+    );
+    ensure!(
+        flags(&rows[2].1).contains("invalid-txs")
+            && flags(&rows[2].1).contains("bad-txns-vout-empty"),
+        "invalid: {:#}",
+        rows[2].1
+    );
+    ensure!(
+        node.bitcoin_cli(&["getblockcount"])?.trim() == "2",
+        "the node no longer answers"
+    );
+    drop((server, idle, invalid));
+    t.stop()?;
+    node.stop()?;
+    Ok(())
+}
+
+/// A block on the node's tip that bitcoind accepts: a coinbase-only block
+/// with its height first in the coinbase (BIP34), the tip's target, a time
+/// past the median, mined (regtest's target takes a few tries).
+fn block_on_tip(node: &Node) -> Result<Block> {
+    let tip: Value = serde_json::from_str(&node.bitcoin_cli(&[
+        "getblockheader",
+        node.bitcoin_cli(&["getbestblockhash"])?.trim(),
+    ])?)?;
+    let height = tip["height"].as_i64().context("tip without height")? + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let time = now.max(u(&tip["mediantime"]) + 1) as u32;
+    let bits = u32::from_str_radix(tip["bits"].as_str().context("tip without bits")?, 16)?;
+    let script_sig = bitcoin::script::Builder::new()
+        .push_int(height)
+        .push_slice(b"peerlog")
+        .into_script();
+    let coinbase = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig,
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(1000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    };
+    let mut block = Block {
+        header: block::Header {
+            version: block::Version::from_consensus(0x2000_0000),
+            prev_blockhash: tip["hash"].as_str().context("tip without hash")?.parse()?,
+            merkle_root: TxMerkleNode::all_zeros(),
+            time,
+            bits: CompactTarget::from_consensus(bits),
+            nonce: 0,
+        },
+        txdata: vec![coinbase],
+    };
+    block.header.merkle_root = block.compute_merkle_root().context("no transaction")?;
+    while block.header.validate_pow(block.header.target()).is_err() {
+        block.header.nonce += 1;
+    }
+    Ok(block)
 }
 
 /// `peer` announces `txs` by wtxid, the node asks for every one of them,
@@ -571,6 +722,11 @@ fn peer_figures_are_exact() -> Result<()> {
     for _ in 0..4 {
         burner.send_raw("twinburn", &2_000_000u32.to_le_bytes())?;
     }
+    // The burner also announces the announcer's transactions late, and
+    // pushes one unasked: nothing first, and bytes that brought nothing.
+    let wtxids: Vec<_> = valid.iter().map(|t| t.compute_wtxid()).collect();
+    burner.send(&p2p::inv_wtx(&wtxids))?;
+    burner.send(&NetworkMessage::Tx(valid[0].clone()))?;
     sync(&mut burner, 2)?;
     let (sched1, stat1) = msghand_cpu(node.pid())?;
     thread::sleep(Duration::from_millis(300));
@@ -1213,6 +1369,37 @@ fn memory_of_a_peer_that_stops_reading() -> Result<()> {
             .any(|l| l.starts_with("peerlog_node_rss_bytes ")),
         "no RSS in the metrics"
     );
+    // A queue that stays full in every reading (each stats line reads it)
+    // for the rule's time makes the report card flag the peer `stalling`;
+    // the reader, never.
+    let flags_of = |report: &Value, local: SocketAddr| -> Vec<String> {
+        let row = report["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["addr"] == local.to_string().as_str());
+        row.and_then(|r| r["flags"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["flag"].as_str().map(String::from))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(card::STALLING_MIN_SECS + 60);
+    loop {
+        let report = ctl(&t.socket, "getpeerreport", "{}")?;
+        if flags_of(&report, stalled.local_addr()).contains(&"stalling".to_string()) {
+            ensure!(
+                !flags_of(&report, reader.local_addr()).contains(&"stalling".to_string()),
+                "the reader is flagged stalling: {report:#}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the stalled peer was never flagged stalling: {report:#}"
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
     // Give the stats log an interval to see it too.
     thread::sleep(Duration::from_millis(700));
     let stalled_addr = stalled.local_addr().to_string();

@@ -29,8 +29,8 @@ pub fn answer(
             // From the same rows `getpeerstats` and a stats log line hold, so
             // `peerlog report` over a stats log gives the same card.
             let all = StatsFilter::new(Vec::new(), Vec::new());
+            let readings = report.collector.read_node();
             let c = &report.collector;
-            let readings = c.read_node();
             let peers: Vec<Value> = c
                 .peers()
                 .iter()

@@ -21,7 +21,8 @@ use crate::{
     elf::layout::QueueBytes,
     peers::{Network, NodeBytes},
     stats::{
-        Collector, Figures, Hist, PeerEntry, PeerSeries, SliceTotals, Slices, StatsFilter, Traffic,
+        Collector, Figures, Hist, NodeReadings, PeerEntry, PeerSeries, SliceTotals, Slices,
+        StatsFilter, Traffic,
     },
 };
 
@@ -109,7 +110,8 @@ pub struct ScrapeRequest<'a> {
 /// Renders every metric; notes the scrape, so closed peers whose grace has
 /// passed are not exported again.
 pub fn render(collector: &mut Collector, req: &ScrapeRequest) -> String {
-    let text = render_text(collector, req);
+    let readings = collector.read_node();
+    let text = render_text(collector, req, &readings);
     collector.scraped(req.series, req.now_unix);
     text
 }
@@ -143,8 +145,7 @@ struct Scrape<'a> {
 }
 
 impl<'a> Scrape<'a> {
-    fn new(c: &'a Collector, req: &'a ScrapeRequest<'a>) -> Self {
-        let readings = c.read_node();
+    fn new(c: &'a Collector, req: &'a ScrapeRequest<'a>, readings: &NodeReadings) -> Self {
         let (peers, omitted) = c.series_peers(req.series, req.filter);
         let rows = peers
             .into_iter()
@@ -444,8 +445,8 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-fn render_text(c: &Collector, req: &ScrapeRequest) -> String {
-    let scrape = Scrape::new(c, req);
+fn render_text(c: &Collector, req: &ScrapeRequest, readings: &NodeReadings) -> String {
+    let scrape = Scrape::new(c, req, readings);
     let cov = c.coverage();
     let mut e = Exposition { out: String::new() };
     for family in FAMILIES {

@@ -36,6 +36,9 @@ pub const UNRESPONSIVE_GETDATA: u64 = 100;
 /// `-maxsendbuffer` (1000 kB), at which it stops serving the peer
 /// (`fPauseSend`).
 pub const STALLING_SEND_QUEUE_BYTES: u64 = 1_000_000;
+/// …in every reading of bitcoind's memory over at least this many seconds:
+/// a queue full at one moment may be a large block on its way.
+pub const STALLING_MIN_SECS: u64 = 30;
 
 /// Rejection reasons of transactions that are only already known: bytes
 /// that brought nothing new, not misbehaviour.
@@ -48,7 +51,9 @@ const DUPLICATE_REASONS: [&str; 3] = [
 /// The ranking rule, in words; [`rank`] applies it.
 pub const RANKING_RULE: &str = "fewer flags first (peers without flags before any flagged one); \
     then more blocks served first \
-    (value.new_blocks), more transactions accepted into the mempool (value.txs_accepted), \
+    (value.new_blocks), more transactions announced first and accepted \
+    (value.txs_announced_first_accepted), more transactions accepted into the mempool \
+    (value.txs_accepted), \
     more of our getdata answered with the transaction (value.getdata_answered), \
     less on-CPU time in the message handler (cost.cpu_ns, unknown last); then the lower peer id";
 
@@ -75,8 +80,9 @@ pub const FLAG_RULES: [(&str, &str); 5] = [
     ),
     (
         "stalling",
-        "bitcoind holds ≥ 1,000,000 bytes of messages for the peer that its socket has \
-         not taken (send_queue_bytes; Bitcoin Core's default -maxsendbuffer)",
+        "bitcoind held ≥ 1,000,000 bytes of messages for the peer that its socket had \
+         not taken (send_queue_bytes; Bitcoin Core's default -maxsendbuffer) in every \
+         reading over ≥ 30 s (send_queue_full_secs)",
     ),
 ];
 
@@ -88,9 +94,8 @@ pub const FLAGS_NOT_EVALUATED: [(&str, &str); 1] = [(
 
 /// Figures a card lacks, with why.
 pub const NOT_MEASURED: [(&str, &str); 1] = [(
-    "value.txs_announced_first",
-    "first announcements across peers are not tracked yet; value.txs_accepted counts \
-     the peer's transactions the mempool accepted, whoever announced them first",
+    "cost.orphanage_bytes",
+    "the orphanage's per-peer usage is not read (see missing_figures in getnodestats)",
 )];
 
 /// The figures of one peer a card reads: a subset of a `getpeerstats` row.
@@ -132,6 +137,10 @@ struct BlockFigures {
 #[derive(Debug, Clone, Deserialize)]
 struct TxRelayFigures {
     notfound_recv: u64,
+    announced_first: u64,
+    announced_first_accepted: u64,
+    tx_recv_duplicate_bytes: u64,
+    tx_recv_unsolicited_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +158,7 @@ struct PingFigures {
 #[derive(Debug, Clone, Deserialize)]
 struct MemoryFigures {
     send_queue_bytes: Option<u64>,
+    send_queue_full_secs: Option<u64>,
     recv_queue_bytes: Option<u64>,
 }
 
@@ -164,6 +174,11 @@ pub struct PeerValue {
     /// Blocks that became the tip when the peer's `block`, `cmpctblock` or
     /// `blocktxn` was processed: served first.
     pub new_blocks: Option<u64>,
+    /// Transactions the peer announced before any other peer and before
+    /// we did (by txid or wtxid), since peerlog attached.
+    pub txs_announced_first: u64,
+    /// Of those, the transactions the mempool accepted.
+    pub txs_announced_first_accepted: u64,
     /// The peer's transactions the mempool accepted.
     pub txs_accepted: Option<u64>,
     /// Our `getdata` transaction requests the peer answered with the
@@ -191,6 +206,12 @@ pub struct PeerCost {
     pub txs_invalid: u64,
     /// Transactions rejected as already known: bytes that brought nothing.
     pub txs_duplicate: u64,
+    /// Payload bytes of the peer's `tx` messages whose transaction peerlog
+    /// had seen arrive before or in the mempool.
+    pub tx_bytes_duplicate: u64,
+    /// Payload bytes of the peer's `tx` messages that answered no
+    /// `getdata` of ours.
+    pub tx_bytes_unsolicited: u64,
     /// Transactions rejected by policy (fees, standardness, limits).
     pub txs_rejected_policy: u64,
     /// Every rejection by its reason.
@@ -199,6 +220,8 @@ pub struct PeerCost {
     pub notfound: u64,
     /// Bytes bitcoind holds for the peer, not yet taken by its socket.
     pub send_queue_bytes: Option<u64>,
+    /// For how many seconds every reading found the send queue full.
+    pub send_queue_full_secs: Option<u64>,
     /// Bytes of the peer's messages waiting to be processed.
     pub recv_queue_bytes: Option<u64>,
 }
@@ -248,6 +271,8 @@ pub struct MixRow {
     pub flagged: u64,
     /// Blocks served first.
     pub new_blocks: u64,
+    /// Transactions announced first.
+    pub txs_announced_first: u64,
     /// Transactions accepted.
     pub txs_accepted: u64,
     /// getdata answered.
@@ -343,7 +368,10 @@ fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
         bytes_recv: p.bytesrecv.unwrap_or(p.payloadrecv),
         bytes_sent: p.bytessent.unwrap_or(p.payloadsent),
         notfound: p.tx_relay.notfound_recv,
+        tx_bytes_duplicate: p.tx_relay.tx_recv_duplicate_bytes,
+        tx_bytes_unsolicited: p.tx_relay.tx_recv_unsolicited_bytes,
         send_queue_bytes: p.memory.send_queue_bytes,
+        send_queue_full_secs: p.memory.send_queue_full_secs,
         recv_queue_bytes: p.memory.recv_queue_bytes,
         ..PeerCost::default()
     };
@@ -359,6 +387,8 @@ fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
     }
     let value = PeerValue {
         new_blocks: p.blocks.as_ref().map(|b| b.new_blocks),
+        txs_announced_first: p.tx_relay.announced_first,
+        txs_announced_first_accepted: p.tx_relay.announced_first_accepted,
         txs_accepted: p.mempool.as_ref().map(|m| m.accepted),
         getdata_answered: p.getdata_tx_latency_ns.count,
         ping_min_ms: p.ping.min_rtt_ns.map(|ns| ns as f64 / 1e6),
@@ -448,9 +478,12 @@ fn flags(p: &PeerFigures, cost: &PeerCost) -> Vec<FlagHit> {
             ),
         );
     }
-    if let Some(bytes) = cost.send_queue_bytes {
-        if bytes >= STALLING_SEND_QUEUE_BYTES {
-            hit("stalling", format!("send_queue_bytes = {bytes}"));
+    if let (Some(bytes), Some(secs)) = (cost.send_queue_bytes, cost.send_queue_full_secs) {
+        if bytes >= STALLING_SEND_QUEUE_BYTES && secs >= STALLING_MIN_SECS {
+            hit(
+                "stalling",
+                format!("send_queue_bytes = {bytes}, full in every reading for {secs} s"),
+            );
         }
     }
     hits
@@ -463,6 +496,7 @@ fn rank(rows: &mut [PeerCard]) {
             (
                 c.flags.len(),
                 std::cmp::Reverse(c.value.new_blocks.unwrap_or(0)),
+                std::cmp::Reverse(c.value.txs_announced_first_accepted),
                 std::cmp::Reverse(c.value.txs_accepted.unwrap_or(0)),
                 std::cmp::Reverse(c.value.getdata_answered),
                 c.cost.cpu_ns.unwrap_or(u64::MAX),
@@ -490,6 +524,7 @@ fn connection_mix(rows: &[PeerCard]) -> Vec<MixRow> {
         g.peers += 1;
         g.flagged += u64::from(!r.flags.is_empty());
         g.new_blocks += r.value.new_blocks.unwrap_or(0);
+        g.txs_announced_first += r.value.txs_announced_first;
         g.txs_accepted += r.value.txs_accepted.unwrap_or(0);
         g.getdata_answered += r.value.getdata_answered;
         g.cpu_ns += r.cost.cpu_ns.unwrap_or(0);

@@ -179,6 +179,25 @@ pub struct TxRelay {
     pub tx_sent: u64,
     /// Transaction entries in our `notfound` to the peer.
     pub notfound_sent: u64,
+    /// Transactions the peer announced before any other peer and before
+    /// we did, since peerlog attached: by txid or wtxid in its `inv`, or
+    /// by sending a `tx` no one had announced. A transaction announced by
+    /// txid by one peer and by wtxid by another is credited to the earlier
+    /// once its `tx` shows the two hashes are one transaction.
+    pub announced_first: u64,
+    /// Of those, the transactions the mempool accepted.
+    pub announced_first_accepted: u64,
+    /// The peer's `tx` messages whose transaction peerlog had seen arrive
+    /// before (from any peer) or in the mempool: bytes that brought
+    /// nothing new.
+    pub tx_recv_duplicate: u64,
+    /// Their payload bytes.
+    pub tx_recv_duplicate_bytes: u64,
+    /// The peer's `tx` messages that answered no `getdata` of ours to it
+    /// (Bitcoin Core only sends a transaction that was asked for).
+    pub tx_recv_unsolicited: u64,
+    /// Their payload bytes.
+    pub tx_recv_unsolicited_bytes: u64,
 }
 
 impl TxRelay {
@@ -191,6 +210,12 @@ impl TxRelay {
         self.getdata_recv += o.getdata_recv;
         self.tx_sent += o.tx_sent;
         self.notfound_sent += o.notfound_sent;
+        self.announced_first += o.announced_first;
+        self.announced_first_accepted += o.announced_first_accepted;
+        self.tx_recv_duplicate += o.tx_recv_duplicate;
+        self.tx_recv_duplicate_bytes += o.tx_recv_duplicate_bytes;
+        self.tx_recv_unsolicited += o.tx_recv_unsolicited;
+        self.tx_recv_unsolicited_bytes += o.tx_recv_unsolicited_bytes;
     }
 }
 

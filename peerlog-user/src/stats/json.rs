@@ -61,7 +61,7 @@ impl Coverage {
 impl Collector {
     /// The peers `filter` selects, as `getpeerstats` returns them, from
     /// one reading of bitcoind's memory.
-    pub fn peers_json(&self, filter: &StatsFilter) -> Vec<Value> {
+    pub fn peers_json(&mut self, filter: &StatsFilter) -> Vec<Value> {
         let readings = self.read_node();
         self.peers()
             .iter()
@@ -96,7 +96,9 @@ impl Collector {
         let bytes = cov.node_counters.then(|| readings.bytes(p.id)).flatten();
         self.figures_json(f, bytes, filter, &mut out);
         let queues = readings.queues(p.id).unwrap_or_default();
-        out.insert("memory".into(), memory_json(queues));
+        let mut memory = memory_json(queues);
+        memory["send_queue_full_secs"] = json!(readings.send_queue_full_secs(p.id));
+        out.insert("memory".into(), memory);
         let per_msg = |key: &str| f.per_msg.get(key).cloned().unwrap_or_default();
         let (cmpct, getblocktxn, blocktxn) = (
             per_msg("cmpctblock"),

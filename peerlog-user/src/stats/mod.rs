@@ -34,11 +34,13 @@ pub mod matcher;
 mod output;
 pub mod payload;
 mod readings;
+mod recent;
 mod report;
 mod series;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+use bitcoin::hashes::Hash;
 use peerlog_common::{Direction, MempoolEventKind, SliceKind};
 use serde::Serialize;
 
@@ -61,6 +63,7 @@ use crate::{
 };
 use matcher::Pending;
 use payload::{CompactMode, Facts, Parsed, TxHash};
+use recent::Recent;
 
 /// Distinct rejection reasons counted per peer; further reasons go to `*other*`.
 const REJECT_REASONS_MAX: usize = 32;
@@ -77,6 +80,19 @@ const PENDING_PINGS_MAX: usize = 16;
 /// Transactions remembered with the peer that sent them, to attribute the
 /// mempool's verdict to the sender (the oldest are forgotten first).
 const TX_SENDERS_MAX: usize = 100_000;
+/// Transaction hashes remembered with who announced them first. A txid and
+/// a wtxid each take an entry, so twice [`TX_SENDERS_MAX`].
+const FIRST_SEEN_MAX: usize = 2 * TX_SENDERS_MAX;
+/// Who announced a transaction first: us, for a transaction bitcoind
+/// announced before any peer did (one from RPC or the wallet).
+const OURSELVES: i64 = -1;
+
+/// The first announcement of a transaction hash: by whom, when (ktime ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FirstSeen {
+    peer: i64,
+    ktime_ns: u64,
+}
 /// A peer unanswered pings are forgotten after, when the table is full:
 /// Bitcoin Core disconnects a peer whose `pong` is 20 minutes late
 /// (TIMEOUT_INTERVAL).
@@ -100,6 +116,10 @@ pub struct PeerStats {
     getdata: Pending<TxHash>,
     /// Our pings, by nonce (ktime ns).
     pings: Pending<u64>,
+    /// Unix seconds of the first of the consecutive readings of bitcoind's
+    /// memory that found the peer's send queue full; None when the last
+    /// reading found it below, or could not read it.
+    send_queue_full_since: Option<u64>,
 }
 
 impl PeerStats {
@@ -111,6 +131,7 @@ impl PeerStats {
             last_inbound: None,
             getdata: Pending::new(PENDING_GETDATA_MAX, PENDING_GETDATA_EXPIRY_NS),
             pings: Pending::new(PENDING_PINGS_MAX, PENDING_PINGS_EXPIRY_NS),
+            send_queue_full_since: None,
         }
     }
 
@@ -160,10 +181,11 @@ pub struct Collector {
     events: EventCounts,
     /// Transactions peers relayed into the mempool: txid → (peer, vsize).
     relayed: HashMap<bitcoin::Txid, (i64, u64)>,
-    /// Transactions received: txid → the peer that sent it last, and the
-    /// order they came in (oldest first), to bound the table.
-    tx_senders: HashMap<TxHash, i64>,
-    tx_order: VecDeque<TxHash>,
+    /// Transactions received: txid → the peer that sent it last.
+    tx_senders: Recent<TxHash, i64>,
+    /// Transaction hashes (txids and wtxids) → their first announcement,
+    /// by a peer (`inv`, or a `tx` nobody announced) or by us.
+    first_seen: Recent<TxHash, FirstSeen>,
     /// Reads bitcoind's per-connection byte counters, when its `CNode`
     /// layout is known.
     counters: Option<CounterReader>,
@@ -189,8 +211,8 @@ impl Collector {
             unattributed: Unattributed::default(),
             events: EventCounts::default(),
             relayed: HashMap::new(),
-            tx_senders: HashMap::new(),
-            tx_order: VecDeque::new(),
+            tx_senders: Recent::new(TX_SENDERS_MAX),
+            first_seen: Recent::new(FIRST_SEEN_MAX),
             counters: None,
             dropped_bytes: NodeBytes::default(),
             pid: None,
@@ -233,7 +255,7 @@ impl Collector {
             self.mempool_left(&txid);
         }
         self.tx_senders.clear();
-        self.tx_order.clear();
+        self.first_seen.clear();
         self.pid = None;
         self.counters = None;
     }
@@ -345,20 +367,27 @@ impl Collector {
             Parsed::NotNeeded => {}
             Parsed::Missing => self.both(Some(m.peer_id), |f| f.payloads_missing += 1),
             Parsed::Undecodable => self.both(Some(m.peer_id), |f| f.payloads_undecodable += 1),
-            Parsed::Facts(facts) => self.on_facts(m.peer_id, key, m.direction, m.ktime_ns, facts),
+            Parsed::Facts(facts) => self.on_facts(m, key, facts),
         }
         seen.named.then_some(m.peer_id)
     }
 
-    fn on_facts(
-        &mut self,
-        id: i64,
-        key: &'static str,
-        direction: Direction,
-        ktime_ns: u64,
-        facts: Facts,
-    ) {
+    fn on_facts(&mut self, m: &Message, key: &'static str, facts: Facts) {
         use Direction::{Inbound, Outbound};
+        let (id, direction, ktime_ns) = (m.peer_id, m.direction, m.ktime_ns);
+        if self.peers.get_mut(id).is_none() {
+            return;
+        }
+        match (&facts, direction) {
+            (Facts::Inventory { tx_hashes }, Inbound) if key == "inv" => {
+                self.announced(id, tx_hashes, ktime_ns);
+            }
+            (Facts::Inventory { tx_hashes }, Outbound) if key == "inv" => {
+                self.announced(OURSELVES, tx_hashes, ktime_ns);
+            }
+            (Facts::Tx { txid, wtxid }, Inbound) => self.tx_arrived(id, *txid, *wtxid, ktime_ns),
+            _ => {}
+        }
         let Some(peer) = self.peers.get_mut(id).map(|e| &mut e.stats) else {
             return;
         };
@@ -390,15 +419,22 @@ impl Collector {
             Facts::Tx { txid, wtxid } => match direction {
                 Inbound => {
                     relay.tx_recv = 1;
-                    if self.tx_senders.insert(txid, id).is_none() {
-                        self.tx_order.push_back(txid);
-                        if self.tx_order.len() > TX_SENDERS_MAX {
-                            if let Some(old) = self.tx_order.pop_front() {
-                                self.tx_senders.remove(&old);
-                            }
-                        }
+                    let bytes = m.payload_size;
+                    // Seen arrive before, or in the mempool from elsewhere.
+                    let known = self.tx_senders.contains(&txid)
+                        || self
+                            .relayed
+                            .contains_key(&bitcoin::Txid::from_byte_array(txid));
+                    if known {
+                        relay.tx_recv_duplicate = 1;
+                        relay.tx_recv_duplicate_bytes = bytes;
                     }
+                    self.tx_senders.insert(txid, id);
                     latency = peer.getdata.answer(&[txid, wtxid], ktime_ns);
+                    if latency.is_none() {
+                        relay.tx_recv_unsolicited = 1;
+                        relay.tx_recv_unsolicited_bytes = bytes;
+                    }
                 }
                 Outbound => relay.tx_sent = 1,
             },
@@ -430,6 +466,56 @@ impl Collector {
                 f.getdata_tx_latency_ns.record(ns);
             }
         });
+    }
+
+    /// `who` (a peer, or [`OURSELVES`]) announced `tx_hashes`: a hash no
+    /// one announced before is the announcer's first announcement.
+    fn announced(&mut self, who: i64, tx_hashes: &[TxHash], ktime_ns: u64) {
+        let mut first = 0;
+        for hash in tx_hashes {
+            if !self.first_seen.contains(hash) {
+                let seen = FirstSeen {
+                    peer: who,
+                    ktime_ns,
+                };
+                self.first_seen.insert(*hash, seen);
+                first += 1;
+            }
+        }
+        if who != OURSELVES && first > 0 {
+            self.both(Some(who), |f| f.tx_relay.announced_first += first);
+        }
+    }
+
+    /// Peer `id` sent transaction `txid`/`wtxid`. One peer may have
+    /// announced it by txid and another by wtxid; now that both hashes are
+    /// known to be one transaction, only the earlier announcement is first.
+    /// A transaction nobody announced is the sender's first announcement.
+    fn tx_arrived(&mut self, id: i64, txid: TxHash, wtxid: TxHash, ktime_ns: u64) {
+        let by_txid = self.first_seen.get(&txid).copied();
+        let by_wtxid = self.first_seen.get(&wtxid).copied();
+        let first = match (by_txid, by_wtxid) {
+            (None, None) => {
+                self.both(Some(id), |f| f.tx_relay.announced_first += 1);
+                FirstSeen { peer: id, ktime_ns }
+            }
+            (Some(seen), None) | (None, Some(seen)) => seen,
+            (Some(a), Some(b)) => {
+                let (first, later) = if (b.ktime_ns, b.peer) < (a.ktime_ns, a.peer) {
+                    (b, a)
+                } else {
+                    (a, b)
+                };
+                if later.peer != first.peer && later.peer != OURSELVES {
+                    self.both(Some(later.peer), |f| {
+                        f.tx_relay.announced_first = f.tx_relay.announced_first.saturating_sub(1);
+                    });
+                }
+                first
+            }
+        };
+        self.first_seen.insert(txid, first);
+        self.first_seen.insert(wtxid, first);
     }
 
     fn on_connection(&mut self, c: &Connection) -> Option<i64> {
@@ -474,10 +560,9 @@ impl Collector {
         // which differs for an orphan accepted once its parent came in from
         // another peer.
         let sender = match m.kind {
-            MempoolEventKind::Added | MempoolEventKind::Rejected => self
-                .tx_senders
-                .get(&bitcoin::hashes::Hash::to_byte_array(m.txid))
-                .copied(),
+            MempoolEventKind::Added | MempoolEventKind::Rejected => {
+                self.tx_senders.get(&m.txid.to_byte_array()).copied()
+            }
             _ => None,
         };
         let m = &MempoolChange {
@@ -498,6 +583,14 @@ impl Collector {
                     f.mempool.in_mempool_txs += 1;
                     f.mempool.in_mempool_vsize += vsize;
                 });
+                let first = self
+                    .first_seen
+                    .get(&m.txid.to_byte_array())
+                    .map(|seen| seen.peer)
+                    .filter(|&peer| peer != OURSELVES);
+                if first.is_some() {
+                    self.both(first, |f| f.tx_relay.announced_first_accepted += 1);
+                }
                 if let Some(id) = m.peer_id {
                     self.relayed.insert(m.txid, (id, vsize));
                 } else {

@@ -4,9 +4,12 @@
 //! report costs one `process_vm_readv` pass over the peers, not one per
 //! figure).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use super::Collector;
+use super::{card::STALLING_SEND_QUEUE_BYTES, Collector};
 use crate::{elf::layout::QueueBytes, peers::NodeBytes};
 
 /// bitcoind's own figures of the node and its peers, as read at one moment.
@@ -17,6 +20,10 @@ pub struct NodeReadings {
     bytes: BTreeMap<i64, NodeBytes>,
     /// Queue sizes by peer id, of connected peers whose `CNode` was read.
     queues: BTreeMap<i64, QueueBytes>,
+    /// By peer id: for how many seconds every reading found the peer's
+    /// send queue at or above [`STALLING_SEND_QUEUE_BYTES`] (0: this one
+    /// found it below), of peers whose send queue was read.
+    send_queue_full_secs: BTreeMap<i64, u64>,
     /// The byte counters of every connection seen, summed: the closed ones
     /// with their final figures, the open ones as read.
     pub bytes_total: NodeBytes,
@@ -40,11 +47,26 @@ impl NodeReadings {
     pub fn queues(&self, id: i64) -> Option<QueueBytes> {
         self.queues.get(&id).copied()
     }
+
+    /// For how many seconds every reading has found the peer's send queue
+    /// full (at or above bitcoind's default `-maxsendbuffer`): from the
+    /// first reading of the run that found it so to this one. None when
+    /// the queue was not read.
+    pub fn send_queue_full_secs(&self, id: i64) -> Option<u64> {
+        self.send_queue_full_secs.get(&id).copied()
+    }
 }
 
 impl Collector {
-    /// Reads bitcoind's figures of every kept peer once, and sums them.
-    pub fn read_node(&self) -> NodeReadings {
+    /// Reads bitcoind's figures of every kept peer once, and sums them; and
+    /// remembers since when each peer's send queue has been found full, so
+    /// that a queue that stays full is told from one that was full at one
+    /// reading (every report, stats line and scrape is a reading).
+    pub fn read_node(&mut self) -> NodeReadings {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let cov = &self.coverage;
         let mut r = NodeReadings {
             bytes_total: self.dropped_bytes,
@@ -55,7 +77,7 @@ impl Collector {
             rss_bytes: self.node_rss_bytes(),
             ..NodeReadings::default()
         };
-        for e in self.peers.iter() {
+        for e in self.peers.iter_mut() {
             let p = &e.peer;
             let live = |reader: &crate::elf::layout::CounterReader| {
                 let cnode = p.cnode.filter(|_| !p.closed)?;
@@ -72,6 +94,19 @@ impl Collector {
                 r.bytes_total.recv += b.recv;
                 r.bytes_total.sent += b.sent;
                 r.bytes.insert(p.id, b);
+            }
+            let full_since = &mut e.stats.send_queue_full_since;
+            match queues.and_then(|q| q.send) {
+                Some(bytes) if bytes >= STALLING_SEND_QUEUE_BYTES => {
+                    let since = *full_since.get_or_insert(now);
+                    r.send_queue_full_secs
+                        .insert(p.id, now.saturating_sub(since));
+                }
+                Some(_) => {
+                    *full_since = None;
+                    r.send_queue_full_secs.insert(p.id, 0);
+                }
+                None => *full_since = None,
             }
             if let Some(q) = queues {
                 let sums = [

@@ -238,9 +238,9 @@ impl Reporter {
     }
 
     fn write_stats_line(&mut self, now: SystemTime) -> Result<()> {
+        let readings = self.collector.read_node();
         let filter = &self.options.filter;
         let c = &self.collector;
-        let readings = c.read_node();
         let peers: Vec<Value> = c
             .peers()
             .iter()

@@ -4,7 +4,7 @@ use super::*;
 use crate::elf::layout::Member;
 use crate::event::{IncompleteMessage, Misbehaving};
 use crate::peers::{CLOSED_PEERS_KEPT, CLOSED_PEERS_MAX};
-use bitcoin::{consensus::serialize, hashes::Hash as _};
+use bitcoin::consensus::serialize;
 use peerlog_common::ConnectionEventKind;
 
 const MS: u64 = 1_000_000;
@@ -236,9 +236,10 @@ fn final_bytes_of_closed_peers_stay_in_the_totals() {
             sent: 10 * n
         }
     );
+    let readings = c.read_node();
     let kept = c.peers().iter().next().unwrap();
     assert_eq!(
-        c.read_node().bytes(kept.peer.id),
+        readings.bytes(kept.peer.id),
         Some(NodeBytes {
             recv: 100,
             sent: 10
@@ -327,6 +328,13 @@ fn tx_relay_and_getdata_latency() {
             tx_recv: 2,
             notfound_recv: 1,
             inv_sent: 2,
+            // First to announce both; our own inv of them came later.
+            announced_first: 2,
+            // The second copy was neither new nor asked for.
+            tx_recv_duplicate: 1,
+            tx_recv_duplicate_bytes: serialize(&tx).len() as u64,
+            tx_recv_unsolicited: 1,
+            tx_recv_unsolicited_bytes: serialize(&tx).len() as u64,
             ..Default::default()
         }
     );
@@ -334,6 +342,122 @@ fn tx_relay_and_getdata_latency() {
     assert_eq!(latency.count, 1);
     assert!(latency.max.abs_diff(5 * MS) <= 5 * MS / 100, "{latency:?}");
     assert_eq!(c.total().tx_relay.inv_recv, 2);
+}
+
+#[test]
+fn first_announcements_across_peers() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let mut c = collector();
+    // A segwit transaction: its txid and wtxid differ.
+    let tx = crate::p2p::test_transaction(1, 2);
+    let (txid, wtxid) = (tx.compute_txid(), tx.compute_wtxid());
+    assert_ne!(txid.to_byte_array(), wtxid.to_byte_array());
+    let ours = crate::p2p::test_transaction(2, 2);
+    let pushed = crate::p2p::test_transaction(3, 2);
+    let inv = |item| Some(inventory(vec![item]));
+    // We announce `ours` before any peer: nobody's first.
+    c.handle(&msg(
+        1,
+        MS,
+        9,
+        Direction::Outbound,
+        "inv",
+        inv(Inventory::WTx(ours.compute_wtxid())),
+        0,
+    ));
+    // Peer 1 announces `tx` by txid, then peer 2 by wtxid, and peer 3 by
+    // wtxid after it: until the transaction arrives, the two hashes look
+    // like two transactions.
+    c.handle(&msg(
+        1,
+        2 * MS,
+        1,
+        Direction::Inbound,
+        "inv",
+        inv(Inventory::Transaction(txid)),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        3 * MS,
+        2,
+        Direction::Inbound,
+        "inv",
+        inv(Inventory::WTx(wtxid)),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        4 * MS,
+        3,
+        Direction::Inbound,
+        "inv",
+        inv(Inventory::WTx(wtxid)),
+        0,
+    ));
+    c.handle(&msg(
+        1,
+        5 * MS,
+        2,
+        Direction::Inbound,
+        "inv",
+        inv(Inventory::WTx(ours.compute_wtxid())),
+        0,
+    ));
+    let first = |c: &Collector, id| c.peer(id).unwrap().stats.figures.tx_relay.announced_first;
+    assert_eq!((first(&c, 1), first(&c, 2), first(&c, 3)), (1, 1, 0));
+    // Peer 2 sends it: the txid was announced earlier, by peer 1.
+    c.handle(&msg(
+        1,
+        6 * MS,
+        2,
+        Direction::Inbound,
+        "tx",
+        Some(serialize(&tx)),
+        0,
+    ));
+    assert_eq!((first(&c, 1), first(&c, 2)), (1, 0));
+    // Peer 3 pushes a transaction nobody announced: its first.
+    c.handle(&msg(
+        1,
+        7 * MS,
+        3,
+        Direction::Inbound,
+        "tx",
+        Some(serialize(&pushed)),
+        0,
+    ));
+    assert_eq!(first(&c, 3), 1);
+    // Both are accepted, each crediting its first announcer.
+    for (t, sender) in [(&tx, 2), (&pushed, 3)] {
+        let Event::Mempool(mut added) = mempool(MempoolEventKind::Added, Some(sender), 0, 100, "")
+        else {
+            unreachable!()
+        };
+        added.txid = t.compute_txid();
+        c.handle(&Event::Mempool(added));
+    }
+    let accepted = |c: &Collector, id| {
+        c.peer(id)
+            .unwrap()
+            .stats
+            .figures
+            .tx_relay
+            .announced_first_accepted
+    };
+    assert_eq!(
+        (accepted(&c, 1), accepted(&c, 2), accepted(&c, 3)),
+        (1, 0, 1)
+    );
+    // The node's sums: two transactions announced first, both accepted.
+    let total = c.total().tx_relay;
+    assert_eq!(
+        (total.announced_first, total.announced_first_accepted),
+        (2, 2)
+    );
+    // The pushed one answered no request of ours.
+    let three = c.peer(3).unwrap().stats.figures.tx_relay;
+    assert_eq!((three.tx_recv_unsolicited, three.tx_recv_duplicate), (1, 0));
 }
 
 #[test]
@@ -537,7 +661,8 @@ fn missing_coverage_is_null_not_zero() {
         Some(vec![0; 8]),
         0,
     ));
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
+    let readings = c.read_node();
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &readings);
     for field in [
         "processing",
         "sending",
@@ -574,10 +699,11 @@ fn missing_coverage_is_null_not_zero() {
         Some(vec![0; 8]),
         0,
     ));
+    let readings = c.read_node();
     let v = c.peer_json(
         c.peer(1).unwrap(),
         &StatsFilter::new(vec![], vec!["pong".into()]),
-        &c.read_node(),
+        &readings,
     );
     assert_eq!(v["processing"]["cpu_ns"], 6);
     assert_eq!(v["processing"]["cpu_ns_per_slice"]["count"], 1);
@@ -589,7 +715,8 @@ fn missing_coverage_is_null_not_zero() {
         serde_json::json!({}),
         "filtered to pong"
     );
-    let node = c.node_json(&StatsFilter::default(), &c.read_node());
+    let readings = c.read_node();
+    let node = c.node_json(&StatsFilter::default(), &readings);
     assert_eq!(node["peers_connected"], 2);
     assert_eq!(node["msg_types"]["ping"]["recv"]["msgs"], 1);
     let only = c.peers_json(&StatsFilter::new(vec!["id=2".parse().unwrap()], vec![]));
@@ -714,7 +841,8 @@ fn coverage_from_the_probes() {
 fn memory_is_null_where_not_read() {
     let mut c = collector();
     c.attach_process(std::process::id(), full_coverage(), None);
-    let node = c.node_json(&StatsFilter::default(), &c.read_node());
+    let readings = c.read_node();
+    let node = c.node_json(&StatsFilter::default(), &readings);
     // Covered but no peer: the sums are zero; the orphanage is never read.
     assert_eq!(node["memory"]["send_queue_bytes"], 0);
     assert_eq!(node["memory"]["recv_queue_bytes"], 0);
@@ -731,11 +859,13 @@ fn memory_is_null_where_not_read() {
         0,
     ));
     // No CNode known: the peer's queues are unknown, not empty.
-    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &c.read_node());
+    let readings = c.read_node();
+    let v = c.peer_json(c.peer(1).unwrap(), &StatsFilter::default(), &readings);
     assert!(v["memory"]["send_queue_bytes"].is_null(), "{v:#}");
     assert!(v["memory"]["recv_queue_bytes"].is_null(), "{v:#}");
     // Without a process, no RSS.
-    assert!(c.node_json(&StatsFilter::default(), &c.read_node())["memory"]["rss_bytes"].is_null());
+    let readings = c.read_node();
+    assert!(c.node_json(&StatsFilter::default(), &readings)["memory"]["rss_bytes"].is_null());
 }
 
 #[test]
@@ -810,7 +940,9 @@ fn report_card_flags_and_ranks_by_its_rules() {
     }
 
     let all = StatsFilter::new(Vec::new(), Vec::new());
-    let card = card::card(&c.peers_json(&all), &c.node_json(&all, &c.read_node())).unwrap();
+    let readings = c.read_node();
+    let peers = c.peers_json(&all);
+    let card = card::card(&peers, &c.node_json(&all, &readings)).unwrap();
     let order: Vec<i64> = card.peers.iter().map(|p| p.id).collect();
     // Unflagged first: the block (0), the transactions (4), then by CPU
     // time (3 and 5 tie: lower id); then one flag (6 with no CPU time
@@ -854,12 +986,20 @@ fn report_card_of_a_stalled_peer_and_of_rows_it_cannot_read() {
     let mut peers = c.peers_json(&all);
     // What bitcoind would hold for a peer that stopped reading.
     peers[0]["memory"]["send_queue_bytes"] = serde_json::json!(4_000_000);
-    let card = card::card(&peers, &c.node_json(&all, &c.read_node())).unwrap();
+    // Full in one reading only: a block may be on its way.
+    peers[0]["memory"]["send_queue_full_secs"] = serde_json::json!(0);
+    let readings = c.read_node();
+    let card = card::card(&peers, &c.node_json(&all, &readings)).unwrap();
+    assert!(card.peers[0].flags.is_empty(), "{:?}", card.peers[0].flags);
+    // Full in every reading for longer than the rule's time.
+    peers[0]["memory"]["send_queue_full_secs"] = serde_json::json!(card::STALLING_MIN_SECS);
+    let card = card::card(&peers, &c.node_json(&all, &readings)).unwrap();
     assert_eq!(card.peers[0].flags[0].flag, "stalling");
     assert!(card.peers[0].flags[0].because.contains("4000000"));
 
     peers[0].as_object_mut().unwrap().remove("ping");
-    let err = card::card(&peers, &c.node_json(&all, &c.read_node())).unwrap_err();
+    let readings = c.read_node();
+    let err = card::card(&peers, &c.node_json(&all, &readings)).unwrap_err();
     assert!(format!("{err:#}").contains("peer 0"), "{err:#}");
 }
 

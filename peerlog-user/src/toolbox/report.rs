@@ -203,11 +203,16 @@ mod tests {
                     "msgsrecv": 4, "cpu_ns": 1000, "msghand_cpu_share": 0.5,
                     "mempool": {"accepted": id as u64, "rejected_by_reason": {}},
                     "blocks": {"new_blocks": 0},
-                    "tx_relay": {"notfound_recv": 0},
+                    "tx_relay": {
+                        "notfound_recv": 0, "announced_first": 0, "announced_first_accepted": 0,
+                        "tx_recv_duplicate_bytes": 0, "tx_recv_unsolicited_bytes": 0,
+                    },
                     "getdata_tx_latency_ns": {"count": 0},
                     "getdata_tx_pending": 0,
                     "ping": {"pings_sent": 1, "pongs_matched": 1, "min_rtt_ns": 250_000},
-                    "memory": {"send_queue_bytes": 0, "recv_queue_bytes": 0},
+                    "memory": {
+                        "send_queue_bytes": 0, "send_queue_full_secs": 0, "recv_queue_bytes": 0,
+                    },
                 })
             })
             .collect();
