@@ -72,7 +72,20 @@ exact commands are in each section):
 - *peerlog --no-accounting, 99 Hz sampling*: what sampling alone costs the
   node is the sampling program's own run time in the node's threads, from the
   kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs
-  only), over the node's CPU time without it.
+  only), over the node's CPU time without it;
+- *peerlog, defaults + stats log every second*: each line reads every
+  peer's byte counters and queues out of the node's memory
+  (`process_vm_readv`, in peerlog's process). Next to the defaults, what
+  those reads cost the node. The reads take the node's mm lock for reading
+  while they pin its pages, so the node can only pay by waiting for that
+  lock: in this configuration and the defaults, bpftrace also runs
+  `xtask/bench/mm_lock_wait.bt`, which sums how long the node's threads
+  waited for their mm lock and counts how often other processes took it
+  (the reads among them). That is the direct measure; a difference of node
+  CPU time of a few tenths of a point is below what these rounds resolve.
+  The watch's probes fire on every mm lock taken on the machine, a cost the
+  defaults then carry too (their comparisons with the untraced run err
+  against peerlog).
 
 bpftrace raises the node's USDT semaphores itself (with `-p PID`), and is
 given the node's binary as `$1`.

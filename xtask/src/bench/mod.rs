@@ -49,6 +49,7 @@
 //! and [`doc`] (`docs/benchmarks.md`).
 
 mod doc;
+mod lock_watch;
 mod node;
 mod one_run;
 mod plan;

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{
+    lock_watch::{LockWatch, MmLockRun},
     node::{Node, NodeKind},
     plan::{Config, Plan, Scenario},
     process::{Proc, Stream},
@@ -53,6 +54,9 @@ pub(super) struct Run {
     /// of one sample, averaged with the early returns on other processes,
     /// so at most the cost of a sample in the node (sampling runs only).
     pub(super) sampler_ns_per_sample: Option<f64>,
+    /// The node's mm lock while the run lasted (the configurations that
+    /// watch it).
+    pub(super) node_mm_lock: Option<MmLockRun>,
     /// Size of the blocks requested, bytes (block serving only).
     pub(super) block_size: Option<usize>,
     /// The load generator's full report.
@@ -82,6 +86,10 @@ pub(super) fn run_one(
         .then(BpfStats::enable)
         .transpose()?;
     let tracer = Tracer::start(config, bins, tools, kind, node.proc.pid(), &dir)?;
+    let watch = config
+        .watches_mm_lock()
+        .then(|| LockWatch::start(node.proc.pid(), &dir))
+        .transpose()?;
 
     let report_path = dir.join("load.json");
     let mut cmd = Command::new(&bins.loadgen);
@@ -122,6 +130,7 @@ pub(super) fn run_one(
         plan.duration + Duration::from_secs(60),
     )?;
     let window_secs = started.elapsed().as_secs_f64();
+    let node_mm_lock = watch.map(LockWatch::stop).transpose()?;
     let target_cpu_secs = cpu_seconds(node.proc.pid())? - target_cpu0;
     let loadgen_cpu_secs = cpu_seconds(load.pid())? - loadgen_cpu0;
     let tracer_cpu_secs = match (&tracer, tracer_cpu0) {
@@ -188,6 +197,7 @@ pub(super) fn run_one(
         tracer,
         sampler_cpu_secs,
         sampler_ns_per_sample,
+        node_mm_lock,
         block_size: block.map(|(_, size)| size),
         load: report,
     })

@@ -155,6 +155,12 @@ impl Config {
         )
     }
 
+    /// Configurations whose runs watch the node's mm lock: the memory
+    /// reads, and the defaults they are compared with.
+    pub(super) fn watches_mm_lock(self) -> bool {
+        matches!(self, Config::Defaults | Config::MemoryReads)
+    }
+
     /// Configurations run by bpftrace, which the smoke run tolerates failing.
     pub(super) fn is_bpftrace(self) -> bool {
         matches!(self, Config::Floor | Config::Bpftrace)

@@ -141,6 +141,7 @@ fn run(scenario: &str, config: Config, round: usize, per_sec: f64, cpu_us: f64) 
         tracer: None,
         sampler_cpu_secs: None,
         sampler_ns_per_sample: None,
+        node_mm_lock: None,
         block_size: None,
         load: serde_json::Value::Null,
     }
@@ -198,4 +199,34 @@ fn reads_own_cpu_and_rss() {
     let (peak, anon) = memory_mib(pid).unwrap();
     assert!(peak >= anon && anon > 0.0);
     assert!(thread_waits(pid).contains(':'));
+}
+
+#[test]
+fn memory_reads_are_judged_by_the_nodes_mm_lock_wait() {
+    use super::lock_watch::MmLockRun;
+    let plan = Plan::new(false);
+    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
+    let watched = |config, round, wait: f64, foreign: f64| Run {
+        node_mm_lock: Some(MmLockRun {
+            node_wait_us_per_sec: wait,
+            node_locks_per_sec: 20.0,
+            foreign_locks_per_sec: foreign,
+        }),
+        ..run("idle", config, round, 125.0, 10.0)
+    };
+    let verdict = |reads_wait: f64, reads_foreign: f64| {
+        let runs = vec![
+            watched(Config::Defaults, 0, 40.0, 0.5),
+            watched(Config::MemoryReads, 0, reads_wait, reads_foreign),
+        ];
+        check_targets(&idle, &[], &runs)
+            .into_iter()
+            .find(|c| c.target.contains("mm lock"))
+            .expect("the mm lock target")
+            .met
+    };
+    assert_eq!(verdict(45.0, 125.0), Some(true));
+    assert_eq!(verdict(100.0, 125.0), Some(false));
+    // No reads seen taking the lock: nothing was compared.
+    assert_eq!(verdict(40.0, 0.5), Some(false));
 }
