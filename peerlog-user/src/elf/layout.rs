@@ -405,51 +405,86 @@ impl CounterReader {
         Self { pid, layout }
     }
 
-    /// `(nRecvBytes, nSendBytes)` of the `CNode` at `cnode`, if it is still
-    /// peer `peer_id`'s: its `id` is read along and must match, so a `CNode`
-    /// freed and reused in between gives nothing rather than another peer's
-    /// figures.
-    pub fn bytes(&self, cnode: u64, peer_id: i64) -> Option<(u64, u64)> {
-        let id = self.read_u64(cnode + self.layout.id)?;
-        let recv = self.read_u64(cnode + self.layout.recv_bytes)?;
-        let sent = self.read_u64(cnode + self.layout.send_bytes)?;
-        // Checked again after the counters: the peer may have gone meanwhile.
-        let again = self.read_u64(cnode + self.layout.id)?;
-        (id as i64 == peer_id && again == id).then_some((recv, sent))
+    /// What the `CNode` at `cnode` holds of peer `peer_id`: its byte
+    /// counters and queue sizes, if it is still that peer's.
+    ///
+    /// Each range `process_vm_readv` copies takes bitcoind's mm lock (for
+    /// reading) while it pins the pages, and a bitcoind thread that maps or
+    /// unmaps memory meanwhile waits for it: so one range holds every
+    /// member, from the lowest offset to the end of the highest, and a
+    /// second re-reads `id` after it. The `id` must match in both, so a
+    /// `CNode` freed and reused in between gives nothing rather than
+    /// another peer's figures. A member this bitcoind lacks is None in the
+    /// result.
+    pub fn read(&self, cnode: u64, peer_id: i64) -> Option<CNodeReading> {
+        let l = &self.layout;
+        let members = [
+            Some(l.id),
+            Some(l.recv_bytes),
+            Some(l.send_bytes),
+            l.send_memusage.offset(),
+            l.msg_process_queue_size.offset(),
+        ];
+        let first = members.iter().flatten().min().copied()?;
+        let end = members.iter().flatten().max().copied()? + 8;
+        let mut span = vec![0u8; usize::try_from(end - first).ok()?];
+        let mut again = [0u8; 8];
+        let local = [iovec_of(&mut span), iovec_of(&mut again)];
+        let remote = [
+            libc::iovec {
+                iov_base: (cnode + first) as *mut libc::c_void,
+                iov_len: span.len(),
+            },
+            libc::iovec {
+                iov_base: (cnode + l.id) as *mut libc::c_void,
+                iov_len: again.len(),
+            },
+        ];
+        // SAFETY: local buffers of the stated lengths; the kernel checks the
+        // remote addresses and reads, never writes, the other process. It
+        // copies the remote ranges in order, so `again` is read after the
+        // span.
+        let n = unsafe {
+            libc::process_vm_readv(
+                self.pid as libc::pid_t,
+                local.as_ptr(),
+                2,
+                remote.as_ptr(),
+                2,
+                0,
+            )
+        };
+        if n != (span.len() + again.len()) as isize {
+            return None;
+        }
+        let at = |offset: u64| {
+            let i = (offset - first) as usize;
+            u64::from_le_bytes(span[i..i + 8].try_into().expect("8 bytes"))
+        };
+        let id = at(l.id);
+        (id as i64 == peer_id && u64::from_le_bytes(again) == id).then(|| CNodeReading {
+            bytes: (at(l.recv_bytes), at(l.send_bytes)),
+            queues: QueueBytes {
+                send: l.send_memusage.offset().map(at),
+                recv: l.msg_process_queue_size.offset().map(at),
+            },
+        })
     }
+}
 
-    /// The queue sizes of the `CNode` at `cnode`, if it is still peer
-    /// `peer_id`'s (checked as in [`CounterReader::bytes`]); a member this
-    /// bitcoind lacks is None in the result.
-    pub fn queues(&self, cnode: u64, peer_id: i64) -> Option<QueueBytes> {
-        let id = self.read_u64(cnode + self.layout.id)?;
-        let read = |member: Member| -> Option<Option<u64>> {
-            match member.offset() {
-                Some(offset) => self.read_u64(cnode + offset).map(Some),
-                None => Some(None),
-            }
-        };
-        let send = read(self.layout.send_memusage)?;
-        let recv = read(self.layout.msg_process_queue_size)?;
-        let again = self.read_u64(cnode + self.layout.id)?;
-        (id as i64 == peer_id && again == id).then_some(QueueBytes { send, recv })
-    }
+/// One read of a peer's `CNode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CNodeReading {
+    /// `(nRecvBytes, nSendBytes)`.
+    pub bytes: (u64, u64),
+    /// The queue sizes.
+    pub queues: QueueBytes,
+}
 
-    fn read_u64(&self, address: u64) -> Option<u64> {
-        let mut value = [0u8; 8];
-        let local = libc::iovec {
-            iov_base: value.as_mut_ptr().cast(),
-            iov_len: value.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: address as *mut libc::c_void,
-            iov_len: value.len(),
-        };
-        // SAFETY: one local buffer of the stated length; the kernel checks
-        // the remote address and reads, never writes, the other process.
-        let n =
-            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        (n == value.len() as isize).then(|| u64::from_le_bytes(value))
+fn iovec_of(buf: &mut [u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     }
 }
 
@@ -483,19 +518,19 @@ mod tests {
         };
         let reader = CounterReader::new(std::process::id(), layout);
         let at = node.as_ptr() as u64;
-        assert_eq!(reader.bytes(at, 42), Some((1234, 5678)));
-        assert_eq!(reader.bytes(at, 41), None);
-        assert_eq!(reader.bytes(8, 42), None);
         assert_eq!(
-            reader.queues(at, 42),
-            Some(QueueBytes {
-                send: Some(4_000_000),
-                recv: Some(300)
+            reader.read(at, 42),
+            Some(CNodeReading {
+                bytes: (1234, 5678),
+                queues: QueueBytes {
+                    send: Some(4_000_000),
+                    recv: Some(300)
+                }
             })
         );
         // Another peer's CNode (freed and reused) gives nothing.
-        assert_eq!(reader.queues(at, 41), None);
-        assert_eq!(reader.queues(8, 42), None);
+        assert_eq!(reader.read(at, 41), None);
+        assert_eq!(reader.read(8, 42), None);
         // A member this bitcoind lacks leaves only its own figure out.
         let older = CounterReader::new(
             std::process::id(),
@@ -505,7 +540,7 @@ mod tests {
             },
         );
         assert_eq!(
-            older.queues(at, 42),
+            older.read(at, 42).map(|r| r.queues),
             Some(QueueBytes {
                 send: Some(4_000_000),
                 recv: None

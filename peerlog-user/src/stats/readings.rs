@@ -80,13 +80,13 @@ impl Collector {
         for e in self.peers.iter_mut() {
             let p = &e.peer;
             let live = |reader: &crate::elf::layout::CounterReader| {
-                let cnode = p.cnode.filter(|_| !p.closed)?;
-                Some((reader.bytes(cnode, p.id), reader.queues(cnode, p.id)))
+                reader.read(p.cnode.filter(|_| !p.closed)?, p.id)
             };
             let (bytes, queues) = match (p.final_bytes, self.counters.as_ref().and_then(live)) {
                 (Some(b), _) => (Some(b), None),
-                (None, Some((bytes, queues))) => {
-                    (bytes.map(|(recv, sent)| NodeBytes { recv, sent }), queues)
+                (None, Some(read)) => {
+                    let (recv, sent) = read.bytes;
+                    (Some(NodeBytes { recv, sent }), Some(read.queues))
                 }
                 (None, None) => (None, None),
             };
