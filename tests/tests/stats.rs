@@ -41,8 +41,8 @@ use peerlog::{
 use peerlog_tests::{
     bitcoind_only, connect, ebpf_skip,
     loadgen::{self, LoadConfig},
-    peerlog_bin, run_suite, send_malformed, standard_traffic, sync, twin_only, Node, TestCase,
-    Tracer, NETWORK, TWIN_STRIPPED,
+    peerlog_bin, run_suite, send_malformed, standard_traffic, sync, twin_only, Node, Skip,
+    TestCase, Tracer, NETWORK, TWIN_STRIPPED,
 };
 use serde_json::Value;
 
@@ -54,7 +54,8 @@ fn main() {
     let twin_stripped = twin_only("a stripped copy without its debug file");
     let real_node = bitcoind_only();
     let twin_blocks = twin_only("the load generator asks for the twin's blocks");
-    let tests: [TestCase; 11] = [
+    let promtool = promtool_skip();
+    let tests: [TestCase; 14] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -106,8 +107,34 @@ fn main() {
             the_dashboard_queries_exported_metrics,
             &[&ebpf],
         ),
+        (
+            "the_alert_rules_pass_promtool",
+            the_alert_rules_pass_promtool,
+            &[&promtool],
+        ),
+        (
+            "the_alert_rules_query_exported_metrics",
+            the_alert_rules_query_exported_metrics,
+            &[&ebpf],
+        ),
+        (
+            "metrics_flag_a_cpu_hog",
+            metrics_flag_a_cpu_hog,
+            &[&ebpf, &twin_exact],
+        ),
     ];
     run_suite(&args, tests);
+}
+
+/// Why the promtool test cannot run: no `promtool` on PATH (Debian's
+/// `prometheus` package has it; `.ci/run` installs it).
+fn promtool_skip() -> Option<Skip> {
+    match Command::new("promtool").arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        _ => Some(Skip::ignore(
+            "no promtool on PATH: `apt-get install prometheus` brings it",
+        )),
+    }
 }
 
 /// `peerlog ctl --socket SOCKET METHOD PARAMS`, its stdout as JSON.
@@ -1681,14 +1708,9 @@ fn sample_of(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Result<f64>
 /// `group_right`), durations and ranges (inside `[]`), strings, numbers or
 /// Grafana variables (`$…`).
 fn promql_metric_names(expr: &str) -> Vec<String> {
-    // Aggregation operators may be followed by `by (…)` rather than `(`.
-    const KEYWORDS: [&str; 27] = [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
+    // Aggregation operators may be followed by `by (…)` rather than `(`;
+    // the keywords of LABEL_LISTS are keywords too.
+    const KEYWORDS: [&str; 21] = [
         "bool",
         "and",
         "or",
@@ -1761,12 +1783,14 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
                 }
                 let word: String = chars[start..=i].iter().collect();
                 let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
-                after_list_keyword = LABEL_LISTS.contains(&word.to_ascii_lowercase().as_str());
+                let lower = word.to_ascii_lowercase();
+                after_list_keyword = LABEL_LISTS.contains(&lower.as_str());
                 let is_name = braces == 0
                     && brackets == 0
                     && !label_list
                     && next != Some(&'(')
-                    && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str());
+                    && !after_list_keyword
+                    && !KEYWORDS.contains(&lower.as_str());
                 if is_name && !names.contains(&word) {
                     names.push(word);
                 }
@@ -1783,7 +1807,8 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// Every `expr` in a Grafana dashboard, at any depth.
+/// Every `expr` in a Grafana dashboard or a Prometheus rules file, at any
+/// depth.
 fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
@@ -1821,7 +1846,12 @@ fn the_dashboard_queries_exported_metrics() -> Result<()> {
         "only {} queries in the dashboard",
         exprs.len()
     );
+    queries_read_exported_metrics(&exprs)
+}
 
+/// Every metric the PromQL expressions `exprs` read is one peerlog's,
+/// exported by a live trace, while the node gets malformed messages.
+fn queries_read_exported_metrics(exprs: &[String]) -> Result<()> {
     let node = Node::start()?;
     let t = StatsTrace::start(&node, &[])?;
     let mut peer = connect(&node)?;
@@ -1832,7 +1862,7 @@ fn the_dashboard_queries_exported_metrics() -> Result<()> {
         .into_iter()
         .map(|(name, _, _)| name)
         .collect();
-    for expr in &exprs {
+    for expr in exprs {
         let names = promql_metric_names(expr);
         ensure!(!names.is_empty(), "no metric in {expr:?}");
         for name in names {
@@ -1844,6 +1874,120 @@ fn the_dashboard_queries_exported_metrics() -> Result<()> {
         }
     }
     drop(peer);
+    t.stop()?;
+    node.stop()?;
+    Ok(())
+}
+
+/// The shipped Prometheus alerting rules, as JSON.
+fn alert_rules() -> Result<Value> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/prometheus/peerlog-alerts.yml");
+    serde_yaml_ng::from_str(&fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not YAML", path.display()))
+}
+
+/// Prometheus' own check of the shipped alerting rules.
+fn the_alert_rules_pass_promtool() -> Result<()> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/prometheus/peerlog-alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .context("cannot run promtool")?;
+    ensure!(
+        out.status.success(),
+        "promtool check rules {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Every flag of the report card has its alert, stating the card's rule
+/// and naming the peer; every metric the rules read is exported by a live
+/// trace, while the node gets malformed messages.
+fn the_alert_rules_query_exported_metrics() -> Result<()> {
+    let rules = alert_rules()?;
+    let alerts: Vec<&Value> = rules["groups"]
+        .as_array()
+        .context("no groups")?
+        .iter()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    for (flag, rule) in card::FLAG_RULES {
+        let selector = format!("peerlog_peer_flag{{flag=\"{flag}\"}}");
+        let alert = alerts
+            .iter()
+            .find(|a| a["expr"].as_str().is_some_and(|e| e.contains(&selector)))
+            .with_context(|| format!("no alert reads {selector}"))?;
+        let notes = &alert["annotations"];
+        ensure!(
+            notes["rule"] == rule,
+            "{flag}: the alert states {} for the card's rule {rule:?}",
+            notes["rule"]
+        );
+        let summary = notes["summary"].as_str().unwrap_or("");
+        for label in ["peer_id", "addr", "conn_type"] {
+            ensure!(
+                summary.contains(&format!("$labels.{label}")),
+                "{flag}: the summary {summary:?} does not name the peer's {label}"
+            );
+        }
+        ensure!(alert["for"].is_string(), "{flag}: no `for`: {alert}");
+    }
+    let mut exprs = Vec::new();
+    dashboard_exprs(&rules, &mut exprs);
+    ensure!(exprs.len() == alerts.len(), "a rule without expr: {rules}");
+    queries_read_exported_metrics(&exprs)
+}
+
+/// A peer that burns the message handler's CPU (the twin's `twinburn`)
+/// raises `cpu-hog` on a scrape, an idle peer and a chatty cheap one do
+/// not; the node lives through malformed messages meanwhile.
+fn metrics_flag_a_cpu_hog() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let [mut burner, mut chatty, mut idle] = connect_peers(&node)?;
+    // Most messages come from the chatty peer, so the burner's share of
+    // the messages stays far below its share of the CPU time.
+    for nonce in 0..100 {
+        sync(&mut chatty, 2000 + nonce)?;
+    }
+    for _ in 0..4 {
+        burner.send_raw("twinburn", &2_000_000u32.to_le_bytes())?;
+    }
+    sync(&mut burner, 2)?;
+    send_malformed(&node)?;
+    for p in [&mut burner, &mut chatty, &mut idle] {
+        sync(p, 99)?;
+    }
+    let all = samples(&scrape(t.metrics, "/metrics")?)?;
+    let flag_of = |peer: &P2pClient, flag: &str| -> Result<f64> {
+        let addr = peer.local_addr().to_string();
+        all.iter()
+            .find(|(n, l, _)| {
+                n == "peerlog_peer_flag"
+                    && l.get("addr") == Some(&addr)
+                    && l.get("flag").map(String::as_str) == Some(flag)
+            })
+            .map(|(_, _, v)| *v)
+            .with_context(|| format!("no {flag} flag of {addr}"))
+    };
+    let hog = |peer: &P2pClient| flag_of(peer, "cpu-hog");
+    let report = || ctl(&t.socket, "getpeerreport", "{}");
+    ensure!(hog(&burner)? == 1.0, "the burner: {:#}", report()?);
+    ensure!(hog(&idle)? == 0.0, "the idle peer: {:#}", report()?);
+    ensure!(hog(&chatty)? == 0.0, "the chatty peer: {:#}", report()?);
+    for flag in card::FLAG_RULES.map(|(f, _)| f) {
+        ensure!(flag_of(&idle, flag)? == 0.0, "the idle peer raises {flag}");
+    }
+    let flagged = sample_of(&all, "peerlog_peers_flagged", &[("flag", "cpu-hog")])?;
+    ensure!(flagged >= 1.0, "{flagged} cpu-hog peers");
+    // The node still answers after all of it.
+    sync(&mut idle, 100)?;
     t.stop()?;
     node.stop()?;
     Ok(())

@@ -10,8 +10,15 @@
 //! Bitcoin Core's plus `*other*`. A closed peer is exported with its final
 //! figures until the first scrape `--metrics-closed-grace` seconds after it
 //! closed, then dropped.
+//!
+//! The peer report card's flags ([`card::FLAG_RULES`]) are exported as
+//! `peerlog_peer_flag`, one series per flag of the card for each exported
+//! peer, 1 when the peer raises it and 0 when not (so an alert resolves,
+//! and a missing series means a missing peer, not a clean one), and as
+//! `peerlog_peers_flagged`, counted over every peer the card lists, those
+//! left out by the cap too. One scrape computes each peer's flags once.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use peerlog_common::SliceKind;
 use serde_json::Value;
@@ -21,6 +28,7 @@ use crate::{
     elf::layout::QueueBytes,
     peers::{Network, NodeBytes},
     stats::{
+        card::{self, NodeFigures, PeerFigures},
         Collector, Figures, Hist, NodeReadings, PeerEntry, PeerSeries, SliceTotals, Slices,
         StatsFilter, Traffic,
     },
@@ -142,11 +150,24 @@ struct Scrape<'a> {
     /// per exported peer with its labels, then the node's without labels;
     /// bitcoind's own figures come from one reading of its memory.
     rows: Vec<Row<'a>>,
+    /// The card's flags of every peer the collector keeps, by peer id.
+    flags: BTreeMap<i64, Vec<&'static str>>,
 }
 
 impl<'a> Scrape<'a> {
     fn new(c: &'a Collector, req: &'a ScrapeRequest<'a>, readings: &NodeReadings) -> Self {
         let (peers, omitted) = c.series_peers(req.series, req.filter);
+        // From the figures as the card reads them, typed: no JSON per peer.
+        let node = NodeFigures::of(c);
+        let flags = c
+            .peers()
+            .iter()
+            .map(|e| {
+                let figures = PeerFigures::of(c, e, readings);
+                let hits = card::flags_of(&figures, &node);
+                (e.peer.id, hits.into_iter().map(|h| h.flag).collect())
+            })
+            .collect();
         let rows = peers
             .into_iter()
             .map(|p| Row {
@@ -170,6 +191,7 @@ impl<'a> Scrape<'a> {
             rss_bytes: readings.rss_bytes,
             omitted,
             rows,
+            flags,
         }
     }
 
@@ -443,6 +465,20 @@ const FAMILIES: &[Family] = &[
         when: When::Always,
         samples: Samples::PerRow(|f| f.misbehaving as f64),
     },
+    Family {
+        name: "peerlog_peer_flag",
+        kind: "gauge",
+        help: "1 when the peer raises the report card's flag (getpeerreport's flag_rules), 0 when not; every flag for every exported peer",
+        when: When::Always,
+        samples: Samples::Own(peer_flag),
+    },
+    Family {
+        name: "peerlog_peers_flagged",
+        kind: "gauge",
+        help: "Peers of the report card (connected, and closed ones still kept) that raise the flag, those without series of their own included",
+        when: When::Always,
+        samples: Samples::Own(peers_flagged),
+    },
 ];
 
 fn render_text(c: &Collector, req: &ScrapeRequest, readings: &NodeReadings) -> String {
@@ -597,6 +633,23 @@ fn msghand_cpu_share(s: &Scrape, e: &mut Exposition, name: &str) {
     }
 }
 
+fn peer_flag(s: &Scrape, e: &mut Exposition, name: &str) {
+    for (row, p) in s.peer_rows() {
+        let raised = s.flags.get(&p.peer.id).map_or(&[][..], Vec::as_slice);
+        for (flag, _) in card::FLAG_RULES {
+            let l = with(&row.labels, &format!("flag=\"{flag}\""));
+            e.sample(name, &l, if raised.contains(&flag) { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+fn peers_flagged(s: &Scrape, e: &mut Exposition, name: &str) {
+    for (flag, _) in card::FLAG_RULES {
+        let n = s.flags.values().filter(|f| f.contains(&flag)).count();
+        e.sample(name, &format!("flag=\"{flag}\""), n as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use peerlog_common::{ConnectionEventKind, Direction};
@@ -635,6 +688,20 @@ mod tests {
             payload_size: bytes,
             payload: None,
             addr_truncated: false,
+        })
+    }
+
+    /// `ns` of the message handler's time processing a message of peer `id`.
+    fn burn(id: i64, ns: u64) -> Event {
+        Event::CpuSlice(crate::event::CpuSlice {
+            start_ktime_ns: 0,
+            end_ktime_ns: ns,
+            tid: 1,
+            peer_id: id,
+            kind: SliceKind::Processing,
+            slept_ns: 0,
+            msg_type: "tx".into(),
+            oncpu_ns: Some(ns),
         })
     }
 
@@ -717,6 +784,65 @@ mod tests {
              conn_type=\"inbound\",network=\"ipv4\",direction=\"recv\",msg_type=\"tx\"} 500"
         ));
         assert!(text.contains("peerlog_events_lost_total{cause=\"ring_full\"} 3"));
+    }
+
+    #[test]
+    fn flags_are_exported_per_peer_and_counted_over_every_peer() {
+        let sinks = ReportSinks::default().with(ReportSink::Metrics);
+        let mut c = Collector::new(WallClock::sample(), coverage(), false, sinks);
+        // Peer 1 sends little and costs the handler most of its time; 2
+        // to 4 send more for little.
+        c.handle(&tx_from(1, 10));
+        c.handle(&burn(1, 90_000_000));
+        for id in 2..=4 {
+            for _ in 0..10 {
+                c.handle(&tx_from(id, 1000));
+            }
+            c.handle(&burn(id, 1_000_000));
+        }
+        let flag = |text: &str, id: i64, flag: &str| {
+            value(
+                text,
+                &format!(
+                    "peerlog_peer_flag{{peer_id=\"{id}\",addr=\"10.0.0.{id}:8333\",\
+                     conn_type=\"inbound\",network=\"ipv4\",flag=\"{flag}\"}} "
+                ),
+            )
+        };
+        let mut series = PeerSeries {
+            max_peers: 10,
+            by: PeersBy::Traffic,
+            closed_grace_s: 60,
+        };
+        let text = scrape(&mut c, &series, 0);
+        assert_eq!(flag(&text, 1, "cpu-hog"), 1.0);
+        for id in 2..=4 {
+            assert_eq!(flag(&text, id, "cpu-hog"), 0.0, "peer {id}");
+        }
+        // Every flag of the card, 0 or 1, for every exported peer.
+        let flags = text
+            .lines()
+            .filter(|l| l.starts_with("peerlog_peer_flag{"))
+            .count();
+        assert_eq!(flags, 4 * card::FLAG_RULES.len());
+        assert_eq!(
+            value(&text, "peerlog_peers_flagged{flag=\"cpu-hog\"} "),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "peerlog_peers_flagged{flag=\"stalling\"} "),
+            0.0
+        );
+        // The hog moved the fewest bytes (ties go to the lower id): left out
+        // by the cap, still counted.
+        series.max_peers = 2;
+        let text = scrape(&mut c, &series, 0);
+        assert_eq!(exported(&text), vec![2, 3]);
+        assert!(!text.contains("peer_id=\"1\""));
+        assert_eq!(
+            value(&text, "peerlog_peers_flagged{flag=\"cpu-hog\"} "),
+            1.0
+        );
     }
 
     #[test]

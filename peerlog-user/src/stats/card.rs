@@ -8,6 +8,8 @@
 //! `getnodestats` give them, which are also what a stats log line holds
 //! (`peers` and `node`): the live `getpeerreport` and `peerlog report` over
 //! a stats log give the same card for the same figures by construction.
+//! The metrics endpoint reads the same figures straight from the collector
+//! ([`PeerFigures::of`], [`flags_of`]): a scrape costs no JSON per peer.
 //!
 //! peerlog only reports. Nothing here acts on the node: a rule that
 //! disconnected peers would be a rule an attacker could learn to pass while
@@ -18,6 +20,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::{Collector, NodeReadings, PeerEntry};
 
 /// A peer is `cpu-hog` when its share of the message handler's on-CPU time
 /// is at least this…
@@ -98,9 +102,10 @@ pub const NOT_MEASURED: [(&str, &str); 1] = [(
     "the orphanage's per-peer usage is not read (see missing_figures in getnodestats)",
 )];
 
-/// The figures of one peer a card reads: a subset of a `getpeerstats` row.
-#[derive(Debug, Clone, Deserialize)]
-struct PeerFigures {
+/// The figures of one peer a card reads: a subset of a `getpeerstats` row,
+/// read from the row ([`card`]) or from the collector ([`PeerFigures::of`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PeerFigures {
     id: i64,
     addr: String,
     network: Option<String>,
@@ -123,18 +128,18 @@ struct PeerFigures {
     memory: MemoryFigures,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct MempoolFigures {
     accepted: u64,
     rejected_by_reason: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct BlockFigures {
     new_blocks: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct TxRelayFigures {
     notfound_recv: u64,
     announced_first: u64,
@@ -143,19 +148,19 @@ struct TxRelayFigures {
     tx_recv_unsolicited_bytes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct Counted {
     count: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct PingFigures {
     pings_sent: u64,
     pongs_matched: u64,
     min_rtt_ns: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct MemoryFigures {
     send_queue_bytes: Option<u64>,
     send_queue_full_secs: Option<u64>,
@@ -163,9 +168,72 @@ struct MemoryFigures {
 }
 
 /// The node figures a card reads: a subset of `getnodestats`.
-#[derive(Debug, Clone, Deserialize)]
-struct NodeFigures {
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct NodeFigures {
     msgsrecv: u64,
+}
+
+impl PeerFigures {
+    /// The figures of a peer `c` keeps, as its `getpeerstats` row holds
+    /// them (`Collector::peer_json`), bitcoind's own taken from `readings`.
+    pub fn of(c: &Collector, e: &PeerEntry, readings: &NodeReadings) -> Self {
+        let (p, f) = (&e.peer, &e.stats.figures);
+        let cov = c.coverage();
+        let bytes = cov.node_counters.then(|| readings.bytes(p.id)).flatten();
+        let queues = readings.queues(p.id).unwrap_or_default();
+        Self {
+            id: p.id,
+            addr: p.addr.to_string(),
+            network: p.network.map(|n| n.name().to_string()),
+            connection_type: p.conn_type.to_string(),
+            closed: p.closed,
+            misbehaving: f.misbehaving,
+            bytesrecv: bytes.map(|b| b.recv),
+            bytessent: bytes.map(|b| b.sent),
+            payloadrecv: f.recv.bytes,
+            payloadsent: f.sent.bytes,
+            msgsrecv: f.recv.msgs,
+            cpu_ns: cov.slices.then(|| f.msghand_cpu_ns()),
+            msghand_cpu_share: c.msghand_cpu_share(f),
+            mempool: cov.mempool.then(|| MempoolFigures {
+                accepted: f.mempool.accepted,
+                rejected_by_reason: f.mempool.rejected_by_reason.clone(),
+            }),
+            blocks: cov.block_connected.then_some(BlockFigures {
+                new_blocks: f.blocks.new_blocks,
+            }),
+            tx_relay: TxRelayFigures {
+                notfound_recv: f.tx_relay.notfound_recv,
+                announced_first: f.tx_relay.announced_first,
+                announced_first_accepted: f.tx_relay.announced_first_accepted,
+                tx_recv_duplicate_bytes: f.tx_relay.tx_recv_duplicate_bytes,
+                tx_recv_unsolicited_bytes: f.tx_relay.tx_recv_unsolicited_bytes,
+            },
+            getdata_tx_latency_ns: Counted {
+                count: f.getdata_tx_latency_ns.count(),
+            },
+            getdata_tx_pending: e.stats.getdata_tx_pending() as u64,
+            ping: PingFigures {
+                pings_sent: f.ping.pings_sent,
+                pongs_matched: f.ping.pongs_matched,
+                min_rtt_ns: f.ping.min_rtt_ns,
+            },
+            memory: MemoryFigures {
+                send_queue_bytes: queues.send,
+                send_queue_full_secs: readings.send_queue_full_secs(p.id),
+                recv_queue_bytes: queues.recv,
+            },
+        }
+    }
+}
+
+impl NodeFigures {
+    /// The node's figures in `c`, as `getnodestats` holds them.
+    pub fn of(c: &Collector) -> Self {
+        Self {
+            msgsrecv: c.total().recv.msgs,
+        }
+    }
 }
 
 /// What a peer brings the node.
@@ -356,7 +424,14 @@ pub fn card(peers: &[Value], node: &Value) -> Result<Card> {
     })
 }
 
-fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
+/// The flags `p` raises on a node of figures `node`, by [`FLAG_RULES`]:
+/// those of its card.
+pub fn flags_of(p: &PeerFigures, node: &NodeFigures) -> Vec<FlagHit> {
+    flags(p, &cost_of(p, node))
+}
+
+/// What a peer costs the node.
+fn cost_of(p: &PeerFigures, node: &NodeFigures) -> PeerCost {
     let mut cost = PeerCost {
         cpu_ns: p.cpu_ns,
         cpu_share: p.msghand_cpu_share,
@@ -385,6 +460,11 @@ fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
         }
         cost.rejected_by_reason = mempool.rejected_by_reason.clone();
     }
+    cost
+}
+
+fn peer_card(p: PeerFigures, node: &NodeFigures) -> PeerCard {
+    let cost = cost_of(&p, node);
     let value = PeerValue {
         new_blocks: p.blocks.as_ref().map(|b| b.new_blocks),
         txs_announced_first: p.tx_relay.announced_first,

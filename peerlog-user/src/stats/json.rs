@@ -85,14 +85,7 @@ impl Collector {
         out.insert("evicted".into(), json!(p.evicted));
         let f = &stats.figures;
         let cov = &self.coverage;
-        let share = cov
-            .slices
-            .then(|| {
-                let all = self.total.msghand_cpu_ns();
-                (all > 0).then(|| f.msghand_cpu_ns() as f64 / all as f64)
-            })
-            .flatten();
-        out.insert("msghand_cpu_share".into(), json!(share));
+        out.insert("msghand_cpu_share".into(), json!(self.msghand_cpu_share(f)));
         let bytes = cov.node_counters.then(|| readings.bytes(p.id)).flatten();
         self.figures_json(f, bytes, filter, &mut out);
         let queues = readings.queues(p.id).unwrap_or_default();
@@ -123,6 +116,13 @@ impl Collector {
             json!(stats.getdata_tx_pending()),
         );
         Value::Object(out)
+    }
+
+    /// A peer's share of the message handler's on-CPU time charged to
+    /// peers; None when the slices are not measured or none was charged.
+    pub(super) fn msghand_cpu_share(&self, f: &Figures) -> Option<f64> {
+        let all = self.total.msghand_cpu_ns();
+        (self.coverage.slices && all > 0).then(|| f.msghand_cpu_ns() as f64 / all as f64)
     }
 
     /// The whole node, as `getnodestats` returns it: the same figures as a

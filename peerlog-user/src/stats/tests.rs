@@ -976,6 +976,21 @@ fn report_card_flags_and_ranks_by_its_rules() {
         (mix.peers, mix.flagged, mix.new_blocks, mix.txs_accepted),
         (7, 3, 1, 2)
     );
+
+    // The metrics read the card's figures typed, straight from the
+    // collector: the same figures as the rows, so the same flags.
+    let readings = c.read_node();
+    let node = card::NodeFigures::of(&c);
+    let node_row: card::NodeFigures = serde_json::from_value(c.node_json(&all, &readings)).unwrap();
+    assert_eq!(node, node_row);
+    for e in c.peers().iter() {
+        let typed = card::PeerFigures::of(&c, e, &readings);
+        let row: card::PeerFigures =
+            serde_json::from_value(c.peer_json(e, &all, &readings)).unwrap();
+        assert_eq!(typed, row, "peer {}", e.peer.id);
+        let p = card.peers.iter().find(|p| p.id == e.peer.id).unwrap();
+        assert_eq!(card::flags_of(&typed, &node), p.flags, "peer {}", p.id);
+    }
 }
 
 #[test]
