@@ -1,7 +1,8 @@
 //! The facts statistics read out of message payloads, decoded with the
 //! `bitcoin` crate's P2P types (`bitcoin::consensus::deserialize` of the
 //! payload's own type: no hand-written decoders, and no checksum to compute
-//! as a whole-frame decode would need).
+//! as a whole-frame decode would need); of `addr`/`addrv2` only the leading
+//! entry count is decoded.
 
 use bitcoin::{
     consensus::{
@@ -132,8 +133,9 @@ const ADDRV2_ENTRY_MIN_LEN: usize = 9;
 /// The `addr`/`addrv2` facts: the entry count the payload leads with. The
 /// entries are not decoded, only measured: their content is for Bitcoin
 /// Core's address manager, and one entry the `bitcoin` crate reads more
-/// strictly than Core would turn a flood into an undecodable message that
-/// counts nothing. A payload too short for the entries it announces is
+/// strictly than Core (an IPv4-mapped address under BIP155's IPv6 network
+/// id, which Core keeps as an invalid address and the crate refuses) would
+/// turn a flood into an undecodable message that counts nothing. A payload too short for the entries it announces is
 /// undecodable, as Bitcoin Core fails to read it (and its rate limit never
 /// sees it).
 fn addr_entries(payload: &[u8], entry_min_len: usize) -> Result<Facts, encode::Error> {
