@@ -55,7 +55,7 @@ fn main() {
     let real_node = bitcoind_only();
     let twin_blocks = twin_only("the load generator asks for the twin's blocks");
     let promtool = promtool_skip();
-    let tests: [TestCase; 14] = [
+    let tests: [TestCase; 15] = [
         (
             "peer_figures_are_exact",
             peer_figures_are_exact,
@@ -70,6 +70,11 @@ fn main() {
             "report_card_on_a_real_bitcoind",
             report_card_on_a_real_bitcoind,
             &[&ebpf, &real_node],
+        ),
+        (
+            "report_card_flags_an_addr_flood",
+            report_card_flags_an_addr_flood,
+            &[&ebpf],
         ),
         (
             "bytes_match_getpeerinfo_v1_and_v2",
@@ -417,6 +422,130 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     }
     // The node still answers after all of it.
     sync(&mut idle, 100)?;
+    t.stop()?;
+    Ok(())
+}
+
+/// An `addr` message of `n` distinct entries, stamped now.
+fn addr_message(n: u32) -> Result<NetworkMessage> {
+    use bitcoin::p2p::{address::Address, ServiceFlags};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as u32;
+    Ok(NetworkMessage::Addr(
+        (0..n)
+            .map(|i| {
+                let [_, a, b, c] = i.to_be_bytes();
+                let socket = SocketAddr::from(([10, a, b, c], 18444));
+                (now, Address::new(&socket, ServiceFlags::NETWORK))
+            })
+            .collect(),
+    ))
+}
+
+/// One peer floods the node with addresses, one sends a few, one sends an
+/// `addr` whose count its bytes do not hold: the card flags the flood
+/// `addr-flood` by the entries over Bitcoin Core's rate limit, the counts
+/// are exact, the short message is undecodable, and the node lives through
+/// it and the malformed cases. On a real bitcoind peerlog's replay of the
+/// rate limit agrees with bitcoind's own `addr_rate_limited`.
+fn report_card_flags_an_addr_flood() -> Result<()> {
+    let node = Node::start()?;
+    let t = StatsTrace::start(&node, &[])?;
+    let [mut flooder, mut modest, mut short] = connect_peers(&node)?;
+    // Three full messages at once: the bucket holds one token.
+    for _ in 0..3 {
+        flooder.send(&addr_message(1000)?)?;
+    }
+    sync(&mut flooder, 2)?;
+    modest.send(&addr_message(10)?)?;
+    sync(&mut modest, 2)?;
+    // 1000 entries announced (CompactSize 0xfd 0x03e8), one sent.
+    let mut cut = vec![0xfd, 0xe8, 0x03];
+    cut.extend_from_slice(&[0; 30]);
+    short.send_raw("addr", &cut)?;
+    sync(&mut short, 2)?;
+    send_malformed(&node)?;
+    for p in [&mut flooder, &mut modest, &mut short] {
+        sync(p, 99)?;
+    }
+
+    let peers = ctl(&t.socket, "getpeerstats", "{}")?;
+    let relay = |local: SocketAddr| -> Result<(u64, u64, u64, u64)> {
+        let p = peer_of(&peers, local)?;
+        let a = &p["addr_relay"];
+        Ok((
+            u(&a["msgs_recv"]),
+            u(&a["entries_recv"]),
+            u(&a["rate_limited"]),
+            u(&p["payloads_undecodable"]),
+        ))
+    };
+    let (msgs, entries, flood_limited, bad) = relay(flooder.local_addr())?;
+    ensure!(
+        (msgs, entries, bad) == (3, 3000, 0) && flood_limited >= 1000,
+        "flooder: {:#}",
+        peer_of(&peers, flooder.local_addr())?
+    );
+    let (msgs, entries, modest_limited, bad) = relay(modest.local_addr())?;
+    ensure!(
+        (msgs, entries, bad) == (1, 10, 0) && modest_limited <= 10,
+        "modest: {:#}",
+        peer_of(&peers, modest.local_addr())?
+    );
+    ensure!(
+        relay(short.local_addr())? == (0, 0, 0, 1),
+        "short: {:#}",
+        peer_of(&peers, short.local_addr())?
+    );
+    if node.is_bitcoind() {
+        // peerlog's bucket starts at the version message, bitcoind's a
+        // little earlier: at most the one token that makes up over.
+        let info: Value = serde_json::from_str(&node.bitcoin_cli(&["getpeerinfo"])?)?;
+        for (who, local, ours) in [
+            ("flooder", flooder.local_addr(), flood_limited),
+            ("modest", modest.local_addr(), modest_limited),
+        ] {
+            let core = peer_of(&info, local)?["addr_rate_limited"]
+                .as_u64()
+                .context("getpeerinfo without addr_rate_limited")?;
+            ensure!(
+                core <= ours && ours <= core + 1,
+                "{who}: peerlog rate_limited {ours}, bitcoind addr_rate_limited {core}"
+            );
+        }
+    }
+
+    let card = ctl(&t.socket, "getpeerreport", "{}")?;
+    let flags = |local: SocketAddr| -> Result<Vec<String>> {
+        let row = peer_of(&card["peers"], local)?;
+        Ok(row["flags"]
+            .as_array()
+            .context("a row without flags")?
+            .iter()
+            .map(|f| f["flag"].as_str().unwrap_or("").to_string())
+            .collect())
+    };
+    let flooded = flags(flooder.local_addr())?;
+    ensure!(
+        flooded.iter().any(|f| f == "addr-flood"),
+        "flooder flags {flooded:?}: {card:#}"
+    );
+    for local in [modest.local_addr(), short.local_addr()] {
+        let f = flags(local)?;
+        ensure!(
+            !f.iter().any(|f| f == "addr-flood"),
+            "{local} flagged {f:?}: {card:#}"
+        );
+    }
+    ensure!(
+        card["flag_rules"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "addr-flood")),
+        "no addr-flood rule: {card:#}"
+    );
+    // The node still answers after all of it.
+    sync(&mut modest, 100)?;
     t.stop()?;
     Ok(())
 }

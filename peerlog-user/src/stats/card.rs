@@ -44,6 +44,12 @@ pub const STALLING_SEND_QUEUE_BYTES: u64 = 1_000_000;
 /// a queue full at one moment may be a large block on its way.
 pub const STALLING_MIN_SECS: u64 = 30;
 
+/// A peer is `addr-flood` when this many of its address entries went over
+/// Bitcoin Core's rate limit (`addr_relay.rate_limited`): one
+/// whole `MAX_ADDR_TO_SEND` message past the bucket. Honest peers go over
+/// it a little, as `getpeerinfo`'s `addr_rate_limited` shows on mainnet.
+pub const ADDR_FLOOD_RATE_LIMITED: u64 = super::addr::MAX_ADDR_TO_SEND;
+
 /// Rejection reasons of transactions that are only already known: bytes
 /// that brought nothing new, not misbehaviour.
 const DUPLICATE_REASONS: [&str; 3] = [
@@ -62,7 +68,7 @@ pub const RANKING_RULE: &str = "fewer flags first (peers without flags before an
     less on-CPU time in the message handler (cost.cpu_ns, unknown last); then the lower peer id";
 
 /// The flags and their rules, in words, as the card states them.
-pub const FLAG_RULES: [(&str, &str); 5] = [
+pub const FLAG_RULES: [(&str, &str); 6] = [
     (
         "misbehaving",
         "bitcoind reported the peer misbehaving (net:misbehaving) at least once",
@@ -88,13 +94,15 @@ pub const FLAG_RULES: [(&str, &str); 5] = [
          not taken (send_queue_bytes; Bitcoin Core's default -maxsendbuffer) in every \
          reading over ≥ 30 s (send_queue_full_secs)",
     ),
+    (
+        "addr-flood",
+        "≥ 1000 (MAX_ADDR_TO_SEND) of the peer's addr/addrv2 entries over Bitcoin Core's \
+         rate limit (addr_relay.rate_limited), replayed from net_processing.cpp: a token bucket \
+         starting at 1, filling at 0.1 a second (MAX_ADDR_RATE_PER_SECOND) up to 1000 \
+         (MAX_ADDR_PROCESSING_TOKEN_BUCKET), plus 1000 for our getaddr; peers with the \
+         addr permission, which Core does not limit, cannot be told apart",
+    ),
 ];
-
-/// Flags no card can raise yet, with why.
-pub const FLAGS_NOT_EVALUATED: [(&str, &str); 1] = [(
-    "addr-flood",
-    "needs the entry counts of addr/addrv2 payloads, which statistics do not read yet",
-)];
 
 /// Figures a card lacks, with why.
 pub const NOT_MEASURED: [(&str, &str); 1] = [(
@@ -126,6 +134,7 @@ pub struct PeerFigures {
     getdata_tx_pending: u64,
     ping: PingFigures,
     memory: MemoryFigures,
+    addr_relay: AddrFigures,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -158,6 +167,13 @@ struct PingFigures {
     pings_sent: u64,
     pongs_matched: u64,
     min_rtt_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct AddrFigures {
+    msgs_recv: u64,
+    entries_recv: u64,
+    rate_limited: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -222,6 +238,11 @@ impl PeerFigures {
                 send_queue_bytes: queues.send,
                 send_queue_full_secs: readings.send_queue_full_secs(p.id),
                 recv_queue_bytes: queues.recv,
+            },
+            addr_relay: AddrFigures {
+                msgs_recv: f.addr_relay.msgs_recv,
+                entries_recv: f.addr_relay.entries_recv,
+                rate_limited: f.addr_relay.rate_limited,
             },
         }
     }
@@ -366,8 +387,8 @@ pub struct MixPerPeer {
     pub bytes: f64,
 }
 
-/// A named rule, as the card states it: a flag's, or why a flag or a
-/// figure is missing.
+/// A named rule, as the card states it: a flag's, or why a figure is
+/// missing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rule {
     /// The flag or figure.
@@ -387,8 +408,6 @@ pub struct Card {
     pub ranking_rule: &'static str,
     /// The flags' rules.
     pub flag_rules: Vec<Rule>,
-    /// Flags no card raises yet, and why.
-    pub flags_not_evaluated: Vec<Rule>,
     /// Figures a card lacks, and why.
     pub not_measured: Vec<Rule>,
 }
@@ -419,7 +438,6 @@ pub fn card(peers: &[Value], node: &Value) -> Result<Card> {
         peers: rows,
         ranking_rule: RANKING_RULE,
         flag_rules: rules(&FLAG_RULES),
-        flags_not_evaluated: rules(&FLAGS_NOT_EVALUATED),
         not_measured: rules(&NOT_MEASURED),
     })
 }
@@ -565,6 +583,15 @@ fn flags(p: &PeerFigures, cost: &PeerCost) -> Vec<FlagHit> {
                 format!("send_queue_bytes = {bytes}, full in every reading for {secs} s"),
             );
         }
+    }
+    if p.addr_relay.rate_limited >= ADDR_FLOOD_RATE_LIMITED {
+        hit(
+            "addr-flood",
+            format!(
+                "{} of {} address entries in {} addr/addrv2 messages over the rate limit",
+                p.addr_relay.rate_limited, p.addr_relay.entries_recv, p.addr_relay.msgs_recv
+            ),
+        );
     }
     hits
 }

@@ -219,6 +219,29 @@ impl TxRelay {
     }
 }
 
+/// Address relay: the entries of the peer's `addr` and `addrv2` messages,
+/// and how many of them went over Bitcoin Core's rate limit (replayed by
+/// peerlog, see `stats::addr`; `getpeerinfo` names Core's own count
+/// `addr_rate_limited`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AddrFigures {
+    /// `addr` and `addrv2` messages received whose entries were counted.
+    pub msgs_recv: u64,
+    /// Address entries in them, as each message's count says.
+    pub entries_recv: u64,
+    /// Entries over Bitcoin Core's token bucket: ones it drops unprocessed,
+    /// unless the peer has the `addr` permission, which peerlog cannot see.
+    pub rate_limited: u64,
+}
+
+impl AddrFigures {
+    pub(super) fn add(&mut self, o: &AddrFigures) {
+        self.msgs_recv += o.msgs_recv;
+        self.entries_recv += o.entries_recv;
+        self.rate_limited += o.rate_limited;
+    }
+}
+
 /// What the peer's transactions did to our mempool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MempoolFigures {
@@ -313,6 +336,8 @@ pub struct Figures {
     pub getdata_tx_latency_ns: Hist,
     /// Pings.
     pub ping: PingFigures,
+    /// Address relay.
+    pub addr_relay: AddrFigures,
     /// `net:misbehaving_connection` reports.
     pub misbehaving: u64,
     /// Messages whose payload statistics read but which was not copied out
@@ -338,6 +363,7 @@ impl Figures {
             tx_relay: TxRelay::default(),
             getdata_tx_latency_ns: Hist::new(intervals),
             ping: PingFigures::new(intervals),
+            addr_relay: AddrFigures::default(),
             misbehaving: 0,
             payloads_missing: 0,
             payloads_undecodable: 0,

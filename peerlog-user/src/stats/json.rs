@@ -246,6 +246,7 @@ impl Collector {
             ("tx_relay", json!(f.tx_relay)),
             ("getdata_tx_latency_ns", json!(f.getdata_tx_latency_ns)),
             ("ping", json!(f.ping)),
+            ("addr_relay", json!(f.addr_relay)),
             ("payloads_missing", json!(f.payloads_missing)),
             ("payloads_undecodable", json!(f.payloads_undecodable)),
         ];

@@ -5,8 +5,10 @@
 //! from three sources:
 //! - the message tracepoints: messages and payload bytes by message type and
 //!   direction, and what the payloads say (`inv`/`getdata`/`notfound`
-//!   transaction entries, `tx` ids, `ping`/`pong` nonces, `sendcmpct`), read
-//!   with the `bitcoin` crate ([`payload`]);
+//!   transaction entries, `tx` ids, `ping`/`pong` nonces, `sendcmpct`,
+//!   `addr`/`addrv2` entry counts), read with the `bitcoin` crate
+//!   ([`payload`]), and the entries over Bitcoin Core's address rate limit,
+//!   replayed per peer ([`addr`]);
 //! - CPU slices of the message handler ([`CpuSlice`]): wall and on-CPU time
 //!   per peer while processing its messages and while working for it
 //!   otherwise (see [`peerlog_common::SliceKind`]), and per message type;
@@ -24,6 +26,7 @@
 //! What the attached probes cannot measure is said, not zeroed: the
 //! [`Coverage`] names the missing figures, and they are `null` in the JSON.
 
+mod addr;
 pub mod card;
 pub mod compact;
 mod coverage;
@@ -46,8 +49,8 @@ use serde::Serialize;
 
 pub use coverage::{Coverage, NOT_MEASURED};
 pub use figures::{
-    msg_type_key, BlockFigures, Figures, MempoolFigures, MsgTypeFigures, MsgTypeHists, PingFigures,
-    SliceTotals, Slices, Traffic, TxRelay, MSG_TYPES, OTHER,
+    msg_type_key, AddrFigures, BlockFigures, Figures, MempoolFigures, MsgTypeFigures, MsgTypeHists,
+    PingFigures, SliceTotals, Slices, Traffic, TxRelay, MSG_TYPES, OTHER,
 };
 pub use hist::{HdrLog, Hist, HistSummary};
 pub use json::StatsFilter;
@@ -61,6 +64,7 @@ use crate::{
     event::{BlockConnected, Connection, CpuSlice, Event, MempoolChange, Message},
     peers::{self, NodeBytes, PeerTable, ReportSink, ReportSinks},
 };
+use addr::AddrBucket;
 use matcher::Pending;
 use payload::{CompactMode, Facts, Parsed, TxHash};
 use recent::Recent;
@@ -120,6 +124,8 @@ pub struct PeerStats {
     /// memory that found the peer's send queue full; None when the last
     /// reading found it below, or could not read it.
     send_queue_full_since: Option<u64>,
+    /// Bitcoin Core's address rate limit for the peer, replayed.
+    addr_bucket: AddrBucket,
 }
 
 impl PeerStats {
@@ -132,6 +138,7 @@ impl PeerStats {
             getdata: Pending::new(PENDING_GETDATA_MAX, PENDING_GETDATA_EXPIRY_NS),
             pings: Pending::new(PENDING_PINGS_MAX, PENDING_PINGS_EXPIRY_NS),
             send_queue_full_since: None,
+            addr_bucket: AddrBucket::default(),
         }
     }
 
@@ -360,6 +367,12 @@ impl Collector {
         if m.direction == Direction::Inbound {
             peer.last_inbound = Some(key);
         }
+        peer.addr_bucket.first_message(key, m.ktime_ns);
+        match (m.direction, key) {
+            (Direction::Inbound, "verack") => peer.addr_bucket.verack(),
+            (Direction::Outbound, "getaddr") => peer.addr_bucket.getaddr_sent(),
+            _ => {}
+        }
         self.peers.learn_cnode(m.peer_id, m.cnode);
         self.total
             .count_message(m.direction, key, m.payload_size, true);
@@ -388,10 +401,14 @@ impl Collector {
             (Facts::Tx { txid, wtxid }, Inbound) => self.tx_arrived(id, *txid, *wtxid, ktime_ns),
             _ => {}
         }
-        let Some(peer) = self.peers.get_mut(id).map(|e| &mut e.stats) else {
+        let Some(entry) = self.peers.get_mut(id) else {
             return;
         };
+        // Bitcoin Core does not relay addresses with block-relay-only peers.
+        let addr_relay = entry.peer.conn_type != "block-relay-only";
+        let peer = &mut entry.stats;
         let mut relay = TxRelay::default();
+        let mut addr = AddrFigures::default();
         let (mut pings_sent, mut pings_recv, mut rtt, mut latency) = (0, 0, None, None);
         match facts {
             Facts::Inventory { tx_hashes } => {
@@ -454,9 +471,19 @@ impl Collector {
                 Inbound => peer.sendcmpct_recv = Some(mode),
                 Outbound => peer.sendcmpct_sent = Some(mode),
             },
+            Facts::Addr { entries } => {
+                if direction == Inbound {
+                    addr = AddrFigures {
+                        msgs_recv: 1,
+                        entries_recv: entries,
+                        rate_limited: peer.addr_bucket.addr(entries, ktime_ns, addr_relay),
+                    };
+                }
+            }
         }
         self.both(Some(id), |f| {
             f.tx_relay.add(&relay);
+            f.addr_relay.add(&addr);
             f.ping.pings_sent += pings_sent;
             f.ping.pings_recv += pings_recv;
             if let Some(ns) = rtt {

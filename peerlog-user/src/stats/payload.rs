@@ -1,10 +1,14 @@
 //! The facts statistics read out of message payloads, decoded with the
 //! `bitcoin` crate's P2P types (`bitcoin::consensus::deserialize` of the
 //! payload's own type: no hand-written decoders, and no checksum to compute
-//! as a whole-frame decode would need).
+//! as a whole-frame decode would need); of `addr`/`addrv2` only the leading
+//! entry count is decoded.
 
 use bitcoin::{
-    consensus::{deserialize, deserialize_partial},
+    consensus::{
+        deserialize, deserialize_partial,
+        encode::{self, VarInt},
+    },
     hashes::Hash,
     p2p::{message_blockdata::Inventory, message_compact_blocks::SendCmpct},
     Transaction,
@@ -37,6 +41,14 @@ pub enum Facts {
     Pong(u64),
     /// `sendcmpct` (BIP152).
     SendCmpct(CompactMode),
+    /// `addr`, `addrv2`: how many address entries the message says it
+    /// holds (its leading CompactSize). The entries themselves are only
+    /// measured: statistics count them, as Bitcoin Core's rate limit does
+    /// (see [`super::addr`]).
+    Addr {
+        /// Entries, as the message's count says.
+        entries: u64,
+    },
 }
 
 /// A `sendcmpct` announcement: which compact block relay mode one side asks for.
@@ -64,7 +76,7 @@ pub enum Parsed {
 }
 
 /// The message types whose payloads statistics read.
-pub const PAYLOAD_TYPES: [&str; 7] = [
+pub const PAYLOAD_TYPES: [&str; 9] = [
     "inv",
     "getdata",
     "notfound",
@@ -72,6 +84,8 @@ pub const PAYLOAD_TYPES: [&str; 7] = [
     "ping",
     "pong",
     "sendcmpct",
+    "addr",
+    "addrv2",
 ];
 
 /// Reads the facts statistics need from a payload of type `msg_type`.
@@ -101,9 +115,38 @@ pub fn parse(msg_type: &str, payload: Option<&[u8]>) -> Parsed {
                 version: s.version,
             })
         }),
+        "addr" => addr_entries(payload, ADDR_ENTRY_LEN),
+        "addrv2" => addr_entries(payload, ADDRV2_ENTRY_MIN_LEN),
         _ => unreachable!("PAYLOAD_TYPES lists every type handled here"),
     };
     facts.map_or(Parsed::Undecodable, Parsed::Facts)
+}
+
+/// Bytes of one `addr` entry: time (4), services (8), IPv6 or IPv4-mapped
+/// address (16), port (2); Bitcoin Core's `CAddress` in `V1_NETWORK` format.
+const ADDR_ENTRY_LEN: usize = 30;
+/// Bytes of the shortest `addrv2` entry (BIP155): time (4), services
+/// (CompactSize, ≥ 1), network id (1), address length (CompactSize, ≥ 1),
+/// an empty address, port (2).
+const ADDRV2_ENTRY_MIN_LEN: usize = 9;
+
+/// The `addr`/`addrv2` facts: the entry count the payload leads with. The
+/// entries are not decoded, only measured: their content is for Bitcoin
+/// Core's address manager, and one entry the `bitcoin` crate reads more
+/// strictly than Core (an IPv4-mapped address under BIP155's IPv6 network
+/// id, which Core keeps as an invalid address and the crate refuses) would
+/// turn a flood into an undecodable message that counts nothing. A payload too short for the entries it announces is
+/// undecodable, as Bitcoin Core fails to read it (and its rate limit never
+/// sees it).
+fn addr_entries(payload: &[u8], entry_min_len: usize) -> Result<Facts, encode::Error> {
+    let (count, used) = deserialize_partial::<VarInt>(payload)?;
+    let room = (payload.len() - used) / entry_min_len;
+    if count.0 > room as u64 {
+        return Err(encode::Error::ParseFailed(
+            "fewer bytes than the entries announced",
+        ));
+    }
+    Ok(Facts::Addr { entries: count.0 })
 }
 
 /// The hash of a transaction inventory entry; None for other entries.
@@ -191,5 +234,58 @@ mod tests {
         // Bytes after a nonce are ignored, as in Bitcoin Core; after an inventory they are not.
         assert_eq!(parse("pong", Some(&[0; 9])), Parsed::Facts(Facts::Pong(0)));
         assert_eq!(parse("inv", Some(&[0, 0])), Parsed::Undecodable);
+    }
+
+    #[test]
+    fn addr_entries_counted_by_the_leading_compact_size() {
+        use bitcoin::p2p::{
+            address::{AddrV2, AddrV2Message, Address},
+            ServiceFlags,
+        };
+        let entry = Address::new(&"10.0.0.1:8333".parse().unwrap(), ServiceFlags::NETWORK);
+        let addr: Vec<(u32, Address)> = vec![(1, entry); 1000];
+        let bytes = serialize(&addr);
+        // 1000 takes a three-byte CompactSize.
+        assert_eq!(bytes.len(), 3 + 1000 * ADDR_ENTRY_LEN);
+        assert_eq!(
+            parse("addr", Some(&bytes)),
+            Parsed::Facts(Facts::Addr { entries: 1000 })
+        );
+        let v2 = vec![
+            AddrV2Message {
+                time: 1,
+                services: ServiceFlags::NETWORK,
+                addr: AddrV2::Ipv4("10.0.0.2".parse().unwrap()),
+                port: 8333,
+            };
+            3
+        ];
+        assert_eq!(
+            parse("addrv2", Some(&serialize(&v2))),
+            Parsed::Facts(Facts::Addr { entries: 3 })
+        );
+        // An empty message counts no entry.
+        assert_eq!(
+            parse("addrv2", Some(&[0])),
+            Parsed::Facts(Facts::Addr { entries: 0 })
+        );
+    }
+
+    #[test]
+    fn addr_without_a_count_or_its_entries_is_undecodable() {
+        assert_eq!(parse("addr", Some(&[])), Parsed::Undecodable);
+        // A CompactSize announcing a 2-byte count, cut short.
+        assert_eq!(parse("addrv2", Some(&[0xfd, 0xe8])), Parsed::Undecodable);
+        // 1000 entries announced, one sent.
+        let mut short = vec![0xfd, 0xe8, 0x03];
+        short.extend_from_slice(&[0; ADDR_ENTRY_LEN]);
+        assert_eq!(parse("addr", Some(&short)), Parsed::Undecodable);
+        // Nine bytes are the smallest addrv2 entry, 29 too few for addr.
+        assert_eq!(
+            parse("addrv2", Some(&[1, 0, 0, 0, 0, 0, 9, 0, 0, 0])),
+            Parsed::Facts(Facts::Addr { entries: 1 })
+        );
+        assert_eq!(parse("addr", Some(&[1; 30])), Parsed::Undecodable);
+        assert_eq!(parse("addr", None), Parsed::Missing);
     }
 }

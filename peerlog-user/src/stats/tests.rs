@@ -1018,6 +1018,110 @@ fn report_card_of_a_stalled_peer_and_of_rows_it_cannot_read() {
     assert!(format!("{err:#}").contains("peer 0"), "{err:#}");
 }
 
+/// An `addr` payload of `n` entries.
+fn addr_payload(n: usize) -> Vec<u8> {
+    use bitcoin::p2p::{address::Address, ServiceFlags};
+    let entry = Address::new(&"10.0.0.1:8333".parse().unwrap(), ServiceFlags::NETWORK);
+    serialize(&vec![(1u32, entry); n])
+}
+
+#[test]
+fn addr_entries_over_the_rate_limit_per_peer_and_node() {
+    use Direction::{Inbound, Outbound};
+    let mut c = collector();
+    const S: u64 = 1000 * MS;
+    // Peer 0 floods: three full messages 1000 s apart on a fresh
+    // connection. Peer 1 answers our getaddr with a full message, then
+    // sends ten entries. Peer 2 was connected before peerlog attached.
+    for id in [0, 1] {
+        c.handle(&msg(1, 0, id, Inbound, "version", None, 100));
+        c.handle(&msg(1, 1, id, Inbound, "verack", None, 0));
+    }
+    for i in 0..3 {
+        let p = addr_payload(1000);
+        c.handle(&msg(1, (i + 1) * 1000 * S, 0, Inbound, "addr", Some(p), 0));
+    }
+    c.handle(&msg(1, 2, 1, Outbound, "getaddr", None, 0));
+    let full = addr_payload(1000);
+    c.handle(&msg(1, S, 1, Inbound, "addrv2", Some(full), 0));
+    let ten = addr_payload(10);
+    c.handle(&msg(1, 1001 * S, 1, Inbound, "addr", Some(ten), 0));
+    c.handle(&msg(1, 5 * MS, 2, Inbound, "inv", None, 37));
+    let ten = addr_payload(10);
+    c.handle(&msg(1, 6 * MS, 2, Inbound, "addr", Some(ten), 0));
+    // A count of 1000 without its entries: undecodable, counted nowhere.
+    let mut short = vec![0xfd, 0xe8, 0x03];
+    short.extend_from_slice(&[0; 30]);
+    c.handle(&msg(1, 7 * MS, 2, Inbound, "addr", Some(short), 0));
+
+    let addr = |id: i64| c.peer(id).unwrap().stats.figures.addr_relay;
+    // 1 token, then 0.1 a second: 101 + 100 + 100 entries pass of 3000.
+    assert_eq!(
+        addr(0),
+        AddrFigures {
+            msgs_recv: 3,
+            entries_recv: 3000,
+            rate_limited: 2699
+        }
+    );
+    // 1 + 1000 tokens for the getaddr answer, one left and 100 more after
+    // 1000 s: the ten entries pass.
+    assert_eq!(
+        addr(1),
+        AddrFigures {
+            msgs_recv: 2,
+            entries_recv: 1010,
+            rate_limited: 0
+        }
+    );
+    assert_eq!(
+        addr(2),
+        AddrFigures {
+            msgs_recv: 1,
+            entries_recv: 10,
+            rate_limited: 0
+        }
+    );
+    assert_eq!(c.peer(2).unwrap().stats.figures.payloads_undecodable, 1);
+    assert_eq!(c.total().addr_relay.entries_recv, 4020);
+    assert_eq!(c.total().addr_relay.rate_limited, 2699);
+
+    let all = StatsFilter::new(Vec::new(), Vec::new());
+    let peers = c.peers_json(&all);
+    assert_eq!(peers[0]["addr_relay"]["rate_limited"], 2699);
+    let readings = c.read_node();
+    let node = c.node_json(&all, &readings);
+    assert_eq!(node["addr_relay"]["entries_recv"], 4020);
+    let card = card::card(&peers, &node).unwrap();
+    let row = |id: i64| card.peers.iter().find(|p| p.id == id).unwrap();
+    assert_eq!(row(0).flags.len(), 1, "{card:#?}");
+    assert_eq!(row(0).flags[0].flag, "addr-flood");
+    assert_eq!(
+        row(0).flags[0].because,
+        "2699 of 3000 address entries in 3 addr/addrv2 messages over the rate limit"
+    );
+    assert!(row(1).flags.is_empty() && row(2).flags.is_empty());
+    assert!(card.flag_rules.iter().any(|r| r.name == "addr-flood"));
+}
+
+#[test]
+fn addr_flood_flag_at_one_whole_message_over_the_limit() {
+    let mut c = collector();
+    c.handle(&msg(1, MS, 0, Direction::Inbound, "verack", None, 0));
+    let all = StatsFilter::new(Vec::new(), Vec::new());
+    let readings = c.read_node();
+    let node = c.node_json(&all, &readings);
+    let mut peers = c.peers_json(&all);
+    let flags = |peers: &[serde_json::Value]| -> Vec<&'static str> {
+        let card = card::card(peers, &node).unwrap();
+        card.peers[0].flags.iter().map(|f| f.flag).collect()
+    };
+    peers[0]["addr_relay"]["rate_limited"] = serde_json::json!(card::ADDR_FLOOD_RATE_LIMITED - 1);
+    assert!(flags(&peers).is_empty());
+    peers[0]["addr_relay"]["rate_limited"] = serde_json::json!(card::ADDR_FLOOD_RATE_LIMITED);
+    assert_eq!(flags(&peers), vec!["addr-flood"]);
+}
+
 #[test]
 fn series_go_to_the_peers_that_cost_the_most_cpu() {
     let rule = PeerSeries {

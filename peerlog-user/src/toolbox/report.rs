@@ -181,8 +181,8 @@ fn write_text(card: &Card, time_us: u64, out: &mut impl Write) -> io::Result<()>
     for r in &card.flag_rules {
         writeln!(out, "flag {}: {}", r.name, r.rule)?;
     }
-    for r in card.flags_not_evaluated.iter().chain(&card.not_measured) {
-        writeln!(out, "not evaluated: {}: {}", r.name, r.rule)?;
+    for r in &card.not_measured {
+        writeln!(out, "not measured: {}: {}", r.name, r.rule)?;
     }
     Ok(())
 }
@@ -213,6 +213,7 @@ mod tests {
                     "memory": {
                         "send_queue_bytes": 0, "send_queue_full_secs": 0, "recv_queue_bytes": 0,
                     },
+                    "addr_relay": {"msgs_recv": 1, "entries_recv": 2, "rate_limited": 1},
                 })
             })
             .collect();
