@@ -38,6 +38,12 @@ impl WallClock {
         Self { offset_ns: best.1 }
     }
 
+    /// The clock of timestamps that are UNIX time already: a capture's
+    /// records, replayed through the statistics.
+    pub fn unix() -> Self {
+        Self { offset_ns: 0 }
+    }
+
     /// Microseconds since the UNIX epoch for a CLOCK_MONOTONIC timestamp.
     pub fn unix_micros(&self, ktime_ns: u64) -> u64 {
         ((i128::from(ktime_ns) + self.offset_ns) / 1000) as u64

@@ -257,7 +257,8 @@ fn msghand_ns(figures: &Value) -> u64 {
 /// stats log) alike.
 fn report_card_ranks_and_flags_peers() -> Result<()> {
     let node = Node::start()?;
-    let t = StatsTrace::start(&node, &[])?;
+    let capture = tempfile::tempdir()?;
+    let t = StatsTrace::start(&node, &["--capture", &capture.path().display().to_string()])?;
     let [mut invalid, mut burner, mut announcer, mut server, mut idle] = connect_peers(&node)?;
     // Announces and sends three valid transactions.
     let valid: Vec<Transaction> = (0..3).map(|i| p2p::test_transaction(300 + i, 2)).collect();
@@ -423,6 +424,56 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
     // The node still answers after all of it.
     sync(&mut idle, 100)?;
     t.stop()?;
+
+    // Offline, over the capture: what the messages alone tell is the same
+    // as live; what needs bitcoind's own figures is null, and said so.
+    let out = Command::new(peerlog_bin()?)
+        .arg("report")
+        .arg(capture.path())
+        .arg("--json")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "peerlog report over the capture failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let of_capture: Value = serde_json::from_slice(&out.stdout)?;
+    let from_messages = [
+        "/value/txs_announced_first",
+        "/value/getdata_answered",
+        "/cost/tx_bytes_duplicate",
+        "/cost/tx_bytes_unsolicited",
+        "/cost/notfound",
+        "/id",
+    ];
+    let captured = rows_of(&of_capture)?;
+    ensure!(
+        captured.len() == rows.len(),
+        "the capture's card has {} of our peers: {of_capture:#}",
+        captured.len()
+    );
+    for (name, row) in &captured {
+        let (_, live_row) = rows.iter().find(|(n, _)| n == name).unwrap();
+        for field in from_messages {
+            ensure!(
+                row.pointer(field) == live_row.pointer(field),
+                "{name}: {field} is {:?} in the capture's card, {:?} live",
+                row.pointer(field),
+                live_row.pointer(field)
+            );
+        }
+        ensure!(
+            row["value"]["new_blocks"].is_null() && row["cost"]["cpu_ns"].is_null(),
+            "{name}: figures a capture cannot give are not null: {row:#}"
+        );
+    }
+    ensure!(
+        of_capture["not_measured"]
+            .to_string()
+            .contains("cost.cpu_ns"),
+        "the capture's card does not say what it lacks: {}",
+        of_capture["not_measured"]
+    );
     Ok(())
 }
 
@@ -568,7 +619,7 @@ fn connect_peers<const N: usize>(node: &Node) -> Result<[P2pClient; N]> {
 /// idle one, and a peer that sends transactions breaking consensus rules
 /// (bitcoind disconnects it) ranks last and is flagged `invalid-txs`.
 fn report_card_on_a_real_bitcoind() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start_with(&["-capturemessages"])?;
     let t = StatsTrace::start(&node, &[])?;
     let [mut server, mut idle, mut invalid] = connect_peers(&node)?;
     let block = block_on_tip(&node)?;
@@ -641,6 +692,45 @@ fn report_card_on_a_real_bitcoind() -> Result<()> {
     );
     drop((server, idle, invalid));
     t.stop()?;
+    // bitcoind's own capture gives the same figures of the messages, and
+    // nulls for what it does not hold.
+    // (It writes each record as the message goes; the directory goes with
+    // the node.)
+    let dir = node
+        .core_capture_dir()
+        .context("no capture directory of bitcoind's")?;
+    let out = Command::new(peerlog_bin()?)
+        .arg("report")
+        .arg(&dir)
+        .arg("--json")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "peerlog report over bitcoind's capture failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let of_capture: Value = serde_json::from_slice(&out.stdout)?;
+    for (name, live) in &rows {
+        let row = of_capture["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["addr"] == live["addr"])
+            .with_context(|| format!("{name} is not in the capture's card: {of_capture:#}"))?;
+        for field in [
+            "/value/txs_announced_first",
+            "/cost/tx_bytes_unsolicited",
+            "/cost/tx_bytes_duplicate",
+        ] {
+            ensure!(
+                row.pointer(field) == live.pointer(field),
+                "{name}: {field} is {:?} in the capture's card, {:?} live",
+                row.pointer(field),
+                live.pointer(field)
+            );
+        }
+        ensure!(row["value"]["new_blocks"].is_null(), "{name}: {row:#}");
+    }
     node.stop()?;
     Ok(())
 }

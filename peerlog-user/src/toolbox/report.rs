@@ -1,35 +1,70 @@
 //! `peerlog report`: the peer report card ([`crate::stats::card`]) of a
 //! moment of a stats log (`peerlog trace --stats-log`), the same card the
-//! live `getpeerreport` gave for the same figures.
+//! live `getpeerreport` gave for the same figures; or of a capture, whose
+//! messages go through the same statistics a trace's do.
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, BufWriter, Write},
-    path::PathBuf,
+    io::{self, BufRead, BufReader, BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
-    formats::timeline::{format_time, parse_time},
+    clock::WallClock,
+    event::{Event, Message},
+    formats::timeline::{format_time, parse_time, Selection, Timeline},
+    peers::ReportSinks,
     stats::{
-        card::{self, Card},
+        card::{self, Card, Rule},
         compact::Expander,
+        Collector, Coverage, StatsFilter,
     },
 };
+
+/// What a card of a capture cannot tell, which a trace's can: captures hold
+/// the messages and nothing of what bitcoind did with them.
+const NOT_IN_CAPTURES: [(&str, &str); 5] = [
+    (
+        "cost.cpu_ns",
+        "a capture holds no CPU time: the cpu-hog flag is not evaluated",
+    ),
+    (
+        "value.new_blocks",
+        "a capture does not say which blocks bitcoind connected",
+    ),
+    (
+        "value.txs_accepted",
+        "a capture does not hold the mempool's verdicts: txs_accepted, \
+         txs_announced_first_accepted, rejections and the invalid-txs flag are not evaluated",
+    ),
+    (
+        "misbehaving",
+        "a capture does not hold bitcoind's misbehaviour reports",
+    ),
+    (
+        "cost.send_queue_bytes",
+        "a capture does not hold bitcoind's queues: the stalling flag is not evaluated",
+    ),
+];
 
 /// Arguments of `peerlog report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// A stats log written by `peerlog trace --stats-log`, full or compact
-    /// (`--stats-log-compact`); with `--stats-rotate`, one of its files.
-    #[arg(value_name = "STATS_LOG")]
+    /// (`--stats-log-compact`; with `--stats-rotate`, one of its files); or
+    /// a capture: a directory of `msgs_recv.dat`/`msgs_sent.dat` files
+    /// (bitcoind's `-capturemessages`, `peerlog trace --capture`) or a
+    /// pcapng file.
+    #[arg(value_name = "STATS_LOG|CAPTURE")]
     pub stats_log: PathBuf,
 
     /// The moment: the last line written at or before TIME (UNIX seconds,
-    /// or an RFC 3339 time such as `2023-11-14T22:13:20Z`); by default the
-    /// last line.
+    /// or an RFC 3339 time such as `2023-11-14T22:13:20Z`), or a capture's
+    /// messages up to TIME; by default all of it.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub at: Option<u64>,
 
@@ -40,12 +75,17 @@ pub struct ReportArgs {
 
 /// Runs `peerlog report`.
 pub fn run(args: ReportArgs) -> Result<()> {
-    let (time_us, line) = find_line(&args)?;
-    let peers = line["peers"]
-        .as_array()
-        .with_context(|| format!("{}: the line has no peers", args.stats_log.display()))?;
-    let card = card::card(peers, &line["node"])
-        .with_context(|| format!("reading {}", args.stats_log.display()))?;
+    let (time_us, card) = if is_stats_log(&args.stats_log)? {
+        let (time_us, line) = find_line(&args)?;
+        let peers = line["peers"]
+            .as_array()
+            .with_context(|| format!("{}: the line has no peers", args.stats_log.display()))?;
+        let card = card::card(peers, &line["node"])
+            .with_context(|| format!("reading {}", args.stats_log.display()))?;
+        (time_us, card)
+    } else {
+        capture_card(&args.stats_log, args.at)?
+    };
     let mut out = BufWriter::new(io::stdout().lock());
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &card)
@@ -60,6 +100,96 @@ pub fn run(args: ReportArgs) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Whether `path` is a stats log (JSON lines) rather than a capture: a
+/// directory, a pcapng file or a capture file start otherwise.
+fn is_stats_log(path: &Path) -> Result<bool> {
+    if path.is_dir() {
+        return Ok(false);
+    }
+    let mut first = [0u8; 1];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut first))
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(n == 1 && first[0] == b'{')
+}
+
+/// The card of a capture's messages up to `at` (all of them by default),
+/// with the time of the last one: each message goes through the statistics
+/// as a traced one would. Peers are numbered as the capture records them
+/// (peerlog's layout), else in the order of their first message.
+fn capture_card(path: &Path, at: Option<u64>) -> Result<(u64, Card)> {
+    let timeline = Timeline::load(path, &Selection::default())?;
+    timeline.print_warnings();
+    let mut ids: Vec<i64> = timeline
+        .peers
+        .iter()
+        .filter_map(|p| p.connection.map(|(id, _)| id))
+        .collect();
+    let recorded = ids.len() == timeline.peers.len() && {
+        ids.sort_unstable();
+        ids.windows(2).all(|w| w[0] != w[1])
+    };
+    let peers: Vec<(i64, Arc<str>, Arc<str>)> = timeline
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = match p.connection {
+                Some((id, _)) if recorded => id,
+                _ => i as i64,
+            };
+            (id, p.addr.as_str().into(), p.conn_type.into())
+        })
+        .collect();
+    let mut c = Collector::new(
+        WallClock::unix(),
+        Coverage::default(),
+        false,
+        ReportSinks::default(),
+    );
+    let mut last = None;
+    for m in &timeline.messages {
+        let time = m.record.time_micros;
+        if at.is_some_and(|at| time > at) {
+            break;
+        }
+        let (id, addr, conn_type) = &peers[m.peer];
+        c.handle(&Event::Message(Message {
+            ktime_ns: time.saturating_mul(1000),
+            tid: 0,
+            peer_id: *id,
+            cnode: None,
+            addr: addr.clone(),
+            conn_type: conn_type.clone(),
+            msg_type: m.record.msg_type.clone(),
+            direction: m.direction,
+            payload_size: m.record.payload.len() as u64,
+            payload: Some(m.record.payload.clone()),
+            addr_truncated: false,
+        }));
+        last = Some(time);
+    }
+    let last = last.with_context(|| match at {
+        Some(at) => format!(
+            "{} has no message at or before {}",
+            path.display(),
+            format_time(at)
+        ),
+        None => format!("{} holds no messages", path.display()),
+    })?;
+    let all = StatsFilter::default();
+    let readings = c.read_node();
+    let rows = c.peers_json(&all);
+    let mut card = card::card(&rows, &c.node_json(&all, &readings))
+        .with_context(|| format!("reading {}", path.display()))?;
+    card.not_measured.extend(
+        NOT_IN_CAPTURES
+            .iter()
+            .map(|&(name, rule)| Rule { name, rule }),
+    );
+    Ok((last, card))
 }
 
 /// The line of the moment asked for, with its time.
