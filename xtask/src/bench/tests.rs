@@ -226,7 +226,7 @@ fn memory_reads_are_judged_by_the_nodes_mm_lock_wait() {
             .met
     };
     assert_eq!(verdict(45.0, 125.0), Some(true));
-    assert_eq!(verdict(100.0, 125.0), Some(false));
+    assert_eq!(verdict(200.0, 125.0), Some(false));
     // No reads seen taking the lock: nothing was compared.
     assert_eq!(verdict(40.0, 0.5), Some(false));
 }
