@@ -8,18 +8,14 @@ use std::{
     fs,
     path::PathBuf,
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::process::{Proc, Stream};
+use super::{process::Proc, tracer::start_bpftrace};
 use crate::workspace_root;
-
-/// bpftrace compiles its script before it attaches.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running watch of one node's mm lock.
 pub(super) struct LockWatch {
@@ -49,16 +45,7 @@ impl LockWatch {
             .arg(&output)
             .arg(workspace_root().join("xtask/bench/mm_lock_wait.bt"))
             .arg(pid.to_string());
-        let mut proc = Proc::spawn("bpftrace (mm lock watch)", cmd, Stream::Stderr)?;
-        proc.wait_until(
-            || fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")),
-            ATTACH_TIMEOUT,
-            Duration::from_millis(20),
-            "before attaching",
-            &format!("attach within {ATTACH_TIMEOUT:?}"),
-        )?;
-        // "Attaching" comes just before the probes are in place.
-        thread::sleep(Duration::from_millis(200));
+        let proc = start_bpftrace("bpftrace (mm lock watch)", cmd, &output)?;
         Ok(LockWatch {
             proc,
             output,

@@ -167,15 +167,7 @@ impl Tracer {
             .arg(&output)
             .arg(workspace_root().join("xtask/bench").join(script))
             .arg(node.binary());
-        let mut proc = Proc::spawn("bpftrace", cmd, Stream::Stderr)?;
-        proc.wait_until(
-            || fs::read_to_string(&output).is_ok_and(|t| t.contains("Attaching")),
-            ATTACH_TIMEOUT,
-            Duration::from_millis(20),
-            "before attaching",
-            &format!("attach within {ATTACH_TIMEOUT:?}"),
-        )?;
-        thread::sleep(BPFTRACE_ATTACH_GRACE);
+        let proc = start_bpftrace("bpftrace", cmd, &output)?;
         Ok(Tracer {
             proc,
             bpftrace_output: Some(BpftraceOutput {
@@ -243,6 +235,21 @@ impl Tracer {
             queue_readings: self.stats_log.as_deref().map(queue_readings).transpose()?,
         })
     }
+}
+
+/// Starts `cmd`, a bpftrace writing to `output` (`-o`), and returns once
+/// its probes are in place.
+pub(super) fn start_bpftrace(what: &str, cmd: Command, output: &Path) -> Result<Proc> {
+    let mut proc = Proc::spawn(what, cmd, Stream::Stderr)?;
+    proc.wait_until(
+        || fs::read_to_string(output).is_ok_and(|t| t.contains("Attaching")),
+        ATTACH_TIMEOUT,
+        Duration::from_millis(20),
+        "before attaching",
+        &format!("attach within {ATTACH_TIMEOUT:?}"),
+    )?;
+    thread::sleep(BPFTRACE_ATTACH_GRACE);
+    Ok(proc)
 }
 
 /// The peers, summed over a stats log's lines, whose send queue was read
