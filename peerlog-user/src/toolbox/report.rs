@@ -150,7 +150,8 @@ fn capture_card(path: &Path, at: Option<u64>) -> Result<(u64, Card)> {
         ReportSinks::default(),
     );
     let mut last = None;
-    for m in &timeline.messages {
+    // The messages are handed over, not copied: a capture may hold gigabytes.
+    for m in timeline.messages {
         let time = m.record.time_micros;
         if at.is_some_and(|at| time > at) {
             break;
@@ -163,10 +164,10 @@ fn capture_card(path: &Path, at: Option<u64>) -> Result<(u64, Card)> {
             cnode: None,
             addr: addr.clone(),
             conn_type: conn_type.clone(),
-            msg_type: m.record.msg_type.clone(),
+            msg_type: m.record.msg_type,
             direction: m.direction,
             payload_size: m.record.payload.len() as u64,
-            payload: Some(m.record.payload.clone()),
+            payload: Some(m.record.payload),
             addr_truncated: false,
         }));
         last = Some(time);
