@@ -298,18 +298,7 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
         ("invalid", invalid.local_addr()),
     ];
     // Our five peers' rows of a card, in its order, by name.
-    let rows_of = |card: &Value| -> Result<Vec<(&'static str, Value)>> {
-        let peers = card["peers"].as_array().context("a card without peers")?;
-        Ok(peers
-            .iter()
-            .filter_map(|row| {
-                let (name, _) = ours
-                    .iter()
-                    .find(|(_, a)| row["addr"] == a.to_string().as_str())?;
-                Some((*name, row.clone()))
-            })
-            .collect())
-    };
+    let rows_of = |card: &Value| rows_by_name(card, &ours);
     let flags = |row: &Value| -> Vec<String> {
         row["flags"]
             .as_array()
@@ -427,17 +416,7 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
 
     // Offline, over the capture: what the messages alone tell is the same
     // as live; what needs bitcoind's own figures is null, and said so.
-    let out = Command::new(peerlog_bin()?)
-        .arg("report")
-        .arg(capture.path())
-        .arg("--json")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "peerlog report over the capture failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let of_capture: Value = serde_json::from_slice(&out.stdout)?;
+    let of_capture = report_of_capture(capture.path())?;
     let from_messages = [
         "/value/txs_announced_first",
         "/value/getdata_answered",
@@ -646,17 +625,7 @@ fn report_card_on_a_real_bitcoind() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (card, rows) = loop {
         let card = ctl(&t.socket, "getpeerreport", "{}")?;
-        let rows: Vec<(&str, Value)> = card["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|row| {
-                let (name, _) = ours
-                    .iter()
-                    .find(|(_, a)| row["addr"] == a.to_string().as_str())?;
-                Some((*name, row.clone()))
-            })
-            .collect();
+        let rows = rows_by_name(&card, &ours)?;
         let rejected = rows
             .iter()
             .any(|(n, r)| *n == "invalid" && u(&r["cost"]["txs_invalid"]) >= 1);
@@ -699,17 +668,7 @@ fn report_card_on_a_real_bitcoind() -> Result<()> {
     let dir = node
         .core_capture_dir()
         .context("no capture directory of bitcoind's")?;
-    let out = Command::new(peerlog_bin()?)
-        .arg("report")
-        .arg(&dir)
-        .arg("--json")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "peerlog report over bitcoind's capture failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let of_capture: Value = serde_json::from_slice(&out.stdout)?;
+    let of_capture = report_of_capture(&dir)?;
     for (name, live) in &rows {
         let row = of_capture["peers"]
             .as_array()
@@ -733,6 +692,40 @@ fn report_card_on_a_real_bitcoind() -> Result<()> {
     }
     node.stop()?;
     Ok(())
+}
+
+/// The rows of `card` of the peers in `ours` (a name, and the peer's
+/// address as the node sees it), in the card's order.
+fn rows_by_name(
+    card: &Value,
+    ours: &[(&'static str, SocketAddr)],
+) -> Result<Vec<(&'static str, Value)>> {
+    let peers = card["peers"].as_array().context("a card without peers")?;
+    Ok(peers
+        .iter()
+        .filter_map(|row| {
+            let (name, _) = ours
+                .iter()
+                .find(|(_, a)| row["addr"] == a.to_string().as_str())?;
+            Some((*name, row.clone()))
+        })
+        .collect())
+}
+
+/// `peerlog report CAPTURE --json`: the card of a capture's messages.
+fn report_of_capture(capture: &Path) -> Result<Value> {
+    let out = Command::new(peerlog_bin()?)
+        .arg("report")
+        .arg(capture)
+        .arg("--json")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "peerlog report over {} failed: {}",
+        capture.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// A block on the node's tip that bitcoind accepts: a coinbase-only block
