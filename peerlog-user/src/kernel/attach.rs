@@ -8,6 +8,9 @@
 //! cookie that tells the program which argument spec to use. The kernel then
 //! raises the semaphore in the target while the event exists and lowers it
 //! when the event is closed: peerlog never writes into bitcoind's memory.
+//!
+//! The CPU sampler's `cpu-clock` events are opened here too ([`sample_cpu`]),
+//! for a flag aya does not set: `exclude_idle`.
 
 use std::{
     ffi::CString,
@@ -29,6 +32,12 @@ const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// `PERF_ATTR_SIZE_VER5`: covers every field a uprobe event needs.
 const PERF_ATTR_SIZE: u32 = 112;
+/// `PERF_TYPE_SOFTWARE`, and its `PERF_COUNT_SW_CPU_CLOCK` event.
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+/// Bits of `perf_event_attr`'s flags word: `exclude_idle` and `freq`.
+const PERF_ATTR_EXCLUDE_IDLE: u64 = 1 << 7;
+const PERF_ATTR_FREQ: u64 = 1 << 10;
 
 /// A live attachment: the uprobe perf event and the BPF link on it. Dropping
 /// it detaches the program (and lowers the semaphore).
@@ -145,40 +154,78 @@ impl UprobePmu {
         }
         // SAFETY: the kernel just returned this descriptor to us.
         let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-
-        // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
-        // then perf_event.bpf_cookie.
-        let mut link_attr = [0u8; 64];
-        put_u32(&mut link_attr, 0, program.as_raw_fd() as u32);
-        put_u32(&mut link_attr, 4, event.as_raw_fd() as u32);
-        put_u32(&mut link_attr, 8, BPF_PERF_EVENT);
-        put_u64(&mut link_attr, 16, target.cookie);
-        // SAFETY: a zero-padded bpf_attr of the size passed.
-        let link = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_LINK_CREATE,
-                link_attr.as_ptr(),
-                link_attr.len() as u32,
-            )
-        };
-        if link < 0 {
-            return Err(annotate(io::Error::last_os_error(), "bpf(BPF_LINK_CREATE)"));
-        }
-        // SAFETY: as above.
-        let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
-        // SAFETY: ioctl on our own perf event descriptor.
-        if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
-            return Err(annotate(
-                io::Error::last_os_error(),
-                "PERF_EVENT_IOC_ENABLE",
-            ));
-        }
-        Ok(ProbeLink {
-            _link: link,
-            _event: event,
-        })
+        link(program, event, target.cookie)
     }
+}
+
+/// Samples whatever runs on `cpu`, `hz` times a second, with `program`: a
+/// software `cpu-clock` event for all processes. It skips the idle task
+/// (`exclude_idle`), so an idle CPU never runs the program, which would only
+/// return at once; aya's attach cannot ask for that.
+pub fn sample_cpu(program: BorrowedFd<'_>, cpu: u32, hz: u32) -> io::Result<ProbeLink> {
+    let mut attr = [0u8; PERF_ATTR_SIZE as usize];
+    put_u32(&mut attr, 0, PERF_TYPE_SOFTWARE);
+    put_u32(&mut attr, 4, PERF_ATTR_SIZE);
+    put_u64(&mut attr, 8, PERF_COUNT_SW_CPU_CLOCK);
+    put_u64(&mut attr, 16, u64::from(hz)); // sample_freq
+    put_u64(&mut attr, 40, PERF_ATTR_EXCLUDE_IDLE | PERF_ATTR_FREQ);
+    // SAFETY: attr is a valid perf_event_attr of the size it declares.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1i32,
+            cpu as i32,
+            -1i32,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(annotate(
+            io::Error::last_os_error(),
+            "perf_event_open (cpu-clock)",
+        ));
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    link(program, event, 0)
+}
+
+/// Links `program` to perf `event` with `BPF_LINK_CREATE`, passing `cookie`,
+/// and enables the event.
+fn link(program: BorrowedFd<'_>, event: OwnedFd, cookie: u64) -> io::Result<ProbeLink> {
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
+    // then perf_event.bpf_cookie.
+    let mut link_attr = [0u8; 64];
+    put_u32(&mut link_attr, 0, program.as_raw_fd() as u32);
+    put_u32(&mut link_attr, 4, event.as_raw_fd() as u32);
+    put_u32(&mut link_attr, 8, BPF_PERF_EVENT);
+    put_u64(&mut link_attr, 16, cookie);
+    // SAFETY: a zero-padded bpf_attr of the size passed.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            link_attr.as_ptr(),
+            link_attr.len() as u32,
+        )
+    };
+    if link < 0 {
+        return Err(annotate(io::Error::last_os_error(), "bpf(BPF_LINK_CREATE)"));
+    }
+    // SAFETY: as above.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    // SAFETY: ioctl on our own perf event descriptor.
+    if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
+        return Err(annotate(
+            io::Error::last_os_error(),
+            "PERF_EVENT_IOC_ENABLE",
+        ));
+    }
+    Ok(ProbeLink {
+        _link: link,
+        _event: event,
+    })
 }
 
 fn put_u32(buf: &mut [u8], at: usize, v: u32) {

@@ -9,12 +9,7 @@ use std::{io, os::fd::AsFd, path::PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        perf_event::{
-            PerfEvent, PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent,
-        },
-        RawTracePoint, UProbe,
-    },
+    programs::{perf_event::PerfEvent, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
@@ -128,7 +123,7 @@ pub struct Probes {
     ebpf: Ebpf,
     links: Vec<ProbeLink>,
     /// The CPU sampling perf events, one per CPU.
-    sampling: Vec<PerfEventLink>,
+    sampling: Vec<ProbeLink>,
     /// Number of probe sites attached.
     pub sites: usize,
     /// What is attached.
@@ -242,9 +237,10 @@ impl Probes {
     }
 
     /// Samples whatever runs on each CPU `hz` times a second (software
-    /// `cpu-clock` events for all processes); the program keeps the
-    /// target's threads. One event per CPU rather than per thread, so
-    /// threads that bitcoind starts later are sampled too.
+    /// `cpu-clock` events for all processes but the idle task); the program
+    /// keeps the target's threads. One event per CPU rather than per thread,
+    /// so threads that bitcoind starts later are sampled too, and no thread
+    /// switch pays for starting and stopping an event.
     fn sample_cpus(&mut self, hz: u32) -> Result<()> {
         let program: &mut PerfEvent = self
             .ebpf
@@ -255,16 +251,11 @@ impl Probes {
             .load()
             .map_err(|e| anyhow::anyhow!("the kernel refused eBPF program cpu_sample: {e}"))?;
         let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let fd = program.fd()?.as_fd();
         for cpu in cpus {
-            let link = program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(u64::from(hz)),
-                    false,
-                )
+            let link = attach::sample_cpu(fd, cpu, hz)
                 .with_context(|| format!("starting CPU sampling on CPU {cpu}"))?;
-            self.sampling.push(program.take_link(link)?);
+            self.sampling.push(link);
         }
         Ok(())
     }
