@@ -80,9 +80,13 @@ exact commands are in each section):
   while they pin its pages, so the node can only pay by waiting for that
   lock: in this configuration and the defaults, bpftrace also runs
   `xtask/bench/mm_lock_wait.bt`, which sums how long the node's threads
-  waited for their mm lock and counts how often other processes took it
-  (the reads among them). That is the direct measure; a difference of node
-  CPU time of a few tenths of a point is below what these rounds resolve.
+  waited for their mm lock, and which of those waits fell while another
+  process held it or let it go, and counts how often and how long other
+  processes took it (the reads among them). The waits behind another
+  process are the direct measure: all the node's waits, mostly its threads
+  waiting for each other, differ by hundreds of µs/s between rounds of one
+  configuration, and a difference of node CPU time of a few tenths of a
+  point is below what these rounds resolve.
   The watch's probes fire on every mm lock taken on the machine, a cost the
   defaults then carry too (their comparisons with the untraced run err
   against peerlog).

@@ -34,6 +34,12 @@ pub(super) struct MmLockRun {
     /// Times other processes took the node's mm lock, per second: peerlog's
     /// reads among them.
     pub(super) foreign_locks_per_sec: f64,
+    /// Microseconds other processes held the node's mm lock, per second.
+    pub(super) foreign_hold_us_per_sec: f64,
+    /// Microseconds of the node's waits, per second, during which another
+    /// process held the lock or let it go: what those holds can have cost
+    /// the node, apart from its threads waiting for each other.
+    pub(super) node_wait_behind_foreign_us_per_sec: f64,
 }
 
 impl LockWatch {
@@ -72,6 +78,8 @@ impl LockWatch {
             node_wait_us_per_sec: per_sec("@wait_ns") / 1e3,
             node_locks_per_sec: per_sec("@node_locks"),
             foreign_locks_per_sec: per_sec("@foreign_locks"),
+            foreign_hold_us_per_sec: per_sec("@foreign_hold_ns") / 1e3,
+            node_wait_behind_foreign_us_per_sec: per_sec("@wait_behind_foreign_ns") / 1e3,
         })
     }
 }

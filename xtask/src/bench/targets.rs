@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{
+    lock_watch::MmLockRun,
     one_run::Run,
     plan::{Config, Scenario},
     rows::{median, per_round, spread, throughput_ratio, Row},
@@ -351,11 +352,12 @@ pub(super) fn targets_text(checks: &[TargetCheck]) -> String {
 /// memory reads than with the defaults.
 const IDLE_READS_PP: f64 = 0.5;
 
-/// Microseconds per second the node's threads may wait longer on their mm
-/// lock with the memory reads than without: 0.01% of a core, a fiftieth of
-/// the idle CPU target's half point. (Rounds of the same configuration
-/// differ by hundreds of µs/s with 125 peers: the wait is measured, not
-/// modelled.)
+/// Microseconds per second the node's threads may wait on their mm lock
+/// behind another process's hold of it, with the memory reads: 0.01% of a
+/// core, a fiftieth of the idle CPU target's half point. Only those waits
+/// are judged: the node's threads waiting for each other differ by hundreds
+/// of µs/s between rounds of one configuration with 125 peers, so a
+/// difference of totals resolved nothing.
 const MM_LOCK_WAIT_EXTRA_US_PER_SEC: f64 = 100.0;
 
 /// Issue 14: reading every peer's queues out of bitcoind's memory happens in
@@ -426,50 +428,54 @@ fn issue_14_targets(scenarios: &[&Scenario], runs: &[Run]) -> Vec<TargetCheck> {
         },
     });
 
-    // The direct measure: how much longer the node's threads waited for
-    // their mm lock, which the reads take in peerlog's process.
+    // The direct measure: how long the node's threads waited for their mm
+    // lock while another process (the reads, in peerlog's process) held it.
     let lock = |r: &Run| r.node_mm_lock.clone();
     let mut waits = Vec::new();
     let mut shown = Vec::new();
     for s in scenarios {
-        let extra = per_round(
-            runs,
-            s.name,
-            Config::MemoryReads,
-            Config::Defaults,
-            |m, d| Some(lock(m)?.node_wait_us_per_sec - lock(d)?.node_wait_us_per_sec),
-        );
-        let reads = |config: Config| -> Vec<f64> {
+        let of = |config: Config, figure: fn(&MmLockRun) -> f64| -> Vec<f64> {
             runs.iter()
                 .filter(|r| r.scenario == s.name && r.config == config.name())
-                .filter_map(|r| Some(lock(r)?.foreign_locks_per_sec))
+                .filter_map(|r| Some(figure(&lock(r)?)))
                 .collect()
         };
-        let (with, without) = (reads(Config::MemoryReads), reads(Config::Defaults));
-        if extra.is_empty() || with.is_empty() || without.is_empty() {
+        let behind = of(Config::MemoryReads, |m| {
+            m.node_wait_behind_foreign_us_per_sec
+        });
+        let with = of(Config::MemoryReads, |m| m.foreign_locks_per_sec);
+        let without = of(Config::Defaults, |m| m.foreign_locks_per_sec);
+        let held = of(Config::MemoryReads, |m| m.foreign_hold_us_per_sec);
+        let all_waits = |config| of(config, |m| m.node_wait_us_per_sec);
+        if behind.is_empty() || without.is_empty() {
             continue;
         }
-        let m = median(extra.clone());
+        let m = median(behind.clone());
         shown.push(format!(
-            "{}: {} µs/s, median {m:+.1}; the node's mm lock taken by other processes {:.0}/s with reads, {:.0}/s without",
+            "{}: {} µs/s, median {m:.1}; other processes took the node's mm lock {:.0}/s \
+             and held it {:.0} µs/s with reads, {:.0}/s without; all the node's waits {:.0} µs/s \
+             with reads, {:.0} without (medians)",
             s.name,
-            extra
+            behind
                 .iter()
-                .map(|d| format!("{d:+.1}"))
+                .map(|d| format!("{d:.1}"))
                 .collect::<Vec<_>>()
                 .join(", "),
             median(with.clone()),
-            median(without.clone())
+            median(held),
+            median(without.clone()),
+            median(all_waits(Config::MemoryReads)),
+            median(all_waits(Config::Defaults)),
         ));
-        // The reads must show in the lock's takers, or nothing was compared.
+        // The reads must show in the lock's takers, or nothing was measured.
         waits.push(Some(
             m <= MM_LOCK_WAIT_EXTRA_US_PER_SEC && median(with) > median(without),
         ));
     }
     checks.push(TargetCheck {
         target: format!(
-            "#14: the node's threads wait on their mm lock no longer with memory reads every second \
-             than without: reads − defaults ≤ {MM_LOCK_WAIT_EXTRA_US_PER_SEC} µs per second (same round, each scenario)"
+            "#14: with memory reads every second, the node's threads wait on their mm lock \
+             behind another process's hold ≤ {MM_LOCK_WAIT_EXTRA_US_PER_SEC} µs per second (median of rounds, each scenario)"
         ),
         met: if waits.is_empty() {
             None
