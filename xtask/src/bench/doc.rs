@@ -70,9 +70,12 @@ exact commands are in each section):
   payload), run by Debian's bpftrace with its output in a file; every run
   checks that it saw at least the messages of the window;
 - *peerlog --no-accounting, 99 Hz sampling*: what sampling alone costs the
-  node is the sampling program's own run time in the node's threads, from the
-  kernel's BPF statistics (`kernel.bpf_stats_enabled`, on for those runs
-  only), over the node's CPU time without it;
+  node is the sampling program's own run time, from the kernel's BPF
+  statistics (`kernel.bpf_stats_enabled`, on for those runs only), over the
+  node's CPU time without it; per sample, its whole run time over the
+  samples of the node peerlog reports at exit. Both count the program's
+  early returns in other processes against the node, so both are upper
+  bounds;
 - *peerlog, defaults + stats log every second*: each line reads every
   peer's byte counters and queues out of the node's memory
   (`process_vm_readv`, in peerlog's process). Next to the defaults, what

@@ -47,12 +47,15 @@ pub(super) struct Run {
     pub(super) loadgen_cpu_percent: f64,
     /// The tracer's figures, if traced.
     pub(super) tracer: Option<TracerRun>,
-    /// CPU time the sampling program ran in the node's threads in the
-    /// window, seconds (sampling runs only).
+    /// CPU time the sampling program ran in the window, seconds: in the
+    /// node's threads, and its early returns in other processes (never on
+    /// an idle CPU), so at most what it took from the node (sampling runs
+    /// only).
     pub(super) sampler_cpu_secs: Option<f64>,
-    /// Nanoseconds per run of the sampling program in the window: the cost
-    /// of one sample, averaged with the early returns on other processes,
-    /// so at most the cost of a sample in the node (sampling runs only).
+    /// Nanoseconds per sample of the node: all of the sampling program's run
+    /// time over the tracer's life, its early returns in other processes
+    /// included, over the samples of the node peerlog took in that life; so
+    /// at most what a sample costs the node (sampling runs only).
     pub(super) sampler_ns_per_sample: Option<f64>,
     /// The node's mm lock while the run lasted (the configurations that
     /// watch it).
@@ -137,13 +140,11 @@ pub(super) fn run_one(
         (Some(t), Some(before)) => Some(cpu_seconds(t.pid())? - before),
         _ => None,
     };
-    let (sampler_cpu_secs, sampler_ns_per_sample) = match (sampler(&tracer)?, sampler_ns0) {
+    let sampler_cpu_secs = match (sampler(&tracer)?, sampler_ns0) {
         (Some(after), Some(before)) => {
-            let ns = after.run_ns.saturating_sub(before.run_ns) as f64;
-            let runs = after.runs.saturating_sub(before.runs);
-            (Some(ns / 1e9), (runs > 0).then(|| ns / runs as f64))
+            Some(after.run_ns.saturating_sub(before.run_ns) as f64 / 1e9)
         }
-        _ => (None, None),
+        _ => None,
     };
     let status = load.wait(Duration::from_secs(60))?;
     if !status.success() {
@@ -167,8 +168,18 @@ pub(super) fn run_one(
     .map(|k| errors[k].as_u64().unwrap_or(0))
     .sum();
 
+    // The program's whole run time, read just before peerlog exits and
+    // reports how many samples of the node it took over the same life.
+    let sampler_total = sampler(&tracer)?;
     let tracer = match (tracer, tracer_cpu_secs) {
         (Some(t), Some(cpu)) => Some(t.stop(cpu, window_secs)?),
+        _ => None,
+    };
+    let sampler_ns_per_sample = match (sampler_total, tracer.as_ref()) {
+        (Some(total), Some(t)) => t
+            .cpu_samples
+            .filter(|&n| n > 0)
+            .map(|n| total.run_ns as f64 / n as f64),
         _ => None,
     };
     node.stop()?;

@@ -14,12 +14,10 @@ const BPF_PROG_TYPE_PERF_EVENT: u64 = 7;
 /// program descriptors.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct SamplerStats {
-    /// Nanoseconds it ran. It runs in the context of the sampled thread, so
-    /// this is CPU time the sampler takes from the node.
+    /// Nanoseconds it ran, on every process but the idle task: in the
+    /// node's threads (its samples) and in others' (where it returns at
+    /// once).
     pub(super) run_ns: u64,
-    /// Times it ran, on every process: it returns at once on those that are
-    /// not the node.
-    pub(super) runs: u64,
 }
 
 /// The [`SamplerStats`] of process `pid` so far.
@@ -36,7 +34,6 @@ pub(super) fn sampler_stats(pid: i32) -> Result<SamplerStats> {
         };
         if field("prog_type:") == Some(BPF_PROG_TYPE_PERF_EVENT) {
             total.run_ns += field("run_time_ns:").unwrap_or(0);
-            total.runs += field("run_cnt:").unwrap_or(0);
         }
     }
     Ok(total)

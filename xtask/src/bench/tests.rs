@@ -38,7 +38,8 @@ fn parses_peerlog_summary() {
     let stderr = "peerlog: attached to pid 1 (twin, /x): 7 probe sites of 7 tracepoints (semaphores raised by the kernel)\n\
                   peerlog: stopped (interrupted)\n  peers seen:       2\n  received:         21 messages, 4406219 bytes\n\
                   \x20 sent:             18 messages, 4420153 bytes\n  capture records:  39\n\
-                  \x20 event latency:    p50 120 µs, p99 9100 µs\n  events lost:      3 (ring_full_chunk=3)\n";
+                  \x20 event latency:    p50 120 µs, p99 9100 µs\n  events lost:      3 (ring_full_chunk=3)\n\
+                  \x20 cpu samples:      902 at 99 Hz over 11.4 s, 100.0% unwound to the thread entry, 4 lost\n";
     assert_eq!(
         PeerlogSummary::parse(stderr).unwrap(),
         PeerlogSummary {
@@ -46,6 +47,7 @@ fn parses_peerlog_summary() {
             sent: 18,
             events_lost: 3,
             latency_us: Some((120, 9100)),
+            cpu_samples: Some(906),
         }
     );
     let without_latency = stderr.replace("  event latency:    p50 120 µs, p99 9100 µs\n", "");

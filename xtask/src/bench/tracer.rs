@@ -84,6 +84,9 @@ pub(super) struct TracerRun {
     /// bitcoind's memory: the peers whose stats log entries carry a
     /// measured `memory.send_queue_bytes` (memory-read runs only).
     pub(super) queue_readings: Option<u64>,
+    /// Samples of the node the CPU sampler took over the tracer's life
+    /// (peerlog with `--flamegraph`).
+    pub(super) cpu_samples: Option<u64>,
 }
 
 impl Tracer {
@@ -198,7 +201,7 @@ impl Tracer {
         if !status.success() {
             bail!("{} failed ({status}):\n{stderr}", self.proc.what);
         }
-        let (events_seen, events_lost, latency) = match &self.bpftrace_output {
+        let (events_seen, events_lost, latency, cpu_samples) = match &self.bpftrace_output {
             Some(BpftraceOutput {
                 path,
                 logs_messages,
@@ -210,7 +213,12 @@ impl Tracer {
                         .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
                         .count() as u64
                 });
-                (seen, bpftrace_lost(&log) + bpftrace_lost(&stderr), None)
+                (
+                    seen,
+                    bpftrace_lost(&log) + bpftrace_lost(&stderr),
+                    None,
+                    None,
+                )
             }
             None => {
                 let summary = PeerlogSummary::parse(&stderr)?;
@@ -218,6 +226,7 @@ impl Tracer {
                     Some(summary.received + summary.sent),
                     summary.events_lost,
                     summary.latency_us,
+                    summary.cpu_samples,
                 )
             }
         };
@@ -233,6 +242,7 @@ impl Tracer {
             latency_p50_us: latency.map(|l| l.0),
             latency_p99_us: latency.map(|l| l.1),
             queue_readings: self.stats_log.as_deref().map(queue_readings).transpose()?,
+            cpu_samples,
         })
     }
 }
@@ -286,6 +296,9 @@ pub(super) struct PeerlogSummary {
     pub(super) sent: u64,
     pub(super) events_lost: u64,
     pub(super) latency_us: Option<(u64, u64)>,
+    /// Samples of the node the CPU sampler took, sent and lost, from
+    /// attach to exit (runs with `--flamegraph`).
+    pub(super) cpu_samples: Option<u64>,
 }
 
 impl PeerlogSummary {
@@ -315,11 +328,18 @@ impl PeerlogSummary {
                 _ => None,
             }
         });
+        // "902 at 99 Hz over 11.4 s, 100.0% unwound to the thread entry, 3 lost"
+        let cpu_samples = field("cpu samples:").and_then(|v| {
+            let sent: u64 = v.split_whitespace().next()?.parse().ok()?;
+            let lost: u64 = v.rsplit(", ").next()?.strip_suffix(" lost")?.parse().ok()?;
+            Some(sent + lost)
+        });
         Ok(PeerlogSummary {
             received: first_number("received:")?,
             sent: first_number("sent:")?,
             events_lost: first_number("events lost:")?,
             latency_us,
+            cpu_samples,
         })
     }
 }
