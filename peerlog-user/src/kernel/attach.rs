@@ -134,26 +134,8 @@ impl UprobePmu {
         put_u64(&mut attr, 56, path.as_ptr() as u64); // config1: uprobe_path
         put_u64(&mut attr, 64, target.file_offset); // config2: probe_offset
 
-        // SAFETY: attr is a valid perf_event_attr of the size it declares and
-        // `path` outlives the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                attr.as_ptr(),
-                target.pid,
-                -1i32,
-                -1i32,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(annotate(
-                io::Error::last_os_error(),
-                "perf_event_open (uprobe)",
-            ));
-        }
-        // SAFETY: the kernel just returned this descriptor to us.
-        let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // `path`, which attr points to, lives until the event is open.
+        let event = open_event(&attr, target.pid, -1, "perf_event_open (uprobe)")?;
         link(program, event, target.cookie)
     }
 }
@@ -169,26 +151,35 @@ pub fn sample_cpu(program: BorrowedFd<'_>, cpu: u32, hz: u32) -> io::Result<Prob
     put_u64(&mut attr, 8, PERF_COUNT_SW_CPU_CLOCK);
     put_u64(&mut attr, 16, u64::from(hz)); // sample_freq
     put_u64(&mut attr, 40, PERF_ATTR_EXCLUDE_IDLE | PERF_ATTR_FREQ);
-    // SAFETY: attr is a valid perf_event_attr of the size it declares.
+    let event = open_event(&attr, -1, cpu as i32, "perf_event_open (cpu-clock)")?;
+    link(program, event, 0)
+}
+
+/// Opens the perf event `attr` describes, for process `pid` on `cpu` (-1:
+/// any); `call` names it in errors.
+fn open_event(
+    attr: &[u8; PERF_ATTR_SIZE as usize],
+    pid: i32,
+    cpu: i32,
+    call: &str,
+) -> io::Result<OwnedFd> {
+    // SAFETY: attr is a perf_event_attr of the size it declares; whatever
+    // it points to is the caller's and outlives the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             attr.as_ptr(),
-            -1i32,
-            cpu as i32,
+            pid,
+            cpu,
             -1i32,
             PERF_FLAG_FD_CLOEXEC,
         )
     };
     if fd < 0 {
-        return Err(annotate(
-            io::Error::last_os_error(),
-            "perf_event_open (cpu-clock)",
-        ));
+        return Err(annotate(io::Error::last_os_error(), call));
     }
     // SAFETY: the kernel just returned this descriptor to us.
-    let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    link(program, event, 0)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Links `program` to perf `event` with `BPF_LINK_CREATE`, passing `cookie`,
