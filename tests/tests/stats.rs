@@ -416,44 +416,19 @@ fn report_card_ranks_and_flags_peers() -> Result<()> {
 
     // Offline, over the capture: what the messages alone tell is the same
     // as live; what needs bitcoind's own figures is null, and said so.
-    let of_capture = report_of_capture(capture.path())?;
-    let from_messages = [
-        "/value/txs_announced_first",
-        "/value/getdata_answered",
-        "/cost/tx_bytes_duplicate",
-        "/cost/tx_bytes_unsolicited",
-        "/cost/notfound",
-        "/id",
-    ];
-    let captured = rows_of(&of_capture)?;
-    ensure!(
-        captured.len() == rows.len(),
-        "the capture's card has {} of our peers: {of_capture:#}",
-        captured.len()
-    );
-    for (name, row) in &captured {
-        let (_, live_row) = rows.iter().find(|(n, _)| n == name).unwrap();
-        for field in from_messages {
-            ensure!(
-                row.pointer(field) == live_row.pointer(field),
-                "{name}: {field} is {:?} in the capture's card, {:?} live",
-                row.pointer(field),
-                live_row.pointer(field)
-            );
-        }
-        ensure!(
-            row["value"]["new_blocks"].is_null() && row["cost"]["cpu_ns"].is_null(),
-            "{name}: figures a capture cannot give are not null: {row:#}"
-        );
-    }
-    ensure!(
-        of_capture["not_measured"]
-            .to_string()
-            .contains("cost.cpu_ns"),
-        "the capture's card does not say what it lacks: {}",
-        of_capture["not_measured"]
-    );
-    Ok(())
+    capture_agrees(
+        capture.path(),
+        &rows,
+        &ours,
+        &[
+            "/value/txs_announced_first",
+            "/value/getdata_answered",
+            "/cost/tx_bytes_duplicate",
+            "/cost/tx_bytes_unsolicited",
+            "/cost/notfound",
+            "/id",
+        ],
+    )
 }
 
 /// An `addr` message of `n` distinct entries, stamped now.
@@ -668,28 +643,16 @@ fn report_card_on_a_real_bitcoind() -> Result<()> {
     let dir = node
         .core_capture_dir()
         .context("no capture directory of bitcoind's")?;
-    let of_capture = report_of_capture(&dir)?;
-    for (name, live) in &rows {
-        let row = of_capture["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["addr"] == live["addr"])
-            .with_context(|| format!("{name} is not in the capture's card: {of_capture:#}"))?;
-        for field in [
+    capture_agrees(
+        &dir,
+        &rows,
+        &ours,
+        &[
             "/value/txs_announced_first",
             "/cost/tx_bytes_unsolicited",
             "/cost/tx_bytes_duplicate",
-        ] {
-            ensure!(
-                row.pointer(field) == live.pointer(field),
-                "{name}: {field} is {:?} in the capture's card, {:?} live",
-                row.pointer(field),
-                live.pointer(field)
-            );
-        }
-        ensure!(row["value"]["new_blocks"].is_null(), "{name}: {row:#}");
-    }
+        ],
+    )?;
     node.stop()?;
     Ok(())
 }
@@ -710,6 +673,53 @@ fn rows_by_name(
             Some((*name, row.clone()))
         })
         .collect())
+}
+
+/// Checks `peerlog report` over `capture` against the `live` rows of our
+/// peers (`ours`): each peer is in the capture's card once, with the same
+/// `fields` (JSON pointers, figures the messages alone tell), and null where
+/// a capture cannot tell (`new_blocks`, `cpu_ns`), which the card names in
+/// its `not_measured`.
+fn capture_agrees(
+    capture: &Path,
+    live: &[(&'static str, Value)],
+    ours: &[(&'static str, SocketAddr)],
+    fields: &[&str],
+) -> Result<()> {
+    let of_capture = report_of_capture(capture)?;
+    let captured = rows_by_name(&of_capture, ours)?;
+    ensure!(
+        captured.len() == live.len(),
+        "the capture's card has {} of our {} peers: {of_capture:#}",
+        captured.len(),
+        live.len()
+    );
+    for (name, live_row) in live {
+        let (_, row) = captured
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("{name} is not in the capture's card: {of_capture:#}"))?;
+        for field in fields {
+            ensure!(
+                row.pointer(field) == live_row.pointer(field),
+                "{name}: {field} is {:?} in the capture's card, {:?} live",
+                row.pointer(field),
+                live_row.pointer(field)
+            );
+        }
+        ensure!(
+            row["value"]["new_blocks"].is_null() && row["cost"]["cpu_ns"].is_null(),
+            "{name}: figures a capture cannot give are not null: {row:#}"
+        );
+    }
+    ensure!(
+        of_capture["not_measured"]
+            .to_string()
+            .contains("cost.cpu_ns"),
+        "the capture's card does not say what it lacks: {}",
+        of_capture["not_measured"]
+    );
+    Ok(())
 }
 
 /// `peerlog report CAPTURE --json`: the card of a capture's messages.
