@@ -15,7 +15,7 @@ use super::{
     node::{Node, NodeKind},
     plan::{Config, Plan, Scenario},
     process::{Proc, Stream},
-    sample::{cpu_seconds, sampler_stats, BpfStats},
+    sample::{cpu_seconds, sampler_run_ns, BpfStats},
     tools::{Binaries, Tools},
     tracer::{Tracer, TracerRun},
 };
@@ -124,7 +124,7 @@ pub(super) fn run_one(
     let loadgen_cpu0 = cpu_seconds(load.pid())?;
     let tracer_cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let sampler = |t: &Option<Tracer>| match (&bpf_stats, t) {
-        (Some(_), Some(t)) => sampler_stats(t.pid()).map(Some),
+        (Some(_), Some(t)) => sampler_run_ns(t.pid()).map(Some),
         _ => Ok(None),
     };
     let sampler_ns0 = sampler(&tracer)?;
@@ -141,9 +141,7 @@ pub(super) fn run_one(
         _ => None,
     };
     let sampler_cpu_secs = match (sampler(&tracer)?, sampler_ns0) {
-        (Some(after), Some(before)) => {
-            Some(after.run_ns.saturating_sub(before.run_ns) as f64 / 1e9)
-        }
+        (Some(after), Some(before)) => Some(after.saturating_sub(before) as f64 / 1e9),
         _ => None,
     };
     let status = load.wait(Duration::from_secs(60))?;
@@ -179,7 +177,7 @@ pub(super) fn run_one(
         (Some(total), Some(t)) => t
             .cpu_samples
             .filter(|&n| n > 0)
-            .map(|n| total.run_ns as f64 / n as f64),
+            .map(|n| total as f64 / n as f64),
         _ => None,
     };
     node.stop()?;

@@ -9,20 +9,13 @@ use anyhow::{Context, Result};
 /// CPU sampler.
 const BPF_PROG_TYPE_PERF_EVENT: u64 = 7;
 
-/// What the CPU-sampling program of process `pid` has cost so far, from the
-/// kernel's BPF statistics (`kernel.bpf_stats_enabled`) in the fdinfo of its
-/// program descriptors.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct SamplerStats {
-    /// Nanoseconds it ran, on every process but the idle task: in the
-    /// node's threads (its samples) and in others' (where it returns at
-    /// once).
-    pub(super) run_ns: u64,
-}
-
-/// The [`SamplerStats`] of process `pid` so far.
-pub(super) fn sampler_stats(pid: i32) -> Result<SamplerStats> {
-    let mut total = SamplerStats::default();
+/// Nanoseconds the CPU-sampling program of process `pid` has run so far,
+/// from the kernel's BPF statistics (`kernel.bpf_stats_enabled`) in the
+/// fdinfo of its program descriptors: on every process but the idle task,
+/// in the node's threads (its samples) and in others' (where it returns at
+/// once).
+pub(super) fn sampler_run_ns(pid: i32) -> Result<u64> {
+    let mut total = 0;
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let Ok(info) = fs::read_to_string(entry?.path()) else {
             continue;
@@ -33,7 +26,7 @@ pub(super) fn sampler_stats(pid: i32) -> Result<SamplerStats> {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         if field("prog_type:") == Some(BPF_PROG_TYPE_PERF_EVENT) {
-            total.run_ns += field("run_time_ns:").unwrap_or(0);
+            total += field("run_time_ns:").unwrap_or(0);
         }
     }
     Ok(total)
