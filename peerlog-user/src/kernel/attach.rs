@@ -30,7 +30,8 @@ const BPF_PERF_EVENT: u32 = 41;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 /// `PERF_FLAG_FD_CLOEXEC` flag of `perf_event_open(2)`.
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
-/// `PERF_ATTR_SIZE_VER5`: covers every field a uprobe event needs.
+/// `PERF_ATTR_SIZE_VER5`: covers every field a uprobe or `cpu-clock` event
+/// needs.
 const PERF_ATTR_SIZE: u32 = 112;
 /// `PERF_TYPE_SOFTWARE`, and its `PERF_COUNT_SW_CPU_CLOCK` event.
 const PERF_TYPE_SOFTWARE: u32 = 1;
@@ -39,8 +40,9 @@ const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
 const PERF_ATTR_EXCLUDE_IDLE: u64 = 1 << 7;
 const PERF_ATTR_FREQ: u64 = 1 << 10;
 
-/// A live attachment: the uprobe perf event and the BPF link on it. Dropping
-/// it detaches the program (and lowers the semaphore).
+/// A live attachment: a perf event (a uprobe, or the sampler's `cpu-clock`)
+/// and the BPF link on it. Dropping it detaches the program (and lowers a
+/// uprobe's semaphore).
 #[derive(Debug)]
 pub struct ProbeLink {
     // Field order is drop order: the link goes before the event.

@@ -173,14 +173,19 @@ impl Probes {
             .sampling
             .as_ref()
             .map_or(1, |s| s.unwind_tables.buckets.len().max(1) as u32);
-        // The sampler's scratch entry of a CPU is at the CPU's number.
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;
+        // The sampler's scratch entry of a CPU is at the CPU's number;
+        // without sampling, one unused entry.
+        let scratch_entries = match opts.sampling {
+            Some(_) => aya::util::nr_cpus()
+                .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
+                as u32,
+            None => 1,
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_size)
             .map_max_entries("UNWIND_ROWS", row_blocks)
             .map_max_entries("UNWIND_BUCKETS", buckets)
-            .map_max_entries("SCRATCH", cpus)
+            .map_max_entries("SCRATCH", scratch_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
