@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 6;
+pub const ABI_VERSION: u16 = 7;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -911,6 +911,21 @@ pub const UNWIND_BUCKET_SHIFT: u32 = 8;
 /// Entries of the unwind module map: bitcoind maps about ten modules.
 pub const MAX_UNWIND_MODULES: u32 = 64;
 
+/// What the CPU sampler spent on the target's samples on one CPU: an entry
+/// of the sampler's cost map, which userspace sums over the CPUs. The time
+/// runs from just after the program knew the thread was the target's to
+/// just before it returned, so it leaves out only the entry every run pays,
+/// the target's or not; the kernel's BPF run-time statistics give that part
+/// (see `docs/benchmarks.md`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerCost {
+    /// Nanoseconds (`bpf_ktime_get_ns`) spent on the target's samples.
+    pub ns: u64,
+    /// Samples of the target taken, sent or lost.
+    pub samples: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte
@@ -919,4 +934,5 @@ mod pod {
     unsafe impl aya::Pod for super::UsdtArgSpec {}
     unsafe impl aya::Pod for super::UnwindRowBlock {}
     unsafe impl aya::Pod for super::UnwindModule {}
+    unsafe impl aya::Pod for super::SamplerCost {}
 }

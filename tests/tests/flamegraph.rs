@@ -280,6 +280,7 @@ fn burning_peer_owns_the_burn() -> Result<()> {
     let (net_incomplete, net_total) = share(&|t| t == "b-net");
     ensure!(net_total >= 10, "only {net_total} b-net samples");
     check_unwound_per_thread(&all, &run.stderr)?;
+    check_sampler_time(&run.stderr)?;
     let (path, burner) = peer_stacks(dir, run.burner)?;
     let msghand = burner.count_where(|f| f[0] == "b-msghand");
     let burning =
@@ -403,6 +404,7 @@ fn bitcoind_threads_unwind() -> Result<()> {
         top_stacks(&all.filter(|f| f[0] == "b-net"), 5)
     );
     check_unwound_per_thread(&all, &out.stderr)?;
+    check_sampler_time(&out.stderr)?;
     eprintln!(
         "bitcoind_threads_unwind: {}",
         out.stderr
@@ -436,6 +438,40 @@ fn check_unwound_per_thread(all: &FoldedStacks, stderr: &str) -> Result<()> {
             )
         );
     }
+    Ok(())
+}
+
+/// The summary says what the samples cost in the kernel, over as many
+/// samples as it reports sent and lost: the program counts every sample of
+/// the node it takes. At most one per CPU may have still been running when
+/// the count was read, after the detach.
+fn check_sampler_time(stderr: &str) -> Result<()> {
+    let after = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(name))
+            .map(str::trim)
+            .with_context(|| format!("no `{name}` line in the summary:\n{stderr}"))
+    };
+    let samples = after("cpu samples:")?;
+    let sent: u64 = samples.split_whitespace().next().unwrap_or("").parse()?;
+    let lost: u64 = samples
+        .rsplit(", ")
+        .next()
+        .and_then(|l| l.strip_suffix(" lost"))
+        .with_context(|| format!("no loss count in {samples:?}"))?
+        .parse()?;
+    let time = after("sampler time:")?;
+    let counted: u64 = time
+        .rsplit_once(" over ")
+        .and_then(|(_, n)| n.strip_suffix(" samples)"))
+        .with_context(|| format!("no sample count in {time:?}"))?
+        .parse()?;
+    let cpus = std::thread::available_parallelism()?.get() as u64;
+    ensure!(
+        counted <= sent + lost && sent + lost <= counted + cpus,
+        "the program counted {counted} samples, the summary {sent} sent and {lost} lost:\n{stderr}"
+    );
     Ok(())
 }
 

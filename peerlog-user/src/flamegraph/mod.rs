@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use peerlog_common::WalkStop;
+use peerlog_common::{SamplerCost, WalkStop};
 
 use crate::{
     event::CpuSample,
@@ -114,6 +114,9 @@ pub struct CpuProfile {
     worker: JoinHandle<Counted>,
     /// Samples dropped because the worker was [`SAMPLE_QUEUE`] behind.
     dropped: u64,
+    /// What the samples cost the node in the kernel, over every process
+    /// traced.
+    cost: SamplerCost,
     /// The unwind tables, until the kernel's maps take them.
     unwind_tables: Option<UnwindTables>,
     /// The address and connection type of each peer sampled, taken when its
@@ -178,6 +181,8 @@ pub struct ProfileReport {
     pub counts: SampleCounts,
     /// Samples lost: the ring buffer was full, or peerlog fell behind.
     pub lost: u64,
+    /// What the kernel program spent on the samples, past its entry.
+    pub cost: SamplerCost,
     /// Samples by peer id, for the peers that have a flamegraph.
     pub peers: BTreeMap<i64, SampleCounts>,
 }
@@ -193,6 +198,17 @@ impl std::fmt::Display for ProfileReport {
             self.counts.complete_percent(),
             self.lost
         )?;
+        if self.cost.samples > 0 {
+            // Past the entry: the part of the program's run that every run
+            // pays, in any process, is the kernel's to count.
+            write!(
+                f,
+                "\n  sampler time:     {:.2} µs per sample in the node past the program's entry ({} µs over {} samples)",
+                self.cost.ns as f64 / self.cost.samples as f64 / 1e3,
+                self.cost.ns / 1000,
+                self.cost.samples
+            )?;
+        }
         write!(
             f,
             "\n  flamegraphs:      {}: all.svg and {} peer{}",
@@ -272,6 +288,7 @@ impl CpuProfile {
             queue,
             worker,
             dropped: 0,
+            cost: SamplerCost::default(),
             unwind_tables: Some(unwind_tables),
             names: BTreeMap::new(),
         })
@@ -291,9 +308,12 @@ impl CpuProfile {
     }
 
     /// Marks the moment sampling stopped (samples still in the ring buffer
-    /// may follow): the reported duration ends here.
-    pub fn sampling_stopped(&mut self) {
+    /// may follow): the reported duration ends here. `cost` is what the
+    /// kernel counted of the samples of the process just traced.
+    pub fn sampling_stopped(&mut self, cost: SamplerCost) {
         self.stopped = Some(Instant::now());
+        self.cost.ns += cost.ns;
+        self.cost.samples += cost.samples;
     }
 
     /// Hands one sample to the worker.
@@ -335,6 +355,7 @@ impl CpuProfile {
             sample_rate: self.sample_rate,
             duration,
             lost: lost + self.dropped,
+            cost: self.cost,
         };
         written.write(&counted, &self.names)
     }
@@ -349,6 +370,7 @@ struct Written<'a> {
     sample_rate: u32,
     duration: Duration,
     lost: u64,
+    cost: SamplerCost,
 }
 
 impl Profiler {
@@ -417,7 +439,7 @@ impl Written<'_> {
         counted: &Counted,
         names: &BTreeMap<i64, (String, String)>,
     ) -> Result<ProfileReport> {
-        let (duration, lost) = (self.duration, self.lost);
+        let (duration, lost, cost) = (self.duration, self.lost, self.cost);
         let mut all = FoldedStacks::new();
         let mut all_counts = SampleCounts::default();
         let mut by_peer: BTreeMap<i64, (FoldedStacks, SampleCounts)> = BTreeMap::new();
@@ -488,6 +510,7 @@ impl Written<'_> {
             duration,
             counts: all_counts,
             lost,
+            cost,
             peers: by_peer.into_iter().map(|(id, (_, c))| (id, c)).collect(),
         })
     }

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN,
-    MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
+    ConfigKey, LossCause, SamplerCost, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE,
+    MSG_TYPE_LEN, MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
 };
 use serde::Serialize;
 
@@ -173,8 +173,8 @@ impl Probes {
             .sampling
             .as_ref()
             .map_or(1, |s| s.unwind_tables.buckets.len().max(1) as u32);
-        // The sampler's scratch entry of a CPU is at the CPU's number;
-        // without sampling, one unused entry.
+        // The sampler's scratch and cost entries of a CPU are at the CPU's
+        // number; without sampling, one unused entry each.
         let scratch_entries = match opts.sampling {
             Some(_) => aya::util::nr_cpus()
                 .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
@@ -186,6 +186,7 @@ impl Probes {
             .map_max_entries("UNWIND_ROWS", row_blocks)
             .map_max_entries("UNWIND_BUCKETS", buckets)
             .map_max_entries("SCRATCH", scratch_entries)
+            .map_max_entries("SAMPLER_COST", scratch_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
@@ -447,6 +448,20 @@ impl Probes {
                 .take_map("LOSSES")
                 .context("LOSSES map taken already")?,
         )?))
+    }
+
+    /// What the CPU sampler's samples of the target have cost so far,
+    /// summed over CPUs; zero without sampling.
+    pub fn sampler_cost(&self) -> Result<SamplerCost> {
+        let map = self.ebpf.map("SAMPLER_COST").context("SAMPLER_COST map")?;
+        let costs: Array<_, SamplerCost> = Array::try_from(map)?;
+        let mut sum = SamplerCost::default();
+        for cost in costs.iter() {
+            let cost = cost?;
+            sum.ns += cost.ns;
+            sum.samples += cost.samples;
+        }
+        Ok(sum)
     }
 
     /// The controls over the running programs; can be taken once.

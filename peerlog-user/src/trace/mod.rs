@@ -700,7 +700,12 @@ impl Attachment {
     fn close(mut self, tracer: &mut Tracer, drain: bool) -> Result<()> {
         self.probes.detach();
         if let Some(profile) = &mut tracer.sinks.flamegraph {
-            profile.sampling_stopped();
+            // Read after the detach, so that no sample is still running.
+            let cost = self.probes.sampler_cost().unwrap_or_else(|e| {
+                log::warn!("reading what the CPU samples cost: {e:#}");
+                Default::default()
+            });
+            profile.sampling_stopped(cost);
         }
         let mut result = Ok(());
         if drain {

@@ -72,10 +72,13 @@ exact commands are in each section):
 - *peerlog --no-accounting, 99 Hz sampling*: what sampling alone costs the
   node is the sampling program's own run time, from the kernel's BPF
   statistics (`kernel.bpf_stats_enabled`, on for those runs only), over the
-  node's CPU time without it; per sample, its whole run time over the
-  samples of the node peerlog reports at exit. Both count the program's
-  early returns in other processes against the node, so both are upper
-  bounds;
+  node's CPU time without it, which counts the program's early returns
+  in other processes against the node, so it is an upper bound. Per
+  sample of the node: the time the program itself counts on the node's
+  samples, from knowing the thread is the node's to returning (peerlog's
+  summary, `sampler time:`), per sample, plus the entry every run pays in
+  any process: the kernel's run time of all runs less the node's part,
+  over all runs;
 - *peerlog, defaults + stats log every second*: each line reads every
   peer's byte counters and queues out of the node's memory
   (`process_vm_readv`, in peerlog's process). Next to the defaults, what

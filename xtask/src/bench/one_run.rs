@@ -15,7 +15,7 @@ use super::{
     node::{Node, NodeKind},
     plan::{Config, Plan, Scenario},
     process::{Proc, Stream},
-    sample::{cpu_seconds, sampler_run_ns, BpfStats},
+    sample::{cpu_seconds, sampler_runs, BpfStats},
     tools::{Binaries, Tools},
     tracer::{Tracer, TracerRun},
 };
@@ -52,10 +52,8 @@ pub(super) struct Run {
     /// an idle CPU), so at most what it took from the node (sampling runs
     /// only).
     pub(super) sampler_cpu_secs: Option<f64>,
-    /// Nanoseconds per sample of the node: all of the sampling program's run
-    /// time over the tracer's life, its early returns in other processes
-    /// included, over the samples of the node peerlog took in that life; so
-    /// at most what a sample costs the node (sampling runs only).
+    /// Nanoseconds a sample of the node costs in the sampling program (see
+    /// [`SamplerTime::ns_per_sample`]; sampling runs only).
     pub(super) sampler_ns_per_sample: Option<f64>,
     /// The node's mm lock while the run lasted (the configurations that
     /// watch it).
@@ -124,7 +122,7 @@ pub(super) fn run_one(
     let loadgen_cpu0 = cpu_seconds(load.pid())?;
     let tracer_cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid())).transpose()?;
     let sampler = |t: &Option<Tracer>| match (&bpf_stats, t) {
-        (Some(_), Some(t)) => sampler_run_ns(t.pid()).map(Some),
+        (Some(_), Some(t)) => sampler_runs(t.pid()).map(Some),
         _ => Ok(None),
     };
     let sampler_ns0 = sampler(&tracer)?;
@@ -141,7 +139,7 @@ pub(super) fn run_one(
         _ => None,
     };
     let sampler_cpu_secs = match (sampler(&tracer)?, sampler_ns0) {
-        (Some(after), Some(before)) => Some(after.saturating_sub(before) as f64 / 1e9),
+        (Some(after), Some(before)) => Some(after.ns.saturating_sub(before.ns) as f64 / 1e9),
         _ => None,
     };
     let status = load.wait(Duration::from_secs(60))?;
@@ -166,18 +164,15 @@ pub(super) fn run_one(
     .map(|k| errors[k].as_u64().unwrap_or(0))
     .sum();
 
-    // The program's whole run time, read just before peerlog exits and
-    // reports how many samples of the node it took over the same life.
+    // The program's runs over its whole life, read just before peerlog
+    // exits and reports what its samples of the node took in that life.
     let sampler_total = sampler(&tracer)?;
     let tracer = match (tracer, tracer_cpu_secs) {
         (Some(t), Some(cpu)) => Some(t.stop(cpu, window_secs)?),
         _ => None,
     };
     let sampler_ns_per_sample = match (sampler_total, tracer.as_ref()) {
-        (Some(total), Some(t)) => t
-            .cpu_samples
-            .filter(|&n| n > 0)
-            .map(|n| total as f64 / n as f64),
+        (Some(runs), Some(t)) => t.sampler_time.and_then(|time| time.ns_per_sample(runs)),
         _ => None,
     };
     node.stop()?;

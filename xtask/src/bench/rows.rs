@@ -48,8 +48,8 @@ pub(super) struct Row {
     /// Sampling runs: the sampler's run time over the node's CPU time
     /// without it (median over the rounds).
     pub(super) sampler_cost: Option<f64>,
-    /// Sampling runs: nanoseconds per sample of the node, an upper bound
-    /// (see [`Run::sampler_ns_per_sample`]; median over the rounds).
+    /// Sampling runs: nanoseconds per sample of the node (see
+    /// [`Run::sampler_ns_per_sample`]; median over the rounds).
     pub(super) sampler_ns_per_sample: Option<f64>,
 }
 

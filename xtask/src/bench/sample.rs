@@ -1,21 +1,56 @@
 //! What the bench reads of a running process in `/proc`: its CPU time, its
-//! memory, and the run time of its CPU-sampling BPF program.
+//! memory, and the runs of its CPU-sampling BPF program.
 
 use std::fs;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 /// `BPF_PROG_TYPE_PERF_EVENT`: peerlog's only program of that type is its
 /// CPU sampler.
 const BPF_PROG_TYPE_PERF_EVENT: u64 = 7;
 
-/// Nanoseconds the CPU-sampling program of process `pid` has run so far,
-/// from the kernel's BPF statistics (`kernel.bpf_stats_enabled`) in the
-/// fdinfo of its program descriptors: on every process but the idle task,
-/// in the node's threads (its samples) and in others' (where it returns at
-/// once).
-pub(super) fn sampler_run_ns(pid: i32) -> Result<u64> {
-    let mut total = 0;
+/// The kernel's BPF statistics (`kernel.bpf_stats_enabled`) of a CPU-sampling
+/// program: its runs on every process but the idle task, in the node's
+/// threads (its samples) and in others' (where it returns at once).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct SamplerRuns {
+    /// Nanoseconds run.
+    pub(super) ns: u64,
+    /// Times run.
+    pub(super) count: u64,
+}
+
+/// What peerlog's summary says its samples of the node took in the
+/// sampling program past its entry (`sampler time:`), as the program counted
+/// them itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(super) struct SamplerTime {
+    pub(super) ns: u64,
+    pub(super) samples: u64,
+}
+
+impl SamplerTime {
+    /// What a sample of the node costs in the program: its own time past
+    /// the entry, per sample, plus the entry, which every run pays, in any
+    /// process. The entry is the kernel's count of all runs less the node's
+    /// part, over all runs; `runs` covers the same life as `self`. The
+    /// kernel's whole count over the node's samples would charge the node
+    /// for the early returns in other processes, as many as its samples
+    /// under load and most runs on an idle node.
+    pub(super) fn ns_per_sample(self, runs: SamplerRuns) -> Option<f64> {
+        if self.samples == 0 || runs.count == 0 {
+            return None;
+        }
+        let entry = runs.ns.saturating_sub(self.ns) as f64 / runs.count as f64;
+        Some(entry + self.ns as f64 / self.samples as f64)
+    }
+}
+
+/// What the CPU-sampling program of process `pid` has run so far, from the
+/// fdinfo of its program descriptors.
+pub(super) fn sampler_runs(pid: i32) -> Result<SamplerRuns> {
+    let mut total = SamplerRuns::default();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let Ok(info) = fs::read_to_string(entry?.path()) else {
             continue;
@@ -26,7 +61,8 @@ pub(super) fn sampler_run_ns(pid: i32) -> Result<u64> {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         if field("prog_type:") == Some(BPF_PROG_TYPE_PERF_EVENT) {
-            total += field("run_time_ns:").unwrap_or(0);
+            total.ns += field("run_time_ns:").unwrap_or(0);
+            total.count += field("run_cnt:").unwrap_or(0);
         }
     }
     Ok(total)

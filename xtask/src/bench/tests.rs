@@ -8,7 +8,7 @@ use super::{
     process::thread_waits,
     results::{Machine, Results, SkippedScenario},
     rows::rows,
-    sample::{cpu_seconds, memory_mib},
+    sample::{cpu_seconds, memory_mib, SamplerRuns, SamplerTime},
     targets::{check_targets, find},
     tools::Tools,
     tracer::{bpftrace_lost, queue_readings, PeerlogSummary},
@@ -39,7 +39,8 @@ fn parses_peerlog_summary() {
                   peerlog: stopped (interrupted)\n  peers seen:       2\n  received:         21 messages, 4406219 bytes\n\
                   \x20 sent:             18 messages, 4420153 bytes\n  capture records:  39\n\
                   \x20 event latency:    p50 120 µs, p99 9100 µs\n  events lost:      3 (ring_full_chunk=3)\n\
-                  \x20 cpu samples:      902 at 99 Hz over 11.4 s, 100.0% unwound to the thread entry, 4 lost\n";
+                  \x20 cpu samples:      902 at 99 Hz over 11.4 s, 100.0% unwound to the thread entry, 4 lost\n\
+                  \x20 sampler time:     4.50 µs per sample in the node past the program's entry (4077 µs over 906 samples)\n";
     assert_eq!(
         PeerlogSummary::parse(stderr).unwrap(),
         PeerlogSummary {
@@ -48,6 +49,10 @@ fn parses_peerlog_summary() {
             events_lost: 3,
             latency_us: Some((120, 9100)),
             cpu_samples: Some(906),
+            sampler_time: Some(SamplerTime {
+                ns: 4_077_000,
+                samples: 906,
+            }),
         }
     );
     let without_latency = stderr.replace("  event latency:    p50 120 µs, p99 9100 µs\n", "");
@@ -56,6 +61,24 @@ fn parses_peerlog_summary() {
         None
     );
     assert!(PeerlogSummary::parse("peerlog: error: boom").is_err());
+}
+
+#[test]
+fn sampler_cost_per_node_sample_adds_the_entry_every_run_pays() {
+    let time = SamplerTime {
+        ns: 4_000_000,
+        samples: 1000,
+    };
+    // 3000 runs took 4.9 ms: the node's 1000 samples 4 ms past the entry,
+    // so every run's entry 0.3 µs; a sample of the node 4.3 µs.
+    let runs = SamplerRuns {
+        ns: 4_900_000,
+        count: 3000,
+    };
+    assert_eq!(time.ns_per_sample(runs), Some(4300.0));
+    assert_eq!(time.ns_per_sample(SamplerRuns::default()), None);
+    let none = SamplerTime { ns: 0, samples: 0 };
+    assert_eq!(none.ns_per_sample(runs), None);
 }
 
 fn results<'a>(tools: &'a Tools, node_kind: &'static str, runs: Vec<Run>) -> Results<'a> {

@@ -17,7 +17,7 @@ use super::{
     node::NodeKind,
     plan::Config,
     process::{path_arg, Proc, Stream},
-    sample::memory_mib,
+    sample::{memory_mib, SamplerTime},
     tools::{Binaries, Tools},
 };
 use crate::workspace_root;
@@ -87,6 +87,8 @@ pub(super) struct TracerRun {
     /// Samples of the node the CPU sampler took over the tracer's life
     /// (peerlog with `--flamegraph`).
     pub(super) cpu_samples: Option<u64>,
+    /// What those samples took in the program, past its entry.
+    pub(super) sampler_time: Option<SamplerTime>,
 }
 
 impl Tracer {
@@ -201,35 +203,38 @@ impl Tracer {
         if !status.success() {
             bail!("{} failed ({status}):\n{stderr}", self.proc.what);
         }
-        let (events_seen, events_lost, latency, cpu_samples) = match &self.bpftrace_output {
-            Some(BpftraceOutput {
-                path,
-                logs_messages,
-            }) => {
-                let log = fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let seen = logs_messages.then(|| {
-                    log.lines()
-                        .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
-                        .count() as u64
-                });
-                (
-                    seen,
-                    bpftrace_lost(&log) + bpftrace_lost(&stderr),
-                    None,
-                    None,
-                )
-            }
-            None => {
-                let summary = PeerlogSummary::parse(&stderr)?;
-                (
-                    Some(summary.received + summary.sent),
-                    summary.events_lost,
-                    summary.latency_us,
-                    summary.cpu_samples,
-                )
-            }
-        };
+        let (events_seen, events_lost, latency, cpu_samples, sampler_time) =
+            match &self.bpftrace_output {
+                Some(BpftraceOutput {
+                    path,
+                    logs_messages,
+                }) => {
+                    let log = fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let seen = logs_messages.then(|| {
+                        log.lines()
+                            .filter(|l| l.starts_with("recv ") || l.starts_with("sent "))
+                            .count() as u64
+                    });
+                    (
+                        seen,
+                        bpftrace_lost(&log) + bpftrace_lost(&stderr),
+                        None,
+                        None,
+                        None,
+                    )
+                }
+                None => {
+                    let summary = PeerlogSummary::parse(&stderr)?;
+                    (
+                        Some(summary.received + summary.sent),
+                        summary.events_lost,
+                        summary.latency_us,
+                        summary.cpu_samples,
+                        summary.sampler_time,
+                    )
+                }
+            };
         Ok(TracerRun {
             command: self.command,
             attached: self.attached,
@@ -243,6 +248,7 @@ impl Tracer {
             latency_p99_us: latency.map(|l| l.1),
             queue_readings: self.stats_log.as_deref().map(queue_readings).transpose()?,
             cpu_samples,
+            sampler_time,
         })
     }
 }
@@ -299,6 +305,8 @@ pub(super) struct PeerlogSummary {
     /// Samples of the node the CPU sampler took, sent and lost, from
     /// attach to exit (runs with `--flamegraph`).
     pub(super) cpu_samples: Option<u64>,
+    /// What the program counted of those samples' time past its entry.
+    pub(super) sampler_time: Option<SamplerTime>,
 }
 
 impl PeerlogSummary {
@@ -334,12 +342,23 @@ impl PeerlogSummary {
             let lost: u64 = v.rsplit(", ").next()?.strip_suffix(" lost")?.parse().ok()?;
             Some(sent + lost)
         });
+        // "6.15 µs per sample in the node past the program's entry (5407 µs
+        // over 879 samples)"
+        let sampler_time = field("sampler time:").and_then(|v| {
+            let inner = v.rsplit_once('(')?.1.strip_suffix(')')?;
+            let (micros, samples) = inner.split_once(" µs over ")?;
+            Some(SamplerTime {
+                ns: micros.parse::<u64>().ok()? * 1000,
+                samples: samples.strip_suffix(" samples")?.parse().ok()?,
+            })
+        });
         Ok(PeerlogSummary {
             received: first_number("received:")?,
             sent: first_number("sent:")?,
             events_lost: first_number("events lost:")?,
             latency_us,
             cpu_samples,
+            sampler_time,
         })
     }
 }
