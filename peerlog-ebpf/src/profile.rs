@@ -24,15 +24,19 @@
 //! samples, so a sample costs mostly the cache and TLB misses it takes, one
 //! after another as each frame needs the one before. Hence one compact
 //! scratch area per CPU ([`Scratch`]), a row cache that also serves the
-//! innermost frame ([`RowCache`]), and a hint that skips the module search.
+//! innermost frame ([`RowCache`]) and is loaded whole before the walk so
+//! that its misses overlap, and a hint that skips the module search.
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs},
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_comm, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user,
+            bpf_task_pt_regs,
+        },
     },
     macros::{map, perf_event},
     maps::Array,
@@ -41,8 +45,8 @@ use aya_ebpf::{
 use peerlog_common::{
     cfa, ConfigKey, CpuSample, LossCause, RecordKind, SamplerCost, UnwindModule, UnwindRow,
     UnwindRowBlock, WalkStop, MAX_SAMPLE_FRAMES, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME,
-    SAMPLE_FLAG_COMPLETE, SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT, UNWIND_BUCKET_SHIFT,
-    UNWIND_ROWS_PER_BLOCK,
+    SAMPLE_FLAG_COMPLETE, SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT, THREAD_NAME_LEN,
+    UNWIND_BUCKET_SHIFT, UNWIND_ROWS_PER_BLOCK,
 };
 
 use crate::{config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
@@ -101,9 +105,14 @@ static UNWIND_ROWS: Array<UnwindRowBlock> = Array::with_max_entries(1, 0);
 #[map]
 static UNWIND_BUCKETS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Rows a CPU keeps from its last lookups (a power of two): 512 slots of 16
-/// bytes keep a [`Scratch`] near 10 KiB.
-const ROW_CACHE_LEN: usize = 512;
+/// Rows a CPU keeps from its last lookups (a power of two): 256 slots of 16
+/// bytes, 4 KiB, which [`warm_row_cache`] loads whole before each walk. On a
+/// real bitcoind under a ping flood at 99 Hz, 256 slots with that load cost
+/// a sample less than 512 with or without it: a miss costs more there
+/// (0.8 a sample against 0.7), but loading twice the lines costs more still.
+const ROW_CACHE_LEN: usize = 256;
+/// Slots in a 64-byte cache line.
+const ROW_CACHE_SLOTS_PER_LINE: usize = 64 / size_of::<CachedRow>();
 /// A slot holds a row for at most one aligned block of 2^6 code bytes.
 const ROW_CACHE_BLOCK_SHIFT: u32 = 6;
 
@@ -207,6 +216,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     };
     // SAFETY: this CPU's entry, written only by this program on this CPU.
     let buffer = unsafe { &mut (*scratch).sample };
+    // SAFETY: as above.
+    warm_row_cache(unsafe { &raw const (*scratch).rows });
 
     // SAFETY: the context of a perf event program is `bpf_perf_event_data`,
     // whose registers the program may read.
@@ -271,7 +282,15 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     sample.flags = flags;
     sample.stop = walk.stop;
     sample._pad = 0;
-    sample.thread_name = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the record (the helper zero-fills it if it fails), not
+    // through a copy.
+    // SAFETY: writes THREAD_NAME_LEN bytes into the record's name.
+    unsafe {
+        bpf_get_current_comm(
+            sample.thread_name.as_mut_ptr() as *mut c_void,
+            THREAD_NAME_LEN as u32,
+        )
+    };
 
     let len = size_of::<CpuSample>() + frames * size_of::<u64>();
     // SAFETY: `len` is at most the size of the slot, which stays valid for
@@ -487,6 +506,24 @@ fn refill(walk: &mut Walk, window: *mut StackWindow, from: u64) {
     }
     walk.window_base = from;
     walk.window_len = if rc == 0 { len as u32 } else { 0 };
+}
+
+/// Loads every line of this CPU's [`RowCache`]. At 99 Hz the cache has left
+/// the CPU's caches between two samples, and the walk then takes a miss at
+/// nearly every frame, one after the other, since a frame's slot depends on
+/// the frame before. These loads depend on nothing, so the CPU overlaps
+/// their misses. Measured on a real bitcoind under a ping flood at 99 Hz,
+/// paired runs: with the thread name written straight into the record, a
+/// sample cost some 15% less (5.0 to 6.7 µs against 5.8 to 8.3).
+#[inline(always)]
+fn warm_row_cache(cache: *const RowCache) {
+    let mut slot = 0;
+    while slot < ROW_CACHE_LEN {
+        // SAFETY: `slot` is in bounds; volatile, so that the compiler keeps
+        // a load whose value is not used.
+        unsafe { core::ptr::read_volatile(&raw const (*cache).slots[slot].start) };
+        slot += ROW_CACHE_SLOTS_PER_LINE;
+    }
 }
 
 /// [`find_row`] through this CPU's [`RowCache`].
