@@ -7,7 +7,11 @@
 //! message whose chunks stop short (the ring buffer was full) is surfaced as
 //! [`Event::IncompleteMessage`], never as a shorter payload.
 
-use std::{collections::HashMap, mem::size_of, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    mem::size_of,
+    sync::Arc,
+};
 
 use bitcoin::hashes::Hash;
 
@@ -277,9 +281,21 @@ struct PeerName {
 pub struct Decoder {
     /// The message each thread is in the middle of delivering.
     partial: HashMap<u32, Partial>,
-    /// The connected peers' strings, which the kernel sends once per peer.
+    /// The peers' strings, which the kernel sends once per peer: those of
+    /// the connected peers and of the last [`CLOSED_NAMES_KEPT`] closed.
     names: HashMap<i64, PeerName>,
+    /// The closed peers whose names are still kept, oldest first.
+    closed: VecDeque<i64>,
 }
+
+/// Closed peers whose names the decoder keeps. A message can follow its
+/// peer's close in the ring: a message handler that read the kernel's peer
+/// slot (named) just before the thread closing the peer cleared it writes
+/// its record unnamed, after the close (seen on a real bitcoind, whose
+/// `b-net` closes peers while `b-msghand` handles their last messages).
+/// bitcoind never reuses a peer id, so a kept name is never wrong; the
+/// bound keeps a trace of weeks from holding every peer it ever saw.
+const CLOSED_NAMES_KEPT: usize = 1024;
 
 fn read<T: Copy>(record: &[u8], kind: u16) -> Result<T, DecodeError> {
     if record.len() < size_of::<T>() {
@@ -443,9 +459,13 @@ impl Decoder {
                 let addr = c_string(&ev.addr);
                 let conn_type = c_string(&ev.conn_type);
                 if kind == ConnectionEventKind::Closed {
-                    // Its messages are over; the kernel names the peer again
-                    // should one still come.
-                    self.names.remove(&ev.peer_id);
+                    // Its messages are nearly over (see CLOSED_NAMES_KEPT).
+                    self.closed.push_back(ev.peer_id);
+                    if self.closed.len() > CLOSED_NAMES_KEPT {
+                        if let Some(oldest) = self.closed.pop_front() {
+                            self.names.remove(&oldest);
+                        }
+                    }
                 } else {
                     // Names the peer should its own naming record be lost.
                     self.names.insert(
@@ -679,6 +699,45 @@ mod tests {
         assert_eq!(&*m.conn_type, "inbound");
         assert_eq!(m.msg_type, "block");
         assert_eq!(m.peer_id, 7);
+    }
+
+    fn closed(peer_id: i64) -> Vec<u8> {
+        bytes_of(&ConnectionEvent {
+            header: header(RecordKind::Connection, 2, 2),
+            peer_id,
+            value: 0,
+            bytes_recv: BYTES_UNKNOWN,
+            bytes_sent: BYTES_UNKNOWN,
+            network: 1,
+            event: ConnectionEventKind::Closed as u8,
+            flags: 0,
+            _pad: [0; 2],
+            addr: fixed::<ADDR_LEN>("127.0.0.1:18444"),
+            conn_type: fixed::<CONN_TYPE_LEN>("inbound"),
+        })
+    }
+
+    #[test]
+    fn a_message_after_its_peers_close_keeps_the_name() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.push(&peer_name(7), &mut out).unwrap();
+        d.push(&closed(7), &mut out).unwrap();
+        d.push(&inline(1, 3, b"pong", 256, 0), &mut out).unwrap();
+        let [Event::Connection(_), Event::Message(m)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&*m.addr, "127.0.0.1:18444");
+        // Only the last CLOSED_NAMES_KEPT closed peers keep theirs.
+        for id in 100..100 + CLOSED_NAMES_KEPT as i64 {
+            d.push(&closed(id), &mut out).unwrap();
+        }
+        out.clear();
+        d.push(&inline(1, 4, b"pong", 256, 0), &mut out).unwrap();
+        let [Event::Message(m)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&*m.addr, "");
     }
 
     #[test]
