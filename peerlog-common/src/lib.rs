@@ -926,6 +926,14 @@ pub struct SamplerCost {
     pub samples: u64,
 }
 
+impl core::ops::AddAssign for SamplerCost {
+    /// Adds another CPU's, or another traced process's, cost.
+    fn add_assign(&mut self, other: Self) {
+        self.ns += other.ns;
+        self.samples += other.samples;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte

@@ -312,8 +312,7 @@ impl CpuProfile {
     /// kernel counted of the samples of the process just traced.
     pub fn sampling_stopped(&mut self, cost: SamplerCost) {
         self.stopped = Some(Instant::now());
-        self.cost.ns += cost.ns;
-        self.cost.samples += cost.samples;
+        self.cost += cost;
     }
 
     /// Hands one sample to the worker.

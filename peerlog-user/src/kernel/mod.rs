@@ -175,7 +175,7 @@ impl Probes {
             .map_or(1, |s| s.unwind_tables.buckets.len().max(1) as u32);
         // The sampler's scratch and cost entries of a CPU are at the CPU's
         // number; without sampling, one unused entry each.
-        let scratch_entries = match opts.sampling {
+        let per_cpu_entries = match opts.sampling {
             Some(_) => aya::util::nr_cpus()
                 .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
                 as u32,
@@ -185,8 +185,8 @@ impl Probes {
             .map_max_entries("EVENTS", opts.ring_size)
             .map_max_entries("UNWIND_ROWS", row_blocks)
             .map_max_entries("UNWIND_BUCKETS", buckets)
-            .map_max_entries("SCRATCH", scratch_entries)
-            .map_max_entries("SAMPLER_COST", scratch_entries)
+            .map_max_entries("SCRATCH", per_cpu_entries)
+            .map_max_entries("SAMPLER_COST", per_cpu_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
@@ -457,9 +457,7 @@ impl Probes {
         let costs: Array<_, SamplerCost> = Array::try_from(map)?;
         let mut sum = SamplerCost::default();
         for cost in costs.iter() {
-            let cost = cost?;
-            sum.ns += cost.ns;
-            sum.samples += cost.samples;
+            sum += cost?;
         }
         Ok(sum)
     }
