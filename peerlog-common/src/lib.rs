@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 7;
+pub const ABI_VERSION: u16 = 8;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -893,20 +893,114 @@ pub struct UnwindModule {
     pub bucket_base: u32,
     /// Index of its first entry in the bucket map.
     pub first_bucket: u32,
-    /// Number of its buckets; the bucket map holds one entry more, its last
-    /// row's index, so that every bucket's rows end where the next begin.
+    /// Number of its buckets.
     pub buckets: u32,
     /// Padding; zero.
     pub _pad: u32,
 }
 
-/// The rows of a module are indexed by buckets of 2^8 = 256 bytes of code:
-/// an entry of the bucket map is the index of the row that covers the
-/// bucket's first byte, so a lookup reads one bucket entry and searches the
-/// few rows up to the next bucket's, instead of searching all the rows.
-/// A binary search over all rows of bitcoind (2 MiB) misses the cache at
-/// nearly every step, and a sample is too rare to keep them cached.
+/// The rows of a module are indexed by buckets of 2^8 = 256 bytes of code
+/// ([`UnwindBucket`]), so that a lookup reads one bucket instead of
+/// searching all the rows. A binary search over all rows of bitcoind
+/// (1 MiB) misses the cache at nearly every step, and a sample is too rare
+/// to keep them cached.
 pub const UNWIND_BUCKET_SHIFT: u32 = 8;
+
+/// Rows an [`UnwindBucket`] holds itself. With 256-byte buckets, 14 rows
+/// (the one carried in from below, and 13 that start in the bucket) hold
+/// those of nine in ten buckets of bitcoind that any row starts in.
+pub const UNWIND_BUCKET_ROWS: usize = 14;
+
+/// One bucket of 2^[`UNWIND_BUCKET_SHIFT`] code bytes of a module: where its
+/// rows are in the row table and, where they fit, the rows themselves,
+/// packed ([`PackedRow`]) into the bucket's own 64-byte cache line. A lookup
+/// the CPU's row cache misses then costs the kernel one cache line, where a
+/// search through the row table costs a chain of three or four, each
+/// likely a cache and TLB miss.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindBucket {
+    /// Index in the row table of the row that covers the bucket's first
+    /// byte (or of the module's first row, for the bucket it starts in).
+    pub first_row: u32,
+    /// Rows of the table from `first_row` up to the one that covers the
+    /// bucket's last byte: the range a search of the table looks in.
+    pub table_rows: u16,
+    /// How many of `rows` are used: the rows from `first_row` on that start
+    /// before the next bucket; 0 when they do not fit, and the table is
+    /// searched.
+    pub packed: u16,
+    /// The rows, by offset, as [`PackedRow::pack`] writes them.
+    pub rows: [u32; UNWIND_BUCKET_ROWS],
+}
+
+/// A row of an [`UnwindBucket`] in 32 bits: bits 0..8 the offset in the
+/// bucket where it starts to apply (0 for the row carried in from below),
+/// 8..11 the [`cfa`] rule, 11..16 the rbp rule (0 [`RBP_SAME`], 31
+/// [`RBP_LOST`], else saved at CFA - 8 × that), 16..32 the CFA offset
+/// (divided by 8 for the rsp and rbp rules; as is for [`cfa::PLT`]). A row
+/// that cannot be written so keeps its bucket to the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedRow {
+    /// Where in the bucket the row starts to apply.
+    pub offset: u32,
+    /// The row's rules (its `pc` is not packed: 0 here).
+    pub row: UnwindRow,
+}
+
+/// [`PackedRow`]'s rbp rule for [`RBP_LOST`].
+const PACKED_RBP_LOST: u32 = 31;
+
+impl PackedRow {
+    /// The 32 bits of `row`, starting `offset` bytes into its bucket, or
+    /// `None` if a field does not fit.
+    pub fn pack(offset: u32, row: &UnwindRow) -> Option<u32> {
+        if offset >= 1 << UNWIND_BUCKET_SHIFT || row.cfa > 7 {
+            return None;
+        }
+        let rbp = match row.rbp_offset {
+            RBP_SAME => 0,
+            RBP_LOST => PACKED_RBP_LOST,
+            o if o < 0 && o % 8 == 0 && -o / 8 < PACKED_RBP_LOST as i16 => (-o / 8) as u32,
+            _ => return None,
+        };
+        let cfa_offset = match row.cfa {
+            cfa::RSP | cfa::RBP if row.cfa_offset >= 0 && row.cfa_offset % 8 == 0 => {
+                row.cfa_offset / 8
+            }
+            cfa::RSP | cfa::RBP => return None,
+            _ => row.cfa_offset,
+        };
+        let cfa_offset = u16::try_from(cfa_offset).ok()?;
+        Some(offset | u32::from(row.cfa) << 8 | rbp << 11 | u32::from(cfa_offset) << 16)
+    }
+
+    /// The row [`PackedRow::pack`] wrote into `bits`.
+    #[inline(always)]
+    pub fn unpack(bits: u32) -> PackedRow {
+        let rule = ((bits >> 8) & 7) as u8;
+        let rbp = (bits >> 11) & 31;
+        let raw_offset = (bits >> 16) as i32;
+        PackedRow {
+            offset: bits & 0xff,
+            row: UnwindRow {
+                pc: 0,
+                cfa_offset: if rule == cfa::RSP || rule == cfa::RBP {
+                    raw_offset * 8
+                } else {
+                    raw_offset
+                },
+                cfa: rule,
+                _pad: 0,
+                rbp_offset: match rbp {
+                    0 => RBP_SAME,
+                    PACKED_RBP_LOST => RBP_LOST,
+                    r => -8 * r as i16,
+                },
+            },
+        }
+    }
+}
 
 /// Entries of the unwind module map: bitcoind maps about ten modules.
 pub const MAX_UNWIND_MODULES: u32 = 64;
@@ -941,6 +1035,7 @@ mod pod {
     unsafe impl aya::Pod for super::UsdtSpec {}
     unsafe impl aya::Pod for super::UsdtArgSpec {}
     unsafe impl aya::Pod for super::UnwindRowBlock {}
+    unsafe impl aya::Pod for super::UnwindBucket {}
     unsafe impl aya::Pod for super::UnwindModule {}
     unsafe impl aya::Pod for super::SamplerCost {}
 }

@@ -32,7 +32,8 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
 use peerlog_common::{
-    cfa, UnwindModule, UnwindRow, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME, UNWIND_BUCKET_SHIFT,
+    cfa, PackedRow, UnwindBucket, UnwindModule, UnwindRow, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME,
+    UNWIND_BUCKET_ROWS, UNWIND_BUCKET_SHIFT,
 };
 
 use crate::elf::debuginfo::Mapped;
@@ -86,29 +87,44 @@ pub struct UnwindTables {
     pub modules: Vec<UnwindModule>,
     /// The rows of all modules, each module's sorted by address.
     pub rows: Vec<UnwindRow>,
-    /// The bucket index of all modules (see [`UNWIND_BUCKET_SHIFT`]).
-    pub buckets: Vec<u32>,
+    /// The buckets of all modules (see [`UnwindBucket`]).
+    pub buckets: Vec<UnwindBucket>,
 }
 
-/// The bucket index of one module's `rows` (sorted, not empty), whose first
-/// row is row `first_row` of the whole table: the base address, then for
-/// each bucket the index of the row that covers its first byte (or the
-/// first row), and the index of the last row.
-fn bucket_index(rows: &[UnwindRow], first_row: u32) -> (u32, Vec<u32>) {
+/// The buckets of one module's `rows` (sorted, not empty), whose first row
+/// is row `first_row` of the whole table, and the file address of the first
+/// bucket. The buckets run up to the one the last row starts in; past it,
+/// the last row applies.
+fn bucket_index(rows: &[UnwindRow], first_row: u32) -> (u32, Vec<UnwindBucket>) {
+    let size = 1u32 << UNWIND_BUCKET_SHIFT;
     let base = rows[0].pc >> UNWIND_BUCKET_SHIFT << UNWIND_BUCKET_SHIFT;
     let last = rows[rows.len() - 1].pc;
-    let buckets = ((last - base) >> UNWIND_BUCKET_SHIFT) + 1;
-    let mut index = Vec::with_capacity(buckets as usize + 1);
-    let mut row = 0;
-    for bucket in 0..buckets {
-        let address = base + (bucket << UNWIND_BUCKET_SHIFT);
-        while row + 1 < rows.len() && rows[row + 1].pc <= address {
-            row += 1;
-        }
-        index.push(first_row + row as u32);
-    }
-    index.push(first_row + rows.len() as u32 - 1);
-    (base, index)
+    let count = ((last - base) >> UNWIND_BUCKET_SHIFT) + 1;
+    // The row that covers `address`, or the first row.
+    let covering = |address: u32| rows.partition_point(|r| r.pc <= address).saturating_sub(1);
+    let buckets = (0..count)
+        .map(|bucket| {
+            let start = base + bucket * size;
+            let first = covering(start);
+            let last = covering(start + (size - 1));
+            let own = &rows[first..=last];
+            let packed: Option<Vec<u32>> = own
+                .iter()
+                .map(|r| PackedRow::pack(r.pc.saturating_sub(start), r))
+                .collect();
+            let mut bucket = UnwindBucket {
+                first_row: first_row + first as u32,
+                table_rows: own.len() as u16,
+                ..UnwindBucket::default()
+            };
+            if let Some(packed) = packed.filter(|p| p.len() <= UNWIND_BUCKET_ROWS) {
+                bucket.packed = packed.len() as u16;
+                bucket.rows[..packed.len()].copy_from_slice(&packed);
+            }
+            bucket
+        })
+        .collect();
+    (base, buckets)
 }
 
 /// The target's modules, for unwinding and naming.
@@ -610,7 +626,7 @@ impl TargetModules {
                 rows: rows.len() as u32,
                 bucket_base,
                 first_bucket: tables.buckets.len() as u32,
-                buckets: buckets.len() as u32 - 1,
+                buckets: buckets.len() as u32,
                 _pad: 0,
             });
             tables.rows.extend_from_slice(&rows);
@@ -647,17 +663,96 @@ mod tests {
     }
 
     #[test]
-    fn buckets_point_at_the_row_covering_their_start() {
+    fn buckets_hold_the_rows_that_cover_them() {
         let row = |pc| UnwindRow {
             pc,
+            cfa_offset: 8,
             ..UnwindRow::default()
         };
         // Rows at 0x1010, 0x1020, 0x1200 (bucket 2), 0x1480 (bucket 4).
         let rows = [row(0x1010), row(0x1020), row(0x1200), row(0x1480)];
-        let (base, index) = bucket_index(&rows, 100);
+        let (base, buckets) = bucket_index(&rows, 100);
         assert_eq!(base, 0x1000);
-        // Bucket 0 starts before the first row: its search starts there.
-        assert_eq!(index, [100, 101, 102, 102, 102, 103]);
+        let firsts: Vec<_> = buckets
+            .iter()
+            .map(|b| (b.first_row, b.table_rows))
+            .collect();
+        // Bucket 0 starts before the first row: its rows start there.
+        assert_eq!(firsts, [(100, 2), (101, 1), (102, 1), (102, 1), (102, 2)]);
+        let offsets = |b: &UnwindBucket| -> Vec<u32> {
+            b.rows[..usize::from(b.packed)]
+                .iter()
+                .map(|&bits| PackedRow::unpack(bits).offset)
+                .collect()
+        };
+        assert_eq!(offsets(&buckets[0]), [0x10, 0x20]);
+        // A row carried in from below applies from the bucket's start.
+        assert_eq!(offsets(&buckets[3]), [0]);
+        assert_eq!(offsets(&buckets[4]), [0, 0x80]);
+        assert_eq!(PackedRow::unpack(buckets[4].rows[1]).row.cfa_offset, 8);
+    }
+
+    #[test]
+    fn buckets_whose_rows_do_not_fit_keep_to_the_table() {
+        // One row more than a bucket holds (with none carried in).
+        let rows: Vec<_> = (0..=UNWIND_BUCKET_ROWS as u32)
+            .map(|i| UnwindRow {
+                pc: 0x2000 + 4 * i,
+                cfa_offset: 8 * (i as i32 + 1),
+                ..UnwindRow::default()
+            })
+            .collect();
+        let (_, buckets) = bucket_index(&rows, 0);
+        assert_eq!(buckets.len(), 1);
+        assert_eq!(buckets[0].packed, 0);
+        assert_eq!(usize::from(buckets[0].table_rows), rows.len());
+        // A CFA offset that is no multiple of 8 cannot be packed either.
+        let odd = [UnwindRow {
+            pc: 0x3000,
+            cfa_offset: 12,
+            ..UnwindRow::default()
+        }];
+        assert_eq!(bucket_index(&odd, 0).1[0].packed, 0);
+    }
+
+    #[test]
+    fn packed_rows_read_back_as_written() {
+        let rows = [
+            // bitcoind's b-net receive path: a frame over 64 KiB.
+            (cfa::RSP, 0x10068, RBP_SAME),
+            (cfa::RBP, 16, -16),
+            (cfa::RSP, 56, -48),
+            (cfa::RSP, 8, RBP_LOST),
+            (cfa::PLT, 11, RBP_SAME),
+            (cfa::END, 0, RBP_SAME),
+            (cfa::NONE, 0, RBP_SAME),
+            (cfa::UNSUPPORTED, 0, RBP_SAME),
+        ];
+        for (i, (rule, cfa_offset, rbp_offset)) in rows.into_iter().enumerate() {
+            let row = UnwindRow {
+                pc: 0,
+                cfa_offset,
+                cfa: rule,
+                _pad: 0,
+                rbp_offset,
+            };
+            let offset = 31 * i as u32;
+            let bits = PackedRow::pack(offset, &row).unwrap();
+            assert_eq!(PackedRow::unpack(bits), PackedRow { offset, row });
+        }
+        let row = |cfa_offset, rbp_offset| UnwindRow {
+            cfa_offset,
+            rbp_offset,
+            ..UnwindRow::default()
+        };
+        // Past the bucket, past 16 bits of CFA offset, an rbp saved above
+        // the CFA or too far below it: the bucket keeps to the table.
+        assert_eq!(PackedRow::pack(256, &row(8, RBP_SAME)), None);
+        assert_eq!(PackedRow::pack(0, &row(8 << 16, RBP_SAME)), None);
+        assert_eq!(PackedRow::pack(0, &row(-8, RBP_SAME)), None);
+        assert_eq!(PackedRow::pack(0, &row(8, 8)), None);
+        assert_eq!(PackedRow::pack(0, &row(8, -8 * 31)), None);
+        assert_eq!(PackedRow::pack(0, &row(8, -12)), None);
     }
 
     #[test]

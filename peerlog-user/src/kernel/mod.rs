@@ -267,7 +267,7 @@ impl Probes {
     }
 
     /// Fills the unwind maps the sampler walks stacks with: the rows, a
-    /// block of [`UNWIND_ROWS_PER_BLOCK`] per update, their bucket index,
+    /// block of [`UNWIND_ROWS_PER_BLOCK`] per update, their buckets,
     /// then the modules, and last their count, which switches them on.
     fn load_unwind_tables(&mut self, tables: &UnwindTables) -> Result<()> {
         let blocks = tables.rows.chunks(UNWIND_ROWS_PER_BLOCK).map(|chunk| {
