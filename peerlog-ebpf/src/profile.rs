@@ -368,23 +368,16 @@ fn unwind(walk: &mut Walk, scratch: *mut Scratch, lookup: u64) -> Result<(), Wal
         cfa: cfa::NONE,
         ..UnwindRow::default()
     });
-    let (cfa, ra, rbp) = match row.cfa {
-        cfa::RSP => frame_at(
-            walk,
-            window,
-            walk.rsp.wrapping_add(row.cfa_offset as i64 as u64),
-            &row,
-        )?,
+    // Where the CFA is, from what. One call of `frame_at` for all rules,
+    // so that its stack reads are in the program once: at 99 Hz its code,
+    // too, has left the CPU's caches between two samples.
+    let (base, offset) = match row.cfa {
+        cfa::RSP => (walk.rsp, row.cfa_offset as i64 as u64),
         cfa::RBP => {
             if walk.rbp_known == 0 {
                 return Err(WalkStop::RbpLost);
             }
-            frame_at(
-                walk,
-                window,
-                walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
-                &row,
-            )?
+            (walk.rbp, row.cfa_offset as i64 as u64)
         }
         cfa::PLT => {
             let pushed = if (walk.pc & 15) as i32 >= row.cfa_offset {
@@ -392,24 +385,33 @@ fn unwind(walk: &mut Walk, scratch: *mut Scratch, lookup: u64) -> Result<(), Wal
             } else {
                 0
             };
-            frame_at(walk, window, walk.rsp + 8 + pushed, &row)?
+            (walk.rsp, 8 + pushed)
         }
         cfa::END => return Err(WalkStop::ThreadEntry),
         cfa::NONE => {
             // No call frame information: code built with frame pointers
-            // (some libraries) is still walked; in bitcoind's own code rbp
-            // is an ordinary register and this usually ends the walk, which
-            // is then marked incomplete, never guessed complete.
+            // (some libraries) is still walked (the frame's rbp points at
+            // the caller's saved rbp, under the return address); in
+            // bitcoind's own code rbp is an ordinary register and this
+            // usually ends the walk, which is then marked incomplete, never
+            // guessed complete.
             if walk.rbp_known == 0 || walk.rbp < walk.rsp {
                 return Err(WalkStop::NoUnwindInfo);
             }
-            let frame = walk.rbp;
-            let ra = stack_word(walk, window, frame + 8, frame).ok_or(WalkStop::NoUnwindInfo)?;
-            let rbp = stack_word(walk, window, frame, frame).ok_or(WalkStop::NoUnwindInfo)?;
-            (frame + 16, ra, Some(rbp))
+            (walk.rbp, 16)
         }
         _ => return Err(WalkStop::UnsupportedRule),
     };
+    let frame_pointers = row.cfa == cfa::NONE;
+    let rbp_offset = if frame_pointers { -16 } else { row.rbp_offset };
+    let (cfa, ra, rbp) =
+        frame_at(walk, window, base.wrapping_add(offset), rbp_offset).map_err(|stop| {
+            if frame_pointers {
+                WalkStop::NoUnwindInfo
+            } else {
+                stop
+            }
+        })?;
     // The caller's frame lies above its callee's, and a return address is
     // never 0: anything else means the rows do not fit this stack.
     if cfa <= walk.rsp || ra == 0 {
@@ -422,26 +424,26 @@ fn unwind(walk: &mut Walk, scratch: *mut Scratch, lookup: u64) -> Result<(), Wal
             walk.rbp = rbp;
             walk.rbp_known = 1;
         }
-        None if row.rbp_offset == RBP_LOST => walk.rbp_known = 0,
+        None if rbp_offset == RBP_LOST => walk.rbp_known = 0,
         None => {}
     }
     Ok(())
 }
 
-/// The CFA, return address and (if this frame saved it) caller's rbp of a
-/// frame whose CFA is `cfa`.
+/// The CFA, return address and (if this frame saved it, `rbp_offset` from
+/// the CFA) caller's rbp of a frame whose CFA is `cfa`.
 #[inline(always)]
 fn frame_at(
     walk: &mut Walk,
     window: *mut StackWindow,
     cfa: u64,
-    row: &UnwindRow,
+    rbp_offset: i16,
 ) -> Result<(u64, u64, Option<u64>), WalkStop> {
     if cfa <= walk.rsp {
         return Err(WalkStop::BadFrame);
     }
-    let saves_rbp = row.rbp_offset != RBP_SAME && row.rbp_offset != RBP_LOST;
-    let rbp_at = cfa.wrapping_add(row.rbp_offset as i64 as u64);
+    let saves_rbp = rbp_offset != RBP_SAME && rbp_offset != RBP_LOST;
+    let rbp_at = cfa.wrapping_add(rbp_offset as i64 as u64);
     // A new copy starts at the lower of the two words, so one copy serves
     // both.
     let from = if saves_rbp {
