@@ -977,6 +977,13 @@ impl PackedRow {
         Some(offset | u32::from(row.cfa) << 8 | rbp << 11 | u32::from(cfa_offset) << 16)
     }
 
+    /// Where in its bucket the row [`PackedRow::pack`] wrote into `bits`
+    /// starts: all a bucket scan needs of the rows it passes over.
+    #[inline(always)]
+    pub fn offset_of(bits: u32) -> u32 {
+        bits & ((1 << UNWIND_BUCKET_SHIFT) - 1)
+    }
+
     /// The row [`PackedRow::pack`] wrote into `bits`.
     #[inline(always)]
     pub fn unpack(bits: u32) -> PackedRow {
@@ -984,7 +991,7 @@ impl PackedRow {
         let rbp = (bits >> 11) & 31;
         let raw_offset = (bits >> 16) as i32;
         PackedRow {
-            offset: bits & 0xff,
+            offset: PackedRow::offset_of(bits),
             row: UnwindRow {
                 pc: 0,
                 cfa_offset: if rule == cfa::RSP || rule == cfa::RBP {

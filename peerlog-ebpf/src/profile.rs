@@ -644,7 +644,7 @@ fn find_row(cache: *mut RowCache, modules: u32, avma: u64) -> Option<(UnwindRow,
             let mut end = bucket_size;
             for i in 0..UNWIND_BUCKET_ROWS {
                 let bits = bucket.rows[i];
-                let start = bits & 0xff;
+                let start = PackedRow::offset_of(bits);
                 if i < usize::from(bucket.packed) {
                     if start <= offset {
                         found = bits;
