@@ -685,6 +685,12 @@ impl Attachment {
                 }
                 _ = ring_tick.tick() => drain_ring(ring.get_mut(), tracer, &mut events)?,
                 chore = life.next() => {
+                    // The ring is read on a tick, so it may still hold what
+                    // the node did before the chore came: take that first.
+                    // Else a `setcapture` that switches the capture off
+                    // drops messages sent while it was on, and an answer or
+                    // a stats line misses what had already happened.
+                    drain_ring(ring.get_mut(), tracer, &mut events)?;
                     if let Some(reason) = tracer.chore(chore, Some(losses))? {
                         return Ok(Stop::End(reason));
                     }
