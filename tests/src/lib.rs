@@ -13,7 +13,10 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc, Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex, OnceLock,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -206,8 +209,37 @@ pub fn peerlog_bin() -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A loopback port for a server the tests start (bitcoind, peerlog's
+/// metrics endpoint) to listen on, free when asked.
+///
+/// These servers must be told their ports, and whoever asks first gets a port: a
+/// port the kernel hands out for `bind(0)` is also one it hands out as the
+/// source port of outgoing connections, and the tests open many while a node
+/// starts (CI saw bitcoind fail "Unable to start HTTP server" that way). So
+/// the ports come from below the kernel's ephemeral range, each at most once
+/// per test process, starting at a place set by the process id so that two
+/// test processes do not walk the same path.
+pub fn free_port() -> Result<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = (10_000, ephemeral_ports_start().max(10_001));
+    let span = high - low;
+    let start = std::process::id() * 7919;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).context("port out of range")?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {low} and {high}")
+}
+
+/// The first port of the kernel's ephemeral range (32768 by default).
+fn ephemeral_ports_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A twin running: the process, its P2P address, the blocks it serves.
@@ -252,16 +284,34 @@ fn spawn_twin(binary: &Path, args: &[String]) -> Result<TwinStarted> {
     Ok((child, p2p_addr.unwrap(), blocks))
 }
 
+/// bitcoind exited before it listened: most often a port taken between
+/// [`free_port`] and its bind, which a start on other ports mends.
+#[derive(Debug)]
+struct ExitedBeforeListening(ExitStatus);
+
+impl std::fmt::Display for ExitedBeforeListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bitcoind exited ({}) before it listened", self.0)
+    }
+}
+
+impl std::error::Error for ExitedBeforeListening {}
+
 /// Starts bitcoind with `args` and waits until it listens on `p2p_addr`.
 fn spawn_bitcoind(binary: &Path, args: &[String], p2p_addr: SocketAddr) -> Result<Child> {
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .args(args)
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect_timeout(&p2p_addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            return Err(ExitedBeforeListening(status).into());
+        }
         if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             bail!("bitcoind did not listen on {p2p_addr} within 60 s");
         }
         thread::sleep(Duration::from_millis(200));
@@ -393,11 +443,45 @@ impl Node {
     /// and `extra` options.
     pub fn start_bitcoind(binary: &Path, extra: &[&str]) -> Result<Self> {
         let datadir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let rpc_port = free_port()?;
-        let args: Vec<String> = [
+        // A port can still be taken between our check and bitcoind's bind:
+        // then bitcoind exits, and a start on other ports mends it.
+        let mut attempts = 0;
+        let (child, args, p2p_addr, rpc_port) = loop {
+            attempts += 1;
+            let port = free_port()?;
+            let rpc_port = free_port()?;
+            let args = Self::bitcoind_args(datadir.path(), port, rpc_port, extra);
+            let p2p_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            match spawn_bitcoind(binary, &args, p2p_addr) {
+                Ok(child) => break (child, args, p2p_addr, rpc_port),
+                Err(e) if attempts < 3 && e.is::<ExitedBeforeListening>() => {
+                    eprintln!("{e} on ports {port} and {rpc_port}; starting it on others");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let node = Self {
+            child,
+            p2p_addr,
+            blocks: Vec::new(),
+            datadir: Some(datadir),
+            twin_datadir: None,
+            args,
+            rpc_port: Some(rpc_port),
+            binary: binary.to_path_buf(),
+        };
+        // A fresh regtest node is in initial block download and ignores
+        // transactions until it has a recent block: mine one.
+        node.bitcoin_cli(&["-rpcwait", "generatetodescriptor", "1", "raw(51)"])?;
+        Ok(node)
+    }
+
+    /// bitcoind's command line: regtest in `datadir`, loopback only, on
+    /// these ports, with its own `-capturemessages`, and `extra`.
+    fn bitcoind_args(datadir: &Path, port: u16, rpc_port: u16, extra: &[&str]) -> Vec<String> {
+        [
             "-regtest".to_string(),
-            format!("-datadir={}", datadir.path().display()),
+            format!("-datadir={}", datadir.display()),
             format!("-bind=127.0.0.1:{port}"),
             format!("-port={port}"),
             format!("-rpcport={rpc_port}"),
@@ -422,23 +506,7 @@ impl Node {
             .chain(extra.iter().copied())
             .map(ToString::to_string),
         )
-        .collect();
-        let p2p_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let child = spawn_bitcoind(binary, &args, p2p_addr)?;
-        let node = Self {
-            child,
-            p2p_addr,
-            blocks: Vec::new(),
-            datadir: Some(datadir),
-            twin_datadir: None,
-            args,
-            rpc_port: Some(rpc_port),
-            binary: binary.to_path_buf(),
-        };
-        // A fresh regtest node is in initial block download and ignores
-        // transactions until it has a recent block: mine one.
-        node.bitcoin_cli(&["-rpcwait", "generatetodescriptor", "1", "raw(51)"])?;
-        Ok(node)
+        .collect()
     }
 
     /// Runs `bitcoin-cli` (next to the bitcoind binary) against this node;

@@ -21,7 +21,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -39,7 +39,7 @@ use peerlog::{
     stats::{card, msg_type_key},
 };
 use peerlog_tests::{
-    bitcoind_only, connect, ebpf_skip,
+    bitcoind_only, connect, ebpf_skip, free_port,
     loadgen::{self, LoadConfig},
     peerlog_bin, run_suite, send_malformed, standard_traffic, sync, twin_only, Node, Skip,
     TestCase, Tracer, NETWORK, TWIN_STRIPPED,
@@ -850,10 +850,6 @@ fn new_block(seed: u32) -> Block {
     block
 }
 
-fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// GET `path` from the metrics endpoint; the body.
 fn scrape(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
@@ -886,7 +882,7 @@ impl StatsTrace {
     fn start(node: &Node, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("ctl.sock");
-        let metrics = free_addr()?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let stats_log = dir.path().join("stats.jsonl");
         let hdr = dir.path().join("hdr");
         let mut args = vec![
