@@ -71,6 +71,7 @@ pub struct Scratch {
     sample: SampleBuffer,
     window: StackWindow,
     rows: RowCache,
+    walk: Walk,
 }
 
 /// Each CPU's [`Scratch`], at the index of the CPU; userspace sizes the map
@@ -177,8 +178,16 @@ pub struct StackWindow {
     words: [u64; WINDOW_WORDS],
 }
 
-/// The registers of the frame being unwound, shared with [`step`] through
-/// `bpf_loop`.
+/// The registers of the frame being unwound, kept in this CPU's
+/// [`Scratch`] and not on the program's stack. The verifier tracks what a
+/// program keeps on its stack, value by value, and checks a `bpf_loop`
+/// callback once for every different state it starts from: with the walk
+/// on the stack, each way through a frame (cached row or not, a new copy of
+/// the stack or not, rbp known or not) brought the next frame a state of its
+/// own, and on one kernel the program exceeded the verifier's million
+/// instructions. What a program reads from a map is just a number to the
+/// verifier, so every frame starts from the same state, and every bound is
+/// checked where it is used anyway.
 #[repr(C)]
 struct Walk {
     /// Instruction pointer: where the frame is executing (the innermost
@@ -190,8 +199,6 @@ struct Walk {
     modules: u32,
     /// Frames recorded so far.
     frames: u32,
-    /// The CPU, whose [`Scratch`] the walk uses.
-    cpu: u32,
     /// Where this CPU's [`StackWindow`] starts in the target's stack, and
     /// how many of its bytes hold that stack (0: none yet).
     window_base: u64,
@@ -226,8 +233,6 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     // SAFETY: this CPU's entry, written only by this program on this CPU.
-    let buffer = unsafe { &mut (*scratch).sample };
-    // SAFETY: as above.
     warm_row_cache(unsafe { &raw const (*scratch).rows });
 
     // SAFETY: the context of a perf event program is `bpf_perf_event_data`,
@@ -244,38 +249,51 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         (interrupted.rip, interrupted.rsp, interrupted.rbp)
     };
 
-    let mut walk = Walk {
-        pc: rip,
-        rsp,
-        rbp,
-        modules: config(ConfigKey::UnwindModules) as u32,
-        frames: 0,
-        cpu,
-        window_base: 0,
-        window_len: 0,
-        window_short: 0,
-        rbp_known: 1,
-        stop: WalkStop::TooDeep as u8,
+    // SAFETY: this CPU's entry, as above; a raw pointer, since `step`
+    // writes the walk through the same entry while `bpf_loop` runs.
+    let walk = unsafe { &raw mut (*scratch).walk };
+    // SAFETY: as above.
+    unsafe {
+        *walk = Walk {
+            pc: rip,
+            rsp,
+            rbp,
+            modules: config(ConfigKey::UnwindModules) as u32,
+            frames: 0,
+            window_base: 0,
+            window_len: 0,
+            window_short: 0,
+            rbp_known: 1,
+            stop: WalkStop::TooDeep as u8,
+        }
     };
     if rip == 0 || rsp == 0 {
-        walk.stop = WalkStop::ReadFailed as u8;
+        // SAFETY: as above.
+        unsafe { (*walk).stop = WalkStop::ReadFailed as u8 };
     } else {
+        // `step` gets this CPU's entry from here: a pointer the verifier
+        // knows, where a lookup would cost each frame a map access.
+        let mut entry = scratch;
         // SAFETY: `step` is a static function of this program with the
-        // signature bpf_loop expects; `walk` outlives the call.
+        // signature bpf_loop expects; `entry` outlives the call.
         unsafe {
             bpf_loop(
                 MAX_SAMPLE_FRAMES as u32,
                 step as *const () as *mut c_void,
-                &mut walk as *mut Walk as *mut c_void,
+                &mut entry as *mut *mut Scratch as *mut c_void,
                 0,
             )
         };
     }
+    // SAFETY: as above; `step` is done with the walk.
+    let walk = unsafe { &*walk };
     if walk.stop == WalkStop::ThreadEntry as u8 {
         flags |= SAMPLE_FLAG_COMPLETE;
     }
     let frames = (walk.frames as usize).min(MAX_SAMPLE_FRAMES);
 
+    // SAFETY: as above; `step` wrote the frames and is done.
+    let buffer = unsafe { &mut (*scratch).sample };
     let sample = &mut buffer.sample;
     sample.header = record_header(RecordKind::CpuSample, tid, start);
     // SAFETY: plain data written by the message tracepoints.
@@ -324,17 +342,16 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// One `bpf_loop` iteration: records the frame `ctx` (a [`Walk`]) is at and
-/// moves it to the caller. Returns 1 to end the walk.
+/// One `bpf_loop` iteration: records the frame the [`Walk`] of `ctx` (a
+/// pointer to this CPU's [`Scratch`]) is at and moves it to the caller. Returns 1 to end the walk.
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `cpu_sample` passed, to its
-    // `Walk` on its stack.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
-    let Some(scratch) = SCRATCH.get_ptr_mut(walk.cpu) else {
-        walk.stop = WalkStop::ReadFailed as u8;
-        return 1;
-    };
+    // pointer to this CPU's scratch entry, used by this program only, never
+    // nested.
+    let scratch = unsafe { *(ctx as *const *mut Scratch) };
+    // SAFETY: as above.
+    let walk = unsafe { &mut (*scratch).walk };
     // A return address is the instruction after the call; the call itself,
     // one byte earlier, is in the caller's function and under its row, even
     // when the call is the last instruction of the function.
