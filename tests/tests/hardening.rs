@@ -28,7 +28,7 @@ fn main() {
     unsafe { libc::umask(0o022) };
     type Test = fn() -> Result<()>;
     // (name, test, needs eBPF)
-    let tests: [(&str, Test, bool); 7] = [
+    let tests: [(&str, Test, bool); 8] = [
         (
             "absurd_numbers_are_refused_before_anything_runs",
             absurd_numbers_are_refused_before_anything_runs,
@@ -58,6 +58,11 @@ fn main() {
         (
             "thread_id_traces_its_process",
             thread_id_traces_its_process,
+            true,
+        ),
+        (
+            "every_program_verifies_with_room_to_spare",
+            every_program_verifies_with_room_to_spare,
             true,
         ),
     ];
@@ -492,4 +497,92 @@ fn thread_id_traces_its_process() -> Result<()> {
     }
     node.stop()?;
     Ok(())
+}
+
+/// The most instructions the kernel's verifier walks through for one
+/// program before it refuses it.
+const VERIFIER_LIMIT: u64 = 1_000_000;
+
+/// Every program peerlog loads, with every feature on, verifies in at most
+/// half of the verifier's budget. A program near the limit is refused the
+/// day another compiler lays out its branches, or another kernel counts its
+/// states, differently: the sampler passed on one machine and was refused
+/// past a million instructions on another, the same kernel version built
+/// anew. The node is sent malformed messages meanwhile, as in every test
+/// that traces a feature.
+fn every_program_verifies_with_room_to_spare() -> Result<()> {
+    let node = Node::start()?;
+    let tmp = tempfile::tempdir()?;
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let tracer = Tracer::start(
+        node.pid(),
+        &[
+            "--capture",
+            &p("capture"),
+            "--stats-log",
+            &p("stats.jsonl"),
+            "--flamegraph",
+            &p("flame"),
+            "--no-rpc",
+        ],
+    )?;
+    let programs = verified_programs(tracer.pid())?;
+    send_malformed(&node)?;
+    let out = tracer.stop()?;
+    ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
+    node.stop()?;
+    // The message probes (uprobes, type 2) and the sampler (perf event, 7).
+    for prog_type in [2, 7] {
+        ensure!(
+            programs.iter().any(|p| p.prog_type == prog_type),
+            "no program of type {prog_type} among those peerlog loaded: {programs:?}"
+        );
+    }
+    let heavy: Vec<_> = programs
+        .iter()
+        .filter(|p| p.verified_insns > VERIFIER_LIMIT / 2)
+        .collect();
+    ensure!(
+        heavy.is_empty(),
+        "programs that took the verifier over half its {VERIFIER_LIMIT} instructions: {heavy:?}"
+    );
+    Ok(())
+}
+
+/// A BPF program a process holds, as its fdinfo shows it.
+#[derive(Debug)]
+struct VerifiedProgram {
+    prog_id: u64,
+    prog_type: u64,
+    verified_insns: u64,
+}
+
+/// The BPF programs process `pid` holds (by its file descriptors).
+fn verified_programs(pid: i32) -> Result<Vec<VerifiedProgram>> {
+    let mut programs = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        // A descriptor closed since the listing has no fdinfo left.
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(prog_id), Some(prog_type)) = (field("prog_id:"), field("prog_type:")) else {
+            continue;
+        };
+        // Linux 5.16 and later count them.
+        let verified_insns =
+            field("verified_insns:").context("the kernel's fdinfo has no verified_insns")?;
+        programs.push(VerifiedProgram {
+            prog_id,
+            prog_type,
+            verified_insns,
+        });
+    }
+    programs.sort_by_key(|p| p.prog_id);
+    programs.dedup_by_key(|p| p.prog_id);
+    Ok(programs)
 }
