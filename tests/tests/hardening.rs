@@ -7,6 +7,7 @@
 //! when this machine cannot load it (not root, no uprobes): never as passed.
 
 use std::{
+    collections::HashMap,
     fs,
     os::unix::fs::{symlink, PermissionsExt},
     path::{Path, PathBuf},
@@ -565,17 +566,22 @@ fn verified_programs(pid: i32) -> Result<Vec<VerifiedProgram>> {
         let Ok(info) = fs::read_to_string(entry?.path()) else {
             continue;
         };
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let (Some(prog_id), Some(prog_type)) = (field("prog_id:"), field("prog_type:")) else {
+        // `key:\tvalue` lines; the numeric ones.
+        let fields: HashMap<&str, u64> = info
+            .lines()
+            .filter_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                Some((key, value.trim().parse().ok()?))
+            })
+            .collect();
+        let (Some(&prog_id), Some(&prog_type)) = (fields.get("prog_id"), fields.get("prog_type"))
+        else {
             continue;
         };
         // Linux 5.16 and later count them.
-        let verified_insns =
-            field("verified_insns:").context("the kernel's fdinfo has no verified_insns")?;
+        let verified_insns = *fields
+            .get("verified_insns")
+            .context("the kernel's fdinfo has no verified_insns")?;
         programs.push(VerifiedProgram {
             prog_id,
             prog_type,
