@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 8;
+pub const ABI_VERSION: u16 = 9;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -712,9 +712,6 @@ impl LossCause {
 /// `ProcessMessage`) have about 60 frames, inlined frames not counted.
 pub const MAX_SAMPLE_FRAMES: usize = 128;
 
-/// Bytes reserved for a thread name (`comm`, 15 characters and a NUL).
-pub const THREAD_NAME_LEN: usize = 16;
-
 /// [`CpuSample::flags`]: the thread was running kernel code (a system call, a
 /// page fault) when sampled; the registers are those it entered the kernel
 /// with, so the stack shows the user code that made the call.
@@ -810,8 +807,6 @@ pub struct CpuSample {
     pub stop: u8,
     /// Padding; zero.
     pub _pad: u8,
-    /// The thread's name (`b-msghand`, `b-net`, ...), NUL-terminated.
-    pub thread_name: [u8; THREAD_NAME_LEN],
 }
 
 /// How the canonical frame address (CFA, the caller's stack pointer) of a

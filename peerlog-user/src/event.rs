@@ -179,10 +179,9 @@ pub struct BlockConnected {
 pub struct CpuSample {
     /// CLOCK_MONOTONIC nanoseconds of the sample.
     pub ktime_ns: u64,
-    /// The sampled thread.
+    /// The sampled thread (its name is the target's to ask, in
+    /// `/proc/PID/task/TID/comm`).
     pub tid: u32,
-    /// Its name (`b-msghand`, `b-net`, ...).
-    pub thread_name: String,
     /// The thread was in the kernel (a system call); the stack is the user
     /// stack that made the call.
     pub in_kernel: bool,
@@ -578,7 +577,6 @@ fn decode_cpu_sample(header: RecordHeader, record: &[u8]) -> Result<CpuSample, D
     Ok(CpuSample {
         ktime_ns: header.ktime_ns,
         tid: header.tid,
-        thread_name: c_string(&ev.thread_name),
         in_kernel: ev.flags & peerlog_common::SAMPLE_FLAG_IN_KERNEL != 0,
         frames: frames
             .chunks_exact(8)
@@ -846,7 +844,6 @@ mod tests {
             flags: peerlog_common::SAMPLE_FLAG_IN_KERNEL | peerlog_common::SAMPLE_FLAG_COMPLETE,
             stop: WalkStop::ThreadEntry as u8,
             _pad: 0,
-            thread_name: fixed::<16>("b-msghand"),
         });
         for frame in frames {
             v.extend_from_slice(&frame.to_le_bytes());
@@ -868,7 +865,6 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!((s.tid, s.ktime_ns), (9, 555));
-        assert_eq!(s.thread_name, "b-msghand");
         assert!(s.in_kernel);
         assert_eq!(s.frames, frames);
         assert_eq!(s.stop, Some(WalkStop::ThreadEntry));

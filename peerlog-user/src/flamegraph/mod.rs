@@ -13,6 +13,7 @@
 
 pub mod folded;
 pub mod symbolize;
+mod thread_names;
 pub mod unwind;
 
 use std::{
@@ -36,6 +37,7 @@ use crate::{
 };
 use folded::{peer_frame, peer_of_frame, FoldedStacks};
 use symbolize::Symbols;
+use thread_names::ThreadNames;
 use unwind::{TargetModules, UnwindTables};
 
 /// Samples per second per CPU unless told otherwise: 99, not 100, so the
@@ -136,6 +138,7 @@ const SAMPLE_QUEUE: usize = 1024;
 /// traces.
 struct Profiler {
     modules: TargetModules,
+    threads: ThreadNames,
     walked: HashMap<(String, Served), WalkedTally>,
     /// Why walks ended early, by thread name: logged at the end, to tell
     /// what an `[incomplete stack]` lacked.
@@ -261,11 +264,13 @@ impl CpuProfile {
         );
         let debug_file = debug_file.map(Path::to_path_buf);
         let (queue, samples) = mpsc::sync_channel(SAMPLE_QUEUE);
+        let pid = target.pid;
         let worker = thread::Builder::new()
             .name("peerlog-stacks".into())
             .spawn(move || {
                 let mut profiler = Profiler {
                     modules,
+                    threads: ThreadNames::new(pid),
                     walked: HashMap::new(),
                     stops: BTreeMap::new(),
                 };
@@ -381,11 +386,7 @@ impl Profiler {
             None => Served::Nobody,
             Some(c) => Served::Peer(c.peer_id),
         };
-        let thread = if sample.thread_name.is_empty() {
-            format!("[thread {}]", sample.tid)
-        } else {
-            sample.thread_name.clone()
-        };
+        let thread = self.threads.name(sample.tid);
         let tally = self.walked.entry((thread.clone(), served)).or_default();
         let stack = RawStack {
             frames: sample.frames.clone(),
