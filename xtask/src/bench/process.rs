@@ -145,27 +145,36 @@ impl Proc {
         Ok(status)
     }
 
-    /// Waits for the process to exit, killing it after `timeout`.
-    pub(super) fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    /// The exit status if the process exits within `timeout`; None if it
+    /// still runs then.
+    pub(super) fn exited_within(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_wait()? {
-                return Ok(status);
+                return Ok(Some(status));
             }
             if Instant::now() > deadline {
-                // Where its threads wait, read before the kill, says why.
-                let stuck = thread_waits(self.pid());
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.reaped = true;
-                bail!(
-                    "{} did not exit within {timeout:?} (threads waiting in: {stuck}):\n{}",
-                    self.what,
-                    self.text()
-                );
+                return Ok(None);
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the process to exit, killing it after `timeout`.
+    pub(super) fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.exited_within(timeout)? {
+            return Ok(status);
+        }
+        // Where its threads wait, read before the kill, says why.
+        let stuck = thread_waits(self.pid());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+        bail!(
+            "{} did not exit within {timeout:?} (threads waiting in: {stuck}):\n{}",
+            self.what,
+            self.text()
+        );
     }
 }
 
