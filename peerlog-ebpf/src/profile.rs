@@ -333,7 +333,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
 }
 
 /// One `bpf_loop` iteration: records the frame the [`Walk`] of `ctx` (a
-/// pointer to this CPU's [`Scratch`]) is at and moves it to the caller. Returns 1 to end the walk.
+/// pointer to this CPU's [`Scratch`]) is at and moves it to the caller.
+/// Returns 1 to end the walk.
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `cpu_sample` passed, to its
@@ -533,9 +534,9 @@ fn refill(walk: &mut Walk, window: *mut StackWindow, from: u64) {
 /// walk then takes a miss at nearly every frame, one after the other, since
 /// a frame's slot depends on the frame before. These loads depend on
 /// nothing, so the CPU overlaps their misses. Measured on a real bitcoind
-/// under a ping flood at 99 Hz, paired runs: a sample cost some 15% less (5.0 to 6.7 µs
-/// against 5.8 to 8.3); on an idle node, 6.9 against 7.5 µs (means of three
-/// pairs).
+/// under a ping flood at 99 Hz, paired runs: a sample cost some 15% less
+/// (5.0 to 6.7 µs against 5.8 to 8.3); on an idle node, 6.9 against 7.5 µs
+/// (means of three pairs).
 #[inline(always)]
 fn warm_row_cache(cache: *const RowCache) {
     let mut slot = 0;
