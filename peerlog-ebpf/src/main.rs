@@ -135,6 +135,14 @@ pub(crate) fn config(key: ConfigKey) -> u64 {
     CONFIG.get(key as u32).copied().unwrap_or(0)
 }
 
+/// Whether the accounting is attached: it sets [`ConfigKey::TaskPidOffset`]
+/// last when it attaches. Without it (`--no-accounting`) no slice is kept,
+/// so no thread has a [`THREAD_CONTEXT`].
+#[inline(always)]
+pub(crate) fn accounting_attached() -> bool {
+    config(ConfigKey::TaskPidOffset) != 0
+}
+
 /// Reads USDT argument `index` as described by `spec`, sign- or
 /// zero-extended to 64 bits.
 #[inline(always)]
@@ -795,9 +803,7 @@ fn next_slice(
     direction: Direction,
     msg_type: &[u8; MSG_TYPE_LEN],
 ) {
-    // Set last when the accounting attaches (see `ConfigKey::TaskPidOffset`):
-    // without it (`--no-accounting`) no slice is kept.
-    if config(ConfigKey::TaskPidOffset) == 0 {
+    if !accounting_attached() {
         return;
     }
     let context = THREAD_CONTEXT.get_ptr_mut(&tid);

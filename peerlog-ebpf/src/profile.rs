@@ -53,7 +53,7 @@ use peerlog_common::{
     UNWIND_BUCKET_ROWS, UNWIND_BUCKET_SHIFT, UNWIND_ROWS_PER_BLOCK,
 };
 
-use crate::{config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
+use crate::{accounting_attached, config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
 
 /// A sample as it is assembled before it goes into the ring buffer in one
 /// piece, header and frames together.
@@ -304,15 +304,14 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let buffer = unsafe { &mut (*scratch).sample };
     let sample = &mut buffer.sample;
     sample.header = record_header(RecordKind::CpuSample, tid, start);
-    // Without the accounting (`--no-accounting`) no thread has a context,
-    // and looking for one cost an idle node's sample about 1 µs (a hash
-    // and a chain of cold lines of the map) to find nothing. The accounting
-    // sets this key last when it attaches (see `ConfigKey::TaskPidOffset`).
-    let context = if config(ConfigKey::TaskPidOffset) == 0 {
-        None
-    } else {
+    // Without the accounting no thread has a context, and looking for one
+    // cost an idle node's sample about 1 µs (a hash and a chain of cold
+    // lines of the map) to find nothing.
+    let context = if accounting_attached() {
         // SAFETY: plain data written by the message tracepoints.
         unsafe { THREAD_CONTEXT.get(&tid) }
+    } else {
+        None
     };
     match context {
         Some(context) => {
