@@ -214,16 +214,16 @@ pub fn peerlog_bin() -> Result<PathBuf> {
 ///
 /// These servers must be told their ports, and whoever asks first gets a
 /// port: a port the kernel hands out for `bind(0)` is also one it hands out
-/// as the source port of outgoing connections, and the tests open many while a node
-/// starts (CI saw bitcoind fail "Unable to start HTTP server" that way). So
-/// the ports come from below the kernel's ephemeral range, each at most once
-/// per test process, starting at a place set by the process id so that two
-/// test processes do not walk the same path.
+/// as the source port of outgoing connections, and the tests open many
+/// while a node starts (CI saw bitcoind fail "Unable to start HTTP server"
+/// that way). So the ports come from below the kernel's ephemeral range,
+/// each at most once per test process, starting at a place set by the
+/// process id so that two test processes do not walk the same path.
 pub fn free_port() -> Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (low, high) = (10_000, ephemeral_ports_start().max(10_001));
     let span = high - low;
-    // Wrapping: process ids go up to 2^22, and a multiple of them past u32.
+    // Wrapping: a process id (up to 2^22) times 7919 can pass u32::MAX.
     let start = std::process::id().wrapping_mul(7919);
     for _ in 0..span {
         let port = low + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
