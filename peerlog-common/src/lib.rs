@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. Bump it on any change.
-pub const ABI_VERSION: u16 = 9;
+pub const ABI_VERSION: u16 = 10;
 
 /// Largest P2P payload Bitcoin Core accepts (`MAX_PROTOCOL_MESSAGE_LENGTH`).
 pub const MAX_PROTOCOL_MESSAGE_LENGTH: u64 = 4_000_000;
@@ -72,11 +72,14 @@ pub enum RecordKind {
     /// A [`BlockConnectedEvent`]: `validation:block_connected`.
     BlockConnected = 7,
     /// A [`CpuSample`]: a thread of the target was on a CPU, with its user
-    /// stack.
+    /// stack. The kernel writes them inside a [`RecordKind::CpuSampleBatch`].
     CpuSample = 8,
     /// A [`PeerNameEvent`]: a peer's address and connection type, written
     /// before its first [`MessageEvent`].
     PeerName = 9,
+    /// A [`CpuSampleBatchHeader`] and the [`CpuSample`] records one CPU
+    /// gathered.
+    CpuSampleBatch = 10,
 }
 
 impl RecordKind {
@@ -92,6 +95,7 @@ impl RecordKind {
             7 => Self::BlockConnected,
             8 => Self::CpuSample,
             9 => Self::PeerName,
+            10 => Self::CpuSampleBatch,
             _ => return None,
         })
     }
@@ -661,7 +665,8 @@ pub enum LossCause {
     MissingSpec = 5,
     /// The ring buffer was full for a CPU slice, mempool or block event.
     RingFullAccounting = 6,
-    /// The ring buffer was full for a [`CpuSample`], or its scratch slot was missing.
+    /// The ring buffer was full for a [`CpuSampleBatch`] (each of its
+    /// samples counts), or a CPU's scratch or batch slot was missing.
     RingFullSample = 7,
     /// A map was full: a thread's context or a peer's `CNode*` could not be
     /// kept, so that thread's slices or that peer's counters are missing.
@@ -807,6 +812,46 @@ pub struct CpuSample {
     pub stop: u8,
     /// Padding; zero.
     pub _pad: u8,
+}
+
+/// Bytes of [`CpuSample`] records a [`CpuSampleBatch`] holds.
+pub const SAMPLE_BATCH_BYTES: usize = 2048 - core::mem::size_of::<CpuSampleBatchHeader>();
+/// Samples after which a CPU writes its batch to the ring buffer.
+pub const SAMPLE_BATCH_MAX_SAMPLES: u32 = 8;
+/// Age of a batch's first sample after which the next sample on that CPU
+/// writes the batch out, so that samples do not wait long on a CPU where
+/// the target seldom runs (the rest are collected when sampling stops).
+pub const SAMPLE_BATCH_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// The first bytes of a [`RecordKind::CpuSampleBatch`] record: `len` bytes
+/// of [`CpuSample`] records follow, each with its frames, `count` of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSampleBatchHeader {
+    /// Common header; `kind` is [`RecordKind::CpuSampleBatch`], `tid` is 0
+    /// and `ktime_ns` the first sample's.
+    pub header: RecordHeader,
+    /// Samples in the batch.
+    pub count: u32,
+    /// Bytes of samples in the batch.
+    pub len: u32,
+}
+
+/// The samples one CPU took and has not yet written to the ring buffer: an
+/// entry of the sampler's batch map, at the CPU's number. A ring-buffer
+/// record costs a sample about 1 µs at 99 Hz (the buffer's lock, its two
+/// positions and its data lie on four pages, all cold by then), so a CPU
+/// writes its samples in batches of up to [`SAMPLE_BATCH_MAX_SAMPLES`].
+/// The record is the first `size_of::<CpuSampleBatchHeader>() + len` bytes.
+/// Userspace reads the batches left in the map once sampling has stopped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSampleBatch {
+    /// What the batch holds.
+    pub head: CpuSampleBatchHeader,
+    /// The samples, 8-byte words (a [`CpuSample`] and each frame are whole
+    /// words).
+    pub words: [u64; SAMPLE_BATCH_BYTES / 8],
 }
 
 /// How the canonical frame address (CFA, the caller's stack pointer) of a
@@ -1042,4 +1087,5 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindBucket {}
     unsafe impl aya::Pod for super::UnwindModule {}
     unsafe impl aya::Pod for super::SamplerCost {}
+    unsafe impl aya::Pod for super::CpuSampleBatch {}
 }

@@ -99,6 +99,12 @@ static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_CAUSES, 0);
 
 #[inline(always)]
 pub(crate) fn count_loss(cause: LossCause) {
+    count_losses(cause, 1);
+}
+
+/// Counts `n` losses of one cause at once (a batch of samples).
+#[inline(always)]
+pub(crate) fn count_losses(cause: LossCause, n: u64) {
     if let Some(counter) = LOSSES.get_ptr_mut(cause as u32) {
         // An atomic add (BPF_ATOMIC | BPF_ADD): uprobe programs are
         // preemptible, and two runs on one CPU must not lose an increment to
@@ -106,9 +112,9 @@ pub(crate) fn count_loss(cause: LossCause) {
         // SAFETY: `counter` is a valid, aligned per-CPU slot of the map.
         unsafe {
             core::arch::asm!(
-                "lock *(u64 *)({ptr} + 0) += {one}",
+                "lock *(u64 *)({ptr} + 0) += {n}",
                 ptr = in(reg) counter,
-                one = in(reg) 1u64,
+                n = in(reg) n,
             )
         };
     }

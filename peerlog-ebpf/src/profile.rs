@@ -15,9 +15,11 @@
 //! reached. A bitcoind stack spans some 14 KiB but its frames' words
 //! cluster, so a walk takes two or three copies where it took a helper read
 //! or two per frame (each helper call is dear where AMD's SRSO mitigation
-//! makes every kernel return so). The record is a
+//! makes every kernel return so). The sample is a
 //! [`CpuSample`] followed by the program counters, with the peer the
-//! thread's open CPU slice is charged to (`THREAD_CONTEXT`). Not the
+//! thread's open CPU slice is charged to (`THREAD_CONTEXT`), assembled in
+//! place in the CPU's [`CpuSampleBatch`], which goes into the ring buffer
+//! once it holds a few samples (see there why). Not the
 //! thread's name: reading it from the task cost an idle node's sample
 //! 0.7 to 0.9 µs (a cold line of the task and a helper call), and userspace
 //! reads it from `/proc` once a second per thread.
@@ -47,27 +49,21 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use peerlog_common::{
-    cfa, ConfigKey, CpuSample, LossCause, PackedRow, RecordKind, SamplerCost, UnwindBucket,
-    UnwindModule, UnwindRow, UnwindRowBlock, WalkStop, MAX_SAMPLE_FRAMES, MAX_UNWIND_MODULES,
-    RBP_LOST, RBP_SAME, SAMPLE_FLAG_COMPLETE, SAMPLE_FLAG_IN_KERNEL, SAMPLE_NO_CONTEXT,
-    UNWIND_BUCKET_ROWS, UNWIND_BUCKET_SHIFT, UNWIND_ROWS_PER_BLOCK,
+    cfa, ConfigKey, CpuSample, CpuSampleBatch, CpuSampleBatchHeader, LossCause, PackedRow,
+    RecordKind, SamplerCost, UnwindBucket, UnwindModule, UnwindRow, UnwindRowBlock, WalkStop,
+    MAX_SAMPLE_FRAMES, MAX_UNWIND_MODULES, RBP_LOST, RBP_SAME, SAMPLE_BATCH_BYTES,
+    SAMPLE_BATCH_MAX_AGE_NS, SAMPLE_BATCH_MAX_SAMPLES, SAMPLE_FLAG_COMPLETE, SAMPLE_FLAG_IN_KERNEL,
+    SAMPLE_NO_CONTEXT, UNWIND_BUCKET_ROWS, UNWIND_BUCKET_SHIFT, UNWIND_ROWS_PER_BLOCK,
 };
 
-use crate::{accounting_attached, config, count_loss, record_header, EVENTS, THREAD_CONTEXT};
+use crate::{
+    accounting_attached, config, count_loss, count_losses, record_header, EVENTS, THREAD_CONTEXT,
+};
 
-/// A sample as it is assembled before it goes into the ring buffer in one
-/// piece, header and frames together.
-#[repr(C)]
-pub struct SampleBuffer {
-    sample: CpuSample,
-    frames: [u64; MAX_SAMPLE_FRAMES],
-}
-
-/// Everything a CPU writes while it takes a sample: the sample, the copy of
-/// the stack, and the rows it found before.
+/// Everything a CPU writes while it takes a sample, but the sample itself:
+/// the copy of the stack, and the rows it found before.
 #[repr(C)]
 pub struct Scratch {
-    sample: SampleBuffer,
     window: StackWindow,
     rows: RowCache,
     walk: Walk,
@@ -86,6 +82,22 @@ pub struct Scratch {
 /// valid is kept in [`Walk`], so a new sample never trusts an old copy.
 #[map]
 static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+
+/// Each CPU's [`CpuSampleBatch`], at the index of the CPU like [`SCRATCH`]:
+/// a sample is assembled in its place there, header and frames, and goes
+/// into the ring buffer with the batch. A map of its own so that userspace
+/// reads what is left in it, as a type of the ABI, once sampling stopped.
+#[map]
+static SAMPLE_BATCHES: Array<CpuSampleBatch> = Array::with_max_entries(1, 0);
+
+/// Words of a [`CpuSampleBatch`] one sample may take: its header and the
+/// most frames.
+const SAMPLE_WORDS: usize = (size_of::<CpuSample>() + MAX_SAMPLE_FRAMES * 8) / 8;
+/// Words of samples a batch may hold before the next sample: that one must
+/// fit whole behind them.
+const BATCH_ROOM_WORDS: usize = SAMPLE_BATCH_BYTES / 8 - SAMPLE_WORDS;
+/// Words of a [`CpuSample`] without its frames.
+const SAMPLE_HEADER_WORDS: usize = size_of::<CpuSample>() / 8;
 
 /// Each CPU's [`SamplerCost`], at the index of the CPU like [`SCRATCH`]:
 /// what the target's samples cost, for the bench and the trace summary.
@@ -218,6 +230,18 @@ struct Walk {
     rbp_known: u8,
     /// A [`WalkStop`].
     stop: u8,
+    /// Where in this CPU's [`CpuSampleBatch`] (its word) the first frame
+    /// goes; at most [`BATCH_ROOM_WORDS`] plus the sample's header.
+    frames_at: u32,
+}
+
+/// What `cpu_sample` hands each [`step`]: this CPU's entries, as pointers
+/// the verifier knows, where a lookup would cost each frame a map access.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StepEntries {
+    scratch: *mut Scratch,
+    batch: *mut CpuSampleBatch,
 }
 
 /// `cpu-clock` fired on some CPU: if one of the target's threads was running
@@ -236,10 +260,20 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     // SAFETY: helpers without arguments.
     let start = unsafe { bpf_ktime_get_ns() };
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+    let (Some(scratch), Some(batch)) = (SCRATCH.get_ptr_mut(cpu), SAMPLE_BATCHES.get_ptr_mut(cpu))
+    else {
         count_loss(LossCause::RingFullSample);
         return 0;
     };
+    // Where this sample goes in the batch. A batch is written out as soon
+    // as the next sample might not fit, so this only finds a full batch if
+    // the map was written otherwise; it is then written out first.
+    // SAFETY: this CPU's entry, written only by this program on this CPU.
+    let mut at = unsafe { (*batch).head.len } as usize / 8;
+    if at > BATCH_ROOM_WORDS {
+        flush_batch(batch);
+        at = 0;
+    }
     // SAFETY: this CPU's entry, written only by this program on this CPU.
     warm_row_cache(unsafe { &raw const (*scratch).rows });
 
@@ -273,22 +307,21 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             window_short: 0,
             rbp_known: 1,
             stop: WalkStop::TooDeep as u8,
+            frames_at: (at + SAMPLE_HEADER_WORDS) as u32,
         }
     };
     if rip == 0 || rsp == 0 {
         // SAFETY: as above.
         unsafe { (*walk).stop = WalkStop::ReadFailed as u8 };
     } else {
-        // `step` gets this CPU's entry from here: a pointer the verifier
-        // knows, where a lookup would cost each frame a map access.
-        let mut entry = scratch;
+        let mut entries = StepEntries { scratch, batch };
         // SAFETY: `step` is a static function of this program with the
-        // signature bpf_loop expects; `entry` outlives the call.
+        // signature bpf_loop expects; `entries` outlives the call.
         unsafe {
             bpf_loop(
                 MAX_SAMPLE_FRAMES as u32,
                 step as *const () as *mut c_void,
-                &mut entry as *mut *mut Scratch as *mut c_void,
+                &mut entries as *mut StepEntries as *mut c_void,
                 0,
             )
         };
@@ -300,9 +333,19 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     }
     let frames = (walk.frames as usize).min(MAX_SAMPLE_FRAMES);
 
-    // SAFETY: as above; `step` wrote the frames and is done.
-    let buffer = unsafe { &mut (*scratch).sample };
-    let sample = &mut buffer.sample;
+    // The sample's header goes in front of its frames. Where, is read back
+    // from the walk and checked here, where it is used: the verifier must
+    // see the bound on the very register that indexes the batch.
+    let at = (walk.frames_at as usize).wrapping_sub(SAMPLE_HEADER_WORDS);
+    if at > BATCH_ROOM_WORDS {
+        return 0;
+    }
+    let Some(slot) = (unsafe { (*batch).words.get_mut(at..at + SAMPLE_HEADER_WORDS) }) else {
+        return 0;
+    };
+    // SAFETY: the slot's words are 8-byte aligned and as long as a
+    // `CpuSample`, plain data; `step` is done with the batch.
+    let sample = unsafe { &mut *(slot.as_mut_ptr() as *mut CpuSample) };
     sample.header = record_header(RecordKind::CpuSample, tid, start);
     // Without the accounting no thread has a context, and looking for one
     // cost an idle node's sample about 1 µs (a hash and a chain of cold
@@ -328,15 +371,19 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     sample.stop = walk.stop;
     sample._pad = 0;
 
-    let len = size_of::<CpuSample>() + frames * size_of::<u64>();
-    // SAFETY: `len` is at most the size of the slot, which stays valid for
-    // the whole run of the program.
-    let record = unsafe { core::slice::from_raw_parts(buffer as *const _ as *const u8, len) };
-    if EVENTS
-        .output::<[u8]>(record, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
+    // SAFETY: this CPU's entry, as above.
+    let head = unsafe { &mut (*batch).head };
+    if head.count == 0 {
+        head.header = record_header(RecordKind::CpuSampleBatch, 0, start);
+    }
+    head.count += 1;
+    let words = at + SAMPLE_HEADER_WORDS + frames;
+    head.len = (words * 8) as u32;
+    if head.count >= SAMPLE_BATCH_MAX_SAMPLES
+        || words > BATCH_ROOM_WORDS
+        || start.wrapping_sub(head.header.ktime_ns) >= SAMPLE_BATCH_MAX_AGE_NS
     {
-        count_loss(LossCause::RingFullSample);
+        flush_batch(batch);
     }
     if let Some(cost) = SAMPLER_COST.get_ptr_mut(cpu) {
         // SAFETY: this CPU's entry; the program never runs nested on a CPU,
@@ -355,9 +402,9 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `cpu_sample` passed, to its
-    // pointer to this CPU's scratch entry, used by this program only, never
+    // pointers to this CPU's entries, used by this program only, never
     // nested.
-    let scratch = unsafe { *(ctx as *const *mut Scratch) };
+    let StepEntries { scratch, batch } = unsafe { *(ctx as *const StepEntries) };
     // SAFETY: as above.
     let walk = unsafe { &mut (*scratch).walk };
     // A return address is the instruction after the call; the call itself,
@@ -372,8 +419,11 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     if n >= MAX_SAMPLE_FRAMES {
         return 1;
     }
-    // SAFETY: this CPU's entry; `n` is in bounds.
-    unsafe { (*scratch).sample.frames[n] = lookup };
+    // SAFETY: this CPU's entry; the index is checked.
+    let Some(frame) = (unsafe { (*batch).words.get_mut(walk.frames_at as usize + n) }) else {
+        return 1;
+    };
+    *frame = lookup;
     walk.frames += 1;
     match unwind(walk, scratch, lookup) {
         Ok(()) => 0,
@@ -382,6 +432,26 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             1
         }
     }
+}
+
+/// Writes this CPU's batch of samples into the ring buffer and empties it;
+/// a full ring loses its samples, counted.
+#[inline(always)]
+fn flush_batch(batch: *mut CpuSampleBatch) {
+    // SAFETY: this CPU's entry, written only by this program on this CPU.
+    let head = unsafe { &mut (*batch).head };
+    let len = size_of::<CpuSampleBatchHeader>() + (head.len as usize).min(SAMPLE_BATCH_BYTES);
+    // SAFETY: `len` is at most the size of the entry, which stays valid for
+    // the whole run of the program.
+    let record = unsafe { core::slice::from_raw_parts(batch as *const u8, len) };
+    if EVENTS
+        .output::<[u8]>(record, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
+        count_losses(LossCause::RingFullSample, u64::from(head.count));
+    }
+    head.count = 0;
+    head.len = 0;
 }
 
 /// Moves `walk` from the frame at `lookup` to its caller.

@@ -239,6 +239,14 @@ pub enum DecodeError {
     AbiMismatch(u16),
     /// A kind this ABI does not know.
     UnknownKind(u16),
+    /// A batch of CPU samples that holds another number of samples than it
+    /// announces.
+    BatchCount {
+        /// Samples announced.
+        count: u32,
+        /// Samples found in its bytes.
+        found: usize,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -250,6 +258,10 @@ impl std::fmt::Display for DecodeError {
                 "record of event ABI version {v}, this peerlog speaks {ABI_VERSION}"
             ),
             Self::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
+            Self::BatchCount { count, found } => write!(
+                f,
+                "batch of CPU samples announces {count} samples but holds {found}"
+            ),
         }
     }
 }
@@ -547,6 +559,7 @@ impl Decoder {
             Some(RecordKind::CpuSample) => {
                 out.push(Event::CpuSample(decode_cpu_sample(header, record)?));
             }
+            Some(RecordKind::CpuSampleBatch) => decode_cpu_sample_batch(record, out)?,
             None => return Err(DecodeError::UnknownKind(header.kind)),
         }
         Ok(())
@@ -562,6 +575,44 @@ impl Decoder {
             ));
         }
     }
+}
+
+/// A [`RecordKind::CpuSampleBatch`] record: each of its samples, in the
+/// order taken. A batch whose samples do not add up to its length is
+/// refused whole: its bytes cannot be trusted.
+fn decode_cpu_sample_batch(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+    let kind = RecordKind::CpuSampleBatch as u16;
+    let batch: peerlog_common::CpuSampleBatchHeader = read(record, kind)?;
+    let short = || DecodeError::Short {
+        kind,
+        len: record.len(),
+    };
+    let mut rest = record[size_of::<peerlog_common::CpuSampleBatchHeader>()..]
+        .get(..batch.len as usize)
+        .ok_or_else(short)?;
+    let mut samples = Vec::with_capacity(batch.count as usize);
+    while !rest.is_empty() {
+        let header: RecordHeader = read(rest, kind)?;
+        if header.abi != ABI_VERSION {
+            return Err(DecodeError::AbiMismatch(header.abi));
+        }
+        if header.kind != RecordKind::CpuSample as u16 {
+            return Err(DecodeError::UnknownKind(header.kind));
+        }
+        let sample: peerlog_common::CpuSample = read(rest, header.kind)?;
+        let len = size_of::<peerlog_common::CpuSample>() + sample.frame_count as usize * 8;
+        let one = rest.get(..len).ok_or_else(short)?;
+        samples.push(Event::CpuSample(decode_cpu_sample(header, one)?));
+        rest = &rest[len..];
+    }
+    if samples.len() != batch.count as usize {
+        return Err(DecodeError::BatchCount {
+            count: batch.count,
+            found: samples.len(),
+        });
+    }
+    out.append(&mut samples);
+    Ok(())
 }
 
 /// A [`RecordKind::CpuSample`] record: the header, then the frames.
@@ -890,6 +941,86 @@ mod tests {
             d.push(&cpu_sample(&frames, 4, 0), &mut out),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    fn sample_batch(count: u32, samples: &[Vec<u8>]) -> Vec<u8> {
+        let body = samples.concat();
+        let mut v = bytes_of(&peerlog_common::CpuSampleBatchHeader {
+            header: header(RecordKind::CpuSampleBatch, 0, 555),
+            count,
+            len: body.len() as u32,
+        });
+        v.extend_from_slice(&body);
+        v
+    }
+
+    #[test]
+    fn sample_batches_give_each_sample_in_order() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let first = cpu_sample(&[0x401000, 0x400100], 2, SliceKind::Processing as u8);
+        let second = cpu_sample(&[], 0, peerlog_common::SAMPLE_NO_CONTEXT);
+        let third = cpu_sample(&[0x402233], 1, SliceKind::Sending as u8);
+        d.push(&sample_batch(3, &[first, second, third]), &mut out)
+            .unwrap();
+        let frames: Vec<_> = out
+            .iter()
+            .map(|e| match e {
+                Event::CpuSample(s) => s.frames.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(frames, [vec![0x401000, 0x400100], vec![], vec![0x402233]]);
+
+        // An empty batch is no error and no sample.
+        out.clear();
+        d.push(&sample_batch(0, &[]), &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn malformed_sample_batches_are_refused_whole() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let good = cpu_sample(&[0x401000], 1, 0);
+        // More samples announced than held, and fewer.
+        assert!(matches!(
+            d.push(&sample_batch(2, std::slice::from_ref(&good)), &mut out),
+            Err(DecodeError::BatchCount { count: 2, found: 1 })
+        ));
+        assert!(matches!(
+            d.push(&sample_batch(1, &[good.clone(), good.clone()]), &mut out),
+            Err(DecodeError::BatchCount { count: 1, found: 2 })
+        ));
+        // A sample that runs past the batch's end, and a batch whose length
+        // runs past the record's.
+        assert!(matches!(
+            d.push(
+                &sample_batch(2, &[good.clone(), cpu_sample(&[1], 3, 0)]),
+                &mut out
+            ),
+            Err(DecodeError::Short { .. })
+        ));
+        let mut cut = sample_batch(1, std::slice::from_ref(&good));
+        cut.truncate(cut.len() - 1);
+        assert!(matches!(
+            d.push(&cut, &mut out),
+            Err(DecodeError::Short { .. })
+        ));
+        // A record of another kind or ABI inside a batch.
+        let mut other = good.clone();
+        other[2] = RecordKind::CpuSlice as u8;
+        assert!(matches!(
+            d.push(&sample_batch(1, &[other]), &mut out),
+            Err(DecodeError::UnknownKind(5))
+        ));
+        let mut old = good;
+        old[0] = 0xEE;
+        assert!(matches!(
+            d.push(&sample_batch(1, &[old]), &mut out),
+            Err(DecodeError::AbiMismatch(_))
+        ));
+        assert!(out.is_empty(), "{out:?}");
     }
 }
 

@@ -13,8 +13,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerlog_common::{
-    ConfigKey, LossCause, SamplerCost, UnwindRow, UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE,
-    MSG_TYPE_LEN, MSG_TYPE_STATS, PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
+    ConfigKey, CpuSampleBatch, CpuSampleBatchHeader, LossCause, SamplerCost, UnwindRow,
+    UnwindRowBlock, UsdtSpec, MSG_TYPE_CAPTURE, MSG_TYPE_LEN, MSG_TYPE_STATS,
+    PEER_POLICY_SKIP_PAYLOAD, UNWIND_ROWS_PER_BLOCK,
 };
 use serde::Serialize;
 
@@ -187,6 +188,7 @@ impl Probes {
             .map_max_entries("UNWIND_BUCKETS", buckets)
             .map_max_entries("SCRATCH", per_cpu_entries)
             .map_max_entries("SAMPLER_COST", per_cpu_entries)
+            .map_max_entries("SAMPLE_BATCHES", per_cpu_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!("loading the eBPF object failed: {e}{}", privilege_hint(&e))
@@ -460,6 +462,37 @@ impl Probes {
             sum += cost?;
         }
         Ok(sum)
+    }
+
+    /// The records of the CPU samples each CPU gathered and has not yet
+    /// written to the ring buffer ([`CpuSampleBatch`]), emptying the batches.
+    /// Call after [`Self::detach`], when no sample is still running.
+    pub fn take_sample_batches(&mut self) -> Result<Vec<Vec<u8>>> {
+        let map = (self.ebpf.map_mut("SAMPLE_BATCHES")).context("SAMPLE_BATCHES map")?;
+        let mut batches: Array<_, CpuSampleBatch> = Array::try_from(map)?;
+        let mut records = Vec::new();
+        for cpu in 0..batches.len() {
+            let mut batch = batches.get(&cpu, 0)?;
+            if batch.head.count == 0 {
+                continue;
+            }
+            let len = size_of::<CpuSampleBatchHeader>() + batch.head.len as usize;
+            // SAFETY: a `CpuSampleBatch` is plain old data without padding
+            // (`aya::Pod`): every byte of it is initialized.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&batch as *const CpuSampleBatch).cast::<u8>(),
+                    size_of::<CpuSampleBatch>(),
+                )
+            };
+            records.push(bytes.get(..len).unwrap_or(bytes).to_vec());
+            // Taken: a second call, or the next process's trace, must not
+            // see these samples again.
+            batch.head.count = 0;
+            batch.head.len = 0;
+            batches.set(cpu, batch, 0)?;
+        }
+        Ok(records)
     }
 
     /// The controls over the running programs; can be taken once.

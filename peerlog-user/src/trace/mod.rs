@@ -717,6 +717,15 @@ impl Attachment {
         if drain {
             let mut events = Vec::new();
             result = drain_ring(self.ring.get_mut(), tracer, &mut events);
+            // The samples each CPU still held: taken while tracing, too.
+            match self.probes.take_sample_batches() {
+                Ok(batches) => {
+                    for batch in batches {
+                        result = result.and_then(|()| tracer.handle_record(&batch, &mut events));
+                    }
+                }
+                Err(e) => log::warn!("reading the CPU samples not yet sent: {e:#}"),
+            }
             tracer.decoder.finish(&mut events);
             for event in events.drain(..) {
                 result = result.and_then(|()| tracer.handle(event));
