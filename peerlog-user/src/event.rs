@@ -559,9 +559,48 @@ impl Decoder {
             Some(RecordKind::CpuSample) => {
                 out.push(Event::CpuSample(decode_cpu_sample(header, record)?));
             }
-            Some(RecordKind::CpuSampleBatch) => decode_cpu_sample_batch(record, out)?,
+            Some(RecordKind::CpuSampleBatch) => self.push_cpu_sample_batch(record, out)?,
             None => return Err(DecodeError::UnknownKind(header.kind)),
         }
+        Ok(())
+    }
+
+    /// A [`RecordKind::CpuSampleBatch`] record: each of its samples, in the
+    /// order taken, each decoded as a record of its own. A batch whose
+    /// samples do not add up to its length is refused whole: its bytes
+    /// cannot be trusted.
+    fn push_cpu_sample_batch(
+        &mut self,
+        record: &[u8],
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
+        let kind = RecordKind::CpuSampleBatch as u16;
+        let batch: peerlog_common::CpuSampleBatchHeader = read(record, kind)?;
+        let short = || DecodeError::Short {
+            kind,
+            len: record.len(),
+        };
+        let mut rest = record[size_of::<peerlog_common::CpuSampleBatchHeader>()..]
+            .get(..batch.len as usize)
+            .ok_or_else(short)?;
+        let mut samples = Vec::with_capacity(batch.count as usize);
+        while !rest.is_empty() {
+            let sample: peerlog_common::CpuSample = read(rest, kind)?;
+            // Only samples: any other kind inside would be misread here.
+            if sample.header.kind != RecordKind::CpuSample as u16 {
+                return Err(DecodeError::UnknownKind(sample.header.kind));
+            }
+            let len = size_of::<peerlog_common::CpuSample>() + sample.frame_count as usize * 8;
+            self.push(rest.get(..len).ok_or_else(short)?, &mut samples)?;
+            rest = &rest[len..];
+        }
+        if samples.len() != batch.count as usize {
+            return Err(DecodeError::BatchCount {
+                count: batch.count,
+                found: samples.len(),
+            });
+        }
+        out.append(&mut samples);
         Ok(())
     }
 
@@ -575,44 +614,6 @@ impl Decoder {
             ));
         }
     }
-}
-
-/// A [`RecordKind::CpuSampleBatch`] record: each of its samples, in the
-/// order taken. A batch whose samples do not add up to its length is
-/// refused whole: its bytes cannot be trusted.
-fn decode_cpu_sample_batch(record: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
-    let kind = RecordKind::CpuSampleBatch as u16;
-    let batch: peerlog_common::CpuSampleBatchHeader = read(record, kind)?;
-    let short = || DecodeError::Short {
-        kind,
-        len: record.len(),
-    };
-    let mut rest = record[size_of::<peerlog_common::CpuSampleBatchHeader>()..]
-        .get(..batch.len as usize)
-        .ok_or_else(short)?;
-    let mut samples = Vec::with_capacity(batch.count as usize);
-    while !rest.is_empty() {
-        let header: RecordHeader = read(rest, kind)?;
-        if header.abi != ABI_VERSION {
-            return Err(DecodeError::AbiMismatch(header.abi));
-        }
-        if header.kind != RecordKind::CpuSample as u16 {
-            return Err(DecodeError::UnknownKind(header.kind));
-        }
-        let sample: peerlog_common::CpuSample = read(rest, header.kind)?;
-        let len = size_of::<peerlog_common::CpuSample>() + sample.frame_count as usize * 8;
-        let one = rest.get(..len).ok_or_else(short)?;
-        samples.push(Event::CpuSample(decode_cpu_sample(header, one)?));
-        rest = &rest[len..];
-    }
-    if samples.len() != batch.count as usize {
-        return Err(DecodeError::BatchCount {
-            count: batch.count,
-            found: samples.len(),
-        });
-    }
-    out.append(&mut samples);
-    Ok(())
 }
 
 /// A [`RecordKind::CpuSample`] record: the header, then the frames.

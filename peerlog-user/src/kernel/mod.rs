@@ -465,14 +465,17 @@ impl Probes {
     }
 
     /// The records of the CPU samples each CPU gathered and has not yet
-    /// written to the ring buffer ([`CpuSampleBatch`]), emptying the batches.
-    /// Call after [`Self::detach`], when no sample is still running.
-    pub fn take_sample_batches(&mut self) -> Result<Vec<Vec<u8>>> {
-        let map = (self.ebpf.map_mut("SAMPLE_BATCHES")).context("SAMPLE_BATCHES map")?;
-        let mut batches: Array<_, CpuSampleBatch> = Array::try_from(map)?;
+    /// written to the ring buffer ([`CpuSampleBatch`]). Read after
+    /// [`Self::detach`], when no sample is still running.
+    pub fn sample_batches(&self) -> Result<Vec<Vec<u8>>> {
+        let map = self
+            .ebpf
+            .map("SAMPLE_BATCHES")
+            .context("SAMPLE_BATCHES map")?;
+        let batches: Array<_, CpuSampleBatch> = Array::try_from(map)?;
         let mut records = Vec::new();
-        for cpu in 0..batches.len() {
-            let mut batch = batches.get(&cpu, 0)?;
+        for batch in batches.iter() {
+            let batch = batch?;
             if batch.head.count == 0 {
                 continue;
             }
@@ -486,11 +489,6 @@ impl Probes {
                 )
             };
             records.push(bytes.get(..len).unwrap_or(bytes).to_vec());
-            // Taken: a second call, or the next process's trace, must not
-            // see these samples again.
-            batch.head.count = 0;
-            batch.head.len = 0;
-            batches.set(cpu, batch, 0)?;
         }
         Ok(records)
     }

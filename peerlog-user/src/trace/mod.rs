@@ -718,7 +718,7 @@ impl Attachment {
             let mut events = Vec::new();
             result = drain_ring(self.ring.get_mut(), tracer, &mut events);
             // The samples each CPU still held: taken while tracing, too.
-            match self.probes.take_sample_batches() {
+            match self.probes.sample_batches() {
                 Ok(batches) => {
                     for batch in batches {
                         result = result.and_then(|()| tracer.handle_record(&batch, &mut events));
