@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::layout::{
     connection_dir_name, parse_connection_dir_name, peer_dir_name, RECV_FILE_NAME,
 };
-use super::write::DatFile;
+use super::write::{DatFile, MAX_TOTAL_BUFFERED};
 use super::*;
 use crate::private_fs::Dir;
 
@@ -682,6 +682,36 @@ fn open_files_are_capped() {
         assert_eq!(file.records, expected[&key]);
         assert_eq!(file.connection, Some((1, 2)));
     }
+}
+
+#[test]
+fn written_buffers_give_their_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = CaptureWriter::new(dir.path(), CaptureLayout::Core).unwrap();
+    // A block sent to each of many peers: each record alone passes the
+    // file's flush threshold and is written at once.
+    let block = record(1, "block", &vec![0xab; 1_000_000]);
+    for peer in 0..20 {
+        let addr = format!("10.0.0.{peer}:8333");
+        writer.append(&addr, (peer, 2), false, &block).unwrap();
+    }
+    assert_eq!(writer.stats().records_written, 20);
+    assert_eq!(writer.buffer_capacity(), 0, "no block stays allocated");
+    // Small records stay buffered, and the buffers of all files together
+    // are bounded.
+    for i in 0..200_000u64 {
+        let addr = format!("10.0.1.{}:8333", i % 100);
+        writer
+            .append(&addr, (1, 2), i % 2 == 0, &record(i, "inv", &[7; 37]))
+            .unwrap();
+        if i % 1000 == 0 {
+            assert!(writer.buffer_capacity() <= 2 * MAX_TOTAL_BUFFERED);
+        }
+    }
+    drop(writer);
+    let files = read_capture_tree(dir.path()).unwrap();
+    let records: usize = files.iter().map(|f| f.records.len()).sum();
+    assert_eq!(records, 200_020, "every record written");
 }
 
 #[test]

@@ -17,8 +17,13 @@ use crate::private_fs::{self, Dir};
 /// thousands of small messages (`inv`, `ping`) share one `write(2)`.
 const FLUSH_THRESHOLD: usize = 256 * 1024;
 /// All buffers are written out once together they hold this much, so that
-/// many quiet peers cannot pin `FLUSH_THRESHOLD` each in memory.
-const MAX_TOTAL_BUFFERED: usize = 16 * 1024 * 1024;
+/// many quiet peers cannot pin `FLUSH_THRESHOLD` each in memory. A written
+/// buffer gives its memory back, so this bounds the buffers' memory too
+/// (twice this, as a `Vec` grows by doubling). Under the bench's relay
+/// flood (32 peers, 6 MB/s of capture) 16 MiB held about 10 MiB; the
+/// writes it brings are still few (a flush of all files every second or
+/// so there).
+pub(super) const MAX_TOTAL_BUFFERED: usize = 4 * 1024 * 1024;
 /// Open capture files kept at most; well under the usual 1024 descriptor
 /// limit, and above the two files of each of bitcoind's default 125 peers.
 const DEFAULT_MAX_OPEN_FILES: usize = 256;
@@ -256,6 +261,13 @@ impl CaptureWriter {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Bytes the buffers of all files have allocated.
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> usize {
+        let files = self.peers.values().flat_map(|peer| &peer.files);
+        files.map(|file| file.buf.capacity()).sum()
     }
 
     /// Appends one record to the file of peer `addr` (bitcoind's
@@ -510,7 +522,9 @@ fn write_buffer(
     let result = handle.append_bytes(&file.buf);
     let (len, records) = (file.buf.len() as u64, file.buffered_records);
     *total_buffered -= file.buf.len();
-    file.buf.clear();
+    // Not `clear`: the buffer would keep the largest size it ever had while
+    // the file is open, a block's megabytes for each peer a block went to.
+    file.buf = Vec::new();
     file.buffered_records = 0;
     match result {
         Ok(()) => {
