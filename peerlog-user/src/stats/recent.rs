@@ -8,7 +8,8 @@
 //! they grow; at their bounds (300,000 hashes) the two tables took some 60
 //! MiB of peerlog's memory on a real bitcoind. Here each entry is stored
 //! once, in a ring in insertion order, and found through a table of its
-//! positions: about 16 MiB at the same bounds.
+//! positions: about 16 MiB at the same bounds, and 11 MiB with the 16-byte
+//! keys the collector gives it.
 
 use std::hash::{BuildHasher, Hash, RandomState};
 
