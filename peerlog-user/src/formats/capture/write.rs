@@ -20,10 +20,10 @@ const FLUSH_THRESHOLD: usize = 256 * 1024;
 /// many quiet peers cannot pin `FLUSH_THRESHOLD` each in memory. A written
 /// buffer gives its memory back, so this bounds the buffers' memory too
 /// (twice this, as a `Vec` grows by doubling). Under the bench's relay
-/// flood (32 peers, 6 MB/s of capture) 16 MiB held about 10 MiB; the
-/// writes it brings are still few (a flush of all files every second or
-/// so there).
-pub(super) const MAX_TOTAL_BUFFERED: usize = 4 * 1024 * 1024;
+/// flood (32 peers, 6 MB/s of capture) 16 MiB held about 10 MiB, and 2 MiB
+/// took 3 MiB off peerlog's peak RSS against 4; the writes it brings are
+/// still few there (a flush of all 64 files three times a second).
+pub(super) const MAX_TOTAL_BUFFERED: usize = 2 * 1024 * 1024;
 /// Open capture files kept at most; well under the usual 1024 descriptor
 /// limit, and above the two files of each of bitcoind's default 125 peers.
 const DEFAULT_MAX_OPEN_FILES: usize = 256;
