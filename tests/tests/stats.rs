@@ -916,11 +916,20 @@ impl StatsTrace {
     }
 }
 
-/// The lines of the stats log in `dir`.
+/// The whole lines of the stats log in `dir`.
 fn read_stats_log(dir: &Path) -> Result<Vec<Value>> {
-    fs::read_to_string(dir.join("stats.jsonl"))?
-        .lines()
-        .map(|l| Ok(serde_json::from_str(l)?))
+    let bytes = fs::read(dir.join("stats.jsonl"))?;
+    // Whole lines only: a trace still running may be amid writing the last
+    // one (a line of over 8 KiB leaves its buffer in pieces), as a reader
+    // of a live log must expect; `peerlog report` skips it too.
+    let whole = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&bytes[..0], |end| &bytes[..end]);
+    whole
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Ok(serde_json::from_slice(l)?))
         .collect()
 }
 
