@@ -453,7 +453,8 @@ impl Collector {
                     relay.tx_recv = 1;
                     let bytes = m.payload_size;
                     // Seen arrive before, or in the mempool from elsewhere.
-                    let known = self.tx_senders.contains(&(&txid).into())
+                    let arrived_before = self.tx_senders.insert(TxKey::from(&txid), id);
+                    let known = arrived_before.is_some()
                         || self
                             .relayed
                             .contains_key(&bitcoin::Txid::from_byte_array(txid));
@@ -461,7 +462,6 @@ impl Collector {
                         relay.tx_recv_duplicate = 1;
                         relay.tx_recv_duplicate_bytes = bytes;
                     }
-                    self.tx_senders.insert((&txid).into(), id);
                     latency = peer.getdata.answer(&[txid, wtxid], ktime_ns);
                     if latency.is_none() {
                         relay.tx_recv_unsolicited = 1;
@@ -515,12 +515,12 @@ impl Collector {
     fn announced(&mut self, who: i64, tx_hashes: &[TxHash], ktime_ns: u64) {
         let mut first = 0;
         for hash in tx_hashes {
-            if !self.first_seen.contains(&hash.into()) {
+            if !self.first_seen.contains(&TxKey::from(hash)) {
                 let seen = FirstSeen {
                     peer: who,
                     ktime_ns,
                 };
-                self.first_seen.insert(hash.into(), seen);
+                self.first_seen.insert(TxKey::from(hash), seen);
                 first += 1;
             }
         }
@@ -534,8 +534,8 @@ impl Collector {
     /// known to be one transaction, only the earlier announcement is first.
     /// A transaction nobody announced is the sender's first announcement.
     fn tx_arrived(&mut self, id: i64, txid: TxHash, wtxid: TxHash, ktime_ns: u64) {
-        let by_txid = self.first_seen.get(&(&txid).into()).copied();
-        let by_wtxid = self.first_seen.get(&(&wtxid).into()).copied();
+        let by_txid = self.first_seen.get(&TxKey::from(&txid)).copied();
+        let by_wtxid = self.first_seen.get(&TxKey::from(&wtxid)).copied();
         let first = match (by_txid, by_wtxid) {
             (None, None) => {
                 self.both(Some(id), |f| f.tx_relay.announced_first += 1);
@@ -556,8 +556,8 @@ impl Collector {
                 first
             }
         };
-        self.first_seen.insert((&txid).into(), first);
-        self.first_seen.insert((&wtxid).into(), first);
+        self.first_seen.insert(TxKey::from(&txid), first);
+        self.first_seen.insert(TxKey::from(&wtxid), first);
     }
 
     fn on_connection(&mut self, c: &Connection) -> Option<i64> {
@@ -604,7 +604,7 @@ impl Collector {
         let sender = match m.kind {
             MempoolEventKind::Added | MempoolEventKind::Rejected => self
                 .tx_senders
-                .get(&(&m.txid.to_byte_array()).into())
+                .get(&TxKey::from(&m.txid.to_byte_array()))
                 .copied(),
             _ => None,
         };
@@ -628,7 +628,7 @@ impl Collector {
                 });
                 let first = self
                     .first_seen
-                    .get(&(&m.txid.to_byte_array()).into())
+                    .get(&TxKey::from(&m.txid.to_byte_array()))
                     .map(|seen| seen.peer)
                     .filter(|&peer| peer != OURSELVES);
                 if first.is_some() {

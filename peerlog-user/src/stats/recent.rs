@@ -57,26 +57,27 @@ impl<K: Hash + Eq + Copy, V> Recent<K, V> {
         }
     }
 
-    fn position(&self, key: &K) -> Option<usize> {
+    /// Where `key`, whose hash is `hash`, is in `entries`.
+    fn position(&self, hash: u64, key: &K) -> Option<usize> {
         let entries = &self.entries;
         self.positions
-            .find(self.hasher.hash_one(key), |&at| {
-                entries[at as usize].0 == *key
-            })
+            .find(hash, |&at| entries[at as usize].0 == *key)
             .map(|&at| at as usize)
     }
 
     pub(super) fn get(&self, key: &K) -> Option<&V> {
-        self.position(key).map(|at| &self.entries[at].1)
+        let at = self.position(self.hasher.hash_one(key), key)?;
+        Some(&self.entries[at].1)
     }
 
     pub(super) fn contains(&self, key: &K) -> bool {
-        self.position(key).is_some()
+        self.position(self.hasher.hash_one(key), key).is_some()
     }
 
     /// Sets `key` to `value`; returns the value it had.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        if let Some(at) = self.position(&key) {
+        let hash = self.hasher.hash_one(key);
+        if let Some(at) = self.position(hash, &key) {
             return Some(std::mem::replace(&mut self.entries[at].1, value));
         }
         if self.capacity == 0 {
@@ -98,9 +99,7 @@ impl<K: Hash + Eq + Copy, V> Recent<K, V> {
         };
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.positions
-            .insert_unique(hasher.hash_one(key), at as u32, |&p| {
-                hasher.hash_one(entries[p as usize].0)
-            });
+            .insert_unique(hash, at as u32, |&p| hasher.hash_one(entries[p as usize].0));
         None
     }
 
