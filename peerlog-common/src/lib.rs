@@ -955,10 +955,11 @@ pub const UNWIND_BUCKET_ROWS: usize = 14;
 
 /// One bucket of 2^[`UNWIND_BUCKET_SHIFT`] code bytes of a module: where its
 /// rows are in the row table and, where they fit, the rows themselves,
-/// packed ([`PackedRow`]) into the bucket's own 64-byte cache line. A lookup
-/// the CPU's row cache misses then costs the kernel one cache line, where a
-/// search through the row table costs a chain of three or four, each
-/// likely a cache and TLB miss.
+/// packed ([`PackedRow`]) into the bucket's own 64-byte cache line (the
+/// kernel's map starts its entries on a page). A lookup the CPU's row cache
+/// misses then costs the kernel one cache line, where a search through the
+/// row table costs a chain of three or four, each likely a cache and TLB
+/// miss.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindBucket {
