@@ -125,8 +125,7 @@ static UNWIND_ROWS: Array<UnwindRowBlock> = Array::with_max_entries(1, 0);
 /// (megabytes), and peerlog never maps it. On a real bitcoind, idle, 99 Hz,
 /// four runs each: a miss cost 0.77 to 0.87 µs against 0.83 to 0.90.
 #[map]
-static UNWIND_BUCKETS: Array<UnwindBucket> =
-    Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+static UNWIND_BUCKETS: Array<UnwindBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
 /// Rows a CPU keeps from its last lookups (a power of two): 256 slots of 16
 /// bytes, 4 KiB, which [`warm_row_cache`] loads whole before each walk. On a
