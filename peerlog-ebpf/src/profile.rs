@@ -172,12 +172,12 @@ struct CachedRow {
 /// One per CPU, not one for all. An idle node's misses are mostly the
 /// first lookup of a call site, and a cache shared by two CPUs missed
 /// less: 1.2 times a sample against 1.6 (a real bitcoind, 125 idle peers,
-/// 99 Hz, 15 s runs on two CPUs). But CPUs then write
-/// slots that others read, and a slot read half-written would be a wrong
-/// row, so each slot and module copy needs a check of its words. With those
-/// checks, a sample cost about what it costs here (own time 5.0 µs against
-/// 4.9, medians of six runs each). Keyed by 256-byte block instead of 64,
-/// the cache missed as often as this one.
+/// 99 Hz, 15 s runs on two CPUs). But CPUs then write slots that others
+/// read, and a slot read half-written would be a wrong row, so each slot
+/// and module copy needs a check of its words. With a multiplicative hash
+/// as that check, a sample cost about what it costs here (own time 5.0 µs
+/// against 4.9, medians of six runs each). Keyed by 256-byte block instead
+/// of 64, the cache missed as often as this one.
 #[repr(C)]
 pub struct RowCache {
     slots: [CachedRow; ROW_CACHE_LEN],
