@@ -522,7 +522,7 @@ fn payload_wanted(peer_id: i64, msg_type: &[u8; MSG_TYPE_LEN]) -> bool {
     }
     if config(ConfigKey::PeerPolicyActive) != 0 {
         // SAFETY: as above.
-        if let Some(policy) = unsafe { PEER_POLICY.get(&peer_id) } {
+        if let Some(policy) = unsafe { PEER_POLICY.get(peer_id) } {
             return *policy != PEER_POLICY_SKIP_PAYLOAD;
         }
     }
@@ -692,7 +692,7 @@ fn handle_connection(ctx: &ProbeContext, kind: ConnectionEventKind) {
     if matches!(kind, ConnectionEventKind::Closed) {
         // The id is never reused by bitcoind; free its slots.
         let peer_id = peer_id as i64;
-        let _ = PEER_POLICY.remove(&peer_id);
+        let _ = PEER_POLICY.remove(peer_id);
         if let Some(p) = PEERS.get_ptr_mut(peer_slot(peer_id)) {
             // SAFETY: a map value; only this peer's entry is cleared.
             unsafe {
@@ -812,7 +812,7 @@ fn next_slice(
     if !accounting_attached() {
         return;
     }
-    let context = THREAD_CONTEXT.get_ptr_mut(&tid);
+    let context = THREAD_CONTEXT.get_ptr_mut(tid);
     let kind = match direction {
         Direction::Inbound => SliceKind::Processing,
         Direction::Outbound => {
@@ -861,7 +861,7 @@ fn next_slice(
                 _pad: [0; 7],
                 msg_type: *msg_type,
             };
-            if THREAD_CONTEXT.insert(&tid, &c, 0).is_err() {
+            if THREAD_CONTEXT.insert(tid, c, 0).is_err() {
                 count_loss(LossCause::MapFull);
             }
         }
@@ -907,7 +907,7 @@ fn emit_slice(tid: u32, c: &ThreadContext, now: u64, oncpu: u64) {
 #[inline(always)]
 fn processing_peer(tid: u32) -> i64 {
     // SAFETY: plain value read.
-    match unsafe { THREAD_CONTEXT.get(&tid) } {
+    match unsafe { THREAD_CONTEXT.get(tid) } {
         Some(c) => c.processing_peer,
         None => -1,
     }
@@ -921,7 +921,7 @@ fn oncpu_now(tid: u32, now: u64) -> u64 {
     if sum_off == 0 {
         return ONCPU_UNKNOWN;
     }
-    match THREAD_CPU.get_ptr(&tid) {
+    match THREAD_CPU.get_ptr(tid) {
         Some(cpu) => {
             // SAFETY: plain value read.
             let cpu = unsafe { &*cpu };
@@ -942,7 +942,7 @@ fn oncpu_now(tid: u32, now: u64) -> u64 {
                 since_ns: now,
                 running: 1,
             };
-            let _ = THREAD_CPU.insert(&tid, &cpu, 0);
+            let _ = THREAD_CPU.insert(tid, cpu, 0);
             total_ns
         }
     }
@@ -984,7 +984,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // Its open slice stays open; the sleep is left out of its wall time.
         let preempt: u64 = ctx.arg(0);
         if preempt & 0xff == 0 {
-            if let Some(context) = THREAD_CONTEXT.get_ptr_mut(&tid) {
+            if let Some(context) = THREAD_CONTEXT.get_ptr_mut(tid) {
                 // SAFETY: the thread's own context; it is switching out, so
                 // its probes cannot run now.
                 unsafe { (*context).sleep_start_ns = now };
@@ -1001,7 +1001,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     set_thread_cpu(next_tid as u32, total_ns, now, 1);
-    if let Some(context) = THREAD_CONTEXT.get_ptr_mut(&(next_tid as u32)) {
+    if let Some(context) = THREAD_CONTEXT.get_ptr_mut(next_tid as u32) {
         // SAFETY: the context of a thread that is not running (it is being
         // switched in), so none of its probes can touch it now.
         let c = unsafe { &mut *context };
@@ -1023,12 +1023,12 @@ fn set_thread_cpu(tid: u32, total_ns: u64, now: u64, running: u64) {
         since_ns: now,
         running,
     };
-    match THREAD_CPU.get_ptr_mut(&tid) {
+    match THREAD_CPU.get_ptr_mut(tid) {
         // SAFETY: the value of a thread being switched, written only here
         // (its own probes cannot run during the switch).
         Some(slot) => unsafe { *slot = cpu },
         None => {
-            if THREAD_CPU.insert(&tid, &cpu, 0).is_err() {
+            if THREAD_CPU.insert(tid, cpu, 0).is_err() {
                 count_loss(LossCause::MapFull);
             }
         }

@@ -125,7 +125,7 @@ static UNWIND_ROWS: Array<UnwindRowBlock> = Array::with_max_entries(1, 0);
 /// (megabytes), and peerlog never maps it. On a real bitcoind, idle, 99 Hz,
 /// four runs each: a miss cost 0.77 to 0.87 µs against 0.83 to 0.90.
 #[map]
-static UNWIND_BUCKETS: Array<UnwindBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+static UNWIND_BUCKETS: Array<UnwindBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Rows a CPU keeps from its last lookups (a power of two): 256 slots of 16
 /// bytes, 4 KiB, which [`warm_row_cache`] loads whole before each walk. On a
@@ -369,7 +369,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     // lines of the map) to find nothing.
     let context = if accounting_attached() {
         // SAFETY: plain data written by the message tracepoints.
-        unsafe { THREAD_CONTEXT.get(&tid) }
+        unsafe { THREAD_CONTEXT.get(tid) }
     } else {
         None
     };
