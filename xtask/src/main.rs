@@ -1,4 +1,5 @@
-//! `cargo xtask`: set-up, build, test, demo and bench for peerlog.
+//! `cargo xtask`: set-up, build, test, demo, bench, lint and packaging for
+//! peerlog.
 //!
 //! Every command first makes sure the machine has what the build needs
 //! (`setup`), so a fresh machine goes from clone to result in one command.
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod lint;
 mod test;
 
 /// Debian packages the build and the tests need: Debian's rustc with its
@@ -24,6 +26,8 @@ mod test;
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
+    // Clippy for that rustc: `cargo xtask lint` lints the eBPF crate with it.
+    "rust-web-clippy",
     "llvm-22-dev",
     "systemtap-sdt-dev",
     "g++",
@@ -94,6 +98,9 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// Set up, then check formatting and run clippy (warnings denied) over
+    /// the workspace and the eBPF crate, which is built outside it.
+    Lint,
     /// Set up, then build what an operator installs on a node (no LLVM or
     /// bpf-linker needed there): a Debian package in target/dist/ with the
     /// release peerlog, its systemd unit, man pages and shell completions;
@@ -131,6 +138,10 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Bench { smoke } => {
             setup()?;
             bench::run(smoke)
+        }
+        Cmd::Lint => {
+            setup()?;
+            lint::run()
         }
         Cmd::Dist => {
             setup()?;
