@@ -130,7 +130,7 @@ static UNWIND_ROWS: Array<UnwindRowBlock> = Array::with_max_entries(1, 0);
 /// 460 to 530 ns, and a load of another line of the same page after it 150
 /// to 160 ns. Buckets in maps of at most 32 KiB, which the kernel kmallocs
 /// into its linear map, behind an array of maps, cost as much (480 to 590
-/// ns): the outer entry is a second cold line the bucket's depends on.
+/// ns): the bucket's load then waits on a second cold line, the outer entry.
 #[map]
 static UNWIND_BUCKETS: Array<UnwindBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 

@@ -5,13 +5,14 @@
 //! linted here with that compiler and the clippy built for it
 //! (`rust-web-clippy`). CI runs this verb (.ci/run).
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use crate::{cargo, cargo_command, run_cmd, workspace_root};
 
-/// Debian's compiler, which builds the eBPF crate (see `setup`).
+/// Debian's compiler, which builds the eBPF crate; `setup`, which runs
+/// first, installs it and the clippy below.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 /// The clippy of `rust-web-clippy`, made for that compiler: rustup's clippy
 /// cannot read the `core` Debian precompiled for the BPF target.
@@ -34,12 +35,6 @@ pub(crate) fn run() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    for tool in [DEBIAN_RUSTC, DEBIAN_CARGO_CLIPPY] {
-        ensure!(
-            Path::new(tool).is_file(),
-            "{tool} is missing: `cargo xtask setup` installs it (Debian's rustc-web and rust-web-clippy)"
-        );
-    }
     // A target directory of its own, so that these artefacts never mix with
     // the eBPF build's.
     let mut clippy = Command::new(DEBIAN_CARGO_CLIPPY);
