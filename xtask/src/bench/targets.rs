@@ -56,13 +56,43 @@ pub(super) fn check_targets(
         |c| format!("{:.2}%", c * 100.0),
     ));
 
-    checks.push(in_every_scenario(
-        "a CPU sample costs the node ≤ 5 µs",
-        &every,
-        |s| sampling(s)?.sampler_ns_per_sample,
-        |c| c <= 5000.0,
-        |c| format!("{:.2} µs per sample", c / 1000.0),
-    ));
+    // Judged on the median of the rounds, like every row. Each round's
+    // figure is shown too: an idle node gives a round some thirty samples,
+    // and on a shared machine rounds of one build differ by more than a µs,
+    // which a lone median would hide.
+    let sampling_rounds = |s: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.scenario == s && r.config == Config::Sampling.name())
+            .filter_map(|r| r.sampler_ns_per_sample)
+            .collect()
+    };
+    checks.push(TargetCheck {
+        target: "a CPU sample costs the node ≤ 5 µs".into(),
+        met: all_met(
+            every
+                .iter()
+                .map(|&s| sampling(s)?.sampler_ns_per_sample.map(|c| c <= 5000.0)),
+        ),
+        detail: every
+            .iter()
+            .map(|&s| {
+                let rounds = sampling_rounds(s);
+                match sampling(s).and_then(|r| r.sampler_ns_per_sample) {
+                    Some(c) if !rounds.is_empty() => format!(
+                        "{s}: {:.2} µs per sample (rounds: {})",
+                        c / 1000.0,
+                        rounds
+                            .iter()
+                            .map(|ns| format!("{:.2}", ns / 1000.0))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    _ => format!("{s}: n/a"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    });
 
     checks.push(in_every_scenario(
         "full capture keeps ≥ 0.95 of untraced throughput",

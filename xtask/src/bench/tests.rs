@@ -209,6 +209,28 @@ fn compares_with_the_floor_of_the_same_round() {
 }
 
 #[test]
+fn shows_each_rounds_cost_per_sample() {
+    let sampled = |round, ns| Run {
+        sampler_ns_per_sample: Some(ns),
+        ..run("idle", Config::Sampling, round, 125.0, 170.0)
+    };
+    let runs = vec![sampled(0, 4800.0), sampled(1, 6350.0), sampled(2, 5100.0)];
+    let plan = Plan::new(false);
+    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
+    let rows = rows(&idle, &tools(), &runs);
+    let targets = check_targets(&idle, &rows, &runs);
+    let cost = targets
+        .iter()
+        .find(|t| t.target.contains("CPU sample costs"))
+        .unwrap();
+    assert_eq!(cost.met, Some(false), "{}", cost.detail);
+    assert_eq!(
+        cost.detail,
+        "idle: 5.10 µs per sample (rounds: 4.80, 6.35, 5.10)"
+    );
+}
+
+#[test]
 fn counts_bpftrace_losses() {
     assert_eq!(
         bpftrace_lost("recv ping\nLost 12 events\nsent pong\nLost 3 events\n"),
