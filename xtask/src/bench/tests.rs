@@ -9,7 +9,7 @@ use super::{
     results::{Machine, Results, SkippedScenario},
     rows::rows,
     sample::{cpu_seconds, memory_mib, SamplerRuns, SamplerTime},
-    targets::{check_targets, find},
+    targets::{check_targets, find, TargetCheck},
     tools::Tools,
     tracer::{bpftrace_lost, queue_readings, PeerlogSummary},
 };
@@ -148,6 +148,14 @@ fn keeps_the_other_nodes_section() {
     assert_eq!(again.matches("<!-- bench:bitcoind:end -->").count(), 1);
 }
 
+/// The first of `targets` whose wording has `words`.
+fn target<'a>(targets: &'a [TargetCheck], words: &str) -> &'a TargetCheck {
+    targets
+        .iter()
+        .find(|t| t.target.contains(words))
+        .unwrap_or_else(|| panic!("no target says {words:?}"))
+}
+
 /// A run with the figures the comparisons read.
 fn run(scenario: &str, config: Config, round: usize, per_sec: f64, cpu_us: f64) -> Run {
     Run {
@@ -196,15 +204,12 @@ fn compares_with_the_floor_of_the_same_round() {
     assert_eq!(floor.floor_ratio, Some((1.0, 1.0, 1.0)));
 
     let targets = check_targets(&scenarios, &rows, &runs);
-    let flood = targets
-        .iter()
-        .find(|t| t.target.contains("defaults ≥ 0.90"))
-        .unwrap();
+    let flood = target(&targets, "defaults ≥ 0.90");
     // 700/760 = 0.921 and 380/400 = 0.95: median 0.9355.
     assert_eq!(flood.met, Some(true), "{}", flood.detail);
     assert!(flood.detail.contains("0.936"), "{}", flood.detail);
     // No idle scenario ran: that target is not measured, not missed.
-    let idle = targets.iter().find(|t| t.target.contains("idle")).unwrap();
+    let idle = target(&targets, "idle");
     assert_eq!(idle.met, None);
 }
 
@@ -219,10 +224,7 @@ fn shows_each_rounds_cost_per_sample() {
     let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
     let rows = rows(&idle, &tools(), &runs);
     let targets = check_targets(&idle, &rows, &runs);
-    let cost = targets
-        .iter()
-        .find(|t| t.target.contains("CPU sample costs"))
-        .unwrap();
+    let cost = target(&targets, "CPU sample costs");
     assert_eq!(cost.met, Some(false), "{}", cost.detail);
     assert_eq!(
         cost.detail,
