@@ -52,7 +52,7 @@ pub(super) fn check_targets(
         "99 Hz sampling costs the node < 0.2% CPU",
         &every,
         |s| sampling(s)?.sampler_cost,
-        |c| c < 0.002,
+        |&c| c < 0.002,
         |c| format!("{:.2}%", c * 100.0),
     ));
 
@@ -60,45 +60,37 @@ pub(super) fn check_targets(
     // figure is shown too: an idle node gives a round some thirty samples,
     // and on a shared machine rounds of one build differ by more than a µs,
     // which a lone median would hide.
-    let sampling_rounds = |s: &str| -> Vec<f64> {
-        runs.iter()
-            .filter(|r| r.scenario == s && r.config == Config::Sampling.name())
-            .filter_map(|r| r.sampler_ns_per_sample)
-            .collect()
-    };
-    checks.push(TargetCheck {
-        target: "a CPU sample costs the node ≤ 5 µs".into(),
-        met: all_met(
-            every
+    checks.push(in_every_scenario(
+        "a CPU sample costs the node ≤ 5 µs",
+        &every,
+        |s| {
+            let median = sampling(s)?.sampler_ns_per_sample?;
+            let rounds: Vec<f64> = runs
                 .iter()
-                .map(|&s| sampling(s)?.sampler_ns_per_sample.map(|c| c <= 5000.0)),
-        ),
-        detail: every
-            .iter()
-            .map(|&s| {
-                let rounds = sampling_rounds(s);
-                match sampling(s).and_then(|r| r.sampler_ns_per_sample) {
-                    Some(c) if !rounds.is_empty() => format!(
-                        "{s}: {:.2} µs per sample (rounds: {})",
-                        c / 1000.0,
-                        rounds
-                            .iter()
-                            .map(|ns| format!("{:.2}", ns / 1000.0))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ),
-                    _ => format!("{s}: n/a"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    });
+                .filter(|r| r.scenario == s && r.config == Config::Sampling.name())
+                .filter_map(|r| r.sampler_ns_per_sample)
+                .collect();
+            Some((median, rounds))
+        },
+        |&(median, _)| median <= 5000.0,
+        |(median, rounds)| {
+            let rounds: Vec<String> = rounds
+                .iter()
+                .map(|ns| format!("{:.2}", ns / 1000.0))
+                .collect();
+            format!(
+                "{:.2} µs per sample (rounds: {})",
+                median / 1000.0,
+                rounds.join(", ")
+            )
+        },
+    ));
 
     checks.push(in_every_scenario(
         "full capture keeps ≥ 0.95 of untraced throughput",
         &saturating,
         |s| ratio(s, Config::Capture),
-        |r| r >= 0.95,
+        |&r| r >= 0.95,
         |r| format!("{r:.3}"),
     ));
 
@@ -238,20 +230,20 @@ fn all_met(verdicts: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
 
 /// A target judged on a `figure` of each of `scenarios`: met when every
 /// figure passes, not measured when any is missing.
-fn in_every_scenario(
+fn in_every_scenario<T>(
     target: &str,
     scenarios: &[&str],
-    figure: impl Fn(&str) -> Option<f64>,
-    pass: impl Fn(f64) -> bool,
-    show: impl Fn(f64) -> String,
+    figure: impl Fn(&str) -> Option<T>,
+    pass: impl Fn(&T) -> bool,
+    show: impl Fn(&T) -> String,
 ) -> TargetCheck {
-    let per: Vec<(&str, Option<f64>)> = scenarios.iter().map(|&s| (s, figure(s))).collect();
+    let per: Vec<(&str, Option<T>)> = scenarios.iter().map(|&s| (s, figure(s))).collect();
     TargetCheck {
         target: target.into(),
-        met: all_met(per.iter().map(|(_, v)| v.map(&pass))),
+        met: all_met(per.iter().map(|(_, v)| v.as_ref().map(&pass))),
         detail: per
             .iter()
-            .map(|(s, v)| format!("{s}: {}", v.map_or("n/a".into(), &show)))
+            .map(|(s, v)| format!("{s}: {}", v.as_ref().map_or("n/a".into(), &show)))
             .collect::<Vec<_>>()
             .join(", "),
     }
@@ -317,7 +309,7 @@ fn issue_12_targets(scenarios: &[&Scenario], rows: &[Row]) -> Vec<TargetCheck> {
         "#12: --no-accounting --capture keeps ≥ 0.93 of the floor's throughput",
         &saturating,
         |s| floor_ratio(s, Config::Capture),
-        |r| r >= 0.93,
+        |&r| r >= 0.93,
         |r| format!("{r:.3}"),
     ));
 
@@ -329,7 +321,7 @@ fn issue_12_targets(scenarios: &[&Scenario], rows: &[Row]) -> Vec<TargetCheck> {
                 .zip(floor_ratio(s, Config::Bpftrace))
                 .map(|(capture, bpftrace)| capture - bpftrace)
         },
-        |m| m >= 0.05,
+        |&m| m >= 0.05,
         |m| format!("{m:+.3}"),
     ));
 
