@@ -1,10 +1,13 @@
 //! Converting the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 //!
 //! `bpf_ktime_get_ns()` is CLOCK_MONOTONIC; bitcoind stamps its capture
-//! records with the wall clock. The offset between the two is sampled once,
-//! bracketing the realtime read between two monotonic reads and keeping the
-//! tightest of a few tries, which bounds the error to well under a
-//! microsecond on an idle machine.
+//! records with the wall clock, read as it writes each one. The offset
+//! between the two is sampled by bracketing the realtime read between two
+//! monotonic reads and keeping the tightest of a few tries, which bounds the
+//! error to well under a microsecond on an idle machine. A trace samples it
+//! anew each time it reads the ring buffer (see `trace`), because the wall
+//! clock can step while the monotonic one does not: NTP setting the time, or
+//! a virtual machine's agent setting it after the machine was paused.
 
 /// Offset from CLOCK_MONOTONIC to CLOCK_REALTIME.
 #[derive(Debug, Clone, Copy)]
@@ -23,7 +26,8 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
-    /// Samples the offset now.
+    /// Samples the offset now (some 15 vDSO clock reads, well under a
+    /// microsecond).
     pub fn sample() -> Self {
         let mut best = (i128::MAX, 0);
         for _ in 0..5 {

@@ -242,6 +242,12 @@ impl Collector {
         }
     }
 
+    /// Converts the times of the events that come next with `clock`: the
+    /// trace samples the wall clock's offset anew as it reads them.
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.clock = clock;
+    }
+
     /// Starts on bitcoind process `pid`, with the coverage of its probes and
     /// a reader of its byte counters: the trace's first process, or the next
     /// one `--follow` found. The peers of the previous process (closed by

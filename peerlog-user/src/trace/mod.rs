@@ -153,6 +153,17 @@ struct Tracer {
 }
 
 impl Tracer {
+    /// Samples the wall clock's offset anew, for the records read next, so
+    /// that their times follow the wall clock as bitcoind's own stamps do.
+    /// An offset sampled once at the start put every record after a step of
+    /// the wall clock (NTP, a virtual machine resumed) off by the step; now
+    /// only the records written before a step and read after it are, a few
+    /// milliseconds' worth.
+    fn sample_clock(&mut self) {
+        self.clock = WallClock::sample();
+        self.report.collector.set_clock(self.clock);
+    }
+
     fn handle_record(&mut self, record: &[u8], events: &mut Vec<Event>) -> Result<()> {
         if let Err(e) = self.decoder.push(record, events) {
             self.summary.undecodable_records += 1;
@@ -467,6 +478,7 @@ fn drain_ring(
     tracer: &mut Tracer,
     events: &mut Vec<Event>,
 ) -> Result<()> {
+    tracer.sample_clock();
     while let Some(item) = ring.next() {
         tracer.handle_record(&item, events)?;
     }
