@@ -202,6 +202,7 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     let core_dir = node
         .core_capture_dir()
         .context("BITCOIND is not a real bitcoind")?;
+    let offset_before = wall_clock_offset_micros();
     let (_dir, capture, tracer) = trace_to_capture(&node, &[])?;
     let mut a = connect(&node)?;
     let local = a.local_addr().to_string();
@@ -209,6 +210,7 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     drop(a);
     thread::sleep(Duration::from_millis(500));
     let out = tracer.stop()?;
+    let clock_step = wall_clock_offset_micros() - offset_before;
     ensure!(out.status.success(), "peerlog failed: {}", out.stderr);
     assert_no_loss(&out.stderr)?;
     let ours = read_capture(&capture)?;
@@ -290,7 +292,8 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
                 o_rec.time_micros + SLACK_MICROS >= earliest
                     && latest.is_none_or(|l| o_rec.time_micros <= l + SLACK_MICROS),
                 "{} record {i} ({}, {} bytes, {}): peerlog's time {} is not between bitcoind's \
-                 times {earliest} and {latest:?}",
+                 times {earliest} and {latest:?} (the wall clock moved {clock_step} µs against \
+                 the monotonic clock during the test)",
                 o.path.display(),
                 o_rec.msg_type,
                 o_rec.payload.len(),
@@ -301,6 +304,22 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     }
     node.stop()?;
     Ok(())
+}
+
+/// CLOCK_REALTIME less CLOCK_MONOTONIC, in microseconds: it changes only
+/// when the wall clock is stepped, which a failure of the timestamps above
+/// should tell apart from peerlog's error.
+fn wall_clock_offset_micros() -> i64 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and out pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1000
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
 fn peer_and_msg_type_filters() -> Result<()> {
