@@ -248,6 +248,12 @@ impl Collector {
         self.clock = clock;
     }
 
+    /// The clock that converts the trace's times to wall-clock time: the
+    /// one of the trace, for its other outputs too.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
     /// Starts on bitcoind process `pid`, with the coverage of its probes and
     /// a reader of its byte counters: the trace's first process, or the next
     /// one `--follow` found. The peers of the previous process (closed by

@@ -132,7 +132,6 @@ struct Sinks {
 /// The state of a running trace: data flows kernel → decoder → peer table →
 /// sinks, in [`Tracer::handle`].
 struct Tracer {
-    clock: WallClock,
     decoder: Decoder,
     selector: PeerSelector,
     msg_types: Vec<String>,
@@ -160,8 +159,7 @@ impl Tracer {
     /// only the records written before a step and read after it are, a few
     /// milliseconds' worth.
     fn sample_clock(&mut self) {
-        self.clock = WallClock::sample();
-        self.report.collector.set_clock(self.clock);
+        self.report.collector.set_clock(WallClock::sample());
     }
 
     fn handle_record(&mut self, record: &[u8], events: &mut Vec<Event>) -> Result<()> {
@@ -366,7 +364,7 @@ impl Tracer {
         if report {
             if let Some(jsonl) = &mut self.sinks.jsonl {
                 jsonl
-                    .write(&event, &self.clock)
+                    .write(&event, self.report.collector.clock())
                     .context("writing JSON lines")?;
             }
         }
@@ -381,7 +379,7 @@ impl Tracer {
     /// with the message's time in UNIX microseconds.
     fn handle_message(&mut self, m: &Message) -> (bool, Option<CaptureTarget>) {
         self.summary.event_latency.record(m.ktime_ns);
-        let time_micros = self.clock.unix_micros(m.ktime_ns);
+        let time_micros = self.report.collector.clock().unix_micros(m.ktime_ns);
         let Some(peer) = self.report.collector.peer(m.peer_id).map(|e| &e.peer) else {
             // The collector enters every peer a message names.
             return (false, None);
@@ -921,9 +919,8 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
             .as_ref()
             .map_or(&DebugInfo::default(), |(_, debug_info)| debug_info),
     )?;
-    let clock = WallClock::sample();
     let copy_payloads = opts.capture.is_some() || (opts.jsonl.is_some() && opts.payload_in_jsonl);
-    let report = stats::Reporter::new(opts.report.clone(), clock)?;
+    let report = stats::Reporter::new(opts.report.clone(), WallClock::sample())?;
     // Listening before saying "attached", so whoever waits for that can
     // connect. With --follow the socket outlives every bitcoind pid.
     let default_socket = match (&first, opts.follow) {
@@ -932,7 +929,6 @@ async fn run_async(opts: TraceOptions) -> Result<Summary> {
     };
     let servers = Servers::start(&opts.control, default_socket)?;
     let mut tracer = Tracer {
-        clock,
         decoder: Decoder::new(),
         selector: opts.peers.clone(),
         msg_types: opts.msg_types.clone(),
