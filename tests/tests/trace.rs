@@ -306,20 +306,12 @@ fn capture_matches_bitcoind_own_capture() -> Result<()> {
     Ok(())
 }
 
-/// CLOCK_REALTIME less CLOCK_MONOTONIC, in microseconds: it changes only
-/// when the wall clock is stepped, which a failure of the timestamps above
-/// should tell apart from peerlog's error.
+/// The wall-clock time, in UNIX microseconds, of CLOCK_MONOTONIC's zero, as
+/// peerlog samples it (a bracketed read, which a preemption between two
+/// reads cannot fool): it moves only when the wall clock is stepped, which a
+/// failure of the timestamps above should tell apart from peerlog's error.
 fn wall_clock_offset_micros() -> i64 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and out pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1000
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    peerlog::clock::WallClock::sample().unix_micros(0) as i64
 }
 
 fn peer_and_msg_type_filters() -> Result<()> {
