@@ -76,6 +76,16 @@ pub(super) fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     })
 }
 
+/// The runs of `config` in `scenario`, round after round.
+pub(super) fn runs_of<'a>(
+    runs: &'a [Run],
+    scenario: &'a str,
+    config: Config,
+) -> impl Iterator<Item = &'a Run> {
+    runs.iter()
+        .filter(move |r| r.scenario == scenario && r.config == config.name())
+}
+
 /// `f(run of config, run of base)` for each round of `scenario` in which
 /// both ran: comparisons within a round, where the machine was in the same
 /// state.
@@ -86,12 +96,13 @@ pub(super) fn per_round(
     base: Config,
     f: impl Fn(&Run, &Run) -> Option<f64>,
 ) -> Vec<f64> {
-    let of = |c: Config| {
-        runs.iter()
-            .filter(move |r| r.scenario == scenario && r.config == c.name())
-    };
-    of(config)
-        .filter_map(|r| f(r, of(base).find(|b| b.round == r.round)?))
+    runs_of(runs, scenario, config)
+        .filter_map(|r| {
+            f(
+                r,
+                runs_of(runs, scenario, base).find(|b| b.round == r.round)?,
+            )
+        })
         .collect()
 }
 
@@ -105,10 +116,7 @@ pub(super) fn rows(scenarios: &[&Scenario], tools: &Tools, runs: &[Run]) -> Vec<
     let mut rows = Vec::new();
     for scenario in scenarios {
         for config in Config::ALL {
-            let these: Vec<&Run> = runs
-                .iter()
-                .filter(|r| r.scenario == scenario.name && r.config == config.name())
-                .collect();
+            let these: Vec<&Run> = runs_of(runs, scenario.name, config).collect();
             let versus = |base: Config, f: fn(&Run, &Run) -> Option<f64>| {
                 per_round(runs, scenario.name, config, base, f)
             };

@@ -7,7 +7,7 @@ use super::{
     lock_watch::MmLockRun,
     one_run::Run,
     plan::{Config, Scenario},
-    rows::{median, per_round, spread, throughput_ratio, Row},
+    rows::{median, per_round, runs_of, spread, throughput_ratio, Row},
     table::micros,
 };
 
@@ -65,9 +65,7 @@ pub(super) fn check_targets(
         &every,
         |s| {
             let median = sampling(s)?.sampler_ns_per_sample?;
-            let rounds: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.scenario == s && r.config == Config::Sampling.name())
+            let rounds: Vec<f64> = runs_of(runs, s, Config::Sampling)
                 .filter_map(|r| r.sampler_ns_per_sample)
                 .collect();
             Some((median, rounds))
@@ -389,8 +387,7 @@ const MM_LOCK_WAIT_EXTRA_US_PER_SEC: f64 = 100.0;
 fn issue_14_targets(scenarios: &[&Scenario], runs: &[Run]) -> Vec<TargetCheck> {
     let ran = |name: &str| scenarios.iter().any(|s| s.name == name);
     let readings = |scenario: &str| -> Vec<f64> {
-        runs.iter()
-            .filter(|r| r.scenario == scenario && r.config == Config::MemoryReads.name())
+        runs_of(runs, scenario, Config::MemoryReads)
             .filter_map(|r| r.tracer.as_ref()?.queue_readings)
             .map(|n| n as f64)
             .collect()
@@ -457,8 +454,7 @@ fn issue_14_targets(scenarios: &[&Scenario], runs: &[Run]) -> Vec<TargetCheck> {
     let mut shown = Vec::new();
     for s in scenarios {
         let of = |config: Config, figure: fn(&MmLockRun) -> f64| -> Vec<f64> {
-            runs.iter()
-                .filter(|r| r.scenario == s.name && r.config == config.name())
+            runs_of(runs, s.name, config)
                 .filter_map(|r| Some(figure(&lock(r)?)))
                 .collect()
         };
