@@ -11,7 +11,7 @@ What tracing a node with peerlog costs it, side by side with the floor (empty
 probes on the same tracepoints) and the bpftrace reference, measured by
 `cargo xtask bench` against the twin node, and by
 `BITCOIND=/path/to/bitcoind cargo xtask bench` against a real bitcoind:
-at most about 12 minutes per node on two cores, plus the release build
+at most about 13 minutes per node on two cores, plus the release build
 (three rounds of 5 s windows, as before the floor and the defaults were
 added). `cargo xtask bench --smoke`, a second per run, is the version CI
 runs. Each node's run writes its own section below and leaves the other's as
@@ -79,6 +79,13 @@ exact commands are in each section):
   summary, `sampler time:`), per sample, plus the entry every run pays in
   any process: the kernel's run time of all runs less the node's part,
   over all runs;
+- *peerlog, defaults + 99 Hz sampling*: per-peer flamegraphs, the sampler
+  next to the accounting that splits its samples by peer, the way an
+  operator runs `--flamegraph`; its cost per sample of the node is
+  measured as above. The accounting's programs run at every context switch
+  and keep what they share with the sampler cached, so the sampler's
+  entry costs less there than with `--no-accounting`, and its own time
+  includes looking up which peer the thread works for;
 - *peerlog, defaults + stats log every second*: each line reads every
   peer's byte counters and queues out of the node's memory
   (`process_vm_readv`, in peerlog's process). Next to the defaults, what

@@ -21,9 +21,11 @@
 //!    (the equivalent of Bitcoin Core's `contrib/tracing/log_p2p_traffic.bt`)
 //!    with its output in a file;
 //! 8. counting plus 99 Hz sampling, for what sampling alone costs;
-//! 9. the defaults plus a stats log line every second, each of which reads
-//!    every peer's queues out of bitcoind's memory: next to 4, what those
-//!    reads cost the node.
+//! 9. the defaults plus 99 Hz sampling: per-peer flamegraphs, the sampler
+//!    with the accounting that splits its samples by peer;
+//! 10. the defaults plus a stats log line every second, each of which reads
+//!     every peer's queues out of bitcoind's memory: next to 4, what those
+//!     reads cost the node.
 //!
 //! The configurations are interleaved (their order rotates every round) so
 //! that drift on the machine (other builds, thermal state) spreads over all

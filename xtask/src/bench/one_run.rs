@@ -83,9 +83,7 @@ pub(super) fn run_one(
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let node = Node::start(kind, scenario, &dir)?;
-    let bpf_stats = (config == Config::Sampling)
-        .then(BpfStats::enable)
-        .transpose()?;
+    let bpf_stats = config.samples_cpus().then(BpfStats::enable).transpose()?;
     let tracer = Tracer::start(config, bins, tools, kind, node.proc.pid(), &dir)?;
     let watch = config
         .watches_mm_lock()

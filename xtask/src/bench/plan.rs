@@ -47,10 +47,10 @@ impl Plan {
                 block_size: None,
             },
         ];
-        // The full plan: 4 scenarios × 9 configurations × 3 rounds × (5 s
-        // + ~1.7 s of set-up) ≈ 12 minutes on two cores, the most a node
+        // The full plan: 4 scenarios × 10 configurations × 3 rounds × (5 s
+        // + ~1.7 s of set-up) ≈ 13 minutes on two cores, the most a node
         // kind's bench may take; against a bitcoind the block scenario is
-        // skipped, ≈ 9 minutes. Fewer rounds would leave
+        // skipped, ≈ 10 minutes. Fewer rounds would leave
         // no median worth the name, shorter windows too few ticks of CPU
         // time (10 ms each) for the idle scenario's 1-point target.
         let (rounds, duration) = if smoke {
@@ -106,6 +106,11 @@ pub(super) enum Config {
     /// Counting plus 99 Hz CPU sampling: what sampling alone costs the node
     /// (issue 4), next to `Counting`.
     Sampling,
+    /// The defaults plus 99 Hz CPU sampling: per-peer flamegraphs, which need
+    /// the accounting to split samples by peer. What the sampler costs the
+    /// node in the configuration it is used in (issue 10: the bench states
+    /// what a feature the user opts into costs).
+    PeerFlamegraphs,
     /// Defaults plus a stats log line every second: each line reads every
     /// peer's byte counters and queues out of bitcoind's memory, from
     /// peerlog's process. Next to `Defaults`, what those reads cost the node
@@ -115,7 +120,7 @@ pub(super) enum Config {
 
 impl Config {
     /// Every configuration, in order.
-    pub(super) const ALL: [Config; 9] = [
+    pub(super) const ALL: [Config; 10] = [
         Config::Untraced,
         Config::Floor,
         Config::Counting,
@@ -124,6 +129,7 @@ impl Config {
         Config::CaptureStats,
         Config::Bpftrace,
         Config::Sampling,
+        Config::PeerFlamegraphs,
         Config::MemoryReads,
     ];
 
@@ -138,6 +144,7 @@ impl Config {
             Config::CaptureStats => "peerlog-capture-stats",
             Config::Bpftrace => "bpftrace",
             Config::Sampling => "peerlog-count-sampling",
+            Config::PeerFlamegraphs => "peerlog-defaults-sampling",
             Config::MemoryReads => "peerlog-stats-1s",
         }
     }
@@ -151,8 +158,15 @@ impl Config {
                 | Config::Capture
                 | Config::CaptureStats
                 | Config::Sampling
+                | Config::PeerFlamegraphs
                 | Config::MemoryReads
         )
+    }
+
+    /// Configurations that sample CPUs, whose runs switch the kernel's BPF
+    /// statistics on to time the sampling program.
+    pub(super) fn samples_cpus(self) -> bool {
+        matches!(self, Config::Sampling | Config::PeerFlamegraphs)
     }
 
     /// Configurations whose runs watch the node's mm lock: the memory

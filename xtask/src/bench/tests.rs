@@ -224,12 +224,37 @@ fn shows_each_rounds_cost_per_sample() {
     let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
     let rows = rows(&idle, &tools(), &runs);
     let targets = check_targets(&idle, &rows, &runs);
-    let cost = target(&targets, "CPU sample costs");
+    let cost = target(&targets, "(sampling alone");
     assert_eq!(cost.met, Some(false), "{}", cost.detail);
     assert_eq!(
         cost.detail,
         "idle: 5.10 µs per sample (rounds: 4.80, 6.35, 5.10)"
     );
+    // The per-peer flamegraphs did not run: not measured, not missed.
+    let per_peer = target(&targets, "(per-peer flamegraphs");
+    assert_eq!(per_peer.met, None, "{}", per_peer.detail);
+    assert_eq!(per_peer.detail, "idle: n/a");
+}
+
+#[test]
+fn judges_the_cost_per_sample_with_the_accounting_apart() {
+    let sampled = |config, round, ns| Run {
+        sampler_ns_per_sample: Some(ns),
+        ..run("idle", config, round, 125.0, 170.0)
+    };
+    let runs = vec![
+        sampled(Config::Sampling, 0, 6100.0),
+        sampled(Config::PeerFlamegraphs, 0, 4700.0),
+    ];
+    let plan = Plan::new(false);
+    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
+    let rows = rows(&idle, &tools(), &runs);
+    let targets = check_targets(&idle, &rows, &runs);
+    let alone = target(&targets, "(sampling alone");
+    assert_eq!(alone.met, Some(false), "{}", alone.detail);
+    let per_peer = target(&targets, "(per-peer flamegraphs");
+    assert_eq!(per_peer.met, Some(true), "{}", per_peer.detail);
+    assert_eq!(per_peer.detail, "idle: 4.70 µs per sample (rounds: 4.70)");
 }
 
 #[test]

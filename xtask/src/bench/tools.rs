@@ -149,7 +149,9 @@ impl Tools {
             Config::MemoryReads if !self.stats_options.iter().any(|(f, _)| f == "--stats-log") => {
                 Some("not available yet: `peerlog trace --help` lists no --stats-log".into())
             }
-            Config::Sampling if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") => {
+            Config::Sampling | Config::PeerFlamegraphs
+                if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") =>
+            {
                 Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
             }
             _ => None,
@@ -178,6 +180,7 @@ impl Tools {
             Config::CaptureStats => self.stats_label(),
             Config::Bpftrace => "bpftrace log_p2p_traffic.bt".into(),
             Config::Sampling => "peerlog --no-accounting, 99 Hz sampling".into(),
+            Config::PeerFlamegraphs => "peerlog, defaults + 99 Hz sampling".into(),
             Config::MemoryReads => "peerlog, defaults + stats log every second".into(),
         }
     }

@@ -121,6 +121,9 @@ impl Tracer {
             Config::Sampling => net_only()
                 .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
                 .collect(),
+            Config::PeerFlamegraphs => {
+                vec!["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?]
+            }
             Config::Capture => net_only()
                 .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
                 .collect(),
