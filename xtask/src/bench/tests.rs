@@ -213,17 +213,21 @@ fn compares_with_the_floor_of_the_same_round() {
     assert_eq!(idle.met, None);
 }
 
+/// The targets of the idle scenario alone, over `runs`.
+fn idle_targets(runs: &[Run]) -> Vec<TargetCheck> {
+    let plan = Plan::new(false);
+    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
+    let rows = rows(&idle, &tools(), runs);
+    check_targets(&idle, &rows, runs)
+}
+
 #[test]
 fn shows_each_rounds_cost_per_sample() {
     let sampled = |round, ns| Run {
         sampler_ns_per_sample: Some(ns),
         ..run("idle", Config::Sampling, round, 125.0, 170.0)
     };
-    let runs = vec![sampled(0, 4800.0), sampled(1, 6350.0), sampled(2, 5100.0)];
-    let plan = Plan::new(false);
-    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
-    let rows = rows(&idle, &tools(), &runs);
-    let targets = check_targets(&idle, &rows, &runs);
+    let targets = idle_targets(&[sampled(0, 4800.0), sampled(1, 6350.0), sampled(2, 5100.0)]);
     let cost = target(&targets, "(sampling alone");
     assert_eq!(cost.met, Some(false), "{}", cost.detail);
     assert_eq!(
@@ -242,14 +246,10 @@ fn judges_the_cost_per_sample_with_the_accounting_apart() {
         sampler_ns_per_sample: Some(ns),
         ..run("idle", config, round, 125.0, 170.0)
     };
-    let runs = vec![
+    let targets = idle_targets(&[
         sampled(Config::Sampling, 0, 6100.0),
         sampled(Config::PeerFlamegraphs, 0, 4700.0),
-    ];
-    let plan = Plan::new(false);
-    let idle: Vec<&Scenario> = plan.scenarios.iter().filter(|s| s.name == "idle").collect();
-    let rows = rows(&idle, &tools(), &runs);
-    let targets = check_targets(&idle, &rows, &runs);
+    ]);
     let alone = target(&targets, "(sampling alone");
     assert_eq!(alone.met, Some(false), "{}", alone.detail);
     let per_peer = target(&targets, "(per-peer flamegraphs");
