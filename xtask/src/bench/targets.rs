@@ -217,8 +217,6 @@ fn all_met(verdicts: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
         .map(|v| v.iter().all(|&b| b))
 }
 
-/// A target judged on a `figure` of each of `scenarios`: met when every
-/// figure passes, not measured when any is missing.
 /// The sampler's cost per sample of the node in `config`, in every
 /// scenario. Judged on the median of the rounds, like every row. Each
 /// round's figure is shown too: an idle node gives a round some thirty
@@ -256,6 +254,8 @@ fn cost_per_sample(
     )
 }
 
+/// A target judged on a `figure` of each of `scenarios`: met when every
+/// figure passes, not measured when any is missing.
 fn in_every_scenario<T>(
     target: &str,
     scenarios: &[&str],
