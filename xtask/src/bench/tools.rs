@@ -149,8 +149,8 @@ impl Tools {
             Config::MemoryReads if !self.stats_options.iter().any(|(f, _)| f == "--stats-log") => {
                 Some("not available yet: `peerlog trace --help` lists no --stats-log".into())
             }
-            Config::Sampling | Config::PeerFlamegraphs
-                if !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") =>
+            c if c.samples_cpus()
+                && !self.stats_options.iter().any(|(f, _)| f == "--flamegraph") =>
             {
                 Some("not available yet: `peerlog trace --help` lists no --flamegraph".into())
             }

@@ -108,6 +108,10 @@ impl Tracer {
                 .then(|| "--no-accounting".to_string())
                 .into_iter()
         };
+        // The sampling configurations' flamegraph directory.
+        let flamegraph = || -> Result<[String; 2]> {
+            Ok(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
+        };
         let peerlog_args: Vec<String> = match config {
             Config::Untraced => return Ok(None),
             Config::Floor => {
@@ -118,12 +122,8 @@ impl Tracer {
             }
             Config::Counting => net_only().collect(),
             Config::Defaults => Vec::new(),
-            Config::Sampling => net_only()
-                .chain(["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?])
-                .collect(),
-            Config::PeerFlamegraphs => {
-                vec!["--flamegraph".into(), path_arg(&dir.join("flamegraph"))?]
-            }
+            Config::Sampling => net_only().chain(flamegraph()?).collect(),
+            Config::PeerFlamegraphs => flamegraph()?.into(),
             Config::Capture => net_only()
                 .chain(["--capture".into(), path_arg(&dir.join("capture"))?])
                 .collect(),
